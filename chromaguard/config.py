@@ -1,0 +1,305 @@
+"""The one typed configuration object, built once: flags > env > config file > defaults.
+
+Every option knows all the names users write for it (the seed's names, Chroma's
+own, chromaguard's), where its value came from, and a valid example for errors.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from . import legacy, parsing
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    env: tuple[str, ...] = ()
+    flag: str | None = None
+    keys: tuple[str, ...] = ()  # config-file keys; dotted for nested ones
+    example: str = ""
+    secret: bool = False
+    help: str = ""
+
+
+def _opt(name: str, parse: Callable[[Any], Any], default: Any, example: str, help: str, *,
+         env: tuple[str, ...] = (), flag: str | None = None, keys: tuple[str, ...] | None = None,
+         secret: bool = False) -> Option:
+    return Option(name, parse, default, env, flag, (name,) if keys is None else keys, example, secret, help)
+
+
+OPTIONS: tuple[Option, ...] = (
+    _opt("host", parsing.parse_host, "127.0.0.1", "0.0.0.0", "address the front door listens on",
+         env=("CHROMA_SERVER_HOST", "CHROMA_LISTEN_ADDRESS"), flag="--host", keys=("host", "listen_address")),
+    _opt("port", parsing.parse_port, 8000, "8000", "port the front door listens on",
+         env=("CHROMA_SERVER_HTTP_PORT", "CHROMA_PORT"), flag="--port", keys=("port",)),
+    _opt("data_dir", parsing.parse_path, Path("chroma-data"), "./chroma-data",
+         "where the engine keeps its data (chroma.sqlite3 and index segments)",
+         env=("CHROMAGUARD_DATA_DIR", "PERSIST_DIRECTORY", "CHROMA_PERSIST_PATH"), flag="--data-dir",
+         keys=("data_dir", "persist_path", "persist_directory")),
+    _opt("persistent", parsing.parse_bool, True, "true",
+         "false keeps data in a temporary directory that is deleted at shutdown",
+         env=("IS_PERSISTENT",), flag="--persistent", keys=("persistent", "is_persistent")),
+    _opt("allow_reset", parsing.parse_bool, False, "false", "allow the destructive reset API",
+         env=("ALLOW_RESET", "CHROMA_ALLOW_RESET"), flag="--allow-reset"),
+    _opt("cors_allow_origins", parsing.parse_origin_list, (), '["https://app.example.com"]',
+         "origins allowed to call the API from a browser (JSON list or comma list)",
+         env=("CHROMA_SERVER_CORS_ALLOW_ORIGINS", "CHROMA_CORS_ALLOW_ORIGINS"), flag="--cors-allow-origins"),
+    _opt("anonymized_telemetry", parsing.parse_bool, False, "false",
+         "accepted for compatibility; chromaguard never sends product telemetry",
+         env=("ANONYMIZED_TELEMETRY",)),
+    _opt("max_payload_bytes", parsing.parse_positive_int, 41943040, "41943040",
+         "largest request body accepted (the engine's limit too)",
+         env=("CHROMA_MAX_PAYLOAD_SIZE_BYTES",), keys=("max_payload_bytes", "max_payload_size_bytes")),
+    _opt("otel_enabled", parsing.parse_bool, False, "true", "send OpenTelemetry traces and metrics",
+         env=("CHROMA_SERVER_OTEL_ENABLED",)),
+    _opt("otel_endpoint", parsing.parse_otlp_endpoint, None, "http://otel-collector:4317",
+         "OTLP collector endpoint (4317 gRPC, 4318 HTTP)",
+         env=("CHROMA_SERVER_OTEL_ENDPOINT", "CHROMA_OTEL_COLLECTION_ENDPOINT",
+              "CHROMA_OPEN_TELEMETRY__ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+         keys=("otel_endpoint", "open_telemetry.endpoint")),
+    _opt("otel_service_name", parsing.parse_text, "chromaguard", "relink-chromadb",
+         "service name on traces and metrics",
+         env=("CHROMA_SERVER_OTEL_SERVICE_NAME", "CHROMA_OTEL_SERVICE_NAME",
+              "CHROMA_OPEN_TELEMETRY__SERVICE_NAME", "OTEL_SERVICE_NAME"),
+         keys=("otel_service_name", "open_telemetry.service_name")),
+    _opt("auth_provider", legacy.auth_provider, "none", "token", "client auth: none, token or basic",
+         env=("CHROMA_SERVER_AUTH_PROVIDER", "CHROMA_SERVER_AUTHN_PROVIDER"), flag="--auth-provider"),
+    _opt("auth_credentials_provider", parsing.parse_text, "", "chromadb.auth.token.TokenConfigServerAuthCredentialsProvider",
+         "Chroma 0.4 credentials provider class (mapped to an auth mode)",
+         env=("CHROMA_SERVER_AUTH_CREDENTIALS_PROVIDER",)),
+    _opt("auth_credentials_file", parsing.parse_optional_path, None, "/etc/chromaguard/tokens.json",
+         "file with tokens (JSON/YAML) or an htpasswd file for basic auth",
+         env=("CHROMA_SERVER_AUTH_CREDENTIALS_FILE", "CHROMA_SERVER_AUTHN_CREDENTIALS_FILE"),
+         flag="--auth-credentials-file"),
+    _opt("auth_credentials", parsing.parse_text, "", "my-secret-token", "inline credentials (a token, or user:password)",
+         env=("CHROMA_SERVER_AUTH_CREDENTIALS", "CHROMA_SERVER_AUTHN_CREDENTIALS"), secret=True),
+    _opt("auth_token_transport_header", parsing.choice("authorization", "x-chroma-token", "any"), "any",
+         "Authorization", "which header carries the token (any accepts both)",
+         env=("CHROMA_AUTH_TOKEN_TRANSPORT_HEADER", "CHROMA_SERVER_AUTH_TOKEN_TRANSPORT_HEADER")),
+    _opt("upstream", parsing.parse_http_url, None, "https://api.trychroma.com",
+         "front an existing Chroma server instead of starting the embedded engine",
+         env=("CHROMAGUARD_UPSTREAM",), flag="--upstream"),
+    _opt("upstream_token", parsing.parse_text, "", "ck-...", "token sent to the upstream server",
+         env=("CHROMAGUARD_UPSTREAM_TOKEN",), flag="--upstream-token", secret=True),
+    _opt("upstream_token_header", parsing.choice("x-chroma-token", "authorization"), "x-chroma-token",
+         "x-chroma-token", "header that carries the upstream token",
+         env=("CHROMAGUARD_UPSTREAM_TOKEN_HEADER",)),
+    _opt("upstream_timeout", parsing.parse_duration, 300.0, "300s",
+         "longest a data request may wait for the engine",
+         env=("CHROMAGUARD_UPSTREAM_TIMEOUT",)),
+    _opt("engine_port", parsing.parse_engine_port, 0, "0", "private loopback port of the engine (0 picks a free one)",
+         env=("CHROMAGUARD_ENGINE_PORT",)),
+    _opt("drain_timeout", parsing.parse_duration, 30.0, "30s",
+         "on SIGTERM, how long in-flight requests may take to finish",
+         env=("CHROMAGUARD_DRAIN_TIMEOUT",), flag="--drain-timeout"),
+    _opt("log_format", parsing.choice("text", "json"), "text", "json", "log line format",
+         env=("CHROMAGUARD_LOG_FORMAT",), flag="--log-format"),
+    _opt("log_level", parsing.choice("debug", "info", "warning", "error"), "info", "info", "log level",
+         env=("CHROMAGUARD_LOG_LEVEL",), flag="--log-level"),
+)
+
+OPTION_BY_NAME = {o.name: o for o in OPTIONS}
+CONFIG_ENV = "CHROMAGUARD_CONFIG"
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("chroma-data")
+    persistent: bool = True
+    allow_reset: bool = False
+    cors_allow_origins: tuple[str, ...] = ()
+    anonymized_telemetry: bool = False
+    max_payload_bytes: int = 41943040
+    otel_enabled: bool = False
+    otel_endpoint: str | None = None
+    otel_service_name: str = "chromaguard"
+    auth_provider: str = "none"
+    auth_credentials_provider: str = ""
+    auth_credentials_file: Path | None = None
+    auth_credentials: str = ""
+    auth_token_transport_header: str = "any"
+    upstream: str | None = None
+    upstream_token: str = ""
+    upstream_token_header: str = "x-chroma-token"
+    upstream_timeout: float = 300.0
+    engine_port: int = 0
+    drain_timeout: float = 30.0
+    log_format: str = "text"
+    log_level: str = "info"
+    config_file: Path | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+    setting_names: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def source_of(self, name: str) -> str:
+        return self.sources.get(name, "default")
+
+    def name_of(self, name: str) -> str:
+        """The name the user set this option by, for messages about it."""
+        return self.setting_names.get(name) or (OPTION_BY_NAME[name].env or (name,))[0]
+
+    def redacted(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for option in OPTIONS:
+            value = getattr(self, option.name)
+            if option.secret and value:
+                value = "***"
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[option.name] = value
+        return out
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def read_config_file(path: Path, setting: str) -> dict[str, Any]:
+    """Read the YAML config file into ``{dotted key: value}``."""
+    from ruamel.yaml import YAML, YAMLError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(setting, str(path), f"cannot read the config file ({exc.strerror})",
+                          f"{setting}=./chromaguard.yaml") from None
+    try:
+        data = YAML(typ="safe").load(text)
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(setting, str(path), f"not valid YAML{where}", "a file of 'key: value' lines") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(setting, str(path), "the config file must be a mapping of settings", "port: 8000")
+    return _flatten(data)
+
+
+def load_settings(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
+                  config_file: str | Path | None = None) -> Settings:
+    """Build and validate the settings; raises ConfigError on the first bad value."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    env = os.environ if env is None else env
+    settings = Settings()
+
+    file_values: dict[str, Any] = {}
+    file_setting = "--config" if config_file is not None else CONFIG_ENV
+    if config_file is None and env.get(CONFIG_ENV):
+        config_file = env[CONFIG_ENV]
+    if config_file is not None:
+        settings.config_file = Path(config_file)
+        file_values = read_config_file(settings.config_file, file_setting)
+        known = {key for option in OPTIONS for key in option.keys}
+        for key in file_values:
+            if key not in known:
+                raise ConfigError(f"{settings.config_file}: {key}", file_values[key], "unknown setting",
+                                  f"one of {', '.join(sorted(known))}")
+
+    for option in OPTIONS:
+        raw, source, name = _pick(option, flags, env, file_values, settings)
+        if source == "default":
+            setattr(settings, option.name, option.default)
+            continue
+        try:
+            value = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(name, "***" if option.secret else raw, str(exc), f"{name}={option.example}") from None
+        setattr(settings, option.name, value)
+        settings.sources[option.name] = source
+        settings.setting_names[option.name] = name
+
+    _check_together(settings, env)
+    return settings
+
+
+def _pick(option: Option, flags: Mapping[str, Any], env: Mapping[str, str],
+          file_values: Mapping[str, Any], settings: Settings) -> tuple[Any, str, str]:
+    if option.name in flags:
+        flag = option.flag or f"--{option.name.replace('_', '-')}"
+        return flags[option.name], f"flag {flag}", flag
+    present = [name for name in option.env if name in env]
+    if present:
+        chosen = present[0]
+        for other in present[1:]:
+            if env[other] != env[chosen]:
+                settings.warnings.append(f"{other} is set too but {chosen} wins (it comes first); remove one of them")
+        return env[chosen], f"env {chosen}", chosen
+    for key in option.keys:
+        if key in file_values:
+            return file_values[key], f"config file {settings.config_file}: {key}", f"{settings.config_file}: {key}"
+    return option.default, "default", option.name
+
+
+def _check_together(settings: Settings, env: Mapping[str, str]) -> None:
+    """Rules that involve more than one option."""
+    for name, note in legacy.IGNORED_BY_CHROMA_1.items():
+        if name in env:
+            settings.warnings.append(f"{name}: {note}; chromaguard honours it")
+
+    if settings.auth_credentials_provider:
+        try:
+            mapped = legacy.credentials_provider(settings.auth_credentials_provider)
+        except ValueError as exc:
+            name = settings.name_of("auth_credentials_provider")
+            raise ConfigError(name, settings.auth_credentials_provider, str(exc), f"{name}=none") from None
+        note = legacy.credentials_provider_note(settings.auth_credentials_provider)
+        if mapped != "none":
+            settings.warnings.append(f"{settings.name_of('auth_credentials_provider')}: {note}")
+            if settings.auth_provider == "none" and settings.source_of("auth_provider") == "default":
+                settings.auth_provider = mapped
+            elif settings.auth_provider not in ("none", mapped):
+                raise ConfigError(settings.name_of("auth_credentials_provider"), settings.auth_credentials_provider,
+                                  f"does not match {settings.name_of('auth_provider')}={settings.auth_provider}",
+                                  f"{settings.name_of('auth_credentials_provider')}=none")
+
+    if settings.auth_provider == "none":
+        if settings.auth_credentials_file or settings.auth_credentials:
+            settings.warnings.append("auth credentials are set but the auth provider is none: no auth is enforced")
+    else:
+        _check_credentials(settings)
+
+    if settings.otel_endpoint and not settings.otel_enabled and settings.source_of("otel_enabled") == "default":
+        settings.otel_enabled = True
+    if settings.otel_enabled and not settings.otel_endpoint:
+        settings.otel_endpoint = "http://localhost:4317"
+        settings.warnings.append("OpenTelemetry is on without an endpoint: using http://localhost:4317")
+
+    if settings.upstream_token and not settings.upstream:
+        name = settings.name_of("upstream_token")
+        raise ConfigError(name, "***", "an upstream token needs an upstream server",
+                          "CHROMAGUARD_UPSTREAM=https://chroma.internal:8000")
+
+
+def _check_credentials(settings: Settings) -> None:
+    path = settings.auth_credentials_file
+    if path is None and not settings.auth_credentials:
+        name = settings.name_of("auth_provider")
+        raise ConfigError(name, settings.auth_provider, f"{settings.auth_provider} auth needs credentials",
+                          "CHROMA_SERVER_AUTH_CREDENTIALS_FILE=/etc/chromaguard/tokens.json")
+    if path is not None:
+        name = settings.name_of("auth_credentials_file")
+        if not path.is_file():
+            raise ConfigError(name, str(path), "the credentials file does not exist or is not a file",
+                              f"{name}=/etc/chromaguard/tokens.json")
+        if not os.access(path, os.R_OK):
+            raise ConfigError(name, str(path), "the credentials file is not readable",
+                              f"{name}=/etc/chromaguard/tokens.json")

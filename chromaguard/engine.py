@@ -1,0 +1,187 @@
+"""The real Chroma engine (the Rust server in the ``chromadb`` wheel) as a child process.
+
+We write its YAML config ourselves and give it a scrubbed environment, so no
+stray ``CHROMA_*`` variable can move it off the private loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import StartupError
+from .upstream import UpstreamError, fetch
+
+log = logging.getLogger("chromaguard.engine")
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_BANNER = re.compile(r"^[\s(#=]*$")  # the logo and separator lines of `chroma run`
+_LEVEL = re.compile(r"\b(ERROR|WARN|WARNING|INFO|DEBUG|TRACE)\b")
+_SCRUBBED_PREFIXES = ("CHROMA_", "OTEL_")
+_SCRUBBED_NAMES = {"ANONYMIZED_TELEMETRY", "IS_PERSISTENT", "PERSIST_DIRECTORY", "ALLOW_RESET"}
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def engine_config_yaml(port: int, data_dir: Path, *, allow_reset: bool, max_payload_bytes: int) -> str:
+    """The engine's config: loopback only, our port, our data dir."""
+    import json
+
+    lines = {
+        "listen_address": "127.0.0.1",
+        "port": port,
+        "persist_path": str(data_dir.resolve()),
+        "allow_reset": allow_reset,
+        "max_payload_size_bytes": max_payload_bytes,
+    }
+    # JSON scalars are valid YAML and quote paths safely.
+    return "".join(f"{key}: {json.dumps(value)}\n" for key, value in lines.items())
+
+
+def engine_environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(_SCRUBBED_PREFIXES) and k not in _SCRUBBED_NAMES}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("RUST_LOG", "warn")
+    return env
+
+
+def _level_of(line: str, ready: bool) -> int:
+    """Log level for one engine line: its own level word, else start-up chatter is debug."""
+    if "panicked" in line:
+        return logging.ERROR
+    match = _LEVEL.search(line)
+    if match:
+        name = match.group(1)
+        return logging.getLevelName({"WARN": "WARNING", "TRACE": "DEBUG"}.get(name, name))
+    return logging.INFO if ready else logging.DEBUG
+
+
+class EngineProcess:
+    """Start, watch and stop one engine process."""
+
+    def __init__(self, data_dir: Path, *, port: int = 0, allow_reset: bool = False,
+                 max_payload_bytes: int = 41943040, lock_fd: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_loopback_port()
+        self.allow_reset = allow_reset
+        self.max_payload_bytes = max_payload_bytes
+        self.lock_fd = lock_fd
+        self.process: asyncio.subprocess.Process | None = None
+        self.started_at: float | None = None
+        self.ready = False
+        self.recent_output: collections.deque[str] = collections.deque(maxlen=20)
+        self._pump: asyncio.Task[None] | None = None
+        self._config_dir = tempfile.TemporaryDirectory(prefix="chromaguard-engine-")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def start(self) -> None:
+        config_path = Path(self._config_dir.name) / "engine.yaml"
+        config_path.write_text(engine_config_yaml(self.port, self.data_dir, allow_reset=self.allow_reset,
+                                                  max_payload_bytes=self.max_payload_bytes))
+        self.recent_output.clear()
+        self.ready = False
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "chromaguard._engine_main", str(os.getpid()), str(config_path),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env=engine_environment(), pass_fds=(self.lock_fd,) if self.lock_fd is not None else (),
+            start_new_session=True,  # a Ctrl-C in the terminal reaches the guard, which stops the engine in order
+        )
+        self.started_at = time.monotonic()
+        self._pump = asyncio.create_task(self._pump_output(self.process))
+        log.info("engine started (pid %d) on 127.0.0.1:%d", self.process.pid, self.port)
+
+    async def _pump_output(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        async for raw in process.stdout:
+            line = _ANSI.sub("", raw.decode(errors="replace")).rstrip()
+            if not line.strip() or _BANNER.match(line):
+                continue
+            self.recent_output.append(line)
+            log.log(_level_of(line, self.ready), "%s", line)
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait until the engine answers its readiness check; fail with its last words if it dies."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.running:
+                await self._drain_output()
+                said = " | ".join(list(self.recent_output)[-3:]) or "no output"
+                raise StartupError(f"the Chroma engine exited during start-up (code {self.returncode}): {said}")
+            try:
+                status, _ = await fetch(self.url, "/api/v2/healthcheck", timeout=1.0)
+                if status == 200:
+                    self.ready = True
+                    log.info("engine ready in %.2fs", time.monotonic() - (self.started_at or 0))
+                    return
+            except UpstreamError:
+                pass
+            if time.monotonic() > deadline:
+                raise StartupError(f"the Chroma engine did not become ready within {timeout:.0f}s")
+            await asyncio.sleep(0.05)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode if self.process else None
+
+    async def wait(self) -> int:
+        assert self.process is not None
+        code = await self.process.wait()
+        await self._drain_output()
+        return code
+
+    async def _drain_output(self) -> None:
+        if self._pump is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._pump), 2.0)
+            except asyncio.TimeoutError:
+                pass
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if the engine has not exited within ``timeout``."""
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("engine did not stop within %.0fs; killing it", timeout)
+            self.kill()
+            await process.wait()
+        await self._drain_output()
+        log.info("engine stopped (code %s)", process.returncode)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            try:
+                os.kill(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def cleanup(self) -> None:
+        self._config_dir.cleanup()

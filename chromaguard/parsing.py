@@ -1,0 +1,177 @@
+"""Value parsers for settings.
+
+Each parser takes the raw value (a string from the environment or a flag, or a
+YAML scalar/list) and returns the typed value, or raises ``ValueError`` whose
+text says what is wrong; the config loader turns that into a one-line error
+naming the setting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("not a boolean (use true or false)")
+
+
+def parse_port(raw: Any, *, allow_zero: bool = False) -> int:
+    try:
+        port = int(str(raw).strip())
+    except ValueError:
+        raise ValueError("not a port number") from None
+    low = 0 if allow_zero else 1
+    if not low <= port <= 65535:
+        raise ValueError(f"port out of range {low}-65535")
+    return port
+
+
+def parse_engine_port(raw: Any) -> int:
+    return parse_port(raw, allow_zero=True)
+
+
+def parse_host(raw: Any) -> str:
+    text = str(raw).strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if not text:
+        raise ValueError("empty listen address")
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    if _HOSTNAME.match(text):
+        return text
+    raise ValueError("not an IP address or host name")
+
+
+def parse_positive_int(raw: Any) -> int:
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise ValueError("not a whole number") from None
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def parse_duration(raw: Any) -> float:
+    """Seconds from ``30``, ``30s``, ``500ms``, ``2m`` or ``1h`` (Docker's spelling)."""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        value = float(raw)
+    else:
+        match = _DURATION.match(str(raw))
+        if not match:
+            raise ValueError("not a duration (use seconds like 30 or 30s, 500ms, 2m)")
+        value = float(match.group(1)) * _UNITS[match.group(2)]
+    if value < 0:
+        raise ValueError("a duration cannot be negative")
+    return value
+
+
+def parse_path(raw: Any) -> Path:
+    text = str(raw).strip()
+    if not text:
+        raise ValueError("empty path")
+    return Path(text).expanduser()
+
+
+def parse_optional_path(raw: Any) -> Path | None:
+    """A path, where the seed's literal ``none`` (or empty) means "no file"."""
+    text = str(raw).strip()
+    if text.lower() in ("", "none", "null"):
+        return None
+    return Path(text).expanduser()
+
+
+def parse_text(raw: Any) -> str:
+    return str(raw).strip()
+
+
+def parse_origin_list(raw: Any) -> tuple[str, ...]:
+    """CORS origins as the seed writes them (``["*"]``, a JSON list) or a comma list."""
+    if isinstance(raw, (list, tuple)):
+        items = [str(item) for item in raw]
+    else:
+        text = str(raw).strip()
+        if text.startswith("["):
+            try:
+                loaded = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"malformed JSON list ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(loaded, list) or not all(isinstance(i, str) for i in loaded):
+                raise ValueError("the JSON must be a list of strings")
+            items = loaded
+        else:
+            items = [part for part in text.split(",")]
+    origins = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        if item != "*":
+            _check_origin(item)
+        origins.append(item.rstrip("/") if item != "*" else item)
+    return tuple(origins)
+
+
+def _check_origin(origin: str) -> None:
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{origin!r} is not an origin (scheme://host[:port])")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{origin!r} is not an origin: it must not have a path")
+
+
+def parse_url(raw: Any, *, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    text = str(raw).strip()
+    parts = urlsplit(text)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"not a URL ({'/'.join(schemes)}://host:port)")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError("the URL has an invalid port") from None
+    return text.rstrip("/")
+
+
+def parse_http_url(raw: Any) -> str:
+    return parse_url(raw)
+
+
+def parse_otlp_endpoint(raw: Any) -> str:
+    """An OTLP endpoint; ``host:port`` without a scheme is taken as gRPC over plain HTTP/2."""
+    text = str(raw).strip()
+    if text and "://" not in text:
+        text = "http://" + text
+    return parse_url(text, schemes=("http", "https", "grpc", "grpcs"))
+
+
+def choice(*allowed: str):
+    """A parser accepting one of ``allowed`` (case-insensitive)."""
+
+    def parse(raw: Any) -> str:
+        text = str(raw).strip().lower()
+        if text not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return text
+
+    return parse

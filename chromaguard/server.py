@@ -1,0 +1,211 @@
+"""The service lifecycle: validate → lock → engine → ready → front door → drain → stop.
+
+Signals are ours, not uvicorn's: SIGTERM/SIGINT during start-up stop the
+engine we began; while serving they stop accepting, drain in-flight requests
+(bounded by the drain timeout), then stop the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import shutil
+import signal
+import socket
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import Iterator
+
+import uvicorn
+
+from . import __version__
+from .config import Settings
+from .datalock import DataDirLock
+from .engine import EngineProcess
+from .errors import ConfigError
+from .frontdoor import AlwaysAvailable, Backend, FrontDoor
+from .supervisor import Supervisor
+from .upstream import UpstreamPool
+
+log = logging.getLogger("chromaguard")
+
+_CLIENT_AUTH_HEADERS = frozenset({b"authorization", b"x-chroma-token"})
+
+
+def prepare_data_dir(settings: Settings) -> Path:
+    """Create the data dir and prove we can write there, before anything starts."""
+    if not settings.persistent:
+        return Path(tempfile.mkdtemp(prefix="chromaguard-ephemeral-"))
+    path = settings.data_dir.resolve()
+    name = settings.name_of("data_dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".chromaguard-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(name, str(settings.data_dir), f"the data dir is not writable ({exc.strerror})",
+                          f"{name}=./chroma-data") from None
+    return path
+
+
+def bind_listener(settings: Settings) -> socket.socket:
+    """Reserve the front door's address now, so a taken port is a start-up error, not a crash later."""
+    host_name, port_name = settings.name_of("host"), settings.name_of("port")
+    try:
+        infos = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        raise ConfigError(host_name, settings.host, "cannot resolve this listen address",
+                          f"{host_name}=0.0.0.0") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(port_name, str(settings.port), f"the port is already in use on {settings.host}",
+                              f"{port_name}={settings.port + 1 if settings.port < 65535 else 8000}") from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(port_name, str(settings.port), "permission denied (ports below 1024 need root)",
+                              f"{port_name}=8000") from None
+        raise ConfigError(host_name, settings.host, f"cannot listen on this address ({exc.strerror})",
+                          f"{host_name}=127.0.0.1") from None
+    sock.set_inheritable(False)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # signals are handled by Service
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.data_dir: Path | None = None
+        self.lock: DataDirLock | None = None
+        self.supervisor: Supervisor | None = None
+        self.server: _Server | None = None
+        self._stop_requested = asyncio.Event()
+        self._signals = 0
+
+    def prepare(self) -> socket.socket:
+        """Everything that can fail on bad input, before any process starts."""
+        if self.settings.upstream is None:
+            self.data_dir = prepare_data_dir(self.settings)
+            self.lock = DataDirLock(self.data_dir)
+            self.lock.acquire()
+        try:
+            return bind_listener(self.settings)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+        if self.data_dir is not None and not self.settings.persistent:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        log.info("received %s: shutting down", signal.Signals(signum).name)
+        self._stop_requested.set()
+        if self.server is not None:
+            self.server.should_exit = True
+            if self._signals > 1:
+                self.server.force_exit = True
+
+    async def run(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        pool: UpstreamPool | None = None
+        try:
+            backend: Backend
+            if self.settings.upstream:
+                pool = UpstreamPool(self.settings.upstream, extra_headers=self._upstream_headers())
+                backend = AlwaysAvailable()
+                where = f"upstream {pool.target.url}"
+            else:
+                assert self.data_dir is not None and self.lock is not None
+                engine = EngineProcess(self.data_dir, port=self.settings.engine_port,
+                                       allow_reset=self.settings.allow_reset,
+                                       max_payload_bytes=self.settings.max_payload_bytes, lock_fd=self.lock.fd)
+                self.supervisor = Supervisor(engine)
+                if not await self._until_stopped(self.supervisor.start()):
+                    return
+                pool = UpstreamPool(engine.url)
+                backend = self.supervisor
+                where = f"data in {self.data_dir}" + ("" if self.settings.persistent else " (ephemeral)")
+            app = FrontDoor(pool, backend, max_payload_bytes=self.settings.max_payload_bytes,
+                            upstream_timeout=self.settings.upstream_timeout,
+                            strip_request_headers=_CLIENT_AUTH_HEADERS if self.settings.upstream_token else frozenset())
+            self.server = _Server(uvicorn.Config(
+                app, http="httptools", lifespan="off", access_log=False, log_config=None,
+                server_header=False, date_header=False, timeout_graceful_shutdown=self.settings.drain_timeout,
+                timeout_keep_alive=75,
+            ))
+            if self._stop_requested.is_set():
+                return
+            log.info("chromaguard %s serving Chroma %s on http://%s:%d (%s)", __version__, version("chromadb"),
+                     _show_host(self.settings.host), self.settings.port, where)
+            await self.server.serve(sockets=[sock])
+        finally:
+            if pool is not None:
+                pool.close()
+            if self.supervisor is not None:
+                await self.supervisor.stop()
+                self.supervisor.engine.cleanup()
+            self.release()
+            log.info("chromaguard stopped")
+
+    async def _until_stopped(self, work: "asyncio.Future[None] | asyncio.Task[None] | object") -> bool:
+        """Run start-up work unless a stop signal comes first; True when the work finished."""
+        task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+        stop = asyncio.ensure_future(self._stop_requested.wait())
+        done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            stop.cancel()
+            task.result()
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+
+    def _upstream_headers(self) -> list[tuple[bytes, bytes]]:
+        token = self.settings.upstream_token
+        if not token:
+            return []
+        if self.settings.upstream_token_header == "authorization":
+            return [(b"authorization", b"Bearer " + token.encode())]
+        return [(b"x-chroma-token", token.encode())]
+
+
+def _show_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def serve(settings: Settings) -> None:
+    """Run the service until it is told to stop."""
+    service = Service(settings)
+    sock = service.prepare()
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+    try:
+        runner(service.run(sock))
+    finally:
+        sock.close()

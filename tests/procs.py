@@ -1,0 +1,148 @@
+"""Real processes for tests: a chromaguard service and a bare Chroma engine."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ENGINE_PID = re.compile(r"engine started \(pid (\d+)\) on 127\.0\.0\.1:(\d+)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process environment without any Chroma or chromaguard settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CHROMA", "OTEL_")) and k not in ("PERSIST_DIRECTORY", "IS_PERSISTENT",
+                                                                   "ALLOW_RESET", "ANONYMIZED_TELEMETRY")}
+    env.update(extra)
+    return env
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None,
+              log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}: {log.read_text() if log else ''}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready in {timeout}s: {log.read_text() if log else ''}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class Guard:
+    """``chromaguard serve`` as a child process with its own port, data dir and log file."""
+
+    def __init__(self, *args: str, data_dir: Path | None = None, env: dict[str, str] | None = None,
+                 port: int | None = None) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="cg-test-")
+        self.port = port or free_port()
+        self.data_dir = data_dir or Path(self.tmp.name) / "data"
+        self.log_path = Path(self.tmp.name) / "guard.log"
+        self.args = ["--port", str(self.port), "--data-dir", str(self.data_dir), *args]
+        self.env = clean_env(**(env or {}))
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> "Guard":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "chromaguard", "serve", *self.args],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+                                     start_new_session=True)
+        if wait:
+            wait_http(self.url + "/api/v2/heartbeat", proc=self.proc, log=self.log_path)
+        return self
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def engine(self) -> tuple[int, int]:
+        """(pid, port) of the engine most recently started."""
+        found = ENGINE_PID.findall(self.log)
+        assert found, self.log
+        pid, port = found[-1]
+        return int(pid), int(port)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.tmp.cleanup()
+
+    def __enter__(self) -> "Guard":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class BareEngine:
+    """The Chroma engine alone, exactly as ``chroma run`` starts it: the reference we compare with."""
+
+    def __init__(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="cg-bare-")
+        self.port = free_port()
+        config = Path(self.tmp.name) / "config.yaml"
+        config.write_text(f'listen_address: "127.0.0.1"\nport: {self.port}\n'
+                          f'persist_path: "{self.tmp.name}/data"\nallow_reset: true\n')
+        self.log_path = Path(self.tmp.name) / "engine.log"
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys, chromadb_rust_bindings as b; b.cli(['chroma', 'run', sys.argv[1]])",
+             str(config)], stdout=self._log, stderr=subprocess.STDOUT, env=clean_env())
+        wait_http(self.url + "/api/v2/heartbeat", proc=self.proc, log=self.log_path)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+        self.tmp.cleanup()
