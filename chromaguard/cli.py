@@ -80,6 +80,8 @@ def serve(config_file: str | None, **flags: Any) -> None:
     settings = _build_settings(config_file, flags)
     setup_logging(settings.log_format, settings.log_level)
     log = logging.getLogger("chromaguard")
+    for note in settings.notes:
+        log.debug("%s", note)
     for warning in settings.warnings:
         log.warning("%s", warning)
     run_service(settings)
@@ -97,6 +99,7 @@ def show_config(config_file: str | None, as_json: bool, **flags: Any) -> None:
         click.echo(json.dumps({
             "settings": {name: {"value": value, "source": settings.source_of(name)} for name, value in values.items()},
             "warnings": settings.warnings,
+            "notes": settings.notes,
         }, indent=2))
         return
     from rich.console import Console
@@ -108,7 +111,9 @@ def show_config(config_file: str | None, as_json: bool, **flags: Any) -> None:
     table.add_column("source")
     for option in OPTIONS:
         table.add_row(option.name, json.dumps(values[option.name]), settings.source_of(option.name))
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)  # pipes get unwrapped lines
     console.print(table)
     for warning in settings.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    for note in settings.notes:
+        console.print(f"note: {note}", highlight=False)

@@ -139,6 +139,7 @@ class Settings:
     sources: dict[str, str] = field(default_factory=dict)
     setting_names: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # legacy names honoured: worth knowing, not alarming
 
     def source_of(self, name: str) -> str:
         return self.sources.get(name, "default")
@@ -253,7 +254,7 @@ def _check_together(settings: Settings, env: Mapping[str, str]) -> None:
     """Rules that involve more than one option."""
     for name, note in legacy.IGNORED_BY_CHROMA_1.items():
         if name in env:
-            settings.warnings.append(f"{name}: {note}; chromaguard honours it")
+            settings.notes.append(f"{name}: {note}; chromaguard honours it")
 
     if settings.auth_credentials_provider:
         try:
