@@ -83,6 +83,13 @@ OPTIONS: tuple[Option, ...] = (
     _opt("auth_token_transport_header", parsing.choice("authorization", "x-chroma-token", "any"), "any",
          "Authorization", "which header carries the token (any accepts both)",
          env=("CHROMA_AUTH_TOKEN_TRANSPORT_HEADER", "CHROMA_SERVER_AUTH_TOKEN_TRANSPORT_HEADER")),
+    _opt("auth_open_paths", parsing.parse_path_list,
+         ("/api/v1/heartbeat", "/api/v2/heartbeat", "/healthz", "/readyz"), "/api/v2/heartbeat,/healthz",
+         "paths that need no credentials (GET/HEAD only)", env=("CHROMAGUARD_AUTH_OPEN_PATHS",)),
+    _opt("auth_reload_interval", parsing.parse_duration, 1.0, "1s",
+         "how often the credentials file is checked for changes", env=("CHROMAGUARD_AUTH_RELOAD_INTERVAL",)),
+    _opt("rate_limit", parsing.parse_rate, 0.0, "20/s", "requests per second per token (0 = no limit)",
+         env=("CHROMAGUARD_RATE_LIMIT",)),
     _opt("upstream", parsing.parse_http_url, None, "https://api.trychroma.com",
          "front an existing Chroma server instead of starting the embedded engine",
          env=("CHROMAGUARD_UPSTREAM",), flag="--upstream"),
@@ -127,6 +134,9 @@ class Settings:
     auth_credentials_file: Path | None = None
     auth_credentials: str = ""
     auth_token_transport_header: str = "any"
+    auth_open_paths: tuple[str, ...] = ("/api/v1/heartbeat", "/api/v2/heartbeat", "/healthz", "/readyz")
+    auth_reload_interval: float = 1.0
+    rate_limit: float = 0.0
     upstream: str | None = None
     upstream_token: str = ""
     upstream_token_header: str = "x-chroma-token"

@@ -11,6 +11,8 @@ import logging
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
+from .auth import Authenticator, Denial
+from .cors import CorsPolicy
 from .responses import send_error, send_json
 from .upstream import UpstreamError, UpstreamPool, UpstreamTimeout, UpstreamUnavailable
 
@@ -30,6 +32,7 @@ _RESPONSE_HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
 })
 _RETRY_AFTER = [(b"retry-after", b"1")]
+MAX_HEADER_BYTES = 32 * 1024
 
 
 class Backend(Protocol):
@@ -56,12 +59,15 @@ class ClientDisconnected(Exception):
 class FrontDoor:
     def __init__(self, pool: UpstreamPool, backend: Backend, *, max_payload_bytes: int,
                  upstream_timeout: float, heartbeat_timeout: float = 5.0,
-                 strip_request_headers: frozenset[bytes] = frozenset()) -> None:
+                 strip_request_headers: frozenset[bytes] = frozenset(),
+                 auth: Authenticator | None = None, cors: CorsPolicy | None = None) -> None:
         self.pool = pool
         self.backend = backend
         self.max_payload_bytes = max_payload_bytes
         self.upstream_timeout = upstream_timeout
         self.heartbeat_timeout = heartbeat_timeout
+        self.auth = auth
+        self.cors = cors
         self._strip = _HOP_BY_HOP | strip_request_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -70,6 +76,51 @@ class FrontDoor:
             return
         if scope["type"] != "http":  # websockets: Chroma has none
             return
+        if self.auth is None and self.cors is None:
+            await self._route(scope, receive, send)
+        else:
+            await self._guarded(scope, receive, send)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """CORS and auth, decided before anything reaches the engine."""
+        origin = request_method = request_headers = None
+        size = 0
+        for name, value in scope["headers"]:
+            size += len(name) + len(value)
+            if name == b"origin":
+                origin = value
+            elif name == b"access-control-request-method":
+                request_method = value
+            elif name == b"access-control-request-headers":
+                request_headers = value
+        if size > MAX_HEADER_BYTES:
+            await send_error(send, 431, "InvalidArgumentError",
+                             f"chromaguard: request headers exceed {MAX_HEADER_BYTES} bytes")
+            return
+        method = scope["method"]
+        if self.cors is not None and origin is not None:
+            if method == "OPTIONS" and request_method is not None:
+                status, headers = self.cors.preflight(origin, request_headers)
+                await send({"type": "http.response.start", "status": status,
+                            "headers": headers + [(b"content-length", b"0")]})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            extra = self.cors.response_headers(origin)
+            if extra:
+                send = _adding_headers(send, extra)
+        if self.auth is not None and not self.auth.is_open(method, scope["path"]):
+            result = self.auth.check(method, scope["raw_path"], scope["headers"])
+            if isinstance(result, Denial):
+                await send_error(send, result.status, result.error, result.message, result.headers)
+                return
+            scope["chromaguard.principal"] = result.principal
+            scope["chromaguard.route"] = result.route
+            if result.route.operation == "identity":
+                await send_json(send, 200, result.principal.identity())
+                return
+        await self._route(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         if path in HEARTBEAT_PATHS and scope["method"] in ("GET", "HEAD"):
             await self.heartbeat(send)
@@ -191,6 +242,15 @@ class FrontDoor:
         await send_error(send, 413, "PayloadTooLarge",
                          f"chromaguard: {size} exceeds the limit of {self.max_payload_bytes} bytes "
                          "(CHROMA_MAX_PAYLOAD_SIZE_BYTES); send smaller batches")
+
+
+def _adding_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message["headers"], *extra]}
+        await send(message)
+
+    return wrapped
 
 
 async def _body_stream(first: bytes, receive: Receive) -> AsyncIterator[bytes]:

@@ -175,3 +175,26 @@ def choice(*allowed: str):
         return text
 
     return parse
+
+
+def parse_path_list(raw: Any) -> tuple[str, ...]:
+    """URL paths, as a YAML list or a comma list; each must start with '/'."""
+    items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+    paths = tuple(str(item).strip() for item in items if str(item).strip())
+    for path in paths:
+        if not path.startswith("/"):
+            raise ValueError(f"{path!r} is not a URL path (it must start with /)")
+    return paths
+
+
+def parse_rate(raw: Any) -> float:
+    """Requests per second from ``20``, ``20/s``, ``600/m`` or ``0`` (off)."""
+    text = str(raw).strip().lower()
+    number, _, unit = text.partition("/")
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError("not a rate (use 20/s, 600/m or 0 for no limit)") from None
+    if value < 0 or unit not in ("", "s", "m", "h"):
+        raise ValueError("not a rate (use 20/s, 600/m or 0 for no limit)")
+    return value / {"": 1, "s": 1, "m": 60, "h": 3600}[unit]

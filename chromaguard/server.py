@@ -22,7 +22,10 @@ from typing import Iterator
 import uvicorn
 
 from . import __version__
+from .auth import Authenticator, CredentialsWatcher
 from .config import Settings
+from .cors import CorsPolicy
+from .credentials import CredentialsError, CredentialStore, load_store
 from .datalock import DataDirLock
 from .engine import EngineProcess
 from .errors import ConfigError
@@ -94,11 +97,43 @@ class Service:
         self.lock: DataDirLock | None = None
         self.supervisor: Supervisor | None = None
         self.server: _Server | None = None
+        self.auth: Authenticator | None = None
+        self.watcher: CredentialsWatcher | None = None
         self._stop_requested = asyncio.Event()
         self._signals = 0
 
+    def load_credentials(self) -> CredentialStore:
+        s = self.settings
+        return load_store(s.auth_provider, s.auth_credentials_file, s.auth_credentials,
+                          file_setting=s.name_of("auth_credentials_file"),
+                          inline_setting=s.name_of("auth_credentials"))
+
+    def _prepare_auth(self) -> None:
+        s = self.settings
+        if s.auth_provider == "none":
+            return
+        try:
+            store = self.load_credentials()
+        except CredentialsError as exc:
+            name = s.name_of("auth_credentials_file" if s.auth_credentials_file else "auth_credentials")
+            raise ConfigError(name, str(s.auth_credentials_file or "***"), str(exc).split(": ", 1)[-1],
+                              f'{name}=/etc/chromaguard/tokens.json holding ["my-token"]') from None
+        self.auth = Authenticator(s.auth_provider, store, transport=s.auth_token_transport_header,
+                                  open_paths=s.auth_open_paths, rate_limit=s.rate_limit)
+
+    def _warn_about_exposure(self) -> None:
+        s = self.settings
+        if self.auth is None and s.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("!!! AUTH IS OFF and chromaguard listens on %s: anyone who can reach port %d can read, "
+                        "change and delete all data. Set CHROMA_SERVER_AUTH_PROVIDER=token and "
+                        "CHROMA_SERVER_AUTH_CREDENTIALS_FILE, or listen on 127.0.0.1 !!!", s.host, s.port)
+        if self.auth is not None and "*" in s.cors_allow_origins:
+            log.warning("%s allows every origin (*) while auth is on: any web page can call the API with a "
+                        "token it holds; list your origins instead", s.name_of("cors_allow_origins"))
+
     def prepare(self) -> socket.socket:
         """Everything that can fail on bad input, before any process starts."""
+        self._prepare_auth()
         if self.settings.upstream is None:
             self.data_dir = prepare_data_dir(self.settings)
             self.lock = DataDirLock(self.data_dir)
@@ -115,6 +150,16 @@ class Service:
         if self.data_dir is not None and not self.settings.persistent:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
+    def _on_hangup(self) -> None:
+        if self.watcher is not None:
+            self.watcher.reload("SIGHUP")
+        else:
+            log.info("SIGHUP: no credentials file to reload")
+
+    def _apply_credentials(self, store: CredentialStore) -> None:
+        assert self.auth is not None
+        self.auth.store = store
+
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
         log.info("received %s: shutting down", signal.Signals(signum).name)
@@ -128,6 +173,12 @@ class Service:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+        self._warn_about_exposure()
+        if self.auth is not None and self.settings.auth_credentials_file is not None:
+            self.watcher = CredentialsWatcher(self.settings.auth_credentials_file, self.load_credentials,
+                                              self._apply_credentials, self.settings.auth_reload_interval)
+            self.watcher.start()
         pool: UpstreamPool | None = None
         try:
             backend: Backend
@@ -148,7 +199,11 @@ class Service:
                 where = f"data in {self.data_dir}" + ("" if self.settings.persistent else " (ephemeral)")
             app = FrontDoor(pool, backend, max_payload_bytes=self.settings.max_payload_bytes,
                             upstream_timeout=self.settings.upstream_timeout,
-                            strip_request_headers=_CLIENT_AUTH_HEADERS if self.settings.upstream_token else frozenset())
+                            strip_request_headers=_CLIENT_AUTH_HEADERS
+                            if self.settings.upstream_token or self.auth else frozenset(),
+                            auth=self.auth,
+                            cors=CorsPolicy(self.settings.cors_allow_origins) if self.settings.cors_allow_origins
+                            else None)
             self.server = _Server(uvicorn.Config(
                 app, http="httptools", lifespan="off", access_log=False, log_config=None,
                 server_header=False, date_header=False, timeout_graceful_shutdown=self.settings.drain_timeout,
@@ -160,6 +215,8 @@ class Service:
                      _show_host(self.settings.host), self.settings.port, where)
             await self.server.serve(sockets=[sock])
         finally:
+            if self.watcher is not None:
+                await self.watcher.stop()
             if pool is not None:
                 pool.close()
             if self.supervisor is not None:

@@ -82,7 +82,7 @@ class Guard:
                                      stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
                                      start_new_session=True)
         if wait:
-            wait_http(self.url + "/api/v2/heartbeat", proc=self.proc, log=self.log_path)
+            wait_http(self.url + "/healthz", proc=self.proc, log=self.log_path)
         return self
 
     @property

@@ -1,0 +1,218 @@
+"""Client authentication and authorisation at the front door (Chroma 1.x has none).
+
+Missing credentials → 401 with ``WWW-Authenticate``; wrong credentials or an
+operation the token may not do → 403. Error bodies use Chroma's error names so
+the official client raises its own auth errors. Tokens never reach a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .credentials import CredentialsError, CredentialStore, Principal
+from .routes import ADMIN, READ, WRITE, Route, canonical_segments, classify
+
+log = logging.getLogger("chromaguard.auth")
+
+_ALLOWED = {ADMIN: {READ, WRITE, ADMIN}, WRITE: {READ, WRITE}, READ: {READ}}
+_TENANTLESS_OK = {"heartbeat", "version", "pre-flight-checks", "healthcheck", "identity"}
+DEFAULT_OPEN_PATHS = ("/api/v1/heartbeat", "/api/v2/heartbeat", "/healthz", "/readyz")
+
+
+@dataclass(frozen=True)
+class Denial:
+    status: int
+    error: str
+    message: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+@dataclass(frozen=True)
+class Grant:
+    principal: Principal
+    route: Route
+
+
+class RateLimiter:
+    """A token bucket per caller: ``rate`` requests a second, bursts up to one second's worth."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, key: str) -> float:
+        """0 when allowed, else the seconds until the next request would be."""
+        now = time.monotonic()
+        level, last = self._buckets.get(key, (self.capacity, now))
+        level = min(self.capacity, level + (now - last) * self.rate)
+        if level >= 1.0:
+            self._buckets[key] = (level - 1.0, now)
+            return 0.0
+        self._buckets[key] = (level, now)
+        return (1.0 - level) / self.rate
+
+
+class Authenticator:
+    def __init__(self, provider: str, store: CredentialStore, *, transport: str = "any",
+                 open_paths: Iterable[str] = DEFAULT_OPEN_PATHS, rate_limit: float = 0.0) -> None:
+        self.provider = provider
+        self.store = store
+        self.transport = transport
+        self.open_paths = frozenset(open_paths)
+        self.limiter = RateLimiter(rate_limit) if rate_limit > 0 else None
+        scheme = b"Bearer" if provider == "token" else b"Basic"
+        self._challenge = ((b"www-authenticate", scheme + b' realm="chromaguard"'),)
+
+    def is_open(self, method: str, path: str) -> bool:
+        return method in ("GET", "HEAD") and path in self.open_paths
+
+    def check(self, method: str, raw_path: bytes, headers: Iterable[tuple[bytes, bytes]]) -> Grant | Denial:
+        segments = canonical_segments(raw_path)
+        if segments is None:
+            return Denial(400, "InvalidArgumentError",
+                          "chromaguard: the request path is not in canonical form (no //, /./, /../, "
+                          "encoded slashes or trailing slash)")
+        found = self._credentials(headers)
+        if isinstance(found, Denial):
+            return found
+        principal = found
+        route = classify(method, segments)
+        why = self._forbidden(principal, route)
+        if why:
+            log.info("denied %s to %s: %s", route.operation, principal.name, why)
+            return Denial(403, "AuthorizationError", f"chromaguard: {principal.name} may not {why}")
+        if self.limiter is not None:
+            wait = self.limiter.allow(principal.name)
+            if wait:
+                return Denial(429, "RateLimitError", f"chromaguard: rate limit reached for {principal.name}",
+                              ((b"retry-after", str(max(1, round(wait + 0.5))).encode()),))
+        return Grant(principal, route)
+
+    def _credentials(self, headers: Iterable[tuple[bytes, bytes]]) -> Principal | Denial:
+        offered: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            if name == b"authorization" and self.transport != "x-chroma-token":
+                offered.append((name, value))
+            elif name == b"x-chroma-token" and self.transport != "authorization" and self.provider == "token":
+                offered.append((name, value))
+        if not offered:
+            return self._missing()
+        if len(offered) > 1:
+            return Denial(400, "AuthError", "chromaguard: send credentials in exactly one header")
+        name, value = offered[0]
+        if name == b"x-chroma-token":
+            principal = self.store.check_token(value.decode("latin-1").strip())
+        else:
+            scheme, _, rest = value.decode("latin-1").strip().partition(" ")
+            rest = rest.strip()
+            if self.provider == "token" and scheme.lower() == "bearer" and rest:
+                principal = self.store.check_token(rest)
+            elif self.provider == "basic" and scheme.lower() == "basic" and rest:
+                user_password = _basic(rest)
+                if user_password is None:
+                    return self._missing()
+                principal = self.store.check_password(*user_password)
+            else:
+                return self._missing()
+        if principal is None:
+            log.info("rejected unknown credentials")
+            return Denial(403, "AuthorizationError", "chromaguard: the credentials are not valid")
+        return principal
+
+    def _missing(self) -> Denial:
+        how = ("Authorization: Bearer <token> or X-Chroma-Token: <token>" if self.provider == "token"
+               else "Authorization: Basic <user:password in base64>")
+        return Denial(401, "AuthError", f"chromaguard: authentication required: send {how}", self._challenge)
+
+    @staticmethod
+    def _forbidden(principal: Principal, route: Route) -> str:
+        if route.access not in _ALLOWED[principal.role]:
+            return f"{route.operation.replace('_', ' ')} (role {principal.role})"
+        if principal.tenant is None:
+            return ""
+        if route.tenant is None:
+            return "" if route.operation in _TENANTLESS_OK else f"{route.operation.replace('_', ' ')} outside its tenant"
+        if route.tenant != principal.tenant:
+            return f"use tenant {route.tenant}"
+        if principal.databases is None:
+            return ""
+        if route.database is None:
+            return "" if route.operation == "get_tenant" else f"{route.operation.replace('_', ' ')} across databases"
+        if route.database not in principal.databases:
+            return f"use database {route.database}"
+        return ""
+
+
+def _basic(encoded: str) -> tuple[str, str] | None:
+    try:
+        decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep and user else None
+
+
+class CredentialsWatcher:
+    """Re-reads the credentials file when it changes (and on demand, e.g. SIGHUP).
+
+    A file being written is read only once it has stopped changing; an invalid
+    file is refused with an error in the log and the old credentials stay in force.
+    """
+
+    def __init__(self, path: Path, load: Callable[[], CredentialStore], apply: Callable[[CredentialStore], None],
+                 interval: float = 1.0) -> None:
+        self.path = path
+        self.load = load
+        self.apply = apply
+        self.interval = interval
+        self._seen = self._stat()
+        self._task: asyncio.Task[None] | None = None
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            current = self._stat()
+            if current == self._seen:
+                continue
+            await asyncio.sleep(min(0.2, self.interval))  # let a writer finish
+            if self._stat() != current:
+                continue  # still changing: look again next round
+            self._seen = current
+            self.reload("the file changed")
+
+    def reload(self, why: str) -> bool:
+        try:
+            store = self.load()
+        except CredentialsError as exc:
+            log.error("credentials not reloaded (%s): %s; the previous credentials stay in force", why, exc)
+            return False
+        self.apply(store)
+        log.info("credentials reloaded (%s): %d entries", why, len(store))
+        return True

@@ -1,0 +1,128 @@
+"""What a request asks the engine to do: operation, access level, tenant, database.
+
+Authorisation depends on this, so it follows the engine's router exactly: the
+engine matches raw paths literally (no dot-segment or slash folding, case
+sensitive), and anything we do not recognise needs an admin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+READ, WRITE, ADMIN = "read", "write", "admin"
+
+_META = {"heartbeat", "version", "pre-flight-checks", "healthcheck"}
+_COLLECTION_OPS = {
+    # op: {method: (operation, access)}
+    "add": {"POST": ("add", WRITE)},
+    "upsert": {"POST": ("upsert", WRITE)},
+    "update": {"POST": ("update", WRITE)},
+    "delete": {"POST": ("delete", WRITE)},
+    "fork": {"POST": ("fork", WRITE)},
+    "get": {"POST": ("get", READ)},
+    "query": {"POST": ("query", READ)},
+    "search": {"POST": ("search", READ)},
+    "count": {"GET": ("count", READ)},
+    "indexing_status": {"GET": ("indexing_status", READ)},
+}
+
+
+@dataclass(frozen=True)
+class Route:
+    operation: str
+    access: str
+    tenant: str | None = None
+    database: str | None = None
+    collection: str | None = None
+
+
+UNKNOWN = Route("unknown", ADMIN)
+
+
+def canonical_segments(raw_path: bytes) -> list[str] | None:
+    """The decoded path segments, or None when the path is not in canonical form.
+
+    Canonical: starts with '/', no empty segment (``//``, trailing slash), no ``.``
+    or ``..`` segment (literal or percent-encoded), no encoded ``/`` or ``\\`` or NUL.
+    """
+    if not raw_path.startswith(b"/"):
+        return None
+    if raw_path == b"/":
+        return []
+    try:
+        parts = raw_path[1:].decode("ascii").split("/")
+    except UnicodeDecodeError:
+        return None
+    segments = []
+    for part in parts:
+        try:
+            decoded = unquote(part, errors="strict") if "%" in part else part
+        except UnicodeDecodeError:
+            return None
+        if decoded in ("", ".", "..") or "/" in decoded or "\\" in decoded or "\x00" in decoded:
+            return None
+        segments.append(decoded)
+    return segments
+
+
+def classify(method: str, segments: list[str]) -> Route:
+    if method == "HEAD":
+        method = "GET"  # the engine answers HEAD with its GET handler
+    if len(segments) < 3 or segments[0] != "api" or segments[1] != "v2":
+        return UNKNOWN
+    rest = segments[2:]
+    head = rest[0]
+    if len(rest) == 1:
+        if head in _META and method == "GET":
+            return Route(head, READ)
+        if head == "reset" and method == "POST":
+            return Route("reset", ADMIN)
+        if head == "tenants" and method == "POST":
+            return Route("create_tenant", ADMIN)
+        return UNKNOWN
+    if rest == ["auth", "identity"] and method == "GET":
+        return Route("identity", READ)
+    if head == "collections" and len(rest) == 2 and method == "GET":
+        return Route("get_collection_by_crn", READ)  # tenant and database live in the CRN
+    if head != "tenants":
+        return UNKNOWN
+    return _tenant_route(method, rest[1], rest[2:])
+
+
+def _tenant_route(method: str, tenant: str, rest: list[str]) -> Route:
+    if not rest:
+        if method == "GET":
+            return Route("get_tenant", READ, tenant)
+        return Route("update_tenant", ADMIN, tenant) if method == "PATCH" else UNKNOWN
+    if rest[0] != "databases":
+        return UNKNOWN
+    if len(rest) == 1:
+        if method == "GET":
+            return Route("list_databases", READ, tenant)
+        return Route("create_database", ADMIN, tenant) if method == "POST" else UNKNOWN
+    database, rest = rest[1], rest[2:]
+    if not rest:
+        if method == "GET":
+            return Route("get_database", READ, tenant, database)
+        return Route("delete_database", ADMIN, tenant, database) if method == "DELETE" else UNKNOWN
+    if rest == ["collections_count"] and method == "GET":
+        return Route("count_collections", READ, tenant, database)
+    if rest[0] != "collections":
+        return UNKNOWN
+    if len(rest) == 1:
+        if method == "GET":
+            return Route("list_collections", READ, tenant, database)
+        return Route("create_collection", WRITE, tenant, database) if method == "POST" else UNKNOWN
+    collection = rest[1]
+    if len(rest) == 2:
+        by_method = {"GET": ("get_collection", READ), "PUT": ("modify_collection", WRITE),
+                     "DELETE": ("delete_collection", WRITE)}
+    elif len(rest) == 3:
+        by_method = _COLLECTION_OPS.get(rest[2], {})
+    else:
+        by_method = {}
+    found = by_method.get(method)
+    if found is None:
+        return Route("unknown", ADMIN, tenant, database, collection)
+    return Route(found[0], found[1], tenant, database, collection)
