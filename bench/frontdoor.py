@@ -1,8 +1,10 @@
 """Front door vs bare engine, side by side in one run: add throughput and query latency.
 
-Both servers run the same engine build on this machine, get the same data and
-the same queries from the official Python client; requests alternate between
-them so machine noise lands on both alike. Prints ratios (guard / bare).
+Every server runs the same engine build on this machine and gets the same data
+and the same queries from the official Python client; requests rotate between
+them so machine noise lands on all alike. Prints ratios against the bare engine:
+plain chromaguard, and chromaguard with token auth and OpenTelemetry tracing on
+(spans exported to a real OTLP receiver in this process).
 """
 
 from __future__ import annotations
@@ -11,15 +13,28 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import chromadb
 import numpy as np
+from chromadb.config import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import http_client  # noqa: E402
+from otlp_receiver import Receiver  # noqa: E402
 from procs import BareEngine, Guard  # noqa: E402
+
+TOKEN = "bench-token"
+
+
+def _client(port: int, token: str | None = None) -> chromadb.ClientAPI:
+    extra: dict[str, Any] = {}
+    if token:
+        extra = {"chroma_client_auth_provider": "chromadb.auth.token_authn.TokenAuthClientProvider",
+                 "chroma_client_auth_credentials": token}
+    return chromadb.HttpClient(host="127.0.0.1", port=port, settings=Settings(anonymized_telemetry=False, **extra))
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -27,47 +42,73 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run(records: int, dim: int, queries: int, batch: int = 1000, guard_args: tuple[str, ...] = (),
-        guard_env: dict[str, str] | None = None) -> dict[str, Any]:
+def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = True) -> dict[str, Any]:
     rng = np.random.default_rng(42)
     data = rng.random((records, dim), dtype=np.float32)
     probes = rng.random((queries, dim), dtype=np.float32)
-    bare = BareEngine()
-    guard = Guard(*guard_args, env=guard_env).start()
+    tmp = tempfile.TemporaryDirectory()
+    tokens = Path(tmp.name) / "tokens.json"
+    tokens.write_text(json.dumps([TOKEN]))
+    receiver = Receiver().start()
+    servers: dict[str, Any] = {"bare": BareEngine(), "guard": Guard().start()}
+    if traced:
+        servers["guard+auth+tracing"] = Guard(env={
+            "CHROMA_SERVER_AUTH_PROVIDER": "token", "CHROMA_SERVER_AUTH_CREDENTIALS_FILE": str(tokens),
+            "CHROMA_SERVER_OTEL_ENDPOINT": receiver.endpoint, "CHROMA_SERVER_OTEL_SERVICE_NAME": "bench"}).start()
     try:
-        clients = {"bare": http_client(bare.port), "guard": http_client(guard.port)}
+        clients = {k: _client(s.port, TOKEN if k.endswith("tracing") else None) for k, s in servers.items()}
         cols = {k: c.create_collection("bench", embedding_function=None) for k, c in clients.items()}
-        add_seconds = {"bare": 0.0, "guard": 0.0}
-        for start in range(0, records, batch):
+        keys = list(cols)
+        add_seconds = dict.fromkeys(keys, 0.0)
+        for n, start in enumerate(range(0, records, batch)):
             ids = [f"r{i}" for i in range(start, min(records, start + batch))]
-            for key in ("bare", "guard") if (start // batch) % 2 == 0 else ("guard", "bare"):
+            for key in keys[n % len(keys):] + keys[:n % len(keys)]:
                 t0 = time.perf_counter()
                 cols[key].add(ids=ids, embeddings=data[start:start + len(ids)])
                 add_seconds[key] += time.perf_counter() - t0
         for key, col in cols.items():
             assert col.count() == records, key
-        latencies: dict[str, list[float]] = {"bare": [], "guard": []}
+        latencies: dict[str, list[float]] = {k: [] for k in keys}
         for i in range(min(50, queries)):  # warm-up
             for col in cols.values():
                 col.query(query_embeddings=probes[i:i + 1], n_results=10)
         for i in range(queries):
-            order = ("bare", "guard") if i % 2 == 0 else ("guard", "bare")
-            for key in order:
+            for key in keys[i % len(keys):] + keys[:i % len(keys)]:
                 t0 = time.perf_counter()
                 cols[key].query(query_embeddings=probes[i:i + 1], n_results=10)
                 latencies[key].append((time.perf_counter() - t0) * 1000)
-        result: dict[str, Any] = {"records": records, "dim": dim, "queries": queries}
-        for key in ("bare", "guard"):
-            result[f"{key}_add_records_per_s"] = records / add_seconds[key]
-            result[f"{key}_query_p50_ms"] = statistics.median(latencies[key])
-            result[f"{key}_query_p95_ms"] = _percentile(latencies[key], 0.95)
-        result["add_throughput_ratio"] = result["guard_add_records_per_s"] / result["bare_add_records_per_s"]
-        result["query_p50_ratio"] = result["guard_query_p50_ms"] / result["bare_query_p50_ms"]
-        result["query_p95_ratio"] = result["guard_query_p95_ms"] / result["bare_query_p95_ms"]
+        result: dict[str, Any] = {"records": records, "dim": dim, "queries": queries, "servers": {}}
+        for key in keys:
+            result["servers"][key] = {
+                "add_records_per_s": records / add_seconds[key],
+                "query_p50_ms": statistics.median(latencies[key]),
+                "query_p95_ms": _percentile(latencies[key], 0.95),
+            }
+        bare = result["servers"]["bare"]
+        for key in keys[1:]:
+            mine = result["servers"][key]
+            mine["add_throughput_ratio"] = mine["add_records_per_s"] / bare["add_records_per_s"]
+            mine["query_p50_ratio"] = mine["query_p50_ms"] / bare["query_p50_ms"]
+            mine["query_p95_ratio"] = mine["query_p95_ms"] / bare["query_p95_ms"]
+        if traced:
+            result["spans_received"] = len(receiver.spans)
         return result
     finally:
-        guard.close()
-        bare.close()
+        for server in servers.values():
+            server.close()
+        receiver.stop()
+        tmp.cleanup()
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = [f"{result['records']} x {result['dim']}-d, top-10, {result['queries']} queries, official client",
+             f"{'':22}{'add rec/s':>11}{'ratio':>7}{'p50 ms':>9}{'ratio':>7}{'p95 ms':>9}{'ratio':>7}"]
+    for key, row in result["servers"].items():
+        ratio = lambda name: f"{row[name]:>7.3f}" if name in row else f"{'':>7}"  # noqa: E731
+        lines.append(f"{key:22}{row['add_records_per_s']:>11.0f}{ratio('add_throughput_ratio')}"
+                     f"{row['query_p50_ms']:>9.3f}{ratio('query_p50_ratio')}"
+                     f"{row['query_p95_ms']:>9.3f}{ratio('query_p95_ratio')}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -75,16 +116,11 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--no-tracing", action="store_true", help="skip the auth+tracing variant")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
-    result = run(args.records, args.dim, args.queries)
-    print(f"{args.records} x {args.dim}-d, top-10, {args.queries} queries, official client")
-    print(f"{'':24}{'bare engine':>14}{'chromaguard':>14}{'ratio':>8}")
-    print(f"{'add (records/s)':24}{result['bare_add_records_per_s']:>14.0f}{result['guard_add_records_per_s']:>14.0f}"
-          f"{result['add_throughput_ratio']:>8.3f}")
-    for q in ("p50", "p95"):
-        print(f"{'query ' + q + ' (ms)':24}{result[f'bare_query_{q}_ms']:>14.3f}{result[f'guard_query_{q}_ms']:>14.3f}"
-              f"{result[f'query_{q}_ratio']:>8.3f}")
+    result = run(args.records, args.dim, args.queries, traced=not args.no_tracing)
+    print(report(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

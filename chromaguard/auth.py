@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .credentials import CredentialsError, CredentialStore, Principal
-from .routes import ADMIN, READ, WRITE, Route, canonical_segments, classify
+from .routes import ADMIN, READ, WRITE, Route
 
 log = logging.getLogger("chromaguard.auth")
 
 _ALLOWED = {ADMIN: {READ, WRITE, ADMIN}, WRITE: {READ, WRITE}, READ: {READ}}
-_TENANTLESS_OK = {"heartbeat", "version", "pre-flight-checks", "healthcheck", "identity"}
+_TENANTLESS_OK = {"heartbeat", "version", "pre-flight-checks", "healthcheck", "identity", "metrics", "healthz",
+                  "readyz"}
 DEFAULT_OPEN_PATHS = ("/api/v1/heartbeat", "/api/v2/heartbeat", "/healthz", "/readyz")
 
 
@@ -75,9 +76,9 @@ class Authenticator:
     def is_open(self, method: str, path: str) -> bool:
         return method in ("GET", "HEAD") and path in self.open_paths
 
-    def check(self, method: str, raw_path: bytes, headers: Iterable[tuple[bytes, bytes]]) -> Grant | Denial:
-        segments = canonical_segments(raw_path)
-        if segments is None:
+    def check(self, route: Route | None, headers: Iterable[tuple[bytes, bytes]]) -> Grant | Denial:
+        """Decide on a request whose route (None: non-canonical path) is already known."""
+        if route is None:
             return Denial(400, "InvalidArgumentError",
                           "chromaguard: the request path is not in canonical form (no //, /./, /../, "
                           "encoded slashes or trailing slash)")
@@ -85,7 +86,6 @@ class Authenticator:
         if isinstance(found, Denial):
             return found
         principal = found
-        route = classify(method, segments)
         why = self._forbidden(principal, route)
         if why:
             log.info("denied %s to %s: %s", route.operation, principal.name, why)

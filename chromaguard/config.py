@@ -69,6 +69,12 @@ OPTIONS: tuple[Option, ...] = (
          env=("CHROMA_SERVER_OTEL_SERVICE_NAME", "CHROMA_OTEL_SERVICE_NAME",
               "CHROMA_OPEN_TELEMETRY__SERVICE_NAME", "OTEL_SERVICE_NAME"),
          keys=("otel_service_name", "open_telemetry.service_name")),
+    _opt("otel_protocol", parsing.choice("grpc", "http/protobuf", "auto"), "auto", "grpc",
+         "OTLP transport: grpc, http/protobuf, or auto (4318 or a /v1/ path means HTTP)",
+         env=("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")),
+    _opt("otel_headers", parsing.parse_headers, (), "x-api-key=secret",
+         "headers sent to the collector (JSON object or k=v,k=v)",
+         env=("CHROMA_OTEL_COLLECTION_HEADERS",), secret=True),
     _opt("auth_provider", legacy.auth_provider, "none", "token", "client auth: none, token or basic",
          env=("CHROMA_SERVER_AUTH_PROVIDER", "CHROMA_SERVER_AUTHN_PROVIDER"), flag="--auth-provider"),
     _opt("auth_credentials_provider", parsing.parse_text, "", "chromadb.auth.token.TokenConfigServerAuthCredentialsProvider",
@@ -129,6 +135,8 @@ class Settings:
     otel_enabled: bool = False
     otel_endpoint: str | None = None
     otel_service_name: str = "chromaguard"
+    otel_protocol: str = "auto"
+    otel_headers: tuple[tuple[str, str], ...] = ()
     auth_provider: str = "none"
     auth_credentials_provider: str = ""
     auth_credentials_file: Path | None = None

@@ -36,11 +36,12 @@ def free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def engine_config_yaml(port: int, data_dir: Path, *, allow_reset: bool, max_payload_bytes: int) -> str:
-    """The engine's config: loopback only, our port, our data dir."""
+def engine_config_yaml(port: int, data_dir: Path, *, allow_reset: bool, max_payload_bytes: int,
+                       telemetry: dict[str, str] | None = None) -> str:
+    """The engine's config: loopback only, our port, our data dir, and our collector if tracing is on."""
     import json
 
-    lines = {
+    lines: dict[str, object] = {
         "listen_address": "127.0.0.1",
         "port": port,
         "persist_path": str(data_dir.resolve()),
@@ -48,14 +49,18 @@ def engine_config_yaml(port: int, data_dir: Path, *, allow_reset: bool, max_payl
         "max_payload_size_bytes": max_payload_bytes,
     }
     # JSON scalars are valid YAML and quote paths safely.
-    return "".join(f"{key}: {json.dumps(value)}\n" for key, value in lines.items())
+    text = "".join(f"{key}: {json.dumps(value)}\n" for key, value in lines.items())
+    if telemetry:
+        text += "open_telemetry:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in telemetry.items())
+    return text
 
 
-def engine_environment() -> dict[str, str]:
+def engine_environment(otel_headers: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(_SCRUBBED_PREFIXES) and k not in _SCRUBBED_NAMES}
+    if otel_headers:
+        env["OTEL_EXPORTER_OTLP_HEADERS"] = ",".join(f"{k}={v}" for k, v in otel_headers)
     env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("RUST_LOG", "warn")
     return env
 
 
@@ -74,12 +79,15 @@ class EngineProcess:
     """Start, watch and stop one engine process."""
 
     def __init__(self, data_dir: Path, *, port: int = 0, allow_reset: bool = False,
-                 max_payload_bytes: int = 41943040, lock_fd: int | None = None) -> None:
+                 max_payload_bytes: int = 41943040, lock_fd: int | None = None,
+                 telemetry: dict[str, str] | None = None, otel_headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.data_dir = data_dir
         self.port = port or free_loopback_port()
         self.allow_reset = allow_reset
         self.max_payload_bytes = max_payload_bytes
         self.lock_fd = lock_fd
+        self.telemetry = telemetry
+        self.otel_headers = otel_headers
         self.process: asyncio.subprocess.Process | None = None
         self.started_at: float | None = None
         self.ready = False
@@ -102,13 +110,14 @@ class EngineProcess:
     async def start(self) -> None:
         config_path = Path(self._config_dir.name) / "engine.yaml"
         config_path.write_text(engine_config_yaml(self.port, self.data_dir, allow_reset=self.allow_reset,
-                                                  max_payload_bytes=self.max_payload_bytes))
+                                                  max_payload_bytes=self.max_payload_bytes,
+                                                  telemetry=self.telemetry))
         self.recent_output.clear()
         self.ready = False
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "chromaguard._engine_main", str(os.getpid()), str(config_path),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            env=engine_environment(), pass_fds=(self.lock_fd,) if self.lock_fd is not None else (),
+            env=engine_environment(self.otel_headers), pass_fds=(self.lock_fd,) if self.lock_fd is not None else (),
             start_new_session=True,  # a Ctrl-C in the terminal reaches the guard, which stops the engine in order
         )
         self.started_at = time.monotonic()

@@ -198,3 +198,27 @@ def parse_rate(raw: Any) -> float:
     if value < 0 or unit not in ("", "s", "m", "h"):
         raise ValueError("not a rate (use 20/s, 600/m or 0 for no limit)")
     return value / {"": 1, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+def parse_headers(raw: Any) -> tuple[tuple[str, str], ...]:
+    """Headers from a JSON object or ``k=v,k=v`` (the OTel spelling)."""
+    if isinstance(raw, dict):
+        pairs = list(raw.items())
+    else:
+        text = str(raw).strip()
+        if text.startswith("{"):
+            try:
+                loaded = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"malformed JSON object ({exc.msg})") from None
+            if not isinstance(loaded, dict):
+                raise ValueError("the JSON must be an object of header names to values")
+            pairs = list(loaded.items())
+        else:
+            pairs = []
+            for item in filter(None, (part.strip() for part in text.split(","))):
+                name, sep, value = item.partition("=")
+                if not sep or not name.strip():
+                    raise ValueError(f"{item!r} is not name=value")
+                pairs.append((name.strip(), value.strip()))
+    return tuple((str(k).strip().lower(), str(v)) for k, v in pairs)

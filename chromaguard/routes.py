@@ -40,6 +40,37 @@ class Route:
 UNKNOWN = Route("unknown", ADMIN)
 
 
+def template(route: Route, segments: list[str]) -> str:
+    """The path with tenant, database and collection replaced by placeholders (``http.route``)."""
+    if not segments:
+        return "/"
+    if route.operation == "unknown" and route.tenant is None:
+        return "/" + "/".join(segments[:3]) + ("/..." if len(segments) > 3 else "")
+    out = []
+    for index, segment in enumerate(segments):
+        before = segments[index - 1] if index else ""
+        if before == "tenants" and route.tenant is not None:
+            out.append("{tenant}")
+        elif before == "databases" and route.database is not None:
+            out.append("{database}")
+        elif before == "collections" and route.collection is not None and index >= 6:
+            out.append("{collection_id}")
+        elif before == "collections" and route.operation == "get_collection_by_crn":
+            out.append("{crn}")
+        else:
+            out.append(segment)
+    return "/" + "/".join(out)
+
+
+def route_of(method: str, raw_path: bytes) -> tuple[Route | None, str]:
+    """Route and ``http.route`` template for a raw request path; None for a non-canonical path."""
+    segments = canonical_segments(raw_path)
+    if segments is None:
+        return None, "(non-canonical)"
+    route = classify(method, segments)
+    return route, template(route, segments)
+
+
 def canonical_segments(raw_path: bytes) -> list[str] | None:
     """The decoded path segments, or None when the path is not in canonical form.
 
@@ -66,9 +97,14 @@ def canonical_segments(raw_path: bytes) -> list[str] | None:
     return segments
 
 
+_GUARD_PATHS = {("metrics",): "metrics", ("healthz",): "healthz", ("readyz",): "readyz"}
+
+
 def classify(method: str, segments: list[str]) -> Route:
     if method == "HEAD":
         method = "GET"  # the engine answers HEAD with its GET handler
+    if method == "GET" and tuple(segments) in _GUARD_PATHS:
+        return Route(_GUARD_PATHS[tuple(segments)], READ)
     if len(segments) < 3 or segments[0] != "api" or segments[1] != "v2":
         return UNKNOWN
     rest = segments[2:]

@@ -28,9 +28,10 @@ from .cors import CorsPolicy
 from .credentials import CredentialsError, CredentialStore, load_store
 from .datalock import DataDirLock
 from .engine import EngineProcess
-from .errors import ConfigError
+from .errors import ConfigError, StartupError
 from .frontdoor import AlwaysAvailable, Backend, FrontDoor
 from .supervisor import Supervisor
+from .telemetry import Telemetry, count_collections, engine_telemetry
 from .upstream import UpstreamPool
 
 log = logging.getLogger("chromaguard")
@@ -99,6 +100,7 @@ class Service:
         self.server: _Server | None = None
         self.auth: Authenticator | None = None
         self.watcher: CredentialsWatcher | None = None
+        self.telemetry: Telemetry | None = None
         self._stop_requested = asyncio.Event()
         self._signals = 0
 
@@ -134,6 +136,10 @@ class Service:
     def prepare(self) -> socket.socket:
         """Everything that can fail on bad input, before any process starts."""
         self._prepare_auth()
+        try:
+            self.telemetry = Telemetry(self.settings)
+        except ValueError as exc:  # the SDK's own OTEL_* variables, checked by the SDK
+            raise StartupError(f"OpenTelemetry settings: {exc}") from None
         if self.settings.upstream is None:
             self.data_dir = prepare_data_dir(self.settings)
             self.lock = DataDirLock(self.data_dir)
@@ -180,6 +186,11 @@ class Service:
                                               self._apply_credentials, self.settings.auth_reload_interval)
             self.watcher.start()
         pool: UpstreamPool | None = None
+        telemetry = self.telemetry
+        assert telemetry is not None
+        if telemetry.enabled:
+            log.info("OpenTelemetry on: traces and metrics to %s as %s", self.settings.otel_endpoint,
+                     self.settings.otel_service_name)
         try:
             backend: Backend
             if self.settings.upstream:
@@ -190,8 +201,14 @@ class Service:
                 assert self.data_dir is not None and self.lock is not None
                 engine = EngineProcess(self.data_dir, port=self.settings.engine_port,
                                        allow_reset=self.settings.allow_reset,
-                                       max_payload_bytes=self.settings.max_payload_bytes, lock_fd=self.lock.fd)
+                                       max_payload_bytes=self.settings.max_payload_bytes, lock_fd=self.lock.fd,
+                                       telemetry=engine_telemetry(self.settings),
+                                       otel_headers=self.settings.otel_headers)
                 self.supervisor = Supervisor(engine)
+                supervisor, data_dir = self.supervisor, self.data_dir
+                telemetry.metrics.engine_up = lambda: supervisor.available
+                telemetry.metrics.engine_restarts = lambda: supervisor.restarts
+                telemetry.metrics.collections = lambda: count_collections(data_dir)
                 if not await self._until_stopped(self.supervisor.start()):
                     return
                 pool = UpstreamPool(engine.url)
@@ -201,7 +218,7 @@ class Service:
                             upstream_timeout=self.settings.upstream_timeout,
                             strip_request_headers=_CLIENT_AUTH_HEADERS
                             if self.settings.upstream_token or self.auth else frozenset(),
-                            auth=self.auth,
+                            auth=self.auth, telemetry=telemetry,
                             cors=CorsPolicy(self.settings.cors_allow_origins) if self.settings.cors_allow_origins
                             else None)
             self.server = _Server(uvicorn.Config(
@@ -223,6 +240,7 @@ class Service:
                 await self.supervisor.stop()
                 self.supervisor.engine.cleanup()
             self.release()
+            telemetry.shutdown()
             log.info("chromaguard stopped")
 
     async def _until_stopped(self, work: "asyncio.Future[None] | asyncio.Task[None] | object") -> bool:

@@ -1,0 +1,99 @@
+"""What a span says about a Chroma request, read cheaply from the bodies.
+
+Request bodies are only glanced at (the ``ids`` array, ``n_results``), never
+parsed whole: an add can be tens of megabytes. Response bodies are parsed only
+when small.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+from typing import Any
+
+RESPONSE_PARSE_LIMIT = 256 * 1024
+_N_RESULTS = re.compile(rb'"n_results"\s*:\s*(\d+)')
+_IDS_KEY = re.compile(rb'"ids"\s*:\s*')
+_BATCH_OPS = frozenset({"add", "upsert", "update", "delete"})
+RESULT_OPS = frozenset({"get", "query", "list_collections", "count", "create_collection", "get_collection"})
+
+
+def _count_ids(body: bytes) -> int | None:
+    match = _IDS_KEY.search(body)
+    if match is None or body[match.end():match.end() + 1] != b"[":
+        return None
+    start = match.end()
+    end = body.find(b"]", start)
+    for _ in range(64):  # an id may itself contain ']': widen until the array parses
+        if end < 0:
+            return None
+        try:
+            ids = json.loads(body[start:end + 1])
+        except ValueError:
+            end = body.find(b"]", end + 1)
+            continue
+        return len(ids) if isinstance(ids, list) else None
+    return None
+
+
+def request_attributes(operation: str, first_chunk: bytes) -> dict[str, Any]:
+    attributes: dict[str, Any] = {}
+    if operation in _BATCH_OPS:
+        count = _count_ids(first_chunk)
+        if count is not None:
+            attributes["chroma.batch_size"] = count
+    elif operation == "query":
+        match = _N_RESULTS.search(first_chunk)
+        if match:
+            attributes["chroma.n_results"] = int(match.group(1))
+    elif operation == "create_collection":
+        try:
+            name = json.loads(first_chunk).get("name")
+        except (ValueError, AttributeError):
+            name = None
+        if isinstance(name, str):
+            attributes["chroma.collection.name"] = name
+    return attributes
+
+
+class CollectionNames:
+    """Collection id → name, learnt from responses that carry both (bounded)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._names: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._size = size
+
+    def get(self, collection_id: str | None) -> str | None:
+        return self._names.get(collection_id) if collection_id else None
+
+    def learn(self, item: Any) -> None:
+        if isinstance(item, dict) and isinstance(item.get("id"), str) and isinstance(item.get("name"), str):
+            self._names[item["id"]] = item["name"]
+            self._names.move_to_end(item["id"])
+            while len(self._names) > self._size:
+                self._names.popitem(last=False)
+
+
+def response_attributes(operation: str, body: bytes, names: CollectionNames) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    attributes: dict[str, Any] = {}
+    if operation == "get" and isinstance(data, dict) and isinstance(data.get("ids"), list):
+        attributes["chroma.result_count"] = len(data["ids"])
+    elif operation == "query" and isinstance(data, dict) and isinstance(data.get("ids"), list):
+        attributes["chroma.result_count"] = sum(len(row) for row in data["ids"] if isinstance(row, list))
+    elif operation == "list_collections" and isinstance(data, list):
+        attributes["chroma.result_count"] = len(data)
+        for item in data:
+            names.learn(item)
+    elif operation == "count" and isinstance(data, int):
+        attributes["chroma.result_count"] = data
+    elif operation in ("create_collection", "get_collection"):
+        names.learn(data)
+        if isinstance(data, dict) and isinstance(data.get("id"), str):
+            attributes["chroma.collection.id"] = data["id"]
+            attributes["chroma.collection.name"] = data.get("name")
+    return attributes

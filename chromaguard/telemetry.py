@@ -1,0 +1,195 @@
+"""OpenTelemetry traces and metrics, and the Prometheus ``/metrics`` page, from one set of instruments.
+
+Exporting never touches the request path: spans go to a bounded queue drained
+by a background thread (full queue → the span is dropped and counted), metrics
+are collected on a timer or on scrape. chromaguard sends no product telemetry.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable
+from urllib.parse import urlsplit
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+
+from . import __version__
+from .config import Settings
+
+log = logging.getLogger("chromaguard.telemetry")
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def otlp_protocol(settings: Settings) -> str:
+    """``grpc`` or ``http/protobuf``: as configured, else guessed from the endpoint (4318 or /v1/ is HTTP)."""
+    if settings.otel_protocol != "auto":
+        return settings.otel_protocol
+    parts = urlsplit(settings.otel_endpoint or "")
+    if parts.port == 4318 or parts.path.startswith("/v1/"):
+        return "http/protobuf"
+    return "grpc"
+
+
+def _grpc_endpoint(endpoint: str) -> tuple[str, bool]:
+    parts = urlsplit(endpoint)
+    secure = parts.scheme in ("https", "grpcs")
+    return f"{'https' if secure else 'http'}://{parts.netloc}", not secure
+
+
+def _http_endpoint(endpoint: str, signal: str) -> str:
+    base = endpoint.rstrip("/")
+    for suffix in ("/v1/traces", "/v1/metrics"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    return f"{base}/v1/{signal}"
+
+
+def engine_telemetry(settings: Settings) -> dict[str, str] | None:
+    """The engine's own ``open_telemetry`` block: same collector, service ``<name>-engine`` (gRPC only)."""
+    if not settings.otel_enabled or not settings.otel_endpoint or otlp_protocol(settings) != "grpc":
+        return None
+    endpoint, _ = _grpc_endpoint(settings.otel_endpoint)
+    return {"service_name": f"{settings.otel_service_name}-engine", "endpoint": endpoint}
+
+
+class _CountingSpanProcessor(BatchSpanProcessor):
+    """The SDK's batch processor, counting the spans it drops when its queue is full."""
+
+    dropped = 0
+
+    def on_end(self, span: ReadableSpan) -> None:
+        queue = getattr(getattr(self, "_batch_processor", None), "_queue", None)
+        if queue is not None and queue.maxlen is not None and len(queue) >= queue.maxlen:
+            self.dropped += 1
+        super().on_end(span)
+
+
+class Telemetry:
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry = REGISTRY) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.enabled = settings.otel_enabled and bool(settings.otel_endpoint)
+        resource = Resource.create({"service.name": settings.otel_service_name, "service.version": __version__})
+        self._prometheus = PrometheusMetricReader()
+        readers: list[Any] = [self._prometheus]
+        self.tracer_provider: TracerProvider | None = None
+        self.tracer = None
+        self._spans: _CountingSpanProcessor | None = None
+        if self.enabled:
+            span_exporter, metric_exporter = self._exporters()
+            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+            readers.append(PeriodicExportingMetricReader(metric_exporter))
+            self.tracer_provider = TracerProvider(resource=resource)
+            self._spans = _CountingSpanProcessor(span_exporter)
+            self.tracer_provider.add_span_processor(self._spans)
+            self.tracer = self.tracer_provider.get_tracer("chromaguard", __version__)
+            logging.getLogger("opentelemetry.sdk._shared_internal").setLevel(logging.ERROR)  # drops are counted
+        self.meter_provider = MeterProvider(metric_readers=readers, resource=resource, views=[
+            View(instrument_name="chromaguard.request.duration",
+                 aggregation=ExplicitBucketHistogramAggregation(_LATENCY_BUCKETS))])
+        self.metrics = Metrics(self.meter_provider, lambda: self._spans.dropped if self._spans else 0)
+
+    def _exporters(self) -> tuple[Any, Any]:
+        endpoint = self.settings.otel_endpoint or ""
+        headers = dict(self.settings.otel_headers) or None
+        if otlp_protocol(self.settings) == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            target, insecure = _grpc_endpoint(endpoint)
+            return (OTLPSpanExporter(endpoint=target, insecure=insecure, headers=headers),
+                    OTLPMetricExporter(endpoint=target, insecure=insecure, headers=headers))
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HTTPMetricExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HTTPSpanExporter
+
+        return (HTTPSpanExporter(endpoint=_http_endpoint(endpoint, "traces"), headers=headers),
+                HTTPMetricExporter(endpoint=_http_endpoint(endpoint, "metrics"), headers=headers))
+
+    def prometheus_text(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def shutdown(self, timeout: float = 3.0) -> None:
+        """Flush what can be flushed in ``timeout``; a dead collector must not hold up shutdown."""
+
+        def close() -> None:
+            if self.tracer_provider is not None:
+                self.tracer_provider.shutdown()
+            self.meter_provider.shutdown(timeout_millis=timeout * 1000)
+
+        worker = threading.Thread(target=close, daemon=True)
+        worker.start()
+        worker.join(timeout)
+        try:
+            self.registry.unregister(self._prometheus._collector)  # type: ignore[attr-defined]
+        except (KeyError, AttributeError):
+            pass
+
+
+def count_collections(data_dir: Path) -> int | None:
+    """Collections in the engine's catalogue, read-only and without waiting on the engine's locks."""
+    path = data_dir / "chroma.sqlite3"
+    if not path.exists():
+        return None
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.2) as db:
+            return int(db.execute("SELECT COUNT(*) FROM collections").fetchone()[0])
+    except sqlite3.Error:
+        return None
+
+
+class Metrics:
+    """The instruments; observed values come from callables the service plugs in once it has them."""
+
+    def __init__(self, provider: MeterProvider, dropped_spans: Callable[[], int]) -> None:
+        meter = provider.get_meter("chromaguard", __version__)
+        self._requests = meter.create_counter("chromaguard.requests", "{request}", "Requests by operation and status")
+        self._duration = meter.create_histogram("chromaguard.request.duration", "s",
+                                                "Request latency by operation and status")
+        self._auth_failures = meter.create_counter("chromaguard.auth.failures", "{request}",
+                                                   "Requests refused by auth, by reason")
+        self._health = meter.create_counter("chromaguard.health.checks", "{check}", "Health check results")
+        self.in_flight: Callable[[], int] = lambda: 0
+        self.engine_up: Callable[[], bool] = lambda: True
+        self.engine_restarts: Callable[[], int] = lambda: 0
+        self.collections: Callable[[], int | None] = lambda: None
+        meter.create_observable_gauge("chromaguard.requests.in_flight", [self._gauge(lambda: self.in_flight())],
+                                      "{request}", "Requests being handled")
+        meter.create_observable_gauge("chromaguard.engine.up", [self._gauge(lambda: int(self.engine_up()))],
+                                      "1", "1 while the engine answers, else 0")
+        meter.create_observable_counter("chromaguard.engine.restarts", [self._gauge(lambda: self.engine_restarts())],
+                                        "{restart}", "Engine restarts by the supervisor")
+        meter.create_observable_gauge("chromaguard.collections", [self._gauge(lambda: self.collections())],
+                                      "{collection}", "Collections in the engine")
+        meter.create_observable_counter("chromaguard.spans.dropped", [self._gauge(dropped_spans)],
+                                        "{span}", "Spans dropped because the export queue was full")
+
+    @staticmethod
+    def _gauge(read: Callable[[], int | None]) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            value = read()
+            return [] if value is None else [Observation(value)]
+
+        return callback
+
+    def request(self, operation: str, status: int, seconds: float) -> None:
+        attributes = {"operation": operation, "status": status}
+        self._requests.add(1, attributes)
+        self._duration.record(seconds, attributes)
+
+    def auth_failure(self, reason: str) -> None:
+        self._auth_failures.add(1, {"reason": reason})
+
+    def health_check(self, check: str, ok: bool) -> None:
+        self._health.add(1, {"check": check, "result": "pass" if ok else "fail"})

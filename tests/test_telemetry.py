@@ -1,0 +1,240 @@
+"""OpenTelemetry traces and metrics reach a real OTLP receiver; /metrics parses and moves."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import chromadb
+import httpx
+import pytest
+from chromadb.config import Settings
+from prometheus_client.parser import text_string_to_metric_families
+
+from otlp_receiver import Receiver, Span
+from procs import Guard
+
+BASE = "/api/v2/tenants/default_tenant/databases/default_database"
+SERVER_KIND = 2  # SPAN_KIND_SERVER in OTLP
+FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "500"}
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    r = Receiver().start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def traced(receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
+    tokens = tmp_path_factory.mktemp("otel") / "tokens.json"
+    tokens.write_text(json.dumps([{"token": "span-secret-token", "name": "ingest-job", "role": "admin"}]))
+    with Guard("--log-format", "json", env={
+        "CHROMA_SERVER_OTEL_ENABLED": "True", "CHROMA_SERVER_OTEL_ENDPOINT": receiver.endpoint,
+        "CHROMA_SERVER_OTEL_SERVICE_NAME": "relink-chromadb",
+        "CHROMA_SERVER_AUTH_PROVIDER": "token", "CHROMA_SERVER_AUTH_CREDENTIALS_FILE": str(tokens),
+        **FAST_EXPORT}) as g:
+        yield g
+
+
+def _client(port: int) -> chromadb.ClientAPI:
+    return chromadb.HttpClient(host="127.0.0.1", port=port, settings=Settings(
+        chroma_client_auth_provider="chromadb.auth.token_authn.TokenAuthClientProvider",
+        chroma_client_auth_credentials="span-secret-token", anonymized_telemetry=False))
+
+
+def _ours(spans: list[Span], operation: str) -> list[Span]:
+    return [s for s in spans if s.service == "relink-chromadb" and s.kind == SERVER_KIND
+            and s.attributes.get("chroma.operation") == operation]
+
+
+def test_spans_carry_http_and_chroma_attributes(traced: Guard, receiver: Receiver) -> None:
+    client = _client(traced.port)
+    col = client.create_collection("traced-items", embedding_function=None)
+    col.add(ids=["a", "b", "c"], embeddings=[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    col.query(query_embeddings=[[1.0, 0.0]], n_results=2)
+    add = receiver.wait_for(lambda spans: _ours(spans, "add"))[-1]
+    assert add.name == "POST /api/v2/tenants/{tenant}/databases/{database}/collections/{collection_id}/add"
+    assert add.attributes["http.request.method"] == "POST"
+    assert add.attributes["http.response.status_code"] == 201
+    assert add.attributes["http.route"].endswith("/{collection_id}/add")
+    assert add.attributes["chroma.batch_size"] == 3
+    assert add.attributes["chroma.tenant"] == "default_tenant"
+    assert add.attributes["chroma.database"] == "default_database"
+    assert add.attributes["chroma.collection.id"] == str(col.id)
+    assert add.attributes["chroma.collection.name"] == "traced-items"
+    assert add.attributes["enduser.id"] == "ingest-job"
+    query = receiver.wait_for(lambda spans: _ours(spans, "query"))[-1]
+    assert query.attributes["chroma.n_results"] == 2 and query.attributes["chroma.result_count"] == 2
+    for span in receiver.spans:
+        assert "span-secret-token" not in json.dumps(span.attributes), "a token leaked into a span"
+
+
+def test_client_traceparent_is_continued(traced: Guard, receiver: Receiver) -> None:
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    response = httpx.get(traced.url + "/api/v2/version", headers={
+        "traceparent": f"00-{trace_id}-{parent}-01", "x-chroma-token": "span-secret-token"})
+    assert response.status_code == 200
+    span = receiver.wait_for(lambda spans: [s for s in _ours(spans, "version") if s.trace_id == trace_id])[0]
+    assert span.parent_span_id == parent
+
+
+def test_engine_spans_reach_the_same_collector_and_match_ours(traced: Guard, receiver: Receiver) -> None:
+    trace_id = "11112222333344445555666677778888"
+    httpx.get(traced.url + f"{BASE}/collections", headers={
+        "traceparent": f"00-{trace_id}-1111222233334444-01", "x-chroma-token": "span-secret-token"})
+    ours = receiver.wait_for(lambda spans: [s for s in _ours(spans, "list_collections") if s.trace_id == trace_id])[0]
+    marker = f"chromaguard-traceparent/00-{ours.trace_id}-{ours.span_id}-01"
+    engine = receiver.wait_for(lambda spans: [s for s in spans if s.service == "relink-chromadb-engine"
+                                              and marker in str(s.attributes.get("http.user_agent", ""))])[0]
+    assert engine.attributes["http.route"] == "/api/v2/tenants/{tenant}/databases/{database}/collections"
+
+
+def test_engine_error_trace_is_linked(traced: Guard, receiver: Receiver) -> None:
+    response = httpx.get(traced.url + f"{BASE}/collections/no-such-collection",
+                         headers={"x-chroma-token": "span-secret-token"})
+    assert response.status_code == 404
+    engine_trace = response.headers["chroma-trace-id"]
+    ours = receiver.wait_for(lambda spans: [s for s in _ours(spans, "get_collection")
+                                            if s.attributes.get("chroma.engine.trace_id") == engine_trace])[0]
+    assert ours.links and ours.links[0][0] == engine_trace
+    receiver.wait_for(lambda spans: [s for s in spans if s.service == "relink-chromadb-engine"
+                                     and s.trace_id == engine_trace])
+
+
+def test_errors_are_recorded_with_status(traced: Guard, receiver: Receiver) -> None:
+    httpx.get(traced.url + f"{BASE}/collections")  # no token: 401
+    denied = receiver.wait_for(lambda spans: [s for s in _ours(spans, "list_collections")
+                                              if s.attributes.get("http.response.status_code") == 401])[0]
+    assert denied.status_code != 2  # a client error is not a server error (status UNSET, not ERROR)
+
+
+def test_metrics_exported_over_otlp(traced: Guard, receiver: Receiver) -> None:
+    httpx.get(traced.url + "/api/v2/heartbeat")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and "chromaguard.requests" not in receiver.metric_names:
+        time.sleep(0.2)
+    assert {"chromaguard.requests", "chromaguard.request.duration", "chromaguard.engine.up"} <= receiver.metric_names
+    assert "relink-chromadb" in receiver.metric_services
+
+
+def test_json_logs_carry_trace_and_span_ids(traced: Guard, receiver: Receiver) -> None:
+    trace_id = "aaaabbbbccccddddeeeeffff00001111"
+    httpx.post(traced.url + f"{BASE}/collections", json={"name": "x"},
+               headers={"traceparent": f"00-{trace_id}-aaaabbbbccccdddd-01", "x-chroma-token": "wrong-token"})
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        records = [json.loads(line) for line in traced.log.splitlines() if line.startswith("{")]
+        hits = [r for r in records if r.get("trace_id") == trace_id]
+        if hits:
+            break
+        time.sleep(0.1)
+    assert hits and hits[0]["msg"] == "rejected unknown credentials" and len(hits[0]["span_id"]) == 16
+
+
+# ---- /metrics --------------------------------------------------------------------------------
+
+
+def _samples(url: str, headers: dict[str, str] | None = None) -> dict[tuple[str, frozenset], float]:
+    text = httpx.get(url + "/metrics", headers=headers).text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = {k: v for k, v in sample.labels.items() if not k.startswith("otel_scope")}
+            out[(sample.name, frozenset(labels.items()))] = sample.value
+    return out
+
+
+def _value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_prometheus_metrics_parse_and_move(guard: Guard) -> None:
+    before = _samples(guard.url)
+    for _ in range(3):
+        httpx.get(guard.url + "/api/v2/heartbeat")
+    httpx.get(guard.url + f"{BASE}/collections/missing-one")
+    after = _samples(guard.url)
+    assert _value(after, "chromaguard_requests_total", operation="heartbeat", status="200") - \
+        _value(before, "chromaguard_requests_total", operation="heartbeat", status="200") == 3
+    assert _value(after, "chromaguard_requests_total", operation="get_collection", status="404") - \
+        _value(before, "chromaguard_requests_total", operation="get_collection", status="404") == 1
+    assert _value(after, "chromaguard_request_duration_seconds_count", operation="heartbeat", status="200") >= 3
+    assert _value(after, "chromaguard_health_checks_total", check="heartbeat", result="pass") >= 3
+    assert _value(after, "chromaguard_engine_up") == 1
+    assert _value(after, "chromaguard_engine_restarts_total") == 0
+    assert ("chromaguard_requests_in_flight", frozenset()) in after
+    assert ("process_resident_memory_bytes", frozenset()) in after
+
+
+def test_collection_count_gauge(tmp_path: Path) -> None:
+    with Guard() as g:
+        assert _value(_samples(g.url), "chromaguard_collections") == 0
+        for name in ("one", "two"):
+            httpx.post(g.url + f"{BASE}/collections", json={"name": name})
+        assert _value(_samples(g.url), "chromaguard_collections") == 2
+
+
+def test_auth_failures_are_counted(traced: Guard) -> None:
+    token = {"x-chroma-token": "span-secret-token"}
+    before = _samples(traced.url, token)
+    httpx.get(traced.url + f"{BASE}/collections")
+    httpx.get(traced.url + f"{BASE}/collections", headers={"x-chroma-token": "bad"})
+    after = _samples(traced.url, token)
+    for reason in ("missing_credentials", "forbidden"):
+        assert _value(after, "chromaguard_auth_failures_total", reason=reason) - \
+            _value(before, "chromaguard_auth_failures_total", reason=reason) == 1
+    assert httpx.get(traced.url + "/metrics").status_code == 401, "/metrics follows the auth settings"
+
+
+# ---- the collector is down, slow, or speaks HTTP ---------------------------------------------
+
+
+def _black_hole() -> tuple[socket.socket, int]:
+    """A collector that accepts connections and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return sock, sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", ["down", "slow"])
+def test_collector_trouble_does_not_affect_requests(kind: str) -> None:
+    from procs import free_port
+
+    hole = None
+    if kind == "down":
+        endpoint = f"http://127.0.0.1:{free_port()}"
+    else:
+        hole, port = _black_hole()
+        endpoint = f"http://127.0.0.1:{port}"
+    try:
+        with Guard(env={"CHROMA_SERVER_OTEL_ENDPOINT": endpoint, "OTEL_BSP_MAX_QUEUE_SIZE": "16",
+                        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "8",
+                        "OTEL_BSP_SCHEDULE_DELAY": "100"}) as g:
+            with httpx.Client(base_url=g.url) as http:
+                statuses = [http.get("/api/v2/version").status_code for _ in range(300)]
+            assert set(statuses) == {200}
+            assert _value(_samples(g.url), "chromaguard_spans_dropped_total") > 0
+            started = time.monotonic()
+            assert g.stop() == 0
+            assert time.monotonic() - started < 15, "a dead collector must not hold up shutdown"
+    finally:
+        if hole is not None:
+            hole.close()
+
+
+def test_otlp_over_http_protobuf(receiver: Receiver) -> None:
+    base = receiver.start_http()
+    with Guard(env={"CHROMA_SERVER_OTEL_ENDPOINT": base, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                    "CHROMA_SERVER_OTEL_SERVICE_NAME": "over-http", **FAST_EXPORT}) as g:
+        httpx.get(g.url + "/api/v2/version", headers={"traceparent": "00-99998888777766665555444433332222-"
+                                                                     "9999888877776666-01"})
+        receiver.wait_for(lambda spans: [s for s in spans if s.service == "over-http"
+                                         and s.trace_id == "99998888777766665555444433332222"])
+        assert receiver.http_requests > 0
