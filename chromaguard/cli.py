@@ -117,3 +117,49 @@ def show_config(config_file: str | None, as_json: bool, **flags: Any) -> None:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     for note in settings.notes:
         console.print(f"note: {note}", highlight=False)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def health(args: tuple[str, ...]) -> None:
+    """Probe chromaguard, Chroma, Ollama, a URL or tcp://host:port (exit 0 healthy, 1 not)."""
+    from .probe import main as probe_main
+
+    sys.exit(probe_main(list(args)))
+
+
+@main.command()
+@click.argument("url", required=False)
+@click.option("--token", envvar="CHROMAGUARD_TOKEN", default=None, help="Admin token when auth is on.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--watch", is_flag=True, help="Refresh every 2 seconds.")
+@_one_line_errors
+def status(url: str | None, token: str | None, as_json: bool, watch: bool) -> None:
+    """Show front door, engine and Ollama state, collections and disk."""
+    from .probe import Unhealthy, default_target
+    from .statusview import fetch_status, render
+
+    url = url or default_target()
+    try:
+        data = fetch_status(url, token)
+    except Unhealthy as exc:
+        _fail(str(exc), 1)
+    if as_json and not watch:
+        click.echo(json.dumps(data, indent=2))
+        return
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    if not watch:
+        console.print(render(data))
+        return
+    import time
+
+    with Live(render(data), console=console, refresh_per_second=1) as live:
+        while True:
+            time.sleep(2)
+            try:
+                live.update(render(fetch_status(url, token)))
+            except Unhealthy as exc:
+                live.update(f"[red]{exc}[/red]")

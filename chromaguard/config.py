@@ -96,6 +96,21 @@ OPTIONS: tuple[Option, ...] = (
          "how often the credentials file is checked for changes", env=("CHROMAGUARD_AUTH_RELOAD_INTERVAL",)),
     _opt("rate_limit", parsing.parse_rate, 0.0, "20/s", "requests per second per token (0 = no limit)",
          env=("CHROMAGUARD_RATE_LIMIT",)),
+    _opt("health_interval", parsing.parse_duration, 30.0, "30s", "how often the supervisor probes the engine",
+         env=("CHROMAGUARD_HEALTH_INTERVAL",)),
+    _opt("health_timeout", parsing.parse_duration, 15.0, "15s", "how long one engine probe may take",
+         env=("CHROMAGUARD_HEALTH_TIMEOUT",)),
+    _opt("health_retries", parsing.parse_positive_int, 3, "3",
+         "failed probes in a row before the engine is restarted", env=("CHROMAGUARD_HEALTH_RETRIES",)),
+    _opt("health_start_period", parsing.parse_duration, 60.0, "60s",
+         "after a (re)start, failed probes do not count for this long", env=("CHROMAGUARD_HEALTH_START_PERIOD",)),
+    _opt("ollama_url", parsing.parse_ollama_url, None, "http://ollama:11434",
+         "Ollama to check in /readyz and status", env=("CHROMAGUARD_OLLAMA_URL", "OLLAMA_HOST")),
+    _opt("ollama_models", parsing.parse_name_list, (), "nomic-embed-text,llama3",
+         "Ollama models that must be pulled for /readyz", env=("CHROMAGUARD_OLLAMA_MODELS",)),
+    _opt("min_free_disk", parsing.parse_size, 512 * 1024 * 1024, "512MiB",
+         "free space under the data dir below which /readyz fails (0 = no check)",
+         env=("CHROMAGUARD_MIN_FREE_DISK",)),
     _opt("upstream", parsing.parse_http_url, None, "https://api.trychroma.com",
          "front an existing Chroma server instead of starting the embedded engine",
          env=("CHROMAGUARD_UPSTREAM",), flag="--upstream"),
@@ -145,6 +160,13 @@ class Settings:
     auth_open_paths: tuple[str, ...] = ("/api/v1/heartbeat", "/api/v2/heartbeat", "/healthz", "/readyz")
     auth_reload_interval: float = 1.0
     rate_limit: float = 0.0
+    health_interval: float = 30.0
+    health_timeout: float = 15.0
+    health_retries: int = 3
+    health_start_period: float = 60.0
+    ollama_url: str | None = None
+    ollama_models: tuple[str, ...] = ()
+    min_free_disk: int = 512 * 1024 * 1024
     upstream: str | None = None
     upstream_token: str = ""
     upstream_token_header: str = "x-chroma-token"

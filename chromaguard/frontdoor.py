@@ -20,6 +20,7 @@ from .spanattrs import RESPONSE_PARSE_LIMIT, RESULT_OPS, CollectionNames, reques
 from .upstream import UpstreamError, UpstreamPool, UpstreamTimeout, UpstreamUnavailable
 
 if TYPE_CHECKING:
+    from .readiness import Dependencies
     from .telemetry import Telemetry
 
 log = logging.getLogger("chromaguard.frontdoor")
@@ -79,7 +80,7 @@ class FrontDoor:
                  upstream_timeout: float, heartbeat_timeout: float = 5.0,
                  strip_request_headers: frozenset[bytes] = frozenset(),
                  auth: Authenticator | None = None, cors: CorsPolicy | None = None,
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, deps: Dependencies | None = None) -> None:
         self.pool = pool
         self.backend = backend
         self.max_payload_bytes = max_payload_bytes
@@ -88,6 +89,7 @@ class FrontDoor:
         self.auth = auth
         self.cors = cors
         self.telemetry = telemetry
+        self.deps = deps
         self.metrics = telemetry.metrics if telemetry else None
         self.tracer = telemetry.tracer if telemetry else None
         self.names = CollectionNames()
@@ -247,6 +249,20 @@ class FrontDoor:
                 return
             if path == "/healthz":
                 await send_json(send, 200, {"status": "ok"})
+                return
+            if path == "/readyz" and self.deps is not None:
+                from .readiness import readiness
+
+                ready, report = await readiness(self.deps)
+                if self.metrics is not None:
+                    for name, check in report["checks"].items():
+                        self.metrics.health_check(name, check["ok"])
+                await send_json(send, 200 if ready else 503, report, [] if ready else _RETRY_AFTER)
+                return
+            if path == "/chromaguard/status" and self.deps is not None:
+                from .readiness import status
+
+                await send_json(send, 200, await status(self.deps))
                 return
             if path == "/metrics" and self.telemetry is not None:
                 body = self.telemetry.prometheus_text()

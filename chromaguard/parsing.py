@@ -222,3 +222,49 @@ def parse_headers(raw: Any) -> tuple[tuple[str, str], ...]:
                     raise ValueError(f"{item!r} is not name=value")
                 pairs.append((name.strip(), value.strip()))
     return tuple((str(k).strip().lower(), str(v)) for k, v in pairs)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+               "mi": 1024**2, "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gi": 1024**3, "gib": 1024**3,
+               "t": 1000**4, "tb": 1000**4, "ti": 1024**4, "tib": 1024**4}
+
+
+def parse_size(raw: Any) -> int:
+    """Bytes from ``1073741824``, ``512MiB``, ``1GB``, ``0`` (off)."""
+    match = _SIZE.match(str(raw))
+    if not match:
+        raise ValueError("not a size (use bytes or a unit: 512MiB, 1GB)")
+    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()])
+
+
+def parse_nonnegative_int(raw: Any) -> int:
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise ValueError("not a whole number") from None
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def parse_ollama_url(raw: Any) -> str | None:
+    """Ollama's address as users write it: a URL, ``host:port``, or OLLAMA_HOST's ``0.0.0.0`` bind form."""
+    text = str(raw).strip()
+    if not text:
+        return None
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    host = parts.hostname or ""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    port = parts.port or 11434
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("not an Ollama address (use http://ollama:11434)")
+    return f"{parts.scheme}://{host}:{port}"
+
+
+def parse_name_list(raw: Any) -> tuple[str, ...]:
+    items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+    return tuple(str(i).strip() for i in items if str(i).strip())

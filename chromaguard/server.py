@@ -30,8 +30,10 @@ from .datalock import DataDirLock
 from .engine import EngineProcess
 from .errors import ConfigError, StartupError
 from .frontdoor import AlwaysAvailable, Backend, FrontDoor
-from .supervisor import Supervisor
-from .telemetry import Telemetry, count_collections, engine_telemetry
+from .readiness import Dependencies
+from .supervisor import HealthPolicy, Supervisor
+from .catalog import count_collections
+from .telemetry import Telemetry, engine_telemetry
 from .upstream import UpstreamPool
 
 log = logging.getLogger("chromaguard")
@@ -204,13 +206,18 @@ class Service:
                                        max_payload_bytes=self.settings.max_payload_bytes, lock_fd=self.lock.fd,
                                        telemetry=engine_telemetry(self.settings),
                                        otel_headers=self.settings.otel_headers)
-                self.supervisor = Supervisor(engine)
+                s = self.settings
+                self.supervisor = Supervisor(engine, policy=HealthPolicy(
+                    s.health_interval, s.health_timeout, s.health_retries, s.health_start_period),
+                    on_probe=lambda ok: telemetry.metrics.health_check("engine_probe", ok))
                 supervisor, data_dir = self.supervisor, self.data_dir
                 telemetry.metrics.engine_up = lambda: supervisor.available
                 telemetry.metrics.engine_restarts = lambda: supervisor.restarts
                 telemetry.metrics.collections = lambda: count_collections(data_dir)
                 if not await self._until_stopped(self.supervisor.start()):
                     return
+                log.info("engine health check every %gs (timeout %gs, %d retries, start period %gs)",
+                         s.health_interval, s.health_timeout, s.health_retries, s.health_start_period)
                 pool = UpstreamPool(engine.url)
                 backend = self.supervisor
                 where = f"data in {self.data_dir}" + ("" if self.settings.persistent else " (ephemeral)")
@@ -219,6 +226,11 @@ class Service:
                             strip_request_headers=_CLIENT_AUTH_HEADERS
                             if self.settings.upstream_token or self.auth else frozenset(),
                             auth=self.auth, telemetry=telemetry,
+                            deps=Dependencies(
+                                pool, backend, data_dir=self.data_dir, min_free_disk=self.settings.min_free_disk,
+                                ollama_url=self.settings.ollama_url, ollama_models=self.settings.ollama_models,
+                                listen=f"http://{_show_host(self.settings.host)}:{self.settings.port}",
+                                upstream=self.settings.upstream),
                             cors=CorsPolicy(self.settings.cors_allow_origins) if self.settings.cors_allow_origins
                             else None)
             self.server = _Server(uvicorn.Config(

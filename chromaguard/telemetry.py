@@ -8,9 +8,7 @@ are collected on a timer or on scrape. chromaguard sends no product telemetry.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
-from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
@@ -135,18 +133,6 @@ class Telemetry:
             self.registry.unregister(self._prometheus._collector)  # type: ignore[attr-defined]
         except (KeyError, AttributeError):
             pass
-
-
-def count_collections(data_dir: Path) -> int | None:
-    """Collections in the engine's catalogue, read-only and without waiting on the engine's locks."""
-    path = data_dir / "chroma.sqlite3"
-    if not path.exists():
-        return None
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.2) as db:
-            return int(db.execute("SELECT COUNT(*) FROM collections").fetchone()[0])
-    except sqlite3.Error:
-        return None
 
 
 class Metrics:

@@ -1,0 +1,232 @@
+"""A health probe for Docker HEALTHCHECK, Kubernetes exec probes and scripts.
+
+    python -m chromaguard.probe [TARGET] [--ready] [--require-model NAME] [--timeout S] [--token T]
+
+Exit 0 healthy, 1 unhealthy (one line says why), 2 usage error. Only the
+standard library is imported, so it starts fast in any image that has Python.
+
+Targets:
+  http://host:8000          chromaguard or Chroma: v2 heartbeat, v1 for 0.x servers (--ready: readiness)
+  http://host:11434         Ollama (port 11434, or --kind ollama): GET /api/tags (--require-model NAME)
+  http://host:port/path     any URL: GET, expecting --expect-status (default 200)
+  tcp://host:port           a TCP connect
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from urllib.parse import urlsplit
+
+OLLAMA_PORT = 11434
+
+
+class Unhealthy(Exception):
+    """The target answered, or failed to, in a way that means it is not healthy."""
+
+
+def _get(url: str, timeout: float, token: str | None = None) -> tuple[int, bytes]:
+    """One HTTP GET over a plain socket (http.client alone would double the probe's start-up time)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    lines = [f"GET {path} HTTP/1.1", f"Host: {parts.netloc}", "User-Agent: chromaguard-probe",
+             "Accept: application/json", "Connection: close"]
+    if token:
+        lines.append(f"Authorization: Bearer {token}")
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            sock = raw
+            if parts.scheme == "https":
+                import ssl
+
+                sock = ssl.create_default_context().wrap_socket(raw, server_hostname=host)
+            sock.sendall(request)
+            data = bytearray()
+            while len(data) < (2 << 20):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except socket.timeout:
+        raise Unhealthy(f"{url}: no answer within {timeout:g}s") from None
+    except OSError as exc:
+        raise Unhealthy(f"{url}: {exc.strerror or exc}") from None
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    status_line, _, header_text = head.partition(b"\r\n")
+    try:
+        status = int(status_line.split()[1])
+    except (IndexError, ValueError):
+        raise Unhealthy(f"{url}: not an HTTP answer") from None
+    if b"transfer-encoding: chunked" in header_text.lower():
+        body = _unchunk(body)
+    return status, body
+
+
+def _unchunk(body: bytes) -> bytes:
+    out = bytearray()
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        try:
+            size = int(size_line.split(b";")[0], 16)
+        except ValueError:
+            break
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2:]
+    return bytes(out)
+
+
+def _base(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def check_chroma(url: str, *, ready: bool, timeout: float, token: str | None) -> str:
+    base = _base(url)
+    if ready:
+        status, body = _get(base + "/readyz", timeout, token)
+        if status == 404:  # a plain Chroma: its own readiness endpoint
+            status, body = _get(base + "/api/v2/healthcheck", timeout, token)
+        if status != 200:
+            raise Unhealthy(f"{base}: not ready ({status}): {_reason(body)}")
+        return f"{base}: ready"
+    status, body = _get(base + "/api/v2/heartbeat", timeout, token)
+    if status == 404:  # Chroma 0.x has only the v1 API
+        status, body = _get(base + "/api/v1/heartbeat", timeout, token)
+    if status != 200:
+        raise Unhealthy(f"{base}: heartbeat answered {status}: {_reason(body)}")
+    try:
+        json.loads(body)["nanosecond heartbeat"]
+    except (ValueError, KeyError, TypeError):
+        raise Unhealthy(f"{base}: the heartbeat answer is not Chroma's") from None
+    return f"{base}: alive"
+
+
+def _reason(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:200].decode(errors="replace").strip() or "no body"
+    if isinstance(data, dict):
+        if "message" in data:
+            return str(data["message"])
+        failing = [name for name, check in data.get("checks", {}).items()
+                   if isinstance(check, dict) and not check.get("ok", True)]
+        if failing:
+            return "failing: " + ", ".join(failing)
+    return json.dumps(data)[:200]
+
+
+def ollama_models(body: bytes) -> list[str]:
+    try:
+        return [m["name"] for m in json.loads(body)["models"]]
+    except (ValueError, KeyError, TypeError):
+        raise Unhealthy("the answer to /api/tags is not Ollama's") from None
+
+
+def model_present(wanted: str, models: list[str]) -> bool:
+    """Ollama names a model ``name:tag``; ``name`` alone means ``name:latest``."""
+    full = wanted if ":" in wanted else f"{wanted}:latest"
+    return wanted in models or full in models
+
+
+def check_ollama(url: str, *, models: list[str], timeout: float) -> str:
+    base = _base(url)
+    status, body = _get(base + "/api/tags", timeout)
+    if status != 200:
+        raise Unhealthy(f"{base}: Ollama answered {status} on /api/tags")
+    present = ollama_models(body)
+    missing = [m for m in models if not model_present(m, present)]
+    if missing:
+        raise Unhealthy(f"{base}: model not pulled: {', '.join(missing)} (run: ollama pull {missing[0]})")
+    return f"{base}: Ollama up with {len(present)} model(s)"
+
+
+def check_http(url: str, *, expect: int, timeout: float, token: str | None) -> str:
+    status, _ = _get(url, timeout, token)
+    if status != expect:
+        raise Unhealthy(f"{url}: answered {status}, expected {expect}")
+    return f"{url}: {status}"
+
+
+def check_tcp(url: str, *, timeout: float) -> str:
+    parts = urlsplit(url)
+    if not parts.hostname or not parts.port:
+        raise ValueError("tcp targets need a host and a port: tcp://host:port")
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout):
+            return f"{url}: accepting connections"
+    except OSError as exc:
+        raise Unhealthy(f"{url}: {exc.strerror or exc}") from None
+
+
+def default_target() -> str:
+    host = os.environ.get("CHROMA_SERVER_HOST") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    port = os.environ.get("CHROMA_SERVER_HTTP_PORT") or os.environ.get("CHROMA_PORT") or "8000"
+    return f"http://{host}:{port}"
+
+
+def run(target: str, *, kind: str = "auto", ready: bool = False, models: list[str] | None = None,
+        expect: int | None = None, timeout: float = 5.0, token: str | None = None) -> str:
+    """Check ``target``; returns the healthy line or raises Unhealthy (ValueError for bad usage)."""
+    parts = urlsplit(target if "://" in target else f"http://{target}")
+    if parts.scheme == "tcp":
+        return check_tcp(target, timeout=timeout)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{target!r} is not a target: use http://host:port, https://..., or tcp://host:port")
+    url = parts.geturl()
+    if kind == "auto":
+        if models or parts.port == OLLAMA_PORT:
+            kind = "ollama"
+        elif expect is not None or parts.path not in ("", "/"):
+            kind = "http"
+        else:
+            kind = "chroma"
+    if kind == "ollama":
+        return check_ollama(url, models=models or [], timeout=timeout)
+    if kind == "http":
+        return check_http(url, expect=expect or 200, timeout=timeout, token=token)
+    return check_chroma(url, ready=ready, timeout=timeout, token=token)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="chromaguard health", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", nargs="?", default=None, help="default: this host's chromaguard")
+    parser.add_argument("--kind", choices=("auto", "chroma", "ollama", "http", "tcp"), default="auto")
+    parser.add_argument("--ready", action="store_true", help="check readiness, not just liveness")
+    parser.add_argument("--require-model", action="append", default=[], metavar="NAME",
+                        help="an Ollama model that must be pulled (repeatable)")
+    parser.add_argument("--expect-status", type=int, default=None, metavar="N")
+    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+    parser.add_argument("--token", default=os.environ.get("CHROMAGUARD_PROBE_TOKEN"),
+                        help="bearer token (env CHROMAGUARD_PROBE_TOKEN)")
+    args = parser.parse_args(argv)
+    target = args.target or default_target()
+    if args.kind == "tcp" and "://" not in target:
+        target = f"tcp://{target}"
+    try:
+        line = run(target, kind="auto" if args.kind == "tcp" else args.kind, ready=args.ready,
+                   models=args.require_model, expect=args.expect_status, timeout=args.timeout, token=args.token)
+    except Unhealthy as exc:
+        print(f"unhealthy: {exc}")
+        return 1
+    except ValueError as exc:
+        print(f"chromaguard health: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"healthy: {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
