@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import sys
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -163,3 +165,119 @@ def status(url: str | None, token: str | None, as_json: bool, watch: bool) -> No
                 live.update(render(fetch_status(url, token)))
             except Unhealthy as exc:
                 live.update(f"[red]{exc}[/red]")
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on a terminal; nothing when output goes to a file or pipe."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _service_url(url: str | None) -> str:
+    from .probe import default_target
+
+    return (url or default_target()).rstrip("/")
+
+
+@main.command()
+@click.option("--url", default=None, help="The running chromaguard (default: from CHROMA_SERVER_HOST/PORT).")
+@click.option("--token", envvar="CHROMAGUARD_TOKEN", default=None, help="Admin token when auth is on.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("backups"),
+              show_default=True, help="Directory for the archives.")
+@click.option("--keep", type=click.IntRange(min=0), default=0, help="Keep only the newest N archives (0 = all).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Offline: back up this data dir directly (nothing may be running on it).")
+@click.option("--compress-level", type=click.IntRange(1, 9), default=3, show_default=True)
+@_one_line_errors
+def backup(url: str | None, token: str | None, output: Path, keep: int, data_dir: Path | None,
+           compress_level: int) -> None:
+    """A consistent backup archive, taken while the service runs (writes held for a moment)."""
+    from . import backup as backups
+
+    with _progress("backup", None) as advance:
+        report = (lambda stage, n, total: advance(n)) if advance else None
+        if data_dir is not None:
+            result = backups.offline(data_dir, output, level=compress_level, progress=report)
+        else:
+            result = backups.online(_service_url(url), output, token=token, level=compress_level, progress=report)
+    held = "offline" if result.write_hold_ms is None else f"writes held for {result.write_hold_ms:.1f} ms"
+    click.echo(f"backup written: {result.path} ({result.size / 2**20:.1f} MiB, {result.collections} collection(s), "
+               f"{result.records} record(s), {held}, {result.seconds:.1f}s)")
+    if keep:
+        for path in backups.prune(output, keep):
+            click.echo(f"pruned: {path}")
+
+
+@main.command()
+@click.argument("archive", type=click.Path(path_type=Path))
+@_one_line_errors
+def verify(archive: Path) -> None:
+    """Check an archive's checksums, then open it with the real engine and compare with its manifest."""
+    from .restore import verify as run_verify
+
+    with _progress("verify", archive.stat().st_size if archive.is_file() else None) as advance:
+        report = run_verify(archive, progress=advance)
+    click.echo(f"verified: {archive} ({report.collections} collection(s), {report.records} record(s), "
+               f"{report.sampled} sampled record(s) identical, taken {report.manifest['created_at']})")
+
+
+@main.command()
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--force", is_flag=True, help="Replace a data dir that is not empty.")
+@_one_line_errors
+def restore(archive: Path, data_dir: Path, force: bool) -> None:
+    """Verify an archive and swap it in as the data dir, atomically."""
+    from .restore import restore as run_restore
+
+    report = run_restore(archive, data_dir, force=force)
+    click.echo(f"restored: {data_dir} from {archive} ({report.collections} collection(s), "
+               f"{report.records} record(s), verified)")
+
+
+@main.command("export")
+@click.option("--url", default=None, help="Any Chroma server (default: the local chromaguard).")
+@click.option("--token", envvar="CHROMAGUARD_TOKEN", default=None)
+@click.option("--collection", "names", multiple=True, help="Only these collections (repeatable).")
+@click.option("--tenant", default="default_tenant", show_default=True)
+@click.option("--database", default="default_database", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The .jsonl.gz file to write.")
+@_one_line_errors
+def export_command(url: str | None, token: str | None, names: tuple[str, ...], tenant: str, database: str,
+                   output: Path) -> None:
+    """Collections to a portable JSON Lines file (ids, embeddings, documents, metadatas, configuration)."""
+    from .transfer import export
+
+    with _progress("export", None) as advance:
+        result = export(_service_url(url), output, token=token, names=list(names) or None, tenant=tenant,
+                        database=database, progress=advance)
+    click.echo(f"exported: {output} ({result.collections} collection(s), {result.records} record(s), "
+               f"{result.rate:.0f} records/s)")
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--url", default=None, help="Any Chroma server (default: the local chromaguard).")
+@click.option("--token", envvar="CHROMAGUARD_TOKEN", default=None)
+@click.option("--tenant", default="default_tenant", show_default=True)
+@click.option("--database", default="default_database", show_default=True)
+@click.option("--replace", is_flag=True, help="Delete collections that already exist first.")
+@_one_line_errors
+def import_command(file: Path, url: str | None, token: str | None, tenant: str, database: str, replace: bool) -> None:
+    """Load an export into any Chroma server, in batches of its maximum batch size."""
+    from .transfer import import_
+
+    with _progress("import", None) as advance:
+        result = import_(file, _service_url(url), token=token, replace=replace, tenant=tenant, database=database,
+                         progress=advance)
+    click.echo(f"imported: {file} ({result.collections} collection(s), {result.records} record(s), "
+               f"{result.rate:.0f} records/s)")

@@ -15,12 +15,14 @@ from .auth import Authenticator, Denial
 from .cors import CorsPolicy
 from .logs import current_trace
 from .responses import send_error, send_json
-from .routes import Route, route_of
+from .routes import READ, Route, canonical_segments, route_of
 from .spanattrs import RESPONSE_PARSE_LIMIT, RESULT_OPS, CollectionNames, request_attributes, response_attributes
 from .upstream import UpstreamError, UpstreamPool, UpstreamTimeout, UpstreamUnavailable
 
 if TYPE_CHECKING:
     from .readiness import Dependencies
+    from .snapshot_api import SnapshotService
+    from .writegate import WriteGate
     from .telemetry import Telemetry
 
 log = logging.getLogger("chromaguard.frontdoor")
@@ -80,7 +82,8 @@ class FrontDoor:
                  upstream_timeout: float, heartbeat_timeout: float = 5.0,
                  strip_request_headers: frozenset[bytes] = frozenset(),
                  auth: Authenticator | None = None, cors: CorsPolicy | None = None,
-                 telemetry: Telemetry | None = None, deps: Dependencies | None = None) -> None:
+                 telemetry: Telemetry | None = None, deps: Dependencies | None = None,
+                 gate: WriteGate | None = None, snapshots: SnapshotService | None = None) -> None:
         self.pool = pool
         self.backend = backend
         self.max_payload_bytes = max_payload_bytes
@@ -90,6 +93,8 @@ class FrontDoor:
         self.cors = cors
         self.telemetry = telemetry
         self.deps = deps
+        self.gate = gate
+        self.snapshots = snapshots
         self.metrics = telemetry.metrics if telemetry else None
         self.tracer = telemetry.tracer if telemetry else None
         self.names = CollectionNames()
@@ -265,13 +270,25 @@ class FrontDoor:
                 await send_json(send, 200, await status(self.deps))
                 return
             if path == "/metrics" and self.telemetry is not None:
-                body = self.telemetry.prometheus_text()
-                await send({"type": "http.response.start", "status": 200, "headers": [
-                    (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
+                await self._metrics(send)
                 return
+        if path.startswith("/chromaguard/snapshots"):
+            if self.snapshots is None:
+                await send_error(send, 501, "InvalidArgumentError",
+                                 "chromaguard: online backups need the embedded engine; for a remote Chroma use "
+                                 "chromaguard export")
+                return
+            await self.snapshots.handle(scope["method"], canonical_segments(scope["raw_path"]) or [], send)
+            return
         await self.forward(scope, receive, send)
+
+    async def _metrics(self, send: Send) -> None:
+        assert self.telemetry is not None
+        body = self.telemetry.prometheus_text()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
+            (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
     async def heartbeat(self, send: Send) -> None:
         """Both API lines' heartbeat, answered from the engine's v2 one (v1 is 410 on Chroma 1.x)."""
@@ -330,32 +347,45 @@ class FrontDoor:
         body = message.get("body", b"")
         if span is not None and route is not None and body:
             span.set_attributes(request_attributes(route.operation, body))
+        gated = self.gate is not None and (route is None or route.access != READ)
+        if gated:
+            await self.gate.enter()  # type: ignore[union-attr]
+        try:
+            response = await self._exchange(scope, receive, send, message, headers, target, length)
+        finally:
+            if gated:
+                self.gate.leave()  # type: ignore[union-attr]
+        if response is None:
+            return
+        await self._relay(response, send, scope if span is not None else None)
+
+    async def _exchange(self, scope: Scope, receive: Receive, send: Send, message: dict[str, Any],
+                        headers: list[tuple[bytes, bytes]], target: bytes, length: int | None) -> Any:
+        """Send the request to the engine; None when an error answer was already sent instead."""
+        method = scope["method"]
+        body = message.get("body", b"")
         try:
             if not message.get("more_body"):
-                response = await self.pool.request(method, target, headers, body, timeout=self.upstream_timeout)
-            elif length is not None:
+                return await self.pool.request(method, target, headers, body, timeout=self.upstream_timeout)
+            if length is not None:
                 stream = _body_stream(body, receive)
-                response = await self.pool.request(method, target, headers, body_stream=stream, length=length,
-                                                   timeout=self.upstream_timeout)
-            else:  # chunked upload: gather it (bounded) so the engine gets a plain body
-                whole = await _gather_body(body, receive, self.max_payload_bytes)
-                if whole is None:
-                    await self._too_large(send, None)
-                    return
-                response = await self.pool.request(method, target, headers, whole, timeout=self.upstream_timeout)
+                return await self.pool.request(method, target, headers, body_stream=stream, length=length,
+                                               timeout=self.upstream_timeout)
+            whole = await _gather_body(body, receive, self.max_payload_bytes)  # chunked: gather it (bounded)
+            if whole is None:
+                await self._too_large(send, None)
+                return None
+            return await self.pool.request(method, target, headers, whole, timeout=self.upstream_timeout)
         except ClientDisconnected:
-            return
+            return None
         except UpstreamUnavailable as exc:
             await send_error(send, 503, "ServiceUnavailable", f"chromaguard: {exc}", _RETRY_AFTER)
-            return
         except UpstreamTimeout as exc:
             await send_error(send, 504, "GatewayTimeout", f"chromaguard: {exc}")
-            return
         except UpstreamError as exc:
             log.warning("upstream failed on %s %s: %s", method, scope["path"], exc)
             await send_error(send, 502, "BadGateway", f"chromaguard: {exc}")
-            return
-        await self._relay(response, send, scope if span is not None else None)
+        return None
 
     async def _relay(self, response: Any, send: Send, traced: Scope | None) -> None:
         headers = [(n, v) for n, v in response.headers if n not in _RESPONSE_HOP_BY_HOP]

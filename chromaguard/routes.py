@@ -105,6 +105,8 @@ def classify(method: str, segments: list[str]) -> Route:
         method = "GET"  # the engine answers HEAD with its GET handler
     if method == "GET" and tuple(segments) in _GUARD_PATHS:
         return Route(_GUARD_PATHS[tuple(segments)], READ)
+    if segments[:2] == ["chromaguard", "snapshots"]:
+        return Route("snapshot", ADMIN)
     if method == "GET" and segments == ["chromaguard", "status"]:
         return Route("status", ADMIN)  # names every collection of every tenant
     if len(segments) < 3 or segments[0] != "api" or segments[1] != "v2":

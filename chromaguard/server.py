@@ -31,6 +31,8 @@ from .engine import EngineProcess
 from .errors import ConfigError, StartupError
 from .frontdoor import AlwaysAvailable, Backend, FrontDoor
 from .readiness import Dependencies
+from .snapshot_api import SnapshotService
+from .writegate import WriteGate
 from .supervisor import HealthPolicy, Supervisor
 from .catalog import count_collections
 from .telemetry import Telemetry, engine_telemetry
@@ -103,6 +105,7 @@ class Service:
         self.auth: Authenticator | None = None
         self.watcher: CredentialsWatcher | None = None
         self.telemetry: Telemetry | None = None
+        self.snapshots: SnapshotService | None = None
         self._stop_requested = asyncio.Event()
         self._signals = 0
 
@@ -221,7 +224,12 @@ class Service:
                 pool = UpstreamPool(engine.url)
                 backend = self.supervisor
                 where = f"data in {self.data_dir}" + ("" if self.settings.persistent else " (ephemeral)")
-            app = FrontDoor(pool, backend, max_payload_bytes=self.settings.max_payload_bytes,
+            gate = snapshots = None
+            if self.data_dir is not None:
+                gate = WriteGate()
+                snapshots = SnapshotService(gate, self.data_dir, pool)
+                self.snapshots = snapshots
+            app = FrontDoor(pool, backend, gate=gate, snapshots=snapshots, max_payload_bytes=self.settings.max_payload_bytes,
                             upstream_timeout=self.settings.upstream_timeout,
                             strip_request_headers=_CLIENT_AUTH_HEADERS
                             if self.settings.upstream_token or self.auth else frozenset(),
@@ -248,6 +256,8 @@ class Service:
                 await self.watcher.stop()
             if pool is not None:
                 pool.close()
+            if self.snapshots is not None:
+                self.snapshots.close()
             if self.supervisor is not None:
                 await self.supervisor.stop()
                 self.supervisor.engine.cleanup()

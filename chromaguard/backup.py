@@ -1,0 +1,176 @@
+"""``chromaguard backup``: an archive from a running chromaguard (online) or a stopped data dir (offline)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+
+from . import archive
+from .errors import ChromaguardError, StartupError
+from .snapshot import Snapshot, SnapshotError, take_offline
+
+
+class BackupError(ChromaguardError):
+    exit_code = 1
+
+
+@dataclass
+class BackupResult:
+    path: Path
+    size: int
+    collections: int
+    records: int
+    write_hold_ms: float | None
+    seconds: float
+
+
+def archive_name(now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    return f"{archive.PREFIX}{stamp}{archive.SUFFIX}"
+
+
+def _target(output: Path) -> Path:
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / archive_name()
+    n = 1
+    while path.exists():  # two backups in the same second
+        path = output / archive_name().replace(archive.SUFFIX, f"-{n}{archive.SUFFIX}")
+        n += 1
+    return path
+
+
+@contextlib.contextmanager
+def _partial(path: Path) -> Iterator[Path]:
+    """Write to ``path.partial``; it becomes ``path`` only if the block completes (and is then checked)."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        yield partial
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _finish(partial: Path, path: Path, progress: Callable[[int], None] | None) -> dict[str, Any]:
+    """Read the archive back, every checksum against the manifest, then give it its real name."""
+    try:
+        manifest = archive.check(partial, progress)
+    except archive.ArchiveError as exc:
+        raise BackupError(f"the archive did not check out, nothing was kept: {exc}") from None
+    with open(partial, "rb") as fh:
+        os.fsync(fh.fileno())
+    partial.replace(path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return manifest
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
+def online(url: str, output: Path, *, token: str | None = None, level: int = 3,
+           progress: Callable[[str, int, int | None], None] | None = None) -> BackupResult:
+    """Ask the service for a snapshot (it holds writes for the copy only), then download it."""
+    started = time.monotonic()
+    url = url.rstrip("/")
+    with httpx.Client(timeout=httpx.Timeout(300.0, connect=10.0), headers=_headers(token)) as http:
+        try:
+            created = http.post(f"{url}/chromaguard/snapshots")
+        except httpx.HTTPError as exc:
+            raise BackupError(f"cannot reach {url}: {exc}") from None
+        if created.status_code in (401, 403):
+            raise BackupError(f"{url}: backups need an admin token (--token or CHROMAGUARD_TOKEN); "
+                              f"answered {created.status_code}")
+        if created.status_code != 201:
+            raise BackupError(f"{url}: snapshot failed ({created.status_code}): {_message(created)}")
+        info = created.json()
+        path = _target(output)
+        try:
+            with _partial(path) as partial:
+                with http.stream("GET", f"{url}/chromaguard/snapshots/{info['id']}/archive") as response:
+                    if response.status_code != 200:
+                        raise BackupError(f"{url}: download failed ({response.status_code})")
+                    with gzip.open(partial, "wb", compresslevel=level) as out:
+                        for chunk in response.iter_bytes(1 << 20):
+                            out.write(chunk)
+                            if progress:
+                                progress("download", len(chunk), info["bytes"])
+                manifest = _finish(partial, path, (lambda n: progress("check", n, info["bytes"])) if progress else None)
+        except httpx.HTTPError as exc:
+            raise BackupError(f"the download from {url} broke off, nothing was kept: {exc}") from None
+        finally:
+            with contextlib.suppress(httpx.HTTPError):
+                http.delete(f"{url}/chromaguard/snapshots/{info['id']}")
+    return _result(path, manifest, started)
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("message"))
+    except ValueError:
+        return response.text[:200]
+
+
+def offline(data_dir: Path, output: Path, *, level: int = 3,
+            progress: Callable[[str, int, int | None], None] | None = None) -> BackupResult:
+    """Back up a data dir no service is running on (its lock is taken for the copy)."""
+    started = time.monotonic()
+    try:
+        snapshot = asyncio.run(take_offline(data_dir))
+    except (SnapshotError, StartupError) as exc:
+        raise BackupError(str(exc)) from None
+    try:
+        path = _target(output)
+        total = sum(f["size"] for f in snapshot.manifest["files"])
+        with _partial(path) as partial:
+            with gzip.open(partial, "wb", compresslevel=level) as out:
+                archive.write_tar(snapshot, _Counting(out, (lambda n: progress("write", n, total)) if progress else None))
+            manifest = _finish(partial, path, (lambda n: progress("check", n, total)) if progress else None)
+    finally:
+        snapshot.remove()
+    return _result(path, manifest, started)
+
+
+class _Counting:
+    """A write-only file wrapper reporting bytes written."""
+
+    def __init__(self, out: Any, report: Callable[[int], None] | None) -> None:
+        self.out = out
+        self.report = report
+
+    def write(self, data: bytes) -> int:
+        if self.report:
+            self.report(len(data))
+        return self.out.write(data)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def _result(path: Path, manifest: dict[str, Any], started: float) -> BackupResult:
+    return BackupResult(path, path.stat().st_size, len(manifest["collections"]),
+                        sum(c["count"] for c in manifest["collections"]), manifest["write_hold_ms"],
+                        time.monotonic() - started)
+
+
+def prune(output: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` complete archives in ``output``; returns what was deleted."""
+    archives = sorted(p for p in output.glob(f"{archive.PREFIX}*{archive.SUFFIX}") if p.is_file())
+    doomed = archives[:-keep] if keep > 0 else []
+    for path in doomed:
+        path.unlink()
+    return doomed
+
+
+__all__ = ["BackupError", "BackupResult", "Snapshot", "online", "offline", "prune"]

@@ -1,0 +1,141 @@
+"""``chromaguard verify`` and ``chromaguard restore``: prove an archive, then put it in place atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from . import archive
+from .datalock import LOCK_NAME, DataDirLock
+from .errors import ChromaguardError, StartupError
+from .scratchengine import engine_on
+from .snapshot import describe_collections, sample_digests
+
+
+class VerifyError(ChromaguardError):
+    exit_code = 1
+
+
+@dataclass
+class VerifyReport:
+    manifest: dict[str, Any]
+    collections: int
+    records: int
+    sampled: int
+
+
+def _compare(found: list[dict[str, Any]], manifest: dict[str, Any]) -> None:
+    expected = {(c["tenant"], c["database"], c["name"]): c for c in manifest["collections"]}
+    actual = {(c["tenant"], c["database"], c["name"]): c for c in found}
+    for key in expected.keys() - actual.keys():
+        raise VerifyError(f"collection {'/'.join(key)} is in the manifest but not in the restored data")
+    for key in actual.keys() - expected.keys():
+        raise VerifyError(f"collection {'/'.join(key)} is in the restored data but not in the manifest")
+    for key, want in expected.items():
+        got = actual[key]
+        if got["count"] != want["count"]:
+            raise VerifyError(f"collection {'/'.join(key)} has {got['count']} records, the manifest says "
+                              f"{want['count']}")
+        if got["dimension"] != want["dimension"]:
+            raise VerifyError(f"collection {'/'.join(key)} has dimension {got['dimension']}, the manifest says "
+                              f"{want['dimension']}")
+
+
+async def _verify_extracted(data: Path, manifest: dict[str, Any]) -> int:
+    """Open the data with the real engine; compare counts, dimensions and sampled records."""
+    try:
+        async with engine_on(data) as pool:
+            found = await describe_collections(pool, data)
+            _compare(found, manifest)
+            sampled = 0
+            for collection in manifest["collections"]:
+                digests = await sample_digests(pool, collection)
+                for record in collection["sample"]:
+                    if digests.get(record["id"]) != record["sha256"]:
+                        raise VerifyError(f"record {record['id']!r} of collection {collection['name']} differs "
+                                          "from the one recorded at backup time")
+                    sampled += 1
+            return sampled
+    except StartupError as exc:
+        raise VerifyError(f"the Chroma engine cannot open the backed-up data: {exc}") from None
+
+
+def verify(path: Path, *, progress: Callable[[int], None] | None = None, keep_in: Path | None = None) -> VerifyReport:
+    """Checksums first, then the data opened by the real engine in a temporary dir."""
+    try:
+        manifest = archive.check(path, progress)
+    except archive.ArchiveError as exc:
+        raise VerifyError(str(exc)) from None
+    scratch = Path(tempfile.mkdtemp(prefix="chromaguard-verify-", dir=keep_in))
+    try:
+        archive.extract(path, scratch)
+        sampled = asyncio.run(_verify_extracted(scratch, manifest))
+    except archive.ArchiveError as exc:
+        raise VerifyError(str(exc)) from None
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    if keep_in is None:
+        shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        manifest["_verified_dir"] = str(scratch)
+    return VerifyReport(manifest, len(manifest["collections"]), sum(c["count"] for c in manifest["collections"]),
+                        sampled)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2); False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return result == 0
+
+
+def restore(path: Path, data_dir: Path, *, force: bool = False,
+            progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """Verify, unpack next to ``data_dir``, and swap it in: never a half-restored dir."""
+    data_dir = data_dir.resolve()
+    if data_dir.exists():
+        if not data_dir.is_dir():
+            raise VerifyError(f"{data_dir} is not a directory")
+        lock = DataDirLock(data_dir)
+        try:
+            lock.acquire()  # refuses while a service runs on it
+        except StartupError as exc:
+            raise VerifyError(f"{exc}; stop it before restoring") from None
+        lock.release()
+        (data_dir / LOCK_NAME).unlink(missing_ok=True)
+        if any(data_dir.iterdir()) and not force:
+            raise VerifyError(f"{data_dir} is not empty; restore into an empty dir or add --force to replace it")
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    report = verify(path, progress=progress, keep_in=data_dir.parent)
+    staged = Path(report.manifest.pop("_verified_dir"))
+    try:
+        (staged / LOCK_NAME).unlink(missing_ok=True)
+        if data_dir.exists():
+            if not _exchange(staged, data_dir):
+                old = data_dir.with_name(data_dir.name + ".before-restore")
+                shutil.rmtree(old, ignore_errors=True)
+                data_dir.rename(old)
+                staged.rename(data_dir)
+                staged = old
+        else:
+            staged.rename(data_dir)
+            staged = None  # type: ignore[assignment]
+    finally:
+        if staged is not None and staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+    return report

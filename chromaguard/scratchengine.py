@@ -1,0 +1,26 @@
+"""A short-lived real engine on a directory, for verifying snapshots and restores."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import AsyncIterator
+
+from .engine import EngineProcess
+from .upstream import UpstreamPool
+
+
+@contextlib.asynccontextmanager
+async def engine_on(data_dir: Path, *, ready_timeout: float = 60.0) -> AsyncIterator[UpstreamPool]:
+    engine = EngineProcess(data_dir)
+    await engine.start()
+    try:
+        await engine.wait_ready(ready_timeout)
+        pool = UpstreamPool(engine.url)
+        try:
+            yield pool
+        finally:
+            pool.close()
+    finally:
+        await engine.stop()
+        engine.cleanup()

@@ -1,0 +1,93 @@
+"""The front door's backup endpoints (admin only):
+
+    POST   /chromaguard/snapshots               hold writes, copy, release → {id, write_hold_ms, ...}
+    GET    /chromaguard/snapshots/{id}/archive  the snapshot as a tar stream
+    DELETE /chromaguard/snapshots/{id}          drop it (also done after 1 h, and at shutdown)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from .archive import stream_tar
+from .responses import send_error, send_json
+from .snapshot import Snapshot, SnapshotError, take_online
+from .upstream import UpstreamPool
+from .writegate import HoldTimeout, WriteGate
+
+log = logging.getLogger("chromaguard.backup")
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+_MAX_AGE = 3600.0
+
+
+class SnapshotService:
+    def __init__(self, gate: WriteGate, data_dir: Path, pool: UpstreamPool, *, hold_timeout: float = 30.0,
+                 staging_root: str | None = None) -> None:
+        self.gate = gate
+        self.data_dir = data_dir
+        self.pool = pool
+        self.hold_timeout = hold_timeout
+        self.staging_root = staging_root
+        self.snapshots: dict[str, Snapshot] = {}
+
+    async def handle(self, method: str, segments: list[str], send: Send) -> None:
+        self._expire()
+        if method == "POST" and segments == ["chromaguard", "snapshots"]:
+            await self._create(send)
+        elif len(segments) == 4 and segments[3] == "archive" and method in ("GET", "HEAD"):
+            await self._archive(segments[2], send)
+        elif len(segments) == 3 and method == "DELETE":
+            snapshot = self.snapshots.pop(segments[2], None)
+            if snapshot is not None:
+                snapshot.remove()
+            await send_json(send, 200 if snapshot else 404, {"deleted": snapshot is not None})
+        else:
+            await send_error(send, 404, "NotFoundError", "chromaguard: no such snapshot endpoint")
+
+    async def _create(self, send: Send) -> None:
+        try:
+            snapshot = await take_online(self.gate, self.data_dir, self.pool, staging_root=self.staging_root,
+                                         hold_timeout=self.hold_timeout)
+        except (SnapshotError, HoldTimeout) as exc:
+            await send_error(send, 503, "ServiceUnavailable", f"chromaguard: snapshot failed: {exc}",
+                             [(b"retry-after", b"5")])
+            return
+        except OSError as exc:
+            await send_error(send, 500, "InternalError", f"chromaguard: snapshot failed: {exc}")
+            return
+        self.snapshots[snapshot.id] = snapshot
+        manifest = snapshot.manifest
+        log.info("snapshot %s taken: writes held for %.1f ms, %d collection(s), %d file(s)", snapshot.id,
+                 manifest["write_hold_ms"], len(manifest["collections"]), len(manifest["files"]))
+        await send_json(send, 201, {
+            "id": snapshot.id, "write_hold_ms": manifest["write_hold_ms"], "write_hold": manifest["write_hold"],
+            "collections": len(manifest["collections"]), "files": len(manifest["files"]),
+            "bytes": sum(f["size"] for f in manifest["files"]),
+        })
+
+    async def _archive(self, snapshot_id: str, send: Send) -> None:
+        snapshot = self.snapshots.get(snapshot_id)
+        if snapshot is None:
+            await send_error(send, 404, "NotFoundError", f"chromaguard: no snapshot {snapshot_id}")
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/x-tar")]})
+        async for chunk in stream_tar(snapshot):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    def _expire(self) -> None:
+        now = time.time()
+        for key, snapshot in list(self.snapshots.items()):
+            if now - snapshot.created > _MAX_AGE:
+                snapshot.remove()
+                del self.snapshots[key]
+
+    def close(self) -> None:
+        for snapshot in self.snapshots.values():
+            snapshot.remove()
+        self.snapshots.clear()
