@@ -281,3 +281,73 @@ def import_command(file: Path, url: str | None, token: str | None, tenant: str, 
                          progress=advance)
     click.echo(f"imported: {file} ({result.collections} collection(s), {result.records} record(s), "
                f"{result.rate:.0f} records/s)")
+
+
+@main.command()
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--fix", is_flag=True, help="Rewrite the files, applying every safe fix (comments and order kept).")
+@click.option("--diff", "show_diff", is_flag=True, help="Print the fixes as a unified diff instead of writing.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif"]), default="text", show_default=True)
+@click.option("--fail-on", type=click.Choice(["info", "warning", "error"]), default="warning", show_default=True,
+              help="Exit 1 when a finding is at least this severe.")
+@click.option("--explain", metavar="RULE", help="Print a rule's documentation (e.g. CG101).")
+@click.option("--rules-markdown", is_flag=True, help="Print the rule reference page (docs/doctor-rules.md).")
+@click.option("--live", metavar="URL", help="Probe a running Chroma, chromaguard or Ollama instead of files.")
+@click.option("--token", envvar="CHROMAGUARD_TOKEN", default=None, help="With --live: a token to try.")
+@click.option("--require-model", multiple=True, help="With --live on Ollama: models that must be pulled.")
+def doctor(files: tuple[Path, ...], fix: bool, show_diff: bool, fmt: str, fail_on: str, explain: str | None,
+           rules_markdown: bool, live: str | None, token: str | None, require_model: tuple[str, ...]) -> None:
+    """Find (and fix) what breaks Chroma and Ollama deployments in compose files, or in a live server."""
+    from . import doctor as doc
+    from .doctor import report as render
+
+    if explain:
+        rule = doc.RULES.get(explain.upper())
+        if rule is None:
+            _fail(f"no rule {explain!r}; rules are {', '.join(doc.RULES)}", 2)
+        click.echo(f"{rule.id} {rule.name} ({rule.severity}{', fixed by --fix' if rule.fixable else ''})\n"
+                   f"{rule.summary}\n\n{rule.explanation}")
+        return
+    if rules_markdown:
+        click.echo(doc.reference_markdown(), nl=False)
+        return
+    if live:
+        from .doctor.live import examine
+
+        outcome = examine(live, token=token, models=list(require_model))
+        findings = outcome.findings
+        if fmt == "text":
+            click.echo(f"{live}: {outcome.kind}; " + ", ".join(f"{k}={v}" for k, v in outcome.facts.items()))
+    else:
+        try:
+            report = doc.check_files(list(files) or doc.default_files(Path.cwd()))
+        except doc.DoctorError as exc:
+            _fail(str(exc), 2)
+        findings = report.findings
+        if fix or show_diff:
+            changes = doc.apply_fixes(report)
+            if show_diff:
+                click.echo(doc.unified_diff(changes), nl=False)
+                return
+            for path, (_, after) in changes.items():
+                path.write_text(after, encoding="utf-8")
+                click.echo(f"fixed: {path}", err=True)
+            findings = doc.check_files([f.path for f in report.files]).findings
+    output = {"text": render.text, "json": render.as_json, "sarif": render.sarif}[fmt](findings)
+    click.echo(output)
+    sys.exit(1 if any(doc.at_least(f.rule.severity, fail_on) for f in findings) else 0)
+
+
+@main.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite files that exist.")
+@_one_line_errors
+def init(directory: Path, force: bool) -> None:
+    """Write a docker-compose deployment: chromaguard, Ollama, an OpenTelemetry Collector and Jaeger."""
+    from .init import write
+
+    for path in write(directory, force=force):
+        click.echo(f"wrote {path}")
+    click.echo("next: cp chroma_tokens.example.json chroma_tokens.json (put real tokens in it), "
+               "then docker compose up -d")

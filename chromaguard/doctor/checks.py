@@ -1,0 +1,342 @@
+"""The static checks: merged compose services in, findings (each with its fix, where one is safe) out."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+from .compose import ComposeFile, Entry, EnvVar, Service, merged_services
+from .knowledge import (CHROMA, CHROMAGUARD, IGNORED_ON_1X, NEVER_IN_0X, NONEXISTENT_AUTH_CLASSES, OLLAMA, Image,
+                        auth_rename_for_line, container_port, identify, is_auth_var)
+from .model import Finding, Location
+from .rules import RULES
+
+_TOOLS = {"curl", "wget", "nc", "ncat", "netcat", "python", "python3", "perl", "bash", "sh", "ollama"}
+_OTEL_ENDPOINTS = ("CHROMA_SERVER_OTEL_ENDPOINT", "CHROMA_OTEL_COLLECTION_ENDPOINT", "CHROMA_OPEN_TELEMETRY__ENDPOINT",
+                   "OTEL_EXPORTER_OTLP_ENDPOINT")
+_CORS = ("CHROMA_SERVER_CORS_ALLOW_ORIGINS", "CHROMA_CORS_ALLOW_ORIGINS")
+_START_PERIOD = {CHROMA: "60s", CHROMAGUARD: "60s", OLLAMA: "120s"}
+
+
+def _finding(rule: str, service: Service, message: str, where: Location, why: str, fix: str,
+             apply: Callable[[], None] | None = None) -> Finding:
+    return Finding(RULES[rule], service.name, message, where, why, fix, apply)
+
+
+def _flow(items: list[str]) -> CommentedSeq:
+    seq = CommentedSeq(DoubleQuotedScalarString(item) for item in items)
+    seq.fa.set_flow_style()
+    return seq
+
+
+def working_test(image: Image, port: int) -> list[str]:
+    """A health check built only from programs the image has."""
+    if image.kind == OLLAMA:
+        return ["CMD", "ollama", "list"]
+    if image.kind == CHROMAGUARD:
+        return ["CMD", "python", "-m", "chromaguard.probe"]
+    if image.is_1x:
+        return ["CMD", "bash", "-c",
+                f"exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET /api/v2/heartbeat HTTP/1.0\\r\\n\\r\\n' >&3 "
+                "&& head -n 1 <&3 | grep -q ' 200 '"]
+    return ["CMD", "python", "-c",
+            f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/api/v1/heartbeat', timeout=10)"]
+
+
+def _test_text(test: Any) -> tuple[str, str]:
+    """(form, text) of a healthcheck test: CMD, CMD-SHELL or NONE."""
+    if isinstance(test, str):
+        return "CMD-SHELL", test
+    items = [str(t) for t in (test or [])]
+    if not items:
+        return "NONE", ""
+    if items[0] in ("CMD", "CMD-SHELL", "NONE"):
+        return items[0], " ".join(shlex.quote(i) if items[0] == "CMD" else i for i in items[1:])
+    return "CMD", " ".join(items)
+
+
+def _programs(text: str) -> set[str]:
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        words = text.split()
+    found = set()
+    for word in words:
+        base = word.rsplit("/", 1)[-1]
+        if base in _TOOLS:
+            found.add(base)
+        elif " " in word:  # the script of `bash -c "..."`
+            found |= _programs(word)
+    return found
+
+
+def _replace_test(service: Service, image: Image) -> Callable[[], None]:
+    def apply() -> None:
+        check = service.healthcheck()
+        entry = check.get("test")
+        target: CommentedMap
+        if entry is not None:
+            target = entry.parent
+        else:
+            file, node = service.first
+            target = node.setdefault("healthcheck", CommentedMap())
+        target["test"] = _flow(working_test(image, container_port(service)))
+
+    return apply
+
+
+def _add_healthcheck(service: Service, image: Image) -> Callable[[], None]:
+    def apply() -> None:
+        _, node = service.first
+        check = CommentedMap()
+        check["test"] = _flow(working_test(image, container_port(service)))
+        check["interval"] = "30s"
+        check["timeout"] = "10s"
+        check["retries"] = 3
+        check["start_period"] = _START_PERIOD[image.kind]
+        node["healthcheck"] = check
+
+    return apply
+
+
+def _add_start_period(entry: Entry, image: Image) -> Callable[[], None]:
+    def apply() -> None:
+        entry.parent["start_period"] = _START_PERIOD[image.kind]
+
+    return apply
+
+
+def healthcheck_findings(service: Service, image: Image) -> list[Finding]:
+    check = service.healthcheck()
+    test = check.get("test")
+    disabled = check.get("disable")
+    if test is None or (disabled is not None and disabled.value is True) or _test_text(test.value)[0] == "NONE":
+        where = test.location if test is not None else service.location
+        return [_finding("CG104", service, f"{service.name} has no health check", where,
+                         "Docker cannot tell a starting, hung or crash-looping server from a healthy one",
+                         f"healthcheck: test: {working_test(image, container_port(service))}",
+                         _add_healthcheck(service, image))]
+    found: list[Finding] = []
+    form, text = _test_text(test.value)
+    replacement = working_test(image, container_port(service))
+    missing = sorted((_programs(text) & {"curl", "wget", "nc", "ncat", "netcat", "python", "python3"})
+                     - image.binaries())
+    if missing:
+        found.append(_finding(
+            "CG101", service, f"the health check calls {', '.join(missing)}, which the {image.reference or image.kind} "
+            "image does not have", test.location,
+            f"the image has only {', '.join(sorted(image.binaries())) or 'no shell tools'} of the usual tools: "
+            "the check can never pass", f"test: {replacement}", _replace_test(service, image)))
+    if form == "CMD-SHELL" and "/dev/tcp" in text:
+        found.append(_finding("CG102", service, "the CMD-SHELL health check uses /dev/tcp, which sh does not have",
+                              test.location, "CMD-SHELL runs /bin/sh (dash); /dev/tcp is a bash feature",
+                              f"test: {replacement}", _replace_test(service, image)))
+    if image.is_1x and "/api/v1/" in text:
+        found.append(_finding("CG103", service, "the health check calls the v1 API, which Chroma 1.x answers with "
+                              "410 Gone", test.location, "Chroma 1.x removed every /api/v1 endpoint",
+                              "use /api/v2/heartbeat; test: " + str(replacement), _replace_test(service, image)))
+    if image.kind == OLLAMA and ("ollama --version" in text or "ollama -v" in text):
+        found.append(_finding("CG106", service, "`ollama --version` succeeds even when the Ollama server is down",
+                              test.location, "it only prints the client's version", "test: [CMD, ollama, list]",
+                              _replace_test(service, image)))
+    if "start_period" not in check:
+        found.append(_finding("CG105", service, "the health check has no start_period", test.location,
+                              "failures while the server starts count against retries",
+                              f"start_period: {_START_PERIOD[image.kind]}", _add_start_period(test, image)))
+    return found
+
+
+def _rename(var: EnvVar, new: str, env: dict[str, EnvVar]) -> Callable[[], None]:
+    def apply() -> None:
+        if new in env:  # the real name is set too: the ignored one only misleads
+            var.remove()
+        else:
+            var.rename(new)
+
+    return apply
+
+
+def env_findings(service: Service, image: Image) -> list[Finding]:
+    env = service.environment()
+    found: list[Finding] = []
+    if image.kind == CHROMA:
+        for name, var in env.items():
+            fix: tuple[str | None, str] | None = None
+            if image.is_1x and name in IGNORED_ON_1X:
+                if name == "ANONYMIZED_TELEMETRY" and image.version is not None and image.version < (1, 5, 4):
+                    continue
+                fix = IGNORED_ON_1X[name]
+            elif not image.is_1x and name in NEVER_IN_0X:
+                fix = NEVER_IN_0X[name]
+            elif not image.is_1x and is_auth_var(name):
+                fix = auth_rename_for_line(name, image.line)
+            if fix is None:
+                continue
+            new, why = fix
+            line = f"Chroma {image.line}" + (" (the `latest` tag)" if image.floating else "")
+            found.append(_finding(
+                "CG201", service, f"{name} is ignored by {line}", var.location, why,
+                f"rename it to {new}" if new else "remove it (it has no effect)",
+                _rename(var, new, env) if new else var.remove))
+        auth = {n: v for n, v in env.items() if is_auth_var(n) and (v.value or "").strip().lower() not in ("", "none")}
+        if image.is_1x and auth:
+            first = next(iter(auth.values()))
+            found.append(_finding(
+                "CG202", service, f"auth is configured ({', '.join(auth)}) but Chroma 1.x enforces none",
+                first.location, "Chroma 1.x has no server auth: every request is let in",
+                "put chromaguard in front (chromaguard init), which enforces these same variables"))
+            ports = list(service.items("ports"))
+            if ports:
+                found.append(_finding(
+                    "CG303", service, f"port {ports[0].value} is published while auth is expected but not enforced",
+                    ports[0].location, "anyone who can reach the host can read and change all data",
+                    "put chromaguard in front, or publish on 127.0.0.1 only"))
+    for name, var in env.items():
+        value = (var.value or "").strip()
+        if is_auth_var(name) and value.lower() in NONEXISTENT_AUTH_CLASSES:
+            found.append(_finding("CG203", service, f"{name}={value}: this class never existed in any Chroma",
+                                  var.location, "Chroma 0.x cannot import it; 1.x ignores it",
+                                  "use chromadb.auth.token.TokenConfigServerAuthCredentialsProvider (0.4) or "
+                                  "chromadb.auth.token_authn.TokenAuthenticationServerProvider (0.5/0.6)"))
+        if is_auth_var(name) and value.lower() == "none":
+            found.append(_finding("CG204", service, f"{name}=none: `none` is a value, not 'unset'", var.location,
+                                  "Chroma 0.x reads it as a class path and fails", "remove it", var.remove))
+        if name in _OTEL_ENDPOINTS and urlsplit(value if "://" in value else f"http://{value}").hostname in (
+                "localhost", "127.0.0.1", "::1"):
+            found.append(_finding("CG205", service, f"{name}={value} points at the container itself", var.location,
+                                  "inside a container, localhost is that container",
+                                  "use the collector's service name, e.g. http://otel-collector:4317"))
+        if name in _CORS and "*" in value:
+            found.append(_finding("CG206", service, f"{name}={value} allows every origin", var.location,
+                                  "any web page can call the API from a user's browser",
+                                  'list your origins, e.g. ["https://app.example.com"]'))
+    return found
+
+
+def _volume_target(value: Any) -> str:
+    if isinstance(value, CommentedMap):
+        return str(value.get("target", ""))
+    parts = str(value).split(":")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _move_volume(entry: Entry, new_target: str) -> Callable[[], None]:
+    def apply() -> None:
+        value = entry.value
+        if isinstance(value, CommentedMap):
+            value["target"] = new_target
+            return
+        parts = str(value).split(":")
+        parts[1 if len(parts) > 1 else 0] = new_target
+        entry.parent[entry.key] = type(value)(":".join(parts)) if not isinstance(value, str) else ":".join(parts)
+
+    return apply
+
+
+def volume_findings(service: Service, image: Image) -> list[Finding]:
+    volumes = list(service.items("volumes"))
+    if not volumes and image.kind in (CHROMA, CHROMAGUARD):
+        return [_finding("CG302", service, f"{service.name} has no volume: its data dies with the container",
+                         service.location, "the data dir is inside the container's own layer",
+                         f"volumes: [chroma_data:{'/data' if image.is_1x or image.kind == CHROMAGUARD else '/chroma/chroma'}]")]
+    found = []
+    if image.is_1x:
+        for entry in volumes:
+            target = _volume_target(entry.value).rstrip("/")
+            if target == "/chroma/chroma":
+                found.append(_finding("CG301", service, f"volume {entry.value} is mounted at /chroma/chroma, but "
+                                      "Chroma 1.x writes to /data", entry.location,
+                                      "the data lives in the container layer and is lost when it is recreated",
+                                      "mount it at /data", _move_volume(entry, "/data")))
+    return found
+
+
+def _healthy(entry: Entry, names: list[str]) -> Callable[[], None]:
+    def apply() -> None:
+        value = entry.value
+        if isinstance(value, CommentedSeq):
+            mapping = CommentedMap()
+            for item in value:
+                mapping[str(item)] = CommentedMap(condition="service_healthy" if str(item) in names
+                                                  else "service_started")
+            trailing = value.ca.items.get(len(value) - 1)
+            if trailing and trailing[0] is not None and len(mapping):  # comments or blank lines after the list
+                last = mapping[list(mapping)[-1]]
+                last.ca.items["condition"] = [None, None, trailing[0], None]
+            entry.parent[entry.key] = mapping
+        else:
+            for name in names:
+                spec = value.get(name)
+                if not isinstance(spec, CommentedMap):
+                    spec = CommentedMap()
+                    value[name] = spec
+                spec["condition"] = "service_healthy"
+
+    return apply
+
+
+def depends_findings(service: Service, kinds: dict[str, Image | None]) -> list[Finding]:
+    entry = service.get("depends_on")
+    if entry is None:
+        return []
+    value = entry.value
+    waiting: list[str] = []
+    if isinstance(value, CommentedSeq):
+        waiting = [str(v) for v in value if kinds.get(str(v)) is not None]
+    elif isinstance(value, CommentedMap):
+        waiting = [str(k) for k, spec in value.items() if kinds.get(str(k)) is not None
+                   and not (isinstance(spec, CommentedMap) and spec.get("condition") == "service_healthy")]
+    if not waiting:
+        return []
+    return [_finding("CG304", service, f"{service.name} starts before {', '.join(waiting)} is ready",
+                     entry.location, "plain depends_on waits for the container to start, not for the server to answer",
+                     "depends_on: {" + ", ".join(f"{w}: {{condition: service_healthy}}" for w in waiting) + "}",
+                     _healthy(entry, waiting))]
+
+
+def chromaguard_findings(service: Service) -> list[Finding]:
+    from ..config import load_settings
+    from ..errors import ConfigError
+
+    env = {name: var.value or "" for name, var in service.environment().items()}
+    # Files named in the environment live inside the container; they cannot be checked from here.
+    checkable = {k: v for k, v in env.items() if not k.endswith("_FILE") and k != "CHROMAGUARD_CONFIG"}
+    if env.get("CHROMA_SERVER_AUTH_PROVIDER", "none").lower() not in ("", "none"):
+        checkable.setdefault("CHROMA_SERVER_AUTH_CREDENTIALS", "placeholder")
+    try:
+        load_settings(env=checkable)
+    except ConfigError as exc:
+        var = service.environment().get(exc.setting.split(":")[0])
+        where = var.location if var is not None else service.location
+        return [_finding("CG401", service, str(exc), where, "chromaguard validates every setting before it starts",
+                         "fix the value it names")]
+    return []
+
+
+def examine(files: list[ComposeFile]) -> list[Finding]:
+    services = merged_services(files)
+    kinds = {s.name: identify(s) for s in services}
+    found: list[Finding] = []
+    for service in services:
+        image = kinds[service.name]
+        if image is None:
+            found += depends_findings(service, kinds)
+            continue
+        if image.kind == CHROMA and image.floating:
+            entry = service.get("image")
+            found.append(_finding("CG107", service, f"image {image.reference or '(no tag)'} floats: this file "
+                                  "means Chroma 0.x on one pull and 1.x on the next",
+                                  entry.location if entry else service.location,
+                                  "`latest` moved from the 0.x line to 1.x, which renamed or dropped most settings",
+                                  "pin a version, e.g. chromadb/chroma:1.5.9"))
+        found += healthcheck_findings(service, image)
+        found += env_findings(service, image)
+        found += volume_findings(service, image)
+        if image.kind == CHROMAGUARD:
+            found += chromaguard_findings(service)
+        found += depends_findings(service, kinds)
+    return sorted(found, key=lambda f: (f.location.file, f.location.line, f.location.column, f.rule.id))

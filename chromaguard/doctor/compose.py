@@ -1,0 +1,230 @@
+"""Compose files read with their positions, merged the way ``docker compose -f a -f b`` merges them.
+
+Round-trip YAML (ruamel) keeps comments, order and quoting, so ``--fix`` can write the
+files back changing only what it fixes.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
+
+from .model import DoctorError, Location
+
+DEFAULT_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+_OVERRIDES = ("compose.override.yaml", "compose.override.yml", "docker-compose.override.yaml",
+              "docker-compose.override.yml")
+_INDENTS = ((2, 4, 2), (2, 2, 0), (4, 4, 2), (4, 6, 4), (2, 4, 4), (4, 4, 0))
+
+
+def _yaml(indent: tuple[int, int, int] = (2, 4, 2)) -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=indent[0], sequence=indent[1], offset=indent[2])
+    return yaml
+
+
+@dataclass
+class ComposeFile:
+    path: Path
+    text: str
+    doc: CommentedMap
+    indent: tuple[int, int, int] | None  # None: no indentation style round-trips this file exactly
+
+    def dump(self) -> str:
+        stream = io.StringIO()
+        _yaml(self.indent or (2, 4, 2)).dump(self.doc, stream)
+        return stream.getvalue()
+
+    def services(self) -> CommentedMap:
+        return self.doc.get("services") or CommentedMap()
+
+
+def load(path: Path) -> ComposeFile:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DoctorError(f"{path}: cannot read ({exc})") from None
+    try:
+        doc = _yaml().load(text)
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DoctorError(f"{path}{where}: not valid YAML ({problem})") from None
+    if not isinstance(doc, CommentedMap) or not isinstance(doc.get("services"), CommentedMap):
+        raise DoctorError(f"{path}: not a compose file (no 'services:' mapping at the top level)")
+    indent = None
+    for candidate in _INDENTS:
+        stream = io.StringIO()
+        _yaml(candidate).dump(doc, stream)
+        if stream.getvalue() == text:
+            indent = candidate
+            break
+    return ComposeFile(path, text, doc, indent)
+
+
+def default_files(directory: Path) -> list[Path]:
+    """What ``docker compose`` reads by default: the first compose file, then its override."""
+    found = [directory / name for name in DEFAULT_FILES if (directory / name).is_file()][:1]
+    found += [directory / name for name in _OVERRIDES if (directory / name).is_file()][:1]
+    return found
+
+
+def location(file: ComposeFile, node: Any, key: Any = None, index: int | None = None) -> Location:
+    """1-based line and column of a key (or item) in ``node``."""
+    try:
+        if index is not None and isinstance(node, CommentedSeq):
+            line, col = node.lc.item(index)
+        elif key is not None and isinstance(node, CommentedMap):
+            line, col = node.lc.key(key)
+        else:
+            line, col = node.lc.line, node.lc.col
+        return Location(str(file.path), line + 1, col + 1)
+    except (AttributeError, KeyError, IndexError, TypeError):
+        return Location(str(file.path))
+
+
+@dataclass
+class EnvVar:
+    name: str
+    value: str | None
+    file: ComposeFile
+    node: CommentedMap | CommentedSeq
+    key: Any  # the mapping key, or the list index
+    list_form: bool
+
+    @property
+    def location(self) -> Location:
+        if self.list_form:
+            return location(self.file, self.node, index=self.key)
+        return location(self.file, self.node, key=self.key)
+
+    def _item(self) -> str:
+        return f"{self.name}={self.value}" if self.value is not None else self.name
+
+    def _index(self) -> int | None:
+        """Where the item is now (earlier fixes may have removed items before it)."""
+        for i, existing in enumerate(self.node):
+            if str(existing) == self._item():
+                return i
+        return None
+
+    def rename(self, new: str) -> None:
+        if self.list_form:
+            index = self._index()
+            if index is not None:
+                old = self.node[index]
+                self.node[index] = type(old)(f"{new}={self.value}" if self.value is not None else new)
+        else:
+            position = list(self.node.keys()).index(self.key)
+            value = self.node.pop(self.key)
+            self.node.insert(position, new, value)
+
+    def remove(self) -> None:
+        if self.list_form:
+            index = self._index()
+            if index is None:
+                return
+            comments = self.node.ca.items
+            if index in comments and index > 0 and index - 1 not in comments:
+                comments[index - 1] = comments.pop(index)  # keep the comment lines that followed it
+            del self.node[index]
+        else:
+            self.node.pop(self.key, None)
+
+
+@dataclass
+class Entry:
+    """One value of a merged service, and where it is written."""
+
+    value: Any
+    file: ComposeFile
+    parent: Any
+    key: Any
+
+    @property
+    def location(self) -> Location:
+        if isinstance(self.parent, CommentedSeq):
+            return location(self.file, self.parent, index=self.key)
+        return location(self.file, self.parent, key=self.key)
+
+
+@dataclass
+class Service:
+    """A service as all the files together define it (later files win, as in compose)."""
+
+    name: str
+    parts: list[tuple[ComposeFile, CommentedMap]] = field(default_factory=list)
+
+    def get(self, key: str) -> Entry | None:
+        for file, node in reversed(self.parts):
+            if key in node:
+                return Entry(node[key], file, node, key)
+        return None
+
+    @property
+    def first(self) -> tuple[ComposeFile, CommentedMap]:
+        return self.parts[0]
+
+    @property
+    def location(self) -> Location:
+        file, _ = self.first
+        return location(file, file.services(), key=self.name)
+
+    def image(self) -> str:
+        entry = self.get("image")
+        return str(entry.value) if entry else ""
+
+    def command(self) -> str:
+        entry = self.get("command")
+        if entry is None:
+            return ""
+        value = entry.value
+        return " ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+    def environment(self) -> dict[str, EnvVar]:
+        merged: dict[str, EnvVar] = {}
+        for file, node in self.parts:
+            env = node.get("environment")
+            if isinstance(env, CommentedSeq):
+                for index, item in enumerate(env):
+                    name, sep, value = str(item).partition("=")
+                    merged[name.strip()] = EnvVar(name.strip(), value if sep else None, file, env, index, True)
+            elif isinstance(env, CommentedMap):
+                for key, value in env.items():
+                    merged[str(key)] = EnvVar(str(key), None if value is None else str(value), file, env, key, False)
+        return merged
+
+    def items(self, key: str) -> Iterator[Entry]:
+        """Every item of a list-valued key (volumes, ports) across files."""
+        for file, node in self.parts:
+            values = node.get(key)
+            if isinstance(values, CommentedSeq):
+                for index, value in enumerate(values):
+                    yield Entry(value, file, values, index)
+
+    def healthcheck(self) -> dict[str, Entry]:
+        merged: dict[str, Entry] = {}
+        for file, node in self.parts:
+            check = node.get("healthcheck")
+            if isinstance(check, CommentedMap):
+                for key, value in check.items():
+                    merged[str(key)] = Entry(value, file, check, key)
+        return merged
+
+
+def merged_services(files: list[ComposeFile]) -> list[Service]:
+    services: dict[str, Service] = {}
+    for file in files:
+        for name, node in file.services().items():
+            if isinstance(node, CommentedMap):
+                services.setdefault(str(name), Service(str(name))).parts.append((file, node))
+    return list(services.values())
