@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +47,58 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = True) -> dict[str, Any]:
+_WRK_SCRIPT = """
+local f = io.open(os.getenv("CG_BODY"), "rb")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+local token = os.getenv("CG_TOKEN")
+if token and #token > 0 then wrk.headers["X-Chroma-Token"] = token end
+"""
+
+
+def saturated_throughput(url: str, path: str, body: bytes, token: str | None, seconds: float,
+                         connections: int = 8) -> float:
+    """Requests/s from wrk (C, two threads, keep-alive) POSTing the same query as fast as it can."""
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "query.lua"
+        script.write_text(_WRK_SCRIPT)
+        payload = Path(tmp) / "body.json"
+        payload.write_bytes(body)
+        env = {**os.environ, "CG_BODY": str(payload), "CG_TOKEN": token or ""}
+        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script), url + path],
+                             capture_output=True, text=True, env=env, check=True).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"wrk saw {errors.group(1)} failed requests against {url}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def heartbeat_p50_ms(url: str, n: int = 2000) -> float:
+    import httpx
+
+    with httpx.Client(base_url=url) as http:
+        for _ in range(100):
+            http.get("/api/v2/heartbeat")
+        samples = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            http.get("/api/v2/heartbeat")
+            samples.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(samples)
+
+
+def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = True,
+        wrk_seconds: float = 10.0) -> dict[str, Any]:
     rng = np.random.default_rng(42)
     data = rng.random((records, dim), dtype=np.float32)
     probes = rng.random((queries, dim), dtype=np.float32)
@@ -84,12 +140,39 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
                 "query_p50_ms": statistics.median(latencies[key]),
                 "query_p95_ms": _percentile(latencies[key], 0.95),
             }
+        if shutil.which("wrk") and wrk_seconds > 0:
+            body = json.dumps({"query_embeddings": [probes[0].tolist()], "n_results": 10,
+                               "include": ["distances", "metadatas", "documents"]}).encode()
+            for key in keys:
+                server = servers[key]
+                path = (f"/api/v2/tenants/default_tenant/databases/default_database/collections/"
+                        f"{cols[key].id}/query")
+                rss: list[float] = []
+                stop = threading.Event()
+                if key != "bare":
+                    def sample(pid: int = server.proc.pid) -> None:
+                        while not stop.is_set():
+                            rss.append(_rss_mb(pid))
+                            time.sleep(0.2)
+                    threading.Thread(target=sample, daemon=True).start()
+                rate = saturated_throughput(server.url, path, body, TOKEN if key.endswith("tracing") else None,
+                                            wrk_seconds)
+                stop.set()
+                result["servers"][key]["query_throughput_rps"] = rate
+                if rss:
+                    result["servers"][key]["front_door_rss_mb_max"] = max(rss)
+            result["wrk"] = {"threads": 2, "connections": 8, "seconds": wrk_seconds}
+        for key in keys:
+            if not key.endswith("tracing"):
+                result["servers"][key]["heartbeat_p50_ms"] = heartbeat_p50_ms(servers[key].url)
         bare = result["servers"]["bare"]
         for key in keys[1:]:
             mine = result["servers"][key]
             mine["add_throughput_ratio"] = mine["add_records_per_s"] / bare["add_records_per_s"]
             mine["query_p50_ratio"] = mine["query_p50_ms"] / bare["query_p50_ms"]
             mine["query_p95_ratio"] = mine["query_p95_ms"] / bare["query_p95_ms"]
+            if "query_throughput_rps" in mine:
+                mine["query_throughput_ratio"] = mine["query_throughput_rps"] / bare["query_throughput_rps"]
         if traced:
             result["spans_received"] = len(receiver.spans)
         return result
@@ -101,13 +184,18 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
 
 
 def report(result: dict[str, Any]) -> str:
-    lines = [f"{result['records']} x {result['dim']}-d, top-10, {result['queries']} queries, official client",
-             f"{'':22}{'add rec/s':>11}{'ratio':>7}{'p50 ms':>9}{'ratio':>7}{'p95 ms':>9}{'ratio':>7}"]
+    lines = [f"{result['records']} x {result['dim']}-d, top-10, {result['queries']} queries (official client); "
+             f"saturated throughput: wrk {result.get('wrk', {}).get('connections', '-')} connections",
+             f"{'':20}{'add rec/s':>10}{'ratio':>7}{'p50 ms':>8}{'ratio':>7}{'p95 ms':>8}{'ratio':>7}"
+             f"{'qps':>8}{'ratio':>7}{'rss MB':>8}{'hb ms':>7}"]
     for key, row in result["servers"].items():
-        ratio = lambda name: f"{row[name]:>7.3f}" if name in row else f"{'':>7}"  # noqa: E731
-        lines.append(f"{key:22}{row['add_records_per_s']:>11.0f}{ratio('add_throughput_ratio')}"
-                     f"{row['query_p50_ms']:>9.3f}{ratio('query_p50_ratio')}"
-                     f"{row['query_p95_ms']:>9.3f}{ratio('query_p95_ratio')}")
+        def cell(name: str, width: int = 7, fmt: str = ".3f") -> str:
+            return f"{row[name]:>{width}{fmt}}" if name in row else f"{'':>{width}}"
+        lines.append(f"{key:20}{row['add_records_per_s']:>10.0f}{cell('add_throughput_ratio')}"
+                     f"{row['query_p50_ms']:>8.3f}{cell('query_p50_ratio')}{row['query_p95_ms']:>8.3f}"
+                     f"{cell('query_p95_ratio')}{cell('query_throughput_rps', 8, '.0f')}"
+                     f"{cell('query_throughput_ratio')}{cell('front_door_rss_mb_max', 8, '.1f')}"
+                     f"{cell('heartbeat_p50_ms', 7, '.3f')}")
     return "\n".join(lines)
 
 
@@ -117,9 +205,10 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--no-tracing", action="store_true", help="skip the auth+tracing variant")
+    parser.add_argument("--wrk-seconds", type=float, default=10.0, help="saturated-throughput run length (0: skip)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
-    result = run(args.records, args.dim, args.queries, traced=not args.no_tracing)
+    result = run(args.records, args.dim, args.queries, traced=not args.no_tracing, wrk_seconds=args.wrk_seconds)
     print(report(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

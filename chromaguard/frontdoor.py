@@ -46,6 +46,7 @@ _NO_TRACE = "0" * 32
 _DENIAL_REASONS = {400: "bad_request", 401: "missing_credentials", 403: "forbidden", 429: "rate_limited",
                    431: "headers_too_large"}
 MAX_HEADER_BYTES = 32 * 1024
+HEARTBEAT_CACHE_SECONDS = 1.0
 
 
 
@@ -99,6 +100,7 @@ class FrontDoor:
         self.tracer = telemetry.tracer if telemetry else None
         self.names = CollectionNames()
         self.in_flight = 0
+        self._alive_until = 0.0
         if self.metrics is not None:
             self.metrics.in_flight = lambda: self.in_flight
         self._strip = _HOP_BY_HOP | strip_request_headers
@@ -294,8 +296,11 @@ class FrontDoor:
         """Both API lines' heartbeat, answered from the engine's v2 one (v1 is 410 on Chroma 1.x)."""
         problem = ""
         body = b""
+        now = time.monotonic()
         if not self.backend.available:
             problem = self._down_message()
+        elif now < self._alive_until:  # the engine answered a heartbeat less than a second ago
+            body = b""
         else:
             try:
                 status, body = await self._get("/api/v2/heartbeat")
@@ -303,6 +308,8 @@ class FrontDoor:
                     status, body = await self._get("/api/v1/heartbeat")
                 if status != 200:
                     problem = f"chromaguard: the Chroma engine heartbeat answered {status}"
+                else:
+                    self._alive_until = now + HEARTBEAT_CACHE_SECONDS
             except UpstreamError as exc:
                 problem = f"chromaguard: the Chroma engine is not answering: {exc}"
         if self.metrics is not None:

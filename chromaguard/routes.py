@@ -7,6 +7,7 @@ sensitive), and anything we do not recognise needs an admin.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -62,6 +63,7 @@ def template(route: Route, segments: list[str]) -> str:
     return "/" + "/".join(out)
 
 
+@functools.lru_cache(maxsize=8192)  # the same few paths, again and again: classify each once
 def route_of(method: str, raw_path: bytes) -> tuple[Route | None, str]:
     """Route and ``http.route`` template for a raw request path; None for a non-canonical path."""
     segments = canonical_segments(raw_path)

@@ -184,6 +184,7 @@ def test_kill_9_under_write_load_loses_no_acknowledged_write() -> None:
         cid = httpx.post(g.url + f"{BASE}/collections", json={"name": "durable"}).json()["id"]
         acknowledged: list[str] = []
         refused: list[int] = []
+        bodies: list[str] = []
         stop = threading.Event()
 
         def writer(worker: int) -> None:
@@ -201,6 +202,8 @@ def test_kill_9_under_write_load_loses_no_acknowledged_write() -> None:
                         acknowledged.extend(ids)
                     else:
                         refused.append(r.status_code)
+                        if r.status_code == 500:
+                            bodies.append(r.text)
 
         threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
         for t in threads:
@@ -220,7 +223,11 @@ def test_kill_9_under_write_load_loses_no_acknowledged_write() -> None:
         for t in threads:
             t.join()
         assert recovered_in < 20, "the engine was not back within the window"
-        assert set(refused) <= {502, 503}, refused
+        # 502/503 from chromaguard while the engine is down; a 500 may only be the engine's own JSON error
+        # (its first requests after a crash), never chromaguard failing.
+        assert set(refused) <= {500, 502, 503}, refused
+        assert all(json.loads(body).get("error") for body in bodies), bodies[:3]
+        assert "Exception in ASGI application" not in g.log and "Traceback" not in g.log
         got = httpx.post(g.url + f"{BASE}/collections/{cid}/get", json={"ids": acknowledged, "include": []},
                          timeout=60).json()["ids"]
         assert len(acknowledged) > 100
