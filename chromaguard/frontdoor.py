@@ -6,6 +6,7 @@ hop-by-hop ones), status and body pass through untouched and streamed.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -145,7 +146,6 @@ class FrontDoor:
 
     def _start_span(self, scope: Scope, route: Route | None, http_route: str) -> Any:
         from opentelemetry.trace import SpanKind
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         carrier: dict[str, str] = {}
         user_agent = ""
@@ -154,7 +154,7 @@ class FrontDoor:
                 carrier[name.decode()] = value.decode("latin-1")
             elif name == b"user-agent":
                 user_agent = value.decode("latin-1")
-        context = TraceContextTextMapPropagator().extract(carrier) if carrier else None
+        context = _propagator().extract(carrier) if carrier else None
         method = scope["method"]
         attributes: dict[str, Any] = {
             "http.request.method": method, "url.path": scope["path"], "url.scheme": scope.get("scheme", "http"),
@@ -466,6 +466,13 @@ class FrontDoor:
         await send_error(send, 413, "PayloadTooLarge",
                          f"chromaguard: {size} exceeds the limit of {self.max_payload_bytes} bytes "
                          "(CHROMA_MAX_PAYLOAD_SIZE_BYTES); send smaller batches")
+
+
+@functools.lru_cache(maxsize=1)
+def _propagator() -> Any:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator()
 
 
 def _adding_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:

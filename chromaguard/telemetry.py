@@ -55,7 +55,8 @@ def _http_endpoint(endpoint: str, signal: str) -> str:
 
 def engine_telemetry(settings: Settings) -> dict[str, str] | None:
     """The engine's own ``open_telemetry`` block: same collector, service ``<name>-engine`` (gRPC only)."""
-    if not settings.otel_enabled or not settings.otel_endpoint or otlp_protocol(settings) != "grpc":
+    if not settings.otel_enabled or not settings.otel_endpoint or not settings.otel_engine_spans \
+            or otlp_protocol(settings) != "grpc":
         return None
     endpoint, _ = _grpc_endpoint(settings.otel_endpoint)
     return {"service_name": f"{settings.otel_service_name}-engine", "endpoint": endpoint}
