@@ -23,6 +23,7 @@ import uvicorn
 
 from . import __version__
 from .auth import Authenticator, CredentialsWatcher
+from .coalesce import CoalescingHttpToolsProtocol
 from .config import Settings
 from .cors import CorsPolicy
 from .credentials import CredentialsError, CredentialStore, load_store
@@ -242,7 +243,7 @@ class Service:
                             cors=CorsPolicy(self.settings.cors_allow_origins) if self.settings.cors_allow_origins
                             else None)
             self.server = _Server(uvicorn.Config(
-                app, http="httptools", lifespan="off", access_log=False, log_config=None, proxy_headers=False,
+                app, http=CoalescingHttpToolsProtocol, lifespan="off", access_log=False, log_config=None, proxy_headers=False,
                 server_header=False, date_header=False, timeout_graceful_shutdown=self.settings.drain_timeout,
                 timeout_keep_alive=75,
             ))
