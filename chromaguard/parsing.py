@@ -107,6 +107,13 @@ def parse_text(raw: Any) -> str:
     return str(raw).strip()
 
 
+def _json(text: str, kind: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"malformed JSON {kind} ({exc.msg} at column {exc.colno})") from None
+
+
 def parse_origin_list(raw: Any) -> tuple[str, ...]:
     """CORS origins as the seed writes them (``["*"]``, a JSON list) or a comma list."""
     if isinstance(raw, (list, tuple)):
@@ -114,10 +121,7 @@ def parse_origin_list(raw: Any) -> tuple[str, ...]:
     else:
         text = str(raw).strip()
         if text.startswith("["):
-            try:
-                loaded = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"malformed JSON list ({exc.msg} at column {exc.colno})") from None
+            loaded = _json(text, "list")
             if not isinstance(loaded, list) or not all(isinstance(i, str) for i in loaded):
                 raise ValueError("the JSON must be a list of strings")
             items = loaded
@@ -207,10 +211,7 @@ def parse_headers(raw: Any) -> tuple[tuple[str, str], ...]:
     else:
         text = str(raw).strip()
         if text.startswith("{"):
-            try:
-                loaded = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"malformed JSON object ({exc.msg})") from None
+            loaded = _json(text, "object")
             if not isinstance(loaded, dict):
                 raise ValueError("the JSON must be an object of header names to values")
             pairs = list(loaded.items())

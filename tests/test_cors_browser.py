@@ -59,13 +59,6 @@ class _Pages(BaseHTTPRequestHandler):
         pass
 
 
-def _serve_page(page: str) -> tuple[ThreadingHTTPServer, int]:
-    handler = type("Handler", (_Pages,), {"page": page.encode()})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, server.server_address[1]
-
-
 def _browse(url: str) -> str:
     """The page's text once its script has run, as headless Chromium renders it."""
     with tempfile.TemporaryDirectory() as profile:
@@ -114,26 +107,26 @@ def _page_server_on(port: int, page: str) -> ThreadingHTTPServer:
     return server
 
 
-def test_allowed_origin_reads_and_writes_with_a_token(origins: tuple[Guard, int, int]) -> None:
-    guard, allowed_port, _ = origins
+def _visit(guard: Guard, port: int, marker: str) -> tuple[str, str]:
+    """Serve the page from origin http://127.0.0.1:PORT, load it in Chromium; (its text, collection id)."""
     cid = _setup_collection(guard)
-    server = _page_server_on(allowed_port, _page_for(guard, cid, "from-allowed"))
+    server = _page_server_on(port, _page_for(guard, cid, marker))
     try:
-        text = _browse(f"http://127.0.0.1:{allowed_port}/")
+        return _browse(f"http://127.0.0.1:{port}/"), cid
     finally:
         server.shutdown()
+
+
+def test_allowed_origin_reads_and_writes_with_a_token(origins: tuple[Guard, int, int]) -> None:
+    guard, allowed_port, _ = origins
+    text, cid = _visit(guard, allowed_port, "from-allowed")
     assert text == "READ:200:web ADD:201 MISS:404:true", text
     assert "from-allowed" in _ids(guard, cid)
 
 
 def test_other_origin_is_blocked_by_the_browser(origins: tuple[Guard, int, int]) -> None:
     guard, _, other_port = origins
-    cid = _setup_collection(guard)
-    server = _page_server_on(other_port, _page_for(guard, cid, "from-other"))
-    try:
-        text = _browse(f"http://127.0.0.1:{other_port}/")
-    finally:
-        server.shutdown()
+    text, cid = _visit(guard, other_port, "from-other")
     assert text == "BLOCKED:TypeError", text
     assert "from-other" not in _ids(guard, cid), "a blocked preflight must keep the write from happening"
 
