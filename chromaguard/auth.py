@@ -72,19 +72,21 @@ class Authenticator:
         self.transport = transport
         self.open_paths = frozenset(open_paths)
         self.limiter = RateLimiter(rate_limit) if rate_limit > 0 else None
+        self.guessing = RateLimiter(5.0)  # uncached password checks per client address
         scheme = b"Bearer" if provider == "token" else b"Basic"
         self._challenge = ((b"www-authenticate", scheme + b' realm="chromaguard"'),)
 
     def is_open(self, method: str, path: str) -> bool:
         return method in ("GET", "HEAD") and path in self.open_paths
 
-    def check(self, route: Route | None, headers: Iterable[tuple[bytes, bytes]]) -> Grant | Denial:
+    async def check(self, route: Route | None, headers: Iterable[tuple[bytes, bytes]],
+                    client: str = "") -> Grant | Denial:
         """Decide on a request whose route (None: non-canonical path) is already known."""
         if route is None:
             return Denial(400, "InvalidArgumentError",
                           "chromaguard: the request path is not in canonical form (no //, /./, /../, "
                           "encoded slashes or trailing slash)")
-        found = self._credentials(headers)
+        found = await self._credentials(headers, client)
         if isinstance(found, Denial):
             if found.status == 401 and _client_bootstrap(route):
                 # The official client asks who it is and checks the default tenant and database
@@ -104,7 +106,7 @@ class Authenticator:
                               ((b"retry-after", str(max(1, round(wait + 0.5))).encode()),))
         return Grant(principal, route)
 
-    def _credentials(self, headers: Iterable[tuple[bytes, bytes]]) -> Principal | Denial:
+    async def _credentials(self, headers: Iterable[tuple[bytes, bytes]], client: str) -> Principal | Denial:
         offered: list[tuple[bytes, bytes]] = []
         for name, value in headers:
             if name == b"authorization" and self.transport != "x-chroma-token":
@@ -127,7 +129,14 @@ class Authenticator:
                 user_password = _basic(rest)
                 if user_password is None:
                     return self._missing()
-                principal = self.store.check_password(*user_password)
+                principal = self.store.cached_password(*user_password)
+                if principal is None:
+                    # bcrypt takes its time on purpose: off the event loop, and bounded per client.
+                    wait = self.guessing.allow(client)
+                    if wait:
+                        return Denial(429, "RateLimitError", "chromaguard: too many password attempts",
+                                      ((b"retry-after", str(max(1, round(wait + 0.5))).encode()),))
+                    principal = await asyncio.to_thread(self.store.check_password, *user_password)
             else:
                 return self._missing()
         if principal is None:

@@ -51,6 +51,7 @@ class CredentialStore:
         self._tokens = tokens or {}
         self._users = users or {}
         self._verified: dict[bytes, Principal] = {}  # bcrypt is slow by design: remember good passwords
+        self._dummy_hash: bytes | None = None
 
     def __len__(self) -> int:
         return len(self._tokens) + len(self._users)
@@ -60,21 +61,33 @@ class CredentialStore:
         # never on how many leading characters of it were right.
         return self._tokens.get(_digest(token))
 
+    def cached_password(self, user: str, password: str) -> Principal | None:
+        """A password already verified: no bcrypt, safe to call on the event loop."""
+        return self._verified.get(_digest(f"{user}\0{password}"))
+
     def check_password(self, user: str, password: str) -> Principal | None:
-        key = _digest(f"{user}\0{password}")
-        cached = self._verified.get(key)
-        if cached is not None:
-            return cached
-        entry = self._users.get(user)
-        if entry is None:
-            return None
+        """bcrypt is slow on purpose: call this off the event loop."""
         import bcrypt
 
-        hashed, principal = entry
-        if bcrypt.checkpw(password.encode(), hashed):
-            self._verified[key] = principal
-            return principal
-        return None
+        secret = password.encode()
+        if len(secret) > 72:  # bcrypt's limit: such a password cannot match any hash
+            return None
+        entry = self._users.get(user)
+        hashed = entry[0] if entry else self._dummy()
+        matched = bcrypt.checkpw(secret, hashed)  # unknown users cost the same time: names stay secret
+        if entry is None or not matched:
+            return None
+        self._verified[_digest(f"{user}\0{password}")] = entry[1]
+        return entry[1]
+
+    def _dummy(self) -> bytes:
+        if self._dummy_hash is None:
+            import bcrypt
+
+            some = next(iter(self._users.values()), None)
+            rounds = int(some[0].split(b"$")[2]) if some else 10
+            self._dummy_hash = bcrypt.hashpw(b"no such user", bcrypt.gensalt(rounds=rounds))
+        return self._dummy_hash
 
 
 def _read_structured(text: str, where: str) -> Any:
@@ -144,11 +157,15 @@ def _principal(record: dict[str, Any], index: int, where: str) -> tuple[bytes, P
         raise CredentialsError(f"{where}: entry {index}: role {role!r} must be admin, write or read")
     tenant = record.get("tenant")
     databases = record.get("databases")
+    if tenant is not None and (not isinstance(tenant, str) or not tenant.strip()):
+        raise CredentialsError(f"{where}: entry {index}: tenant must be a name (leave it out for all tenants)")
     if databases is not None:
         if isinstance(databases, str):
             databases = [databases]
-        if not isinstance(databases, list) or not all(isinstance(d, str) and d for d in databases):
-            raise CredentialsError(f"{where}: entry {index}: databases must be a list of names")
+        if not isinstance(databases, list) or not databases or not all(isinstance(d, str) and d.strip()
+                                                                         for d in databases):
+            raise CredentialsError(f"{where}: entry {index}: databases must be a non-empty list of names "
+                                   "(leave it out for all databases)")
         tenant = tenant or "default_tenant"
     name = str(record.get("name") or f"token-{index}")
     return digest, Principal(name, role, str(tenant) if tenant else None,
@@ -200,6 +217,8 @@ def parse_inline(provider: str, value: str, where: str) -> CredentialStore:
         user, sep, password = item.partition(":")
         if not sep or not user or not password:
             raise CredentialsError(f"{where}: expected user:password")
+        if len(password.encode()) > 72:
+            raise CredentialsError(f"{where}: the password of {user} is longer than bcrypt's 72 bytes")
         users[user] = (bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)), Principal(user))
     return CredentialStore(users=users)
 

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Protocol
+from urllib.parse import quote
 
 from .auth import Authenticator, Denial
 from .cors import CorsPolicy
@@ -48,6 +49,7 @@ _DENIAL_REASONS = {400: "bad_request", 401: "missing_credentials", 403: "forbidd
                    431: "headers_too_large"}
 MAX_HEADER_BYTES = 32 * 1024
 HEARTBEAT_CACHE_SECONDS = 1.0
+_CATALOG_CHANGES = frozenset({"create_collection", "delete_collection", "modify_collection", "fork"})
 
 
 
@@ -102,6 +104,7 @@ class FrontDoor:
         self.names = CollectionNames()
         self.in_flight = 0
         self._alive_until = 0.0
+        self._listings: dict[tuple[Any, ...], tuple[float, frozenset[str]]] = {}  # (tenant, db) -> ids, names
         if self.metrics is not None:
             self.metrics.in_flight = lambda: self.in_flight
         self._strip = _HOP_BY_HOP | strip_request_headers
@@ -231,15 +234,50 @@ class FrontDoor:
             if extra:
                 send = _adding_headers(send, extra)
         if self.auth is not None and not self.auth.is_open(method, scope["path"]):
-            result = self.auth.check(route, scope["headers"])
+            client = scope.get("client")
+            result = await self.auth.check(route, scope["headers"], client[0] if client else "")
             if isinstance(result, Denial):
                 await self._deny(send, result)
                 return
             scope["chromaguard.principal"] = result.principal
+            if result.principal.tenant is not None and result.route.collection is not None:
+                denial = await self._check_owner(result.principal, result.route)
+                if denial is not None:
+                    await self._deny(send, denial)
+                    return
             if result.route.operation == "identity":
                 await send_json(send, 200, result.principal.identity())
                 return
         await self._route(scope, receive, send)
+        if route is not None and route.operation in _CATALOG_CHANGES:
+            self._listings.pop((route.tenant, route.database), None)
+
+    async def _check_owner(self, principal: Any, route: Route) -> Denial | None:
+        """The engine finds a collection by its id alone, whatever tenant and database the path
+        names: a scoped token may only touch collections listed in the database it names."""
+        key = (route.tenant, route.database)
+        listed = self._listings.get(key)
+        now = time.monotonic()
+        if listed is None or (route.collection not in listed[1] and now - listed[0] > 1.0):
+            path = "/api/v2/tenants/{}/databases/{}/collections?limit=1000000".format(
+                *(quote(part or "", safe="") for part in key))
+            try:
+                response = await self.pool.request("GET", path.encode(), timeout=self.heartbeat_timeout)
+                items = json.loads(await response.read()) if response.status == 200 else []
+            except (UpstreamError, ValueError):
+                return Denial(503, "ServiceUnavailable", "chromaguard: cannot check where the collection lives",
+                              tuple(_RETRY_AFTER))
+            names = {str(item.get(field)) for item in items if isinstance(item, dict) for field in ("id", "name")}
+            if len(self._listings) > 10_000:
+                self._listings.clear()
+            listed = self._listings[key] = (now, frozenset(names))
+        if route.collection not in listed[1]:
+            log.info("denied %s to %s: collection %s is not in %s/%s", route.operation, principal.name,
+                     route.collection, route.tenant, route.database)
+            return Denial(403, "AuthorizationError",
+                          f"chromaguard: {principal.name} may not use collection {route.collection}: it is not in "
+                          f"{route.tenant}/{route.database}")
+        return None
 
     async def _deny(self, send: Send, denial: Denial) -> None:
         if self.metrics is not None:

@@ -74,7 +74,7 @@ def _disk(deps: Dependencies) -> dict[str, Any]:
     assert deps.data_dir is not None
     free = shutil.disk_usage(deps.data_dir).free
     ok = free >= deps.min_free_disk
-    detail = f"{free // 2**20} MiB free under {deps.data_dir}"
+    detail = f"{free // 2**20} MiB free under the data dir"  # open endpoint: no paths
     if not ok:
         detail += f" (needs at least {deps.min_free_disk // 2**20} MiB: CHROMAGUARD_MIN_FREE_DISK)"
     return _check(ok, detail)

@@ -124,6 +124,31 @@ def test_scoped_token_sees_only_its_database(secured: Guard) -> None:
         client(secured.port, "scoped-secret-5", tenant="team-a", database="other").list_collections()
 
 
+def test_scoped_token_cannot_reach_a_collection_of_another_tenant_by_its_id(secured: Guard) -> None:
+    """The engine finds collections by id alone; the path's tenant and database must not be trusted."""
+    target = client(secured.port, "admin-secret-1").get_collection("shared")
+    own = "/api/v2/tenants/team-a/databases/main/collections"
+    token = {"x-chroma-token": "scoped-secret-5"}
+    attempts = [
+        ("POST", f"{own}/{target.id}/get", {}), ("POST", f"{own}/{target.id}/query",
+                                                 {"query_embeddings": [[1.0, 0.0]], "n_results": 1}),
+        ("GET", f"{own}/{target.id}/count", None), ("GET", f"{own}/{target.id}", None),
+        ("POST", f"{own}/{target.id}/add", {"ids": ["evil"], "embeddings": [[0.0, 0.0]]}),
+        ("POST", f"{own}/{target.id}/delete", {"ids": ["a"]}),
+        ("PUT", f"{own}/{target.id}", {"new_metadata": {"owned": "by-team-a"}}),
+    ]
+    for method, path, body in attempts:
+        r = httpx.request(method, secured.url + path, json=body, headers=token)
+        assert r.status_code == 403, (method, path, r.status_code, r.text)
+    assert target.count() == 1 and target.get()["ids"] == ["a"] and not (target.metadata or {}).get("owned")
+    mine = client(secured.port, "scoped-secret-5", tenant="team-a", database="main").get_or_create_collection(
+        "mine-by-id", embedding_function=None)
+    assert httpx.get(secured.url + f"{own}/{mine.id}/count", headers=token).status_code == 200
+    other_db = client(secured.port, "admin-secret-1", tenant="team-a", database="other").get_or_create_collection(
+        "elsewhere", embedding_function=None)
+    assert httpx.get(secured.url + f"{own}/{other_db.id}/count", headers=token).status_code == 403
+
+
 def test_identity_is_answered_for_each_token(secured: Guard) -> None:
     for token, name in (("admin-secret-1", "ops"), ("reader-secret-3", "dashboard")):
         r = httpx.get(secured.url + "/api/v2/auth/identity", headers={"authorization": f"Bearer {token}"})
@@ -341,6 +366,18 @@ def test_basic_auth_with_htpasswd(tmp_path: Path) -> None:
         assert missing.status_code == 401 and missing.headers["www-authenticate"].startswith("Basic")
 
 
+def test_basic_auth_long_passwords_and_guessing(tmp_path: Path) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("alice:" + bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4)).decode() + "\n")
+    with Guard(env={"CHROMA_SERVER_AUTH_PROVIDER": "basic", "CHROMA_SERVER_AUTH_CREDENTIALS_FILE": str(htpasswd)}) as g:
+        url = g.url + f"{BASE}/collections"
+        assert httpx.get(url, auth=("alice", "a" * 100)).status_code == 403, "over bcrypt's 72 bytes: refused"
+        statuses = [httpx.get(url, auth=("alice", f"guess-{i}")).status_code for i in range(12)]
+        assert statuses[0] == 403 and 429 in statuses, statuses
+        assert "Traceback" not in g.log
+        assert httpx.get(g.url + "/healthz").status_code == 200
+
+
 def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
     tokens = tmp_path / "t.json"
     tokens.write_text('["fast-token", "other-token"]')
@@ -383,6 +420,8 @@ def test_custom_open_paths(tmp_path: Path) -> None:
     ('[{"sha256": "abc"}]', "64 hex digits"),
     ("[]", "no tokens"),
     ('["same", "same"]', "appears twice"),
+    ('[{"token": "a", "databases": []}]', "non-empty list"),
+    ('[{"token": "a", "tenant": ""}]', "tenant must be a name"),
 ])
 def test_invalid_credentials_file_stops_start_up(tmp_path: Path, content: str, fragment: str) -> None:
     tokens = tmp_path / "t.json"
