@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any, AsyncIterator, BinaryIO, Callable
 
-from .snapshot import FORMAT, Snapshot
+from .snapshot import FORMAT, SQLITE, Snapshot
 
 SUFFIX = ".tar.gz"
 PREFIX = "chroma-backup-"
@@ -128,9 +128,15 @@ def _load_manifest(archive: Path, fh: BinaryIO | None) -> dict[str, Any]:
         manifest = json.loads(fh.read() if fh else b"")
     except ValueError:
         raise ArchiveError(f"{archive}: manifest.json is not valid JSON") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "files" not in manifest:
-        raise ArchiveError(f"{archive}: not a chromaguard backup (manifest format {manifest.get('format')!r})"
-                           if isinstance(manifest, dict) else f"{archive}: manifest.json is not an object")
+    if not isinstance(manifest, dict):
+        raise ArchiveError(f"{archive}: manifest.json is not an object")
+    if manifest.get("format") != FORMAT:
+        raise ArchiveError(f"{archive}: not a chromaguard backup (manifest format {manifest.get('format')!r})")
+    files, collections = manifest.get("files"), manifest.get("collections")
+    if not isinstance(files, list) or not isinstance(collections, list):
+        raise ArchiveError(f"{archive}: the manifest lacks its file or collection list")
+    if not any(isinstance(f, dict) and f.get("path") == f"data/{SQLITE}" for f in files):
+        raise ArchiveError(f"{archive}: the backup holds no data/{SQLITE}: nothing to restore")
     return manifest
 
 
@@ -143,7 +149,10 @@ def extract(archive: Path, dest: Path) -> None:
             if not member.name.startswith("data/") or not member.isfile():
                 raise ArchiveError(f"{archive}: unexpected member {member.name!r}")
             member.name = member.name[len("data/"):]
-            tar.extract(member, dest, filter="data")
+            try:
+                tar.extract(member, dest, filter="data")
+            except tarfile.FilterError as exc:
+                raise ArchiveError(f"{archive}: refusing member {member.name!r}: {exc}") from None
 
 
 def read_manifest(archive: Path) -> dict[str, Any]:

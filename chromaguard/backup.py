@@ -166,7 +166,8 @@ def _result(path: Path, manifest: dict[str, Any], started: float) -> BackupResul
 
 def prune(output: Path, keep: int) -> list[Path]:
     """Delete all but the newest ``keep`` complete archives in ``output``; returns what was deleted."""
-    archives = sorted(p for p in output.glob(f"{archive.PREFIX}*{archive.SUFFIX}") if p.is_file())
+    archives = sorted((p for p in output.glob(f"{archive.PREFIX}*{archive.SUFFIX}") if p.is_file()),
+                      key=lambda p: (p.stat().st_mtime_ns, p.name))  # names alone misorder "-1", "-10"
     doomed = archives[:-keep] if keep > 0 else []
     for path in doomed:
         path.unlink()

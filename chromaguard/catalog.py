@@ -26,7 +26,7 @@ def _connect(data_dir: Path) -> sqlite3.Connection | None:
     path = data_dir / SQLITE_NAME
     if not path.exists():
         return None
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.2)
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=0.2)  # as_uri escapes # ? %
 
 
 def collections(data_dir: Path) -> list[CollectionEntry]:

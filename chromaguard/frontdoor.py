@@ -393,6 +393,17 @@ class FrontDoor:
         if span is not None and route is not None and body:
             span.set_attributes(request_attributes(route.operation, body))
         gated = self.gate is not None and (route is None or route.access != READ)
+        if gated and message.get("more_body"):
+            # A write counts as in flight for a snapshot's hold only once it can go to the engine
+            # whole: a slow uploader must not keep every other writer (and the backup) waiting.
+            try:
+                whole = await _gather_body(body, receive, self.max_payload_bytes)
+            except ClientDisconnected:
+                return
+            if whole is None:
+                await self._too_large(send, None)
+                return
+            message = {"type": "http.request", "body": whole, "more_body": False}
         if gated:
             await self.gate.enter()  # type: ignore[union-attr]
         try:

@@ -72,11 +72,14 @@ def verify(path: Path, *, progress: Callable[[int], None] | None = None, keep_in
         manifest = archive.check(path, progress)
     except archive.ArchiveError as exc:
         raise VerifyError(str(exc)) from None
-    scratch = Path(tempfile.mkdtemp(prefix="chromaguard-verify-", dir=keep_in))
+    scratch = Path(tempfile.mkdtemp(prefix=".chromaguard-restore-" if keep_in else "chromaguard-verify-",
+                                    dir=keep_in))
+    scratch.chmod(0o755)  # a data dir, not a secret: the service may run as another user
     try:
         archive.extract(path, scratch)
         sampled = asyncio.run(_verify_extracted(scratch, manifest))
     except archive.ArchiveError as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
         raise VerifyError(str(exc)) from None
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -106,36 +109,55 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def restore(path: Path, data_dir: Path, *, force: bool = False,
             progress: Callable[[int], None] | None = None) -> VerifyReport:
-    """Verify, unpack next to ``data_dir``, and swap it in: never a half-restored dir."""
+    """Verify, unpack next to ``data_dir``, and swap it in: never a half-restored dir.
+
+    The data dir's lock is held from the first check to the swap, so no service can start on
+    it meanwhile. A data dir that is a mount point (a Docker volume) cannot be renamed: its
+    contents are swapped instead, the new ones unpacked and verified inside it first.
+    """
     data_dir = data_dir.resolve()
-    if data_dir.exists():
-        if not data_dir.is_dir():
-            raise VerifyError(f"{data_dir} is not a directory")
-        lock = DataDirLock(data_dir)
-        try:
-            lock.acquire()  # refuses while a service runs on it
-        except StartupError as exc:
-            raise VerifyError(f"{exc}; stop it before restoring") from None
-        lock.release()
-        (data_dir / LOCK_NAME).unlink(missing_ok=True)
-        if any(data_dir.iterdir()) and not force:
-            raise VerifyError(f"{data_dir} is not empty; restore into an empty dir or add --force to replace it")
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    report = verify(path, progress=progress, keep_in=data_dir.parent)
-    staged = Path(report.manifest.pop("_verified_dir"))
+    if data_dir.exists() and not data_dir.is_dir():
+        raise VerifyError(f"{data_dir} is not a directory")
+    created = not data_dir.exists()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock(data_dir)
     try:
-        (staged / LOCK_NAME).unlink(missing_ok=True)
-        if data_dir.exists():
-            if not _exchange(staged, data_dir):
+        lock.acquire()  # refuses while a service runs on it; held until the swap is done
+    except StartupError as exc:
+        raise VerifyError(f"{exc}; stop it before restoring") from None
+    try:
+        if any(p.name != LOCK_NAME for p in data_dir.iterdir()) and not force:
+            raise VerifyError(f"{data_dir} is not empty; restore into an empty dir or add --force to replace it")
+        mounted = os.path.ismount(data_dir)
+        report = verify(path, progress=progress, keep_in=data_dir if mounted else data_dir.parent)
+        staged = Path(report.manifest.pop("_verified_dir"))
+        try:
+            if mounted:
+                _swap_contents(staged, data_dir)
+            elif not _exchange(staged, data_dir):
                 old = data_dir.with_name(data_dir.name + ".before-restore")
                 shutil.rmtree(old, ignore_errors=True)
                 data_dir.rename(old)
                 staged.rename(data_dir)
                 staged = old
-        else:
-            staged.rename(data_dir)
-            staged = None  # type: ignore[assignment]
-    finally:
-        if staged is not None and staged.exists():
-            shutil.rmtree(staged, ignore_errors=True)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)  # after the swap: the old data
+    except BaseException:
+        lock.release()
+        if created:  # refused or failed: leave no trace of a dir we made
+            shutil.rmtree(data_dir, ignore_errors=True)
+        raise
+    lock.release()
     return report
+
+
+def _swap_contents(staged: Path, data_dir: Path) -> None:
+    """Replace a mount point's contents with ``staged`` (inside it): old entries aside, new ones in."""
+    aside = Path(tempfile.mkdtemp(prefix=".chromaguard-before-restore-", dir=data_dir))
+    keep = {staged.name, aside.name, LOCK_NAME}
+    for entry in list(data_dir.iterdir()):
+        if entry.name not in keep:
+            entry.rename(aside / entry.name)
+    for entry in list(staged.iterdir()):
+        entry.rename(data_dir / entry.name)
+    shutil.rmtree(aside, ignore_errors=True)

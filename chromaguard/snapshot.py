@@ -67,7 +67,7 @@ def copy_data_dir(data_dir: Path, dest: Path) -> bool:
     before = _stat_all(data_dir)
     dest.mkdir(parents=True, exist_ok=True)
     if SQLITE in before:
-        source = sqlite3.connect(f"file:{data_dir / SQLITE}?mode=ro", uri=True, timeout=30)
+        source = sqlite3.connect(f"{(data_dir / SQLITE).resolve().as_uri()}?mode=ro", uri=True, timeout=30)
         target = sqlite3.connect(dest / SQLITE)
         try:
             source.backup(target)
@@ -104,25 +104,33 @@ def record_digest(record_id: str, embedding: Any, document: Any, metadata: Any) 
 
 
 async def describe_collections(pool: UpstreamPool, data: Path, timeout: float = 30.0) -> list[dict[str, Any]]:
-    """Per collection: count, dimension and a fingerprinted sample, read through the engine's API."""
-    out = []
-    for entry in catalog.collections(data):
-        base = f"/api/v2/tenants/{entry.tenant}/databases/{entry.database}/collections/{entry.id}"
-        count_response = await pool.request("GET", f"{base}/count".encode(), timeout=timeout)
-        count_body = await count_response.read()
-        if count_response.status != 200:
-            raise SnapshotError(f"counting {entry.name} answered {count_response.status}: {count_body[:200]!r}")
-        body = json.dumps({"limit": SAMPLE_SIZE, "include": ["embeddings", "documents", "metadatas"]}).encode()
-        sample_response = await pool.request("POST", f"{base}/get".encode(),
-                                             [(b"content-type", b"application/json")], body, timeout=timeout)
-        got = json.loads(await sample_response.read())
-        sample = [{"id": rid, "sha256": record_digest(rid, emb, doc, meta)}
-                  for rid, emb, doc, meta in zip(got["ids"], got.get("embeddings") or [None] * len(got["ids"]),
-                                                 got.get("documents") or [None] * len(got["ids"]),
-                                                 got.get("metadatas") or [None] * len(got["ids"]))]
-        out.append({"tenant": entry.tenant, "database": entry.database, "name": entry.name, "id": entry.id,
-                    "dimension": entry.dimension, "count": int(json.loads(count_body)), "sample": sample})
-    return out
+    """Per collection: count, dimension and a fingerprinted sample, read through the engine's API
+    (several collections at a time: this runs while writes are held)."""
+    slots = asyncio.Semaphore(8)
+
+    async def one(entry: catalog.CollectionEntry) -> dict[str, Any]:
+        async with slots:
+            return await _describe(pool, entry, timeout)
+
+    return list(await asyncio.gather(*(one(entry) for entry in catalog.collections(data))))
+
+
+async def _describe(pool: UpstreamPool, entry: catalog.CollectionEntry, timeout: float) -> dict[str, Any]:
+    base = f"/api/v2/tenants/{entry.tenant}/databases/{entry.database}/collections/{entry.id}"
+    count_response = await pool.request("GET", f"{base}/count".encode(), timeout=timeout)
+    count_body = await count_response.read()
+    if count_response.status != 200:
+        raise SnapshotError(f"counting {entry.name} answered {count_response.status}: {count_body[:200]!r}")
+    body = json.dumps({"limit": SAMPLE_SIZE, "include": ["embeddings", "documents", "metadatas"]}).encode()
+    sample_response = await pool.request("POST", f"{base}/get".encode(),
+                                         [(b"content-type", b"application/json")], body, timeout=timeout)
+    got = json.loads(await sample_response.read())
+    sample = [{"id": rid, "sha256": record_digest(rid, emb, doc, meta)}
+              for rid, emb, doc, meta in zip(got["ids"], got.get("embeddings") or [None] * len(got["ids"]),
+                                             got.get("documents") or [None] * len(got["ids"]),
+                                             got.get("metadatas") or [None] * len(got["ids"]))]
+    return {"tenant": entry.tenant, "database": entry.database, "name": entry.name, "id": entry.id,
+            "dimension": entry.dimension, "count": int(json.loads(count_body)), "sample": sample}
 
 
 async def sample_digests(pool: UpstreamPool, collection: dict[str, Any], timeout: float = 30.0) -> dict[str, str]:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -60,6 +61,7 @@ class SnapshotService:
             await send_error(send, 500, "InternalError", f"chromaguard: snapshot failed: {exc}")
             return
         self.snapshots[snapshot.id] = snapshot
+        asyncio.get_running_loop().call_later(_MAX_AGE, self._drop, snapshot.id)  # a client that never came back
         manifest = snapshot.manifest
         log.info("snapshot %s taken: writes held for %.1f ms, %d collection(s), %d file(s)", snapshot.id,
                  manifest["write_hold_ms"], len(manifest["collections"]), len(manifest["files"]))
@@ -79,6 +81,11 @@ class SnapshotService:
         async for chunk in stream_tar(snapshot):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+
+    def _drop(self, snapshot_id: str) -> None:
+        snapshot = self.snapshots.pop(snapshot_id, None)
+        if snapshot is not None:
+            snapshot.remove()
 
     def _expire(self) -> None:
         now = time.time()

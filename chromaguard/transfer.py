@@ -14,9 +14,11 @@ Records follow their collection's line. Embeddings are float32 values written ex
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -164,42 +166,59 @@ def import_(path: Path, url: str, *, token: str | None = None, replace: bool = F
                                documents=_column(rows, "document"), metadatas=_column(rows, "metadata"),
                                uris=_column(rows, "uri"))
             except Exception as exc:  # the client's validation and the server's errors alike
-                raise TransferError(f"collection {collection.name}: the server refused a batch starting at "
+                raise TransferError(f"collection {final_name}: the server refused a batch starting at "
                                     f"{rows[0]['id']!r}: {exc}") from None
         records += len(pending)
         if progress and pending:
             progress(len(pending))
         pending.clear()
 
-    def finish() -> None:
-        flush()
-        if collection is not None and collection.count() != expected:
-            raise TransferError(f"collection {collection.name}: {collection.count()} records after import, "
-                                f"the export has {expected}")
+    final_name = ""  # a replacement is imported under a temporary name, swapped in only when complete
 
-    for number, item in lines:
-        kind = item.get("type")
-        if kind == "collection":
-            finish()
-            name = item["name"]
-            if name in existing:
-                if not replace:
-                    raise TransferError(f"collection {name!r} already exists at {url}; delete it or use --replace")
-                client.delete_collection(name)
-            collection = client.create_collection(name, metadata=item.get("metadata"),
-                                                  configuration=item.get("configuration") or None,
-                                                  embedding_function=None)
-            expected = int(item.get("count", 0))
-            collections += 1
-        elif kind == "record":
-            if collection is None or item.get("collection") != collection.name:
-                raise TransferError(f"{path}: line {number}: a record outside its collection")
-            pending.append(item)
-            if len(pending) >= batch_size:
-                flush()
-        else:
-            raise TransferError(f"{path}: line {number}: unknown line type {kind!r}")
-    finish()
+    def finish() -> None:
+        nonlocal collection
+        flush()
+        if collection is None:
+            return
+        if collection.count() != expected:
+            raise TransferError(f"collection {final_name}: {collection.count()} records after import, "
+                                f"the export has {expected}")
+        if collection.name != final_name:
+            client.delete_collection(final_name)
+            collection.modify(name=final_name)
+        collection = None
+
+    try:
+        for number, item in lines:
+            kind = item.get("type")
+            if kind == "collection":
+                finish()
+                final_name = item["name"]
+                name = final_name
+                if final_name in existing:
+                    if not replace:
+                        raise TransferError(f"collection {final_name!r} already exists at {url}; delete it or "
+                                            "use --replace")
+                    name = f"{final_name}-import-{uuid.uuid4().hex[:8]}"
+                collection = client.create_collection(name, metadata=item.get("metadata"),
+                                                      configuration=item.get("configuration") or None,
+                                                      embedding_function=None)
+                expected = int(item.get("count", 0))
+                collections += 1
+            elif kind == "record":
+                if collection is None or item.get("collection") != final_name:
+                    raise TransferError(f"{path}: line {number}: a record outside its collection")
+                pending.append(item)
+                if len(pending) >= batch_size:
+                    flush()
+            else:
+                raise TransferError(f"{path}: line {number}: unknown line type {kind!r}")
+        finish()
+    except BaseException:
+        if collection is not None:  # the half-imported one: the original (if any) is untouched
+            with contextlib.suppress(Exception):
+                client.delete_collection(collection.name)
+        raise
     return TransferResult(collections, records, time.monotonic() - started)
 
 

@@ -329,6 +329,16 @@ def test_export_import_round_trip_is_identical(guard: Guard, bare: BareEngine, t
     again = _cli("import", str(out), "--url", bare.url)
     assert again.returncode == 1 and "already exists" in again.stderr and "--replace" in again.stderr
     assert _cli("import", str(out), "--url", bare.url, "--replace").returncode == 0
+    assert http_client(bare.port).get_collection("round-trip").count() == 1200
+    broken = tmp_path / "broken.jsonl.gz"  # a replacement that fails half-way keeps the original whole
+    lines = gzip.decompress(out.read_bytes()).decode().splitlines()
+    bad_record = json.loads(lines[5])
+    bad_record["embedding"] = [1.0, 2.0]  # wrong dimension
+    broken.write_bytes(gzip.compress(("\n".join(lines[:5] + [json.dumps(bad_record)]) + "\n").encode()))
+    failed = _cli("import", str(broken), "--url", bare.url, "--replace")
+    assert failed.returncode == 1 and "refused a batch" in failed.stderr
+    assert [c.name for c in http_client(bare.port).list_collections() if "round-trip" in c.name] == ["round-trip"]
+    assert http_client(bare.port).get_collection("round-trip").count() == 1200
     bad = tmp_path / "bad.jsonl.gz"
     bad.write_bytes(gzip.compress(b'{"type": "header"}\n'))
     result = _cli("import", str(bad), "--url", bare.url)
@@ -352,3 +362,102 @@ def test_cosine_collections_round_trip_within_float32_rounding(guard: Guard, bar
     assert a.keys() == b.keys()
     assert all(np.allclose(a[k], b[k], rtol=1e-6, atol=1e-7) for k in ids)
     assert target.query(query_embeddings=vectors[:10], n_results=1)["ids"] == [[f"c{i}"] for i in range(10)]
+
+
+# ---- edge cases found in review -----------------------------------------------------------------
+
+
+def test_data_dir_with_uri_characters_in_its_path(tmp_path: Path) -> None:
+    odd = tmp_path / "my#data?x%y"
+    with Guard(data_dir=odd) as g:
+        http_client(g.port).create_collection("odd-path", embedding_function=None).add(
+            ids=["a", "b"], embeddings=[[1.0, 2.0], [2.0, 1.0]])
+        result = backups.online(g.url, tmp_path / "bk")
+        assert result.collections == 1 and result.records == 2
+        status = httpx.get(g.url + "/chromaguard/status").json()
+        assert [c["name"] for c in status["collections"]] == ["odd-path"]
+    report = verify(result.path)
+    assert report.records == 2
+    restore(result.path, tmp_path / "r#x" / "data")
+    assert not (tmp_path / "my").exists() and not (tmp_path / "r").exists()
+
+
+def test_prune_keeps_the_newest_even_within_one_second(tmp_path: Path) -> None:
+    names = ["chroma-backup-20261124T112537Z.tar.gz", "chroma-backup-20261124T112537Z-1.tar.gz",
+             "chroma-backup-20261124T112537Z-2.tar.gz", "chroma-backup-20261124T112537Z-10.tar.gz"]
+    for age, name in enumerate(names):
+        path = tmp_path / name
+        path.write_bytes(b"x")
+        stamp = 1_700_000_000 + age
+        import os
+
+        os.utime(path, (stamp, stamp))
+    deleted = backups.prune(tmp_path, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [names[-1]]
+    assert len(deleted) == 3
+
+
+def test_a_slow_uploader_does_not_hold_up_the_backup_or_other_writers(tmp_path: Path) -> None:
+    import socket
+
+    with Guard() as g:
+        col = http_client(g.port).create_collection("slowpoke", embedding_function=None)
+        sock = socket.create_connection(("127.0.0.1", g.port))
+        sock.sendall(f"POST {BASE}/collections/{col.id}/add HTTP/1.1\r\nHost: x\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{{\"ids\"".encode())
+        try:
+            time.sleep(0.3)
+            started = time.monotonic()
+            result = backups.online(g.url, tmp_path / "bk")
+            assert time.monotonic() - started < 10 and result.write_hold_ms < 5000
+            r = httpx.post(g.url + f"{BASE}/collections/{col.id}/add", json={"ids": ["x"], "embeddings": [[1.0]]},
+                           timeout=10)
+            assert r.status_code == 201
+        finally:
+            sock.close()
+
+
+def _tar_gz(members: dict[str, bytes]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue())
+
+
+def test_hostile_or_empty_archives_are_refused_cleanly(tmp_path: Path) -> None:
+    import hashlib
+
+    def manifest(files: dict[str, bytes]) -> bytes:
+        return json.dumps({"format": "chromaguard-backup", "format_version": 1, "collections": [],
+                           "files": [{"path": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+                                     for n, d in files.items()]}).encode()
+
+    empty = tmp_path / "empty.tar.gz"
+    empty.write_bytes(_tar_gz({"manifest.json": manifest({})}))
+    result = _cli("verify", str(empty))
+    assert result.returncode == 1 and "holds no data/chroma.sqlite3" in result.stderr
+    escape = {"data/chroma.sqlite3": b"x", "data/../../escaped": b"evil"}
+    hostile = tmp_path / "hostile.tar.gz"
+    hostile.write_bytes(_tar_gz({"manifest.json": manifest(escape), **escape}))
+    result = _cli("restore", str(hostile), "--data-dir", str(tmp_path / "target"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "escaped").exists()
+    assert not list(tmp_path.glob(".chromaguard-restore-*")) and not (tmp_path / "target").exists()
+
+
+def test_restore_into_a_mount_point_swaps_its_contents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = _small_backup(tmp_path)
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "stale.txt").write_text("old data")
+    import chromaguard.restore as restore_module
+
+    monkeypatch.setattr(restore_module.os.path, "ismount", lambda p: Path(p) == volume.resolve())
+    restore(good, volume, force=True)
+    assert not (volume / "stale.txt").exists() and (volume / "chroma.sqlite3").is_file()
+    assert [p.name for p in volume.iterdir() if p.name.startswith(".chromaguard-")] in ([], [".chromaguard.lock"])
+    with Guard(data_dir=volume) as served:
+        assert http_client(served.port).get_collection("small").count() == 500
