@@ -15,7 +15,7 @@ import httpx
 
 from . import archive
 from .errors import ChromaguardError, StartupError
-from .snapshot import Snapshot, SnapshotError, take_offline
+from .snapshot import SnapshotError, take_offline
 
 
 class BackupError(ChromaguardError):
@@ -173,5 +173,3 @@ def prune(output: Path, keep: int) -> list[Path]:
         path.unlink()
     return doomed
 
-
-__all__ = ["BackupError", "BackupResult", "Snapshot", "online", "offline", "prune"]

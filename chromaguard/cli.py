@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import click
 
 from . import __version__
-from .config import OPTIONS, Settings, load_settings
+from .config import OPTIONS, load_settings
 from .errors import ChromaguardError
 
 
@@ -61,10 +61,6 @@ def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _build_settings(config_file: str | None, flags: dict[str, Any]) -> Settings:
-    return load_settings(flags=flags, config_file=config_file)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="chromaguard")
 def main() -> None:
@@ -79,7 +75,7 @@ def serve(config_file: str | None, **flags: Any) -> None:
     from .logs import setup_logging
     from .server import serve as run_service
 
-    settings = _build_settings(config_file, flags)
+    settings = load_settings(flags=flags, config_file=config_file)
     setup_logging(settings.log_format, settings.log_level)
     log = logging.getLogger("chromaguard")
     for note in settings.notes:
@@ -95,7 +91,7 @@ def serve(config_file: str | None, **flags: Any) -> None:
 @_one_line_errors
 def show_config(config_file: str | None, as_json: bool, **flags: Any) -> None:
     """Print the effective configuration, where each value came from, and warnings."""
-    settings = _build_settings(config_file, flags)
+    settings = load_settings(flags=flags, config_file=config_file)
     values = settings.redacted()
     if as_json:
         click.echo(json.dumps({

@@ -337,9 +337,7 @@ class FrontDoor:
         now = time.monotonic()
         if not self.backend.available:
             problem = self._down_message()
-        elif now < self._alive_until:  # the engine answered a heartbeat less than a second ago
-            body = b""
-        else:
+        elif now >= self._alive_until:  # else the engine answered a heartbeat less than a second ago
             try:
                 status, body = await self._get("/api/v2/heartbeat")
                 if status == 404:  # a Chroma 0.x upstream only has v1

@@ -17,7 +17,7 @@ import socket
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Coroutine, Iterator
 
 import uvicorn
 
@@ -266,9 +266,9 @@ class Service:
             telemetry.shutdown()
             log.info("chromaguard stopped")
 
-    async def _until_stopped(self, work: "asyncio.Future[None] | asyncio.Task[None] | object") -> bool:
+    async def _until_stopped(self, work: Coroutine[Any, Any, None]) -> bool:
         """Run start-up work unless a stop signal comes first; True when the work finished."""
-        task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+        task = asyncio.ensure_future(work)
         stop = asyncio.ensure_future(self._stop_requested.wait())
         done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
