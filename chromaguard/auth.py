@@ -13,7 +13,7 @@ import binascii
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -42,6 +42,20 @@ class Denial:
 class Grant:
     principal: Principal
     route: Route
+
+
+@dataclass(frozen=True)
+class _Password:
+    """Basic credentials not yet checked: bcrypt decides, unless the cache already knows them."""
+
+    user: str
+    password: str = field(repr=False)
+
+
+_NOT_CANONICAL = Denial(400, "InvalidArgumentError",
+                        "chromaguard: the request path is not in canonical form (no //, /./, /../, "
+                        "encoded slashes or trailing slash)")
+_INVALID = Denial(403, "AuthorizationError", "chromaguard: the credentials are not valid")
 
 
 class RateLimiter:
@@ -79,14 +93,40 @@ class Authenticator:
     def is_open(self, method: str, path: str) -> bool:
         return method in ("GET", "HEAD") and path in self.open_paths
 
+    def check_now(self, route: Route | None, headers: Iterable[tuple[bytes, bytes]]) -> Grant | Denial | None:
+        """Decide without waiting; None when a password must first go through bcrypt (``check``)."""
+        if route is None:
+            return _NOT_CANONICAL
+        found = self._credentials(headers)
+        if isinstance(found, _Password):
+            principal = self.store.cached_password(found.user, found.password)
+            if principal is None:
+                return None
+            found = principal
+        return self._decide(route, found)
+
     async def check(self, route: Route | None, headers: Iterable[tuple[bytes, bytes]],
                     client: str = "") -> Grant | Denial:
         """Decide on a request whose route (None: non-canonical path) is already known."""
         if route is None:
-            return Denial(400, "InvalidArgumentError",
-                          "chromaguard: the request path is not in canonical form (no //, /./, /../, "
-                          "encoded slashes or trailing slash)")
-        found = await self._credentials(headers, client)
+            return _NOT_CANONICAL
+        found = self._credentials(headers)
+        if isinstance(found, _Password):
+            principal = self.store.cached_password(found.user, found.password)
+            if principal is None:
+                # bcrypt takes its time on purpose: off the event loop, and bounded per client.
+                wait = self.guessing.allow(client)
+                if wait:
+                    return Denial(429, "RateLimitError", "chromaguard: too many password attempts",
+                                  ((b"retry-after", str(max(1, round(wait + 0.5))).encode()),))
+                principal = await asyncio.to_thread(self.store.check_password, found.user, found.password)
+            if principal is None:
+                log.info("rejected unknown credentials")
+                principal = _INVALID
+            found = principal
+        return self._decide(route, found)
+
+    def _decide(self, route: Route, found: Principal | Denial) -> Grant | Denial:
         if isinstance(found, Denial):
             if found.status == 401 and _client_bootstrap(route):
                 # The official client asks who it is and checks the default tenant and database
@@ -106,7 +146,7 @@ class Authenticator:
                               ((b"retry-after", str(max(1, round(wait + 0.5))).encode()),))
         return Grant(principal, route)
 
-    async def _credentials(self, headers: Iterable[tuple[bytes, bytes]], client: str) -> Principal | Denial:
+    def _credentials(self, headers: Iterable[tuple[bytes, bytes]]) -> Principal | Denial | _Password:
         offered: list[tuple[bytes, bytes]] = []
         for name, value in headers:
             if name == b"authorization" and self.transport != "x-chroma-token":
@@ -129,19 +169,12 @@ class Authenticator:
                 user_password = _basic(rest)
                 if user_password is None:
                     return self._missing()
-                principal = self.store.cached_password(*user_password)
-                if principal is None:
-                    # bcrypt takes its time on purpose: off the event loop, and bounded per client.
-                    wait = self.guessing.allow(client)
-                    if wait:
-                        return Denial(429, "RateLimitError", "chromaguard: too many password attempts",
-                                      ((b"retry-after", str(max(1, round(wait + 0.5))).encode()),))
-                    principal = await asyncio.to_thread(self.store.check_password, *user_password)
+                return _Password(*user_password)
             else:
                 return self._missing()
         if principal is None:
             log.info("rejected unknown credentials")
-            return Denial(403, "AuthorizationError", "chromaguard: the credentials are not valid")
+            return _INVALID
         return principal
 
     def _missing(self) -> Denial:

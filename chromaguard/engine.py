@@ -64,14 +64,21 @@ def engine_environment(otel_headers: tuple[tuple[str, str], ...] = ()) -> dict[s
     return env
 
 
-def _level_of(line: str, ready: bool) -> int:
-    """Log level for one engine line: its own level word, else start-up chatter is debug."""
+def _level_of(line: str, ready: bool, previous: int = logging.DEBUG) -> int:
+    """Log level for one engine line in our log.
+
+    The engine's warnings and errors keep their level; its info events (with tracing on it
+    prints a dozen lines per request) and start-up chatter are debug. An indented line
+    continues the event above it and shares its level.
+    """
     if "panicked" in line:
         return logging.ERROR
+    if line[:1].isspace() and not _LEVEL.search(line[:40]):
+        return previous
     match = _LEVEL.search(line)
     if match:
         name = match.group(1)
-        return logging.getLevelName({"WARN": "WARNING", "TRACE": "DEBUG"}.get(name, name))
+        return logging.ERROR if name == "ERROR" else logging.WARNING if name.startswith("WARN") else logging.DEBUG
     return logging.INFO if ready else logging.DEBUG
 
 
@@ -125,13 +132,30 @@ class EngineProcess:
         log.info("engine started (pid %d) on 127.0.0.1:%d", self.process.pid, self.port)
 
     async def _pump_output(self, process: asyncio.subprocess.Process) -> None:
+        """Relay the engine's output to our log; read in blocks, as it can be chatty."""
         assert process.stdout is not None
-        async for raw in process.stdout:
-            line = _ANSI.sub("", raw.decode(errors="replace")).rstrip()
-            if not line.strip() or _BANNER.match(line):
-                continue
-            self.recent_output.append(line)
-            log.log(_level_of(line, self.ready), "%s", line)
+        pending = b""
+        level = logging.DEBUG
+        while True:
+            block = await process.stdout.read(1 << 16)
+            lines = (pending + block).split(b"\n")
+            pending = lines.pop() if block else b""
+            for raw in lines:
+                level = self._relay_line(raw, level)
+            if not block:
+                return
+
+    def _relay_line(self, raw: bytes, previous: int) -> int:
+        line = raw.decode(errors="replace").rstrip()
+        if "\x1b" in line:
+            line = _ANSI.sub("", line)
+        if not line.strip() or _BANNER.match(line):
+            return previous
+        self.recent_output.append(line)
+        level = _level_of(line, self.ready, previous)
+        if log.isEnabledFor(level):
+            log.log(level, "%s", line)
+        return level
 
     async def wait_ready(self, timeout: float) -> None:
         """Wait until the engine answers its readiness check; fail with its last words if it dies."""

@@ -1,4 +1,4 @@
-"""The ASGI front door: CORS, auth, telemetry and health answered here; everything else forwarded.
+"""The front door: CORS, auth, telemetry and health answered here; everything else forwarded.
 
 Forwarding is transparent: method, raw path and query, headers (less the
 hop-by-hop ones), status and body pass through untouched and streamed.
@@ -6,20 +6,22 @@ hop-by-hop ones), status and body pass through untouched and streamed.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Coroutine, Protocol
 from urllib.parse import quote
 
-from .auth import Authenticator, Denial
+from .auth import Authenticator, Denial, Grant
 from .cors import CorsPolicy
+from .httpserver import ClientDisconnected, Exchange
 from .logs import current_trace
-from .responses import send_error, send_json
+from .relay import Relay
 from .routes import READ, Route, canonical_segments, route_of
 from .spanattrs import RESPONSE_PARSE_LIMIT, RESULT_OPS, CollectionNames, request_attributes, response_attributes
-from .upstream import UpstreamError, UpstreamPool, UpstreamTimeout, UpstreamUnavailable
+from .upstream import Response, UpstreamError, UpstreamPool, UpstreamTimeout, UpstreamUnavailable
 
 if TYPE_CHECKING:
     from .readiness import Dependencies
@@ -29,29 +31,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chromaguard.frontdoor")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
 HEARTBEAT_PATHS = frozenset({"/api/v1/heartbeat", "/api/v2/heartbeat"})
 # Never forwarded: they describe one hop, not the request.
 _HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
     b"te", b"trailer", b"transfer-encoding", b"upgrade", b"expect", b"host", b"content-length",
 })
-_RESPONSE_HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-})
 _TRACE_HEADERS = frozenset({b"traceparent", b"tracestate", b"user-agent"})
 _RETRY_AFTER = [(b"retry-after", b"1")]
 _NO_TRACE = "0" * 32
 _DENIAL_REASONS = {400: "bad_request", 401: "missing_credentials", 403: "forbidden", 429: "rate_limited",
                    431: "headers_too_large"}
-MAX_HEADER_BYTES = 32 * 1024
 HEARTBEAT_CACHE_SECONDS = 1.0
 _CATALOG_CHANGES = frozenset({"create_collection", "delete_collection", "modify_collection", "fork"})
-
-
+_FORWARDED_PROTO = (b"x-forwarded-proto", b"http")
+_STREAM_ABOVE = 1 << 20  # request bodies larger than this go on to the engine as they arrive
+_ANSWERED_HERE = HEARTBEAT_PATHS | {"/healthz", "/readyz", "/metrics"}
+_LOOK_UP = object()  # the owner check needs a fresh listing from the engine
 
 class Backend(Protocol):
     """What the front door needs to know about the engine behind it."""
@@ -70,15 +66,20 @@ class AlwaysAvailable:
     unavailable_reason = ""
 
 
-class ClientDisconnected(Exception):
-    pass
+class _Call:
+    """What the front door learns about one request on its way through."""
 
+    __slots__ = ("exchange", "route", "http_route", "span", "trace", "principal", "engine_trace", "started")
 
-class _Exchange:
-    __slots__ = ("status",)
-
-    def __init__(self) -> None:
-        self.status = 0
+    def __init__(self, exchange: Exchange, route: Route | None, http_route: str) -> None:
+        self.exchange = exchange
+        self.route = route
+        self.http_route = http_route
+        self.span: Any = None
+        self.trace: tuple[str, str] | None = None
+        self.principal: Any = None
+        self.engine_trace: str | None = None
+        self.started = time.perf_counter()
 
 
 class FrontDoor:
@@ -109,66 +110,75 @@ class FrontDoor:
             self.metrics.in_flight = lambda: self.in_flight
         self._strip = _HOP_BY_HOP | strip_request_headers
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":  # websockets: Chroma has none
-            return
-        method = scope["method"]
-        route, http_route = route_of(method, scope["raw_path"])
-        scope["chromaguard.route"] = route
-        exchange = _Exchange()
-
-        async def observed(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                exchange.status = message["status"]
-            await send(message)
-
-        span = self._start_span(scope, route, http_route) if self.tracer is not None else None
+    def __call__(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
+        """Answer now, or start a callback relay (None); else the coroutine to run as a task."""
+        route, http_route = route_of(exchange.method, exchange.raw_path)
+        call = _Call(exchange, route, http_route)
+        if self.tracer is not None:
+            self._start_span(call)
         self.in_flight += 1
-        started = time.perf_counter()
         try:
-            if self.auth is None and self.cors is None:
-                await self._route(scope, receive, observed)
-            else:
-                await self._guarded(scope, receive, observed, route)
-        except Exception as exc:
-            if span is not None:
-                span.record_exception(exc)
+            admitted = True if self.auth is None and self.cors is None else self._admit(call)
+            if admitted is False:
+                self._finish(call)
+                return None
+            if admitted and self._relay_now(call):
+                return None
+        except BaseException as exc:
+            self._finish(call, exc)
+            raise
+        return self._serve(call, admitted is None)
+
+    async def _serve(self, call: _Call, admit_first: bool) -> None:
+        error: BaseException | None = None
+        try:
+            if admit_first and not await self._admit_waiting(call):
+                return
+            await self._route(call)
+        except BaseException as exc:
+            error = exc
             raise
         finally:
-            self.in_flight -= 1
-            if self.metrics is not None:
-                self.metrics.request(route.operation if route else "invalid_path", exchange.status or 499,
-                                     time.perf_counter() - started)
-            if span is not None:
-                self._end_span(span, scope, exchange)
+            self._finish(call, error)
+
+    def _finish(self, call: _Call, error: BaseException | None = None) -> None:
+        self.in_flight -= 1
+        route = call.route
+        status = call.exchange.status
+        if self.metrics is not None:
+            self.metrics.request(route.operation if route else "invalid_path", status or 499,
+                                 time.perf_counter() - call.started)
+        if call.span is not None:
+            if error is not None and not isinstance(error, asyncio.CancelledError):
+                call.span.record_exception(error)
+            self._end_span(call)
+        if route is not None and route.operation in _CATALOG_CHANGES and self._listings:
+            self._listings.pop((route.tenant, route.database), None)
 
     # ---- telemetry ---------------------------------------------------------------------------
 
-    def _start_span(self, scope: Scope, route: Route | None, http_route: str) -> Any:
+    def _start_span(self, call: _Call) -> None:
         from opentelemetry.trace import SpanKind
 
+        exchange, route = call.exchange, call.route
         carrier: dict[str, str] = {}
         user_agent = ""
-        for name, value in scope["headers"]:
+        for name, value in exchange.headers:
             if name in (b"traceparent", b"tracestate"):
                 carrier[name.decode()] = value.decode("latin-1")
             elif name == b"user-agent":
                 user_agent = value.decode("latin-1")
         context = _propagator().extract(carrier) if carrier else None
-        method = scope["method"]
+        method = exchange.method
         attributes: dict[str, Any] = {
-            "http.request.method": method, "url.path": scope["path"], "url.scheme": scope.get("scheme", "http"),
-            "http.route": http_route, "network.protocol.version": scope.get("http_version", "1.1"),
+            "http.request.method": method, "url.path": exchange.path, "url.scheme": "http",
+            "http.route": call.http_route, "network.protocol.version": exchange.http_version,
             "db.system.name": "chromadb", "chroma.operation": route.operation if route else "invalid_path",
         }
-        server, client = scope.get("server"), scope.get("client")
-        if server:
-            attributes["server.address"], attributes["server.port"] = server[0], server[1]
-        if client:
-            attributes["client.address"] = client[0]
+        if exchange.server:
+            attributes["server.address"], attributes["server.port"] = exchange.server
+        if exchange.client:
+            attributes["client.address"] = exchange.client
         if user_agent:
             attributes["user_agent.original"] = user_agent
         if route is not None:
@@ -177,26 +187,23 @@ class FrontDoor:
                                ("chroma.collection.name", self.names.get(route.collection))):
                 if value is not None:
                     attributes[key] = value
-        span = self.tracer.start_span(f"{method} {http_route}", context=context, kind=SpanKind.SERVER,
-                                      attributes=attributes)
-        scope["chromaguard.span"] = span
+        span = call.span = self.tracer.start_span(f"{method} {call.http_route}", context=context,  # type: ignore[union-attr]
+                                                  kind=SpanKind.SERVER, attributes=attributes)
         ctx = span.get_span_context()
-        scope["chromaguard.trace"] = (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
-        current_trace.set(scope["chromaguard.trace"])
-        return span
+        call.trace = (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
+        current_trace.set(call.trace)
 
-    def _end_span(self, span: Any, scope: Scope, exchange: _Exchange) -> None:
+    def _end_span(self, call: _Call) -> None:
         from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
 
-        status = exchange.status
+        span = call.span
+        status = call.exchange.status
         span.set_attribute("http.response.status_code", status or 499)
-        principal = scope.get("chromaguard.principal")
-        if principal is not None:
-            span.set_attribute("enduser.id", principal.name)
-        engine_trace_id = scope.get("chromaguard.engine_trace")
-        if engine_trace_id:
-            span.set_attribute("chroma.engine.trace_id", engine_trace_id)
-            engine = SpanContext(int(engine_trace_id, 16), 1, is_remote=True,
+        if call.principal is not None:
+            span.set_attribute("enduser.id", call.principal.name)
+        if call.engine_trace:
+            span.set_attribute("chroma.engine.trace_id", call.engine_trace)
+            engine = SpanContext(int(call.engine_trace, 16), 1, is_remote=True,
                                  trace_flags=TraceFlags(TraceFlags.SAMPLED))
             span.add_link(engine, {"chroma.link": "engine trace"})
         if status >= 500 or status == 0:
@@ -206,51 +213,67 @@ class FrontDoor:
 
     # ---- CORS and auth -----------------------------------------------------------------------
 
-    async def _guarded(self, scope: Scope, receive: Receive, send: Send, route: Route | None) -> None:
-        """CORS and auth, decided before anything reaches the engine."""
+    def _admit(self, call: _Call) -> bool | None:
+        """CORS and auth, decided before anything reaches the engine: True to go on, False when
+        already answered, None when the decision must wait (a password for bcrypt, a listing)."""
+        exchange, route = call.exchange, call.route
         origin = request_method = request_headers = None
-        size = 0
-        for name, value in scope["headers"]:
-            size += len(name) + len(value)
+        for name, value in exchange.headers:
             if name == b"origin":
                 origin = value
             elif name == b"access-control-request-method":
                 request_method = value
             elif name == b"access-control-request-headers":
                 request_headers = value
-        if size > MAX_HEADER_BYTES:
-            await self._deny(send, Denial(431, "InvalidArgumentError",
-                                          f"chromaguard: request headers exceed {MAX_HEADER_BYTES} bytes"))
-            return
-        method = scope["method"]
         if self.cors is not None and origin is not None:
-            if method == "OPTIONS" and request_method is not None:
+            if exchange.method == "OPTIONS" and request_method is not None:
                 status, headers = self.cors.preflight(origin, request_headers)
-                await send({"type": "http.response.start", "status": status,
-                            "headers": headers + [(b"content-length", b"0")]})
-                await send({"type": "http.response.body", "body": b""})
-                return
+                exchange.respond(status, headers, b"")
+                return False
             extra = self.cors.response_headers(origin)
             if extra:
-                send = _adding_headers(send, extra)
-        if self.auth is not None and not self.auth.is_open(method, scope["path"]):
-            client = scope.get("client")
-            result = await self.auth.check(route, scope["headers"], client[0] if client else "")
-            if isinstance(result, Denial):
-                await self._deny(send, result)
-                return
-            scope["chromaguard.principal"] = result.principal
-            if result.principal.tenant is not None and result.route.collection is not None:
-                denial = await self._check_owner(result.principal, result.route)
-                if denial is not None:
-                    await self._deny(send, denial)
-                    return
-            if result.route.operation == "identity":
-                await send_json(send, 200, result.principal.identity())
-                return
-        await self._route(scope, receive, send)
-        if route is not None and route.operation in _CATALOG_CHANGES:
-            self._listings.pop((route.tenant, route.database), None)
+                exchange.extra_headers = extra
+        if self.auth is None or self.auth.is_open(exchange.method, exchange.path):
+            return True
+        result = self.auth.check_now(route, exchange.headers)
+        if result is None:
+            return None
+        return self._granted(call, result, self._owner_now(result))
+
+    async def _admit_waiting(self, call: _Call) -> bool:
+        assert self.auth is not None
+        exchange = call.exchange
+        result = await self.auth.check(call.route, exchange.headers, exchange.client)
+        owner = self._owner_now(result)
+        if owner is _LOOK_UP and isinstance(result, Grant):
+            owner = await self._check_owner(result.principal, result.route)
+        return self._granted(call, result, owner) is True
+
+    def _granted(self, call: _Call, result: Grant | Denial, owner: Denial | object | None) -> bool | None:
+        exchange = call.exchange
+        if isinstance(result, Denial):
+            self._deny(exchange, result)
+            return False
+        call.principal = result.principal
+        if owner is _LOOK_UP:
+            return None
+        if isinstance(owner, Denial):
+            self._deny(exchange, owner)
+            return False
+        if result.route.operation == "identity":
+            exchange.respond_json(200, result.principal.identity())
+            return False
+        return True
+
+    def _owner_now(self, result: Grant | Denial | None) -> Denial | object | None:
+        """The owner check from the cached listing: None (fine), a Denial, or _LOOK_UP (fetch it)."""
+        if not isinstance(result, Grant) or result.principal.tenant is None or result.route.collection is None:
+            return None
+        route = result.route
+        listed = self._listings.get((route.tenant, route.database))
+        if listed is None or (route.collection not in listed[1] and time.monotonic() - listed[0] > 1.0):
+            return _LOOK_UP
+        return None if route.collection in listed[1] else self._not_owner(result.principal, route)
 
     async def _check_owner(self, principal: Any, route: Route) -> Denial | None:
         """The engine finds a collection by its id alone, whatever tenant and database the path
@@ -271,29 +294,32 @@ class FrontDoor:
             if len(self._listings) > 10_000:
                 self._listings.clear()
             listed = self._listings[key] = (now, frozenset(names))
-        if route.collection not in listed[1]:
-            log.info("denied %s to %s: collection %s is not in %s/%s", route.operation, principal.name,
-                     route.collection, route.tenant, route.database)
-            return Denial(403, "AuthorizationError",
-                          f"chromaguard: {principal.name} may not use collection {route.collection}: it is not in "
-                          f"{route.tenant}/{route.database}")
-        return None
+        return None if route.collection in listed[1] else self._not_owner(principal, route)
 
-    async def _deny(self, send: Send, denial: Denial) -> None:
+    @staticmethod
+    def _not_owner(principal: Any, route: Route) -> Denial:
+        log.info("denied %s to %s: collection %s is not in %s/%s", route.operation, principal.name,
+                 route.collection, route.tenant, route.database)
+        return Denial(403, "AuthorizationError",
+                      f"chromaguard: {principal.name} may not use collection {route.collection}: it is not in "
+                      f"{route.tenant}/{route.database}")
+
+    def _deny(self, exchange: Exchange, denial: Denial) -> None:
         if self.metrics is not None:
             self.metrics.auth_failure(_DENIAL_REASONS.get(denial.status, str(denial.status)))
-        await send_error(send, denial.status, denial.error, denial.message, denial.headers)
+        exchange.respond_error(denial.status, denial.error, denial.message, denial.headers)
 
     # ---- answered here -----------------------------------------------------------------------
 
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"]
-        if scope["method"] in ("GET", "HEAD"):
+    async def _route(self, call: _Call) -> None:
+        exchange = call.exchange
+        path = exchange.path
+        if exchange.method in ("GET", "HEAD"):
             if path in HEARTBEAT_PATHS:
-                await self.heartbeat(send)
+                await self.heartbeat(exchange)
                 return
             if path == "/healthz":
-                await send_json(send, 200, {"status": "ok"})
+                exchange.respond_json(200, {"status": "ok"})
                 return
             if path == "/readyz" and self.deps is not None:
                 from .readiness import readiness
@@ -302,35 +328,28 @@ class FrontDoor:
                 if self.metrics is not None:
                     for name, check in report["checks"].items():
                         self.metrics.health_check(name, check["ok"])
-                await send_json(send, 200 if ready else 503, report, [] if ready else _RETRY_AFTER)
+                exchange.respond_json(200 if ready else 503, report, [] if ready else _RETRY_AFTER)
                 return
             if path == "/chromaguard/status" and self.deps is not None:
                 from .readiness import status
 
-                await send_json(send, 200, await status(self.deps))
+                exchange.respond_json(200, await status(self.deps))
                 return
             if path == "/metrics" and self.telemetry is not None:
-                await self._metrics(send)
+                exchange.respond(200, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")],
+                                 self.telemetry.prometheus_text())
                 return
         if path.startswith("/chromaguard/snapshots"):
             if self.snapshots is None:
-                await send_error(send, 501, "InvalidArgumentError",
-                                 "chromaguard: online backups need the embedded engine; for a remote Chroma use "
-                                 "chromaguard export")
+                exchange.respond_error(501, "InvalidArgumentError",
+                                       "chromaguard: online backups need the embedded engine; for a remote Chroma "
+                                       "use chromaguard export")
                 return
-            await self.snapshots.handle(scope["method"], canonical_segments(scope["raw_path"]) or [], send)
+            await self.snapshots.handle(exchange, canonical_segments(exchange.raw_path) or [])
             return
-        await self.forward(scope, receive, send)
+        await self.forward(call)
 
-    async def _metrics(self, send: Send) -> None:
-        assert self.telemetry is not None
-        body = self.telemetry.prometheus_text()
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
-            (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def heartbeat(self, send: Send) -> None:
+    async def heartbeat(self, exchange: Exchange) -> None:
         """Both API lines' heartbeat, answered from the engine's v2 one (v1 is 410 on Chroma 1.x)."""
         problem = ""
         body = b""
@@ -351,13 +370,13 @@ class FrontDoor:
         if self.metrics is not None:
             self.metrics.health_check("heartbeat", not problem)
         if problem:
-            await send_error(send, 503, "ServiceUnavailable", problem, _RETRY_AFTER)
+            exchange.respond_error(503, "ServiceUnavailable", problem, _RETRY_AFTER)
             return
         try:
             beat = int(json.loads(body)["nanosecond heartbeat"])
         except (ValueError, KeyError, TypeError):
             beat = time.time_ns()
-        await send_json(send, 200, {"nanosecond heartbeat": beat})
+        exchange.respond_json(200, {"nanosecond heartbeat": beat})
 
     async def _get(self, path: str) -> tuple[int, bytes]:
         response = await self.pool.request("GET", path.encode(), timeout=self.heartbeat_timeout)
@@ -369,126 +388,168 @@ class FrontDoor:
 
     # ---- forwarded ---------------------------------------------------------------------------
 
-    async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.backend.available:
-            await send_error(send, 503, "ServiceUnavailable", self._down_message(), _RETRY_AFTER)
-            return
-        headers, length = self._request_headers(scope)
+    def _relay_now(self, call: _Call) -> bool:
+        """Forward from this callback when nothing needs waiting for; False: take the async path."""
+        exchange = call.exchange
+        path = exchange.path
+        if (not exchange.body_complete or exchange.method == "HEAD" or path in _ANSWERED_HERE
+                or path.startswith("/chromaguard/") or not self.backend.available):
+            return False
+        headers, length = self._request_headers(call)
         if length is not None and length > self.max_payload_bytes:
-            await self._too_large(send, length)
-            return
-        target = scope["raw_path"]
-        if scope["query_string"]:
-            target = target + b"?" + scope["query_string"]
-        method = scope["method"]
-        span = scope.get("chromaguard.span")
-        route = scope.get("chromaguard.route")
-
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        body = message.get("body", b"")
-        if span is not None and route is not None and body:
-            span.set_attributes(request_attributes(route.operation, body))
+            self._too_large(exchange, length)
+            self._finish(call)
+            return True
+        route = call.route
         gated = self.gate is not None and (route is None or route.access != READ)
-        if gated and message.get("more_body"):
-            # A write counts as in flight for a snapshot's hold only once it can go to the engine
-            # whole: a slow uploader must not keep every other writer (and the backup) waiting.
+        if gated and not self.gate.try_enter():  # type: ignore[union-attr]
+            return False
+        conn = self.pool.idle()
+        if conn is None:
+            if gated:
+                self.gate.leave()  # type: ignore[union-attr]
+            return False
+        body = exchange.take_body()
+        if call.span is not None and route is not None and body:
+            call.span.set_attributes(request_attributes(route.operation, body))
+        target = exchange.raw_path + b"?" + exchange.query if exchange.query else exchange.raw_path
+        Relay(self, call, self.pool, conn, gated).send(exchange.method, target, headers, body)
+        return True
+
+    def _relayed(self, call: _Call, tap: list[bytes] | None) -> None:
+        """A relay is over (answered, failed, or the client left)."""
+        if tap is not None and call.route is not None and 200 <= call.exchange.status < 300:
+            call.span.set_attributes(response_attributes(call.route.operation, b"".join(tap), self.names))
+        self._finish(call)
+
+    def retry(self, call: _Call, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
+              gated: bool) -> None:
+        """Send a relayed request again on a fresh connection (the kept-alive one had closed)."""
+        async def again() -> None:
+            error: BaseException | None = None
             try:
-                whole = await _gather_body(body, receive, self.max_payload_bytes)
+                try:
+                    response = await self._send(call.exchange, method, target, headers, body, None)
+                finally:
+                    if gated:
+                        self.gate.leave()  # type: ignore[union-attr]
+                if response is not None:
+                    await self._relay(call, response)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                self._finish(call, error)
+
+        call.exchange.continue_with(again())
+
+    async def forward(self, call: _Call) -> None:
+        exchange = call.exchange
+        if not self.backend.available:
+            exchange.respond_error(503, "ServiceUnavailable", self._down_message(), _RETRY_AFTER)
+            return
+        headers, length = self._request_headers(call)
+        if length is not None and length > self.max_payload_bytes:
+            self._too_large(exchange, length)
+            return
+        target = exchange.raw_path + b"?" + exchange.query if exchange.query else exchange.raw_path
+        route = call.route
+        gated = self.gate is not None and (route is None or route.access != READ)
+        body: bytes | None = None
+        if exchange.body_complete or gated or length is None or length <= _STREAM_ABOVE:
+            # Whole before it goes on (bounded by the payload limit). A write counts as in flight
+            # for a snapshot's hold only once it can go to the engine whole: a slow uploader must
+            # not keep every other writer (and the backup) waiting.
+            try:
+                body = await exchange.read_body(self.max_payload_bytes)
             except ClientDisconnected:
                 return
-            if whole is None:
-                await self._too_large(send, None)
+            if body is None:
+                self._too_large(exchange, None)
                 return
-            message = {"type": "http.request", "body": whole, "more_body": False}
+            if call.span is not None and route is not None and body:
+                call.span.set_attributes(request_attributes(route.operation, body))
         if gated:
             await self.gate.enter()  # type: ignore[union-attr]
         try:
-            response = await self._exchange(scope, receive, send, message, headers, target, length)
+            response = await self._send(exchange, exchange.method, target, headers, body, length)
         finally:
             if gated:
                 self.gate.leave()  # type: ignore[union-attr]
-        if response is None:
-            return
-        await self._relay(response, send, scope if span is not None else None)
+        if response is not None:
+            await self._relay(call, response)
 
-    async def _exchange(self, scope: Scope, receive: Receive, send: Send, message: dict[str, Any],
-                        headers: list[tuple[bytes, bytes]], target: bytes, length: int | None) -> Any:
-        """Send the request to the engine; None when an error answer was already sent instead."""
-        method = scope["method"]
-        body = message.get("body", b"")
+    async def _send(self, exchange: Exchange, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
+                    body: bytes | None, length: int | None) -> Response | None:
+        """Send the request to the engine (a large body streamed as it arrives); None when an
+        error answer was already sent instead."""
         try:
-            if not message.get("more_body"):
+            if body is not None:
                 return await self.pool.request(method, target, headers, body, timeout=self.upstream_timeout)
-            if length is not None:
-                stream = _body_stream(body, receive)
-                return await self.pool.request(method, target, headers, body_stream=stream, length=length,
-                                               timeout=self.upstream_timeout)
-            whole = await _gather_body(body, receive, self.max_payload_bytes)  # chunked: gather it (bounded)
-            if whole is None:
-                await self._too_large(send, None)
-                return None
-            return await self.pool.request(method, target, headers, whole, timeout=self.upstream_timeout)
+            return await self.pool.request(method, target, headers, body_stream=exchange.body_chunks(),
+                                           length=length, timeout=self.upstream_timeout)
         except ClientDisconnected:
             return None
-        except UpstreamUnavailable as exc:
-            await send_error(send, 503, "ServiceUnavailable", f"chromaguard: {exc}", _RETRY_AFTER)
-        except UpstreamTimeout as exc:
-            await send_error(send, 504, "GatewayTimeout", f"chromaguard: {exc}")
         except UpstreamError as exc:
-            log.warning("upstream failed on %s %s: %s", method, scope["path"], exc)
-            await send_error(send, 502, "BadGateway", f"chromaguard: {exc}")
+            self._upstream_failed(exchange, exc)
         return None
 
-    async def _relay(self, response: Any, send: Send, traced: Scope | None) -> None:
-        headers = [(n, v) for n, v in response.headers if n not in _RESPONSE_HOP_BY_HOP]
-        tap: list[bytes] | None = None
-        if traced is not None:
-            tap = self._tap_for(traced, response)
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    def _upstream_failed(self, exchange: Exchange, exc: UpstreamError) -> None:
+        if isinstance(exc, UpstreamUnavailable):
+            exchange.respond_error(503, "ServiceUnavailable", f"chromaguard: {exc}", _RETRY_AFTER)
+        elif isinstance(exc, UpstreamTimeout):
+            exchange.respond_error(504, "GatewayTimeout", f"chromaguard: {exc}")
+        else:
+            log.warning("upstream failed on %s %s: %s", exchange.method, exchange.path, exc)
+            exchange.respond_error(502, "BadGateway", f"chromaguard: {exc}")
+
+    async def _relay(self, call: _Call, response: Response) -> None:
+        exchange = call.exchange
+        tap = self._tap_for(call, response.headers) if call.span is not None else None
+        exchange.start(response.status, response.relayed_headers, response.content_length)
         size = 0
         try:
             async for chunk in response.chunks():
+                if exchange.disconnected:
+                    return  # the finally below drops the half-read upstream connection
                 if tap is not None:
                     size += len(chunk)
                     if size <= RESPONSE_PARSE_LIMIT:
                         tap.append(chunk)
                     else:
                         tap = None
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                exchange.write(chunk)
+                await exchange.drain()
         except UpstreamError as exc:
-            # Headers are out: all we can do is cut the response so the client sees it failed.
+            # The head is out: all we can do is cut the response so the client sees it failed.
             log.warning("upstream failed mid-response: %s", exc)
             raise
         finally:
             response.release()
-        await send({"type": "http.response.body", "body": b""})
-        if tap is not None and traced is not None and 200 <= response.status < 300:
-            route = traced["chromaguard.route"]
-            traced["chromaguard.span"].set_attributes(response_attributes(route.operation, b"".join(tap),
-                                                                          self.names))
+        exchange.end()
+        if tap is not None and 200 <= response.status < 300 and call.route is not None:
+            call.span.set_attributes(response_attributes(call.route.operation, b"".join(tap), self.names))
 
-    def _tap_for(self, scope: Scope, response: Any) -> list[bytes] | None:
+    def _tap_for(self, call: _Call, headers: list[tuple[bytes, bytes]]) -> list[bytes] | None:
         """Start collecting the response body if the span wants facts from it; note the engine's trace id."""
-        for name, value in response.headers:
+        for name, value in headers:
             if name == b"chroma-trace-id":
                 trace_id = value.decode("latin-1")
                 if len(trace_id) == 32 and trace_id != _NO_TRACE:
-                    scope["chromaguard.engine_trace"] = trace_id
-        route = scope.get("chromaguard.route")
+                    call.engine_trace = trace_id
+        route = call.route
         return [] if route is not None and route.operation in RESULT_OPS else None
 
-    def _request_headers(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], int | None]:
+    def _request_headers(self, call: _Call) -> tuple[list[tuple[bytes, bytes]], int | None]:
         headers: list[tuple[bytes, bytes]] = []
         length: int | None = None
         strip = self._strip
-        trace = scope.get("chromaguard.trace")
+        trace = call.trace
         user_agent = b""
-        for name, value in scope["headers"]:
+        for name, value in call.exchange.headers:
             if name in strip:
                 if name == b"content-length":
-                    length = int(value)  # the server already rejected a malformed one
+                    length = int(value)  # the parser already refused a malformed one
                 continue
             if trace is not None and name in _TRACE_HEADERS:
                 if name == b"user-agent":
@@ -502,17 +563,16 @@ class FrontDoor:
             headers.append((b"traceparent", traceparent))
             headers.append((b"user-agent", (user_agent + b" " if user_agent else b"")
                             + b"chromaguard-traceparent/" + traceparent))
-        client = scope.get("client")
-        if client:
-            headers.append((b"x-forwarded-for", client[0].encode()))
-        headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
+        if call.exchange.client:
+            headers.append((b"x-forwarded-for", call.exchange.client.encode()))
+        headers.append(_FORWARDED_PROTO)
         return headers, length
 
-    async def _too_large(self, send: Send, length: int | None) -> None:
+    def _too_large(self, exchange: Exchange, length: int | None) -> None:
         size = f"{length} bytes" if length is not None else "the body"
-        await send_error(send, 413, "PayloadTooLarge",
-                         f"chromaguard: {size} exceeds the limit of {self.max_payload_bytes} bytes "
-                         "(CHROMA_MAX_PAYLOAD_SIZE_BYTES); send smaller batches")
+        exchange.respond_error(413, "PayloadTooLarge",
+                               f"chromaguard: {size} exceeds the limit of {self.max_payload_bytes} bytes "
+                               "(CHROMA_MAX_PAYLOAD_SIZE_BYTES); send smaller batches")
 
 
 @functools.lru_cache(maxsize=1)
@@ -520,47 +580,3 @@ def _propagator() -> Any:
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     return TraceContextTextMapPropagator()
-
-
-def _adding_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
-    async def wrapped(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message["headers"], *extra]}
-        await send(message)
-
-    return wrapped
-
-
-async def _body_stream(first: bytes, receive: Receive) -> AsyncIterator[bytes]:
-    if first:
-        yield first
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected()
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body"):
-            return
-
-
-async def _gather_body(first: bytes, receive: Receive, limit: int) -> bytes | None:
-    parts = [first]
-    size = len(first)
-    async for chunk in _body_stream(b"", receive):
-        size += len(chunk)
-        if size > limit:
-            return None
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

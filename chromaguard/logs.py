@@ -49,6 +49,3 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # uvicorn's own start/stop chatter duplicates ours.
-    logging.getLogger("uvicorn").setLevel(max(logging.WARNING, root.level))
-    logging.getLogger("uvicorn.access").disabled = True

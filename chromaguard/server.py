@@ -1,6 +1,6 @@
 """The service lifecycle: validate → lock → engine → ready → front door → drain → stop.
 
-Signals are ours, not uvicorn's: SIGTERM/SIGINT during start-up stop the
+Signals are handled here: SIGTERM/SIGINT during start-up stop the
 engine we began; while serving they stop accepting, drain in-flight requests
 (bounded by the drain timeout), then stop the engine.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import shutil
 import signal
@@ -17,13 +18,10 @@ import socket
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Coroutine, Iterator
-
-import uvicorn
+from typing import Any, Coroutine
 
 from . import __version__
 from .auth import Authenticator, CredentialsWatcher
-from .coalesce import CoalescingHttpToolsProtocol
 from .config import Settings
 from .cors import CorsPolicy
 from .credentials import CredentialsError, CredentialStore, load_store
@@ -31,6 +29,7 @@ from .datalock import DataDirLock
 from .engine import EngineProcess
 from .errors import ConfigError, StartupError
 from .frontdoor import AlwaysAvailable, Backend, FrontDoor
+from .httpserver import HttpServer
 from .readiness import Dependencies
 from .snapshot_api import SnapshotService
 from .writegate import WriteGate
@@ -90,19 +89,13 @@ def bind_listener(settings: Settings) -> socket.socket:
     return sock
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # signals are handled by Service
-
-
 class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.data_dir: Path | None = None
         self.lock: DataDirLock | None = None
         self.supervisor: Supervisor | None = None
-        self.server: _Server | None = None
+        self.server: HttpServer | None = None
         self.auth: Authenticator | None = None
         self.watcher: CredentialsWatcher | None = None
         self.telemetry: Telemetry | None = None
@@ -177,9 +170,7 @@ class Service:
         log.info("received %s: shutting down", signal.Signals(signum).name)
         self._stop_requested.set()
         if self.server is not None:
-            self.server.should_exit = True
-            if self._signals > 1:
-                self.server.force_exit = True
+            self.server.stop(force=self._signals > 1)
 
     async def run(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -242,16 +233,15 @@ class Service:
                                 upstream=self.settings.upstream),
                             cors=CorsPolicy(self.settings.cors_allow_origins) if self.settings.cors_allow_origins
                             else None)
-            self.server = _Server(uvicorn.Config(
-                app, http=CoalescingHttpToolsProtocol, lifespan="off", access_log=False, log_config=None, proxy_headers=False,
-                server_header=False, date_header=False, timeout_graceful_shutdown=self.settings.drain_timeout,
-                timeout_keep_alive=75,
-            ))
+            self.server = HttpServer(app, keep_alive=75.0, drain_timeout=self.settings.drain_timeout)
             if self._stop_requested.is_set():
                 return
             log.info("chromaguard %s serving Chroma %s on http://%s:%d (%s)", __version__, version("chromadb"),
                      _show_host(self.settings.host), self.settings.port, where)
-            await self.server.serve(sockets=[sock])
+            # What start-up built lives as long as the process: keep the collector from walking it again.
+            gc.collect()
+            gc.freeze()
+            await self.server.serve(sock)
         finally:
             if self.watcher is not None:
                 await self.watcher.stop()

@@ -11,17 +11,18 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from .archive import stream_tar
-from .responses import send_error, send_json
 from .snapshot import Snapshot, SnapshotError, take_online
 from .upstream import UpstreamPool
 from .writegate import HoldTimeout, WriteGate
 
+if TYPE_CHECKING:
+    from .httpserver import Exchange
+
 log = logging.getLogger("chromaguard.backup")
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 _MAX_AGE = 3600.0
 
 
@@ -35,52 +36,55 @@ class SnapshotService:
         self.staging_root = staging_root
         self.snapshots: dict[str, Snapshot] = {}
 
-    async def handle(self, method: str, segments: list[str], send: Send) -> None:
+    async def handle(self, exchange: Exchange, segments: list[str]) -> None:
         self._expire()
+        method = exchange.method
         if method == "POST" and segments == ["chromaguard", "snapshots"]:
-            await self._create(send)
+            await self._create(exchange)
         elif len(segments) == 4 and segments[3] == "archive" and method in ("GET", "HEAD"):
-            await self._archive(segments[2], send)
+            await self._archive(segments[2], exchange)
         elif len(segments) == 3 and method == "DELETE":
             snapshot = self.snapshots.pop(segments[2], None)
             if snapshot is not None:
                 snapshot.remove()
-            await send_json(send, 200 if snapshot else 404, {"deleted": snapshot is not None})
+            exchange.respond_json(200 if snapshot else 404, {"deleted": snapshot is not None})
         else:
-            await send_error(send, 404, "NotFoundError", "chromaguard: no such snapshot endpoint")
+            exchange.respond_error(404, "NotFoundError", "chromaguard: no such snapshot endpoint")
 
-    async def _create(self, send: Send) -> None:
+    async def _create(self, exchange: Exchange) -> None:
         try:
             snapshot = await take_online(self.gate, self.data_dir, self.pool, staging_root=self.staging_root,
                                          hold_timeout=self.hold_timeout)
         except (SnapshotError, HoldTimeout) as exc:
-            await send_error(send, 503, "ServiceUnavailable", f"chromaguard: snapshot failed: {exc}",
-                             [(b"retry-after", b"5")])
+            exchange.respond_error(503, "ServiceUnavailable", f"chromaguard: snapshot failed: {exc}",
+                                   [(b"retry-after", b"5")])
             return
         except OSError as exc:
-            await send_error(send, 500, "InternalError", f"chromaguard: snapshot failed: {exc}")
+            exchange.respond_error(500, "InternalError", f"chromaguard: snapshot failed: {exc}")
             return
         self.snapshots[snapshot.id] = snapshot
         asyncio.get_running_loop().call_later(_MAX_AGE, self._drop, snapshot.id)  # a client that never came back
         manifest = snapshot.manifest
         log.info("snapshot %s taken: writes held for %.1f ms, %d collection(s), %d file(s)", snapshot.id,
                  manifest["write_hold_ms"], len(manifest["collections"]), len(manifest["files"]))
-        await send_json(send, 201, {
+        exchange.respond_json(201, {
             "id": snapshot.id, "write_hold_ms": manifest["write_hold_ms"], "write_hold": manifest["write_hold"],
             "collections": len(manifest["collections"]), "files": len(manifest["files"]),
             "bytes": sum(f["size"] for f in manifest["files"]),
         })
 
-    async def _archive(self, snapshot_id: str, send: Send) -> None:
+    async def _archive(self, snapshot_id: str, exchange: Exchange) -> None:
         snapshot = self.snapshots.get(snapshot_id)
         if snapshot is None:
-            await send_error(send, 404, "NotFoundError", f"chromaguard: no snapshot {snapshot_id}")
+            exchange.respond_error(404, "NotFoundError", f"chromaguard: no snapshot {snapshot_id}")
             return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/x-tar")]})
+        exchange.start(200, [(b"content-type", b"application/x-tar")])
         async for chunk in stream_tar(snapshot):
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+            if exchange.disconnected:
+                return
+            exchange.write(chunk)
+            await exchange.drain()
+        exchange.end()
 
     def _drop(self, snapshot_id: str) -> None:
         snapshot = self.snapshots.pop(snapshot_id, None)

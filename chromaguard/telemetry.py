@@ -15,14 +15,15 @@ from urllib.parse import urlsplit
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from . import __version__
 from .config import Settings
+from .requeststats import ExporterWithRequestStats, RequestStats
 
 log = logging.getLogger("chromaguard.telemetry")
 
@@ -81,6 +82,8 @@ class Telemetry:
         self.enabled = settings.otel_enabled and bool(settings.otel_endpoint)
         resource = Resource.create({"service.name": settings.otel_service_name, "service.version": __version__})
         self._prometheus = PrometheusMetricReader()
+        self.requests = RequestStats(_LATENCY_BUCKETS, "chromaguard", __version__)
+        registry.register(self.requests)
         readers: list[Any] = [self._prometheus]
         self.tracer_provider: TracerProvider | None = None
         self.tracer = None
@@ -89,16 +92,15 @@ class Telemetry:
             span_exporter, metric_exporter = self._exporters()
             from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-            readers.append(PeriodicExportingMetricReader(metric_exporter))
+            readers.append(PeriodicExportingMetricReader(ExporterWithRequestStats(
+                metric_exporter, self.requests, InstrumentationScope("chromaguard", __version__))))
             self.tracer_provider = TracerProvider(resource=resource)
             self._spans = _CountingSpanProcessor(span_exporter)
             self.tracer_provider.add_span_processor(self._spans)
             self.tracer = self.tracer_provider.get_tracer("chromaguard", __version__)
             logging.getLogger("opentelemetry.sdk._shared_internal").setLevel(logging.ERROR)  # drops are counted
-        self.meter_provider = MeterProvider(metric_readers=readers, resource=resource, views=[
-            View(instrument_name="chromaguard.request.duration",
-                 aggregation=ExplicitBucketHistogramAggregation(_LATENCY_BUCKETS))])
-        self.metrics = Metrics(self.meter_provider, lambda: self._spans.dropped if self._spans else 0)
+        self.meter_provider = MeterProvider(metric_readers=readers, resource=resource)
+        self.metrics = Metrics(self.meter_provider, self.requests, lambda: self._spans.dropped if self._spans else 0)
 
     def _exporters(self) -> tuple[Any, Any]:
         endpoint = self.settings.otel_endpoint or ""
@@ -130,20 +132,19 @@ class Telemetry:
         worker = threading.Thread(target=close, daemon=True)
         worker.start()
         worker.join(timeout)
-        try:
-            self.registry.unregister(self._prometheus._collector)  # type: ignore[attr-defined]
-        except (KeyError, AttributeError):
-            pass
+        for collector in (getattr(self._prometheus, "_collector", None), self.requests):
+            try:
+                self.registry.unregister(collector)  # type: ignore[arg-type]
+            except (KeyError, TypeError):
+                pass
 
 
 class Metrics:
     """The instruments; observed values come from callables the service plugs in once it has them."""
 
-    def __init__(self, provider: MeterProvider, dropped_spans: Callable[[], int]) -> None:
+    def __init__(self, provider: MeterProvider, requests: RequestStats, dropped_spans: Callable[[], int]) -> None:
         meter = provider.get_meter("chromaguard", __version__)
-        self._requests = meter.create_counter("chromaguard.requests", "{request}", "Requests by operation and status")
-        self._duration = meter.create_histogram("chromaguard.request.duration", "s",
-                                                "Request latency by operation and status")
+        self.request = requests.record  # (operation, status, seconds): on every request, so kept cheap
         self._auth_failures = meter.create_counter("chromaguard.auth.failures", "{request}",
                                                    "Requests refused by auth, by reason")
         self._health = meter.create_counter("chromaguard.health.checks", "{check}", "Health check results")
@@ -169,11 +170,6 @@ class Metrics:
             return [] if value is None else [Observation(value)]
 
         return callback
-
-    def request(self, operation: str, status: int, seconds: float) -> None:
-        attributes = {"operation": operation, "status": status}
-        self._requests.add(1, attributes)
-        self._duration.record(seconds, attributes)
 
     def auth_failure(self, reason: str) -> None:
         self._auth_failures.add(1, {"reason": reason})

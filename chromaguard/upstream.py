@@ -11,7 +11,7 @@ import asyncio
 import collections
 import ssl
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Iterable, Protocol
 from urllib.parse import urlsplit
 
 import httptools
@@ -19,6 +19,11 @@ import httptools
 Headers = list[tuple[bytes, bytes]]
 
 _READ_HIGH_WATER = 1 << 20
+# Not relayed to our client: they describe one hop (our server writes its own framing).
+_NOT_RELAYED = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+    b"content-length",
+})
 _MAX_IDLE = 128
 
 
@@ -59,11 +64,21 @@ class UpstreamTarget:
         return f"{self.scheme}://{self.host_header.decode()}{self.base_path.decode()}"
 
 
+class Sink(Protocol):
+    """Takes a response straight from the parser's callbacks (the front door's relay)."""
+
+    def on_head(self, conn: "_Connection") -> None: ...
+    def on_body(self, chunk: bytes) -> None: ...
+    def on_complete(self) -> None: ...
+    def on_error(self, exc: BaseException) -> None: ...
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; carries one request at a time."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.sink: Sink | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.alive = True
         self.used = False
@@ -75,7 +90,9 @@ class _Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self.status = 0
         self.headers: Headers = []
-        self.head: asyncio.Future[None] = self._loop.create_future()
+        self.relayed: Headers = []
+        self.content_length: int | None = None
+        self.head: asyncio.Future[None] | None = None  # the async path waits on it; a sink does not
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self.complete = False
@@ -113,14 +130,24 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        self.headers.append((name, value))
+        if name not in _NOT_RELAYED:
+            self.relayed.append((name, value))
+        elif name == b"content-length":
+            self.content_length = int(value)  # the parser refused a malformed one
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
-        if not self.head.done():
+        if self.sink is not None:
+            self.sink.on_head(self)
+        elif self.head is not None and not self.head.done():
             self.head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink.on_body(body)
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > _READ_HIGH_WATER and self.transport is not None:
@@ -131,7 +158,12 @@ class _Connection(asyncio.Protocol):
         self.complete = True
         if not self.parser.should_keep_alive():
             self.alive = False
-        self._wake()
+        sink = self.sink
+        if sink is not None:
+            self.sink = None
+            sink.on_complete()
+        else:
+            self._wake()
 
     # internals
     def _wake(self) -> None:
@@ -143,7 +175,14 @@ class _Connection(asyncio.Protocol):
         self.alive = False
         if self.error is None:
             self.error = exc
-        if not self.head.done():
+        sink = self.sink
+        if sink is not None:
+            self.sink = None
+            if self.transport is not None:
+                self.transport.close()
+            sink.on_error(exc)
+            return
+        if self.head is not None and not self.head.done():
             self.head.set_exception(exc)
             self.head.exception()  # retrieved: no "never retrieved" warning if nobody waits
         self._wake()
@@ -179,7 +218,7 @@ class _Connection(asyncio.Protocol):
     async def wait_head(self, timeout: float | None) -> None:
         handle = self._loop.call_later(timeout, self._timeout) if timeout else None
         try:
-            await self.head
+            await self.head  # type: ignore[misc]
         finally:
             if handle is not None:
                 handle.cancel()
@@ -196,11 +235,13 @@ class _Connection(asyncio.Protocol):
 class Response:
     """A response whose body is read on demand; return the connection with ``release``."""
 
-    __slots__ = ("status", "headers", "_conn", "_pool", "_timeout", "_done")
+    __slots__ = ("status", "headers", "relayed_headers", "content_length", "_conn", "_pool", "_timeout", "_done")
 
     def __init__(self, conn: _Connection, pool: "UpstreamPool", timeout: float | None) -> None:
         self.status = conn.status
         self.headers = conn.headers
+        self.relayed_headers = conn.relayed
+        self.content_length = conn.content_length
         self._conn = conn
         self._pool = pool
         self._timeout = timeout
@@ -262,13 +303,26 @@ class UpstreamPool:
             raise UpstreamUnavailable(f"cannot connect to {target.url}: {exc.strerror or exc}") from None
         return conn
 
-    async def _acquire(self) -> _Connection:
+    def idle(self) -> _Connection | None:
+        """A kept-alive connection ready for a request, if there is one."""
         while self._idle:
             conn = self._idle.pop()
             if conn.alive and conn.transport is not None and not conn.transport.is_closing():
                 conn._reset()
                 return conn
-        return await self._connect()
+        return None
+
+    async def _acquire(self) -> _Connection:
+        return self.idle() or await self._connect()
+
+    def send_now(self, conn: _Connection, sink: Sink, method: str, path: bytes,
+                 headers: Iterable[tuple[bytes, bytes]], body: bytes) -> None:
+        """Write a whole request on ``conn``; its response goes to ``sink`` as it is parsed."""
+        length = len(body) if body else (0 if method in ("POST", "PUT", "PATCH") else None)
+        conn.sink = sink
+        assert conn.transport is not None
+        head = self._head(method, path, headers, length)
+        conn.transport.write(head + body if body else head)
 
     def release(self, conn: _Connection) -> None:
         if conn.alive and conn.complete and not conn.chunks and len(self._idle) < _MAX_IDLE:
@@ -303,6 +357,7 @@ class UpstreamPool:
         retry_ok = body_stream is None
         for attempt in (0, 1):
             conn = await self._acquire()
+            conn.head = asyncio.get_running_loop().create_future()
             reused = conn.used
             head = self._head(method, path, headers, length)
             try:
@@ -311,7 +366,7 @@ class UpstreamPool:
                 else:
                     await conn.write(head)
                     async for chunk in body_stream:
-                        if conn.head.done():  # answered early (e.g. 413): stop sending
+                        if conn.head is not None and conn.head.done():  # answered early (e.g. 413): stop sending
                             conn.alive = False
                             break
                         await conn.write(chunk)

@@ -27,6 +27,14 @@ class WriteGate:
         self.in_flight += 1
         self._idle.clear()
 
+    def try_enter(self) -> bool:
+        """``enter`` without waiting: False while a hold is on."""
+        if not self._open.is_set():
+            return False
+        self.in_flight += 1
+        self._idle.clear()
+        return True
+
     def leave(self) -> None:
         self.in_flight -= 1
         if self.in_flight == 0:

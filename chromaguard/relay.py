@@ -1,0 +1,117 @@
+"""Forwarding without a task: the request leaves for the engine from the client parser's
+callback, and the response is written back from the engine parser's callbacks.
+
+Why: on the common path (a whole request body, a kept-alive engine connection, no write
+hold) an asyncio task and its futures cost two extra event-loop turns and tens of
+microseconds per request, the largest share of what the front door added to a query
+(BENCHMARKS.md). Anything else (a connection to open, a body still arriving, a hold on
+writes, endpoints answered here) takes the front door's async path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from .spanattrs import RESPONSE_PARSE_LIMIT
+from .upstream import UpstreamError, UpstreamPool, UpstreamTimeout, _Connection
+
+if TYPE_CHECKING:
+    from .frontdoor import FrontDoor, _Call
+
+
+class Relay:
+    """One request in flight to the engine; the upstream connection calls back as it parses."""
+
+    __slots__ = ("door", "call", "pool", "conn", "gated", "timeout", "timer", "progress", "tap", "tap_size",
+                 "request")
+
+    def __init__(self, door: FrontDoor, call: _Call, pool: UpstreamPool, conn: _Connection, gated: bool) -> None:
+        self.door = door
+        self.call = call
+        self.pool = pool
+        self.conn = conn
+        self.gated = gated
+        self.timeout = door.upstream_timeout
+        self.timer: asyncio.TimerHandle | None = None
+        self.progress = False
+        self.tap: list[bytes] | None = None
+        self.tap_size = 0
+        self.request: tuple[str, bytes, list[tuple[bytes, bytes]], bytes] | None = None
+
+    def send(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.request = (method, target, headers, body)
+        loop = asyncio.get_running_loop()
+        if self.timeout:
+            self.timer = loop.call_later(self.timeout, self._check_timeout)
+        self.pool.send_now(self.conn, self, method, target, headers, body)
+
+    # ---- upstream callbacks ------------------------------------------------------------------
+
+    def on_head(self, conn: _Connection) -> None:
+        self._leave_gate()  # the engine has answered: this write is no longer in flight
+        call = self.call
+        if call.span is not None:
+            self.tap = self.door._tap_for(call, conn.headers)
+        call.exchange.start(conn.status, conn.relayed, conn.content_length)
+
+    def on_body(self, chunk: bytes) -> None:
+        exchange = self.call.exchange
+        self.progress = True  # the timeout counts from the last bytes the engine sent
+        if self.tap is not None:
+            self.tap_size += len(chunk)
+            if self.tap_size <= RESPONSE_PARSE_LIMIT:
+                self.tap.append(chunk)
+            else:
+                self.tap = None
+        exchange.write(chunk)
+        if exchange.write_paused and self.conn.transport is not None:
+            # The client reads slower than the engine answers: stop reading the engine until it catches up.
+            transport = self.conn.transport
+            transport.pause_reading()
+            exchange.when_writable(lambda: None if transport.is_closing() else transport.resume_reading())
+
+    def on_complete(self) -> None:
+        self._cancel_timer()
+        exchange = self.call.exchange
+        exchange.end()
+        self.pool.release(self.conn)
+        self.door._relayed(self.call, self.tap)
+
+    def on_error(self, exc: BaseException) -> None:
+        self._cancel_timer()
+        conn = self.conn
+        if (conn.used and not conn.got_bytes and not isinstance(exc, UpstreamTimeout)
+                and self.request is not None):
+            # A kept-alive connection the engine had just closed: nothing reached it, so the
+            # request goes again on a fresh connection (the async path opens one).
+            method, target, headers, body = self.request
+            self.door.retry(self.call, method, target, headers, body, self.gated)
+            return
+        self._leave_gate()
+        exchange = self.call.exchange
+        if not exchange.response_started:
+            self.door._upstream_failed(exchange, exc if isinstance(exc, UpstreamError) else UpstreamError(str(exc)))
+        else:
+            exchange.abort()  # the head is out: cutting the connection tells the client
+        self.door._relayed(self.call, None)
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _leave_gate(self) -> None:
+        if self.gated:
+            self.gated = False
+            self.door.gate.leave()  # type: ignore[union-attr]
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _check_timeout(self) -> None:
+        if self.progress:  # bytes came in since the timer was set: give it another full timeout
+            self.progress = False
+            self.timer = asyncio.get_running_loop().call_later(self.timeout, self._check_timeout)
+            return
+        self.timer = None
+        self.conn._fail(UpstreamTimeout("upstream did not answer in time"))
