@@ -26,6 +26,7 @@ log = logging.getLogger("chromaguard.engine")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _BANNER = re.compile(r"^[\s(#=]*$")  # the logo and separator lines of `chroma run`
 _LEVEL = re.compile(r"\b(ERROR|WARN|WARNING|INFO|DEBUG|TRACE)\b")
+_WORTH_A_LOOK = re.compile(rb"ERROR|WARN|panicked|^\S", re.MULTILINE)  # else: indented info/debug chatter
 _SCRUBBED_PREFIXES = ("CHROMA_", "OTEL_")
 _SCRUBBED_NAMES = {"ANONYMIZED_TELEMETRY", "IS_PERSISTENT", "PERSIST_DIRECTORY", "ALLOW_RESET"}
 
@@ -138,18 +139,31 @@ class EngineProcess:
         level = logging.DEBUG
         while True:
             block = await process.stdout.read(1 << 16)
-            lines = (pending + block).split(b"\n")
+            data = pending + block
+            if block and self.ready and not log.isEnabledFor(logging.DEBUG) and not _WORTH_A_LOOK.search(data):
+                # A serving engine's routine chatter, which our log level drops anyway: keep only
+                # the last lines, for the message if it dies.
+                *lines, pending = data[-4096:].split(b"\n")
+                self.recent_output.extend(line for line in (self._clean(raw) for raw in lines[-3:]) if line)
+                level = logging.DEBUG
+                continue
+            lines = data.split(b"\n")
             pending = lines.pop() if block else b""
             for raw in lines:
                 level = self._relay_line(raw, level)
             if not block:
                 return
 
-    def _relay_line(self, raw: bytes, previous: int) -> int:
+    @staticmethod
+    def _clean(raw: bytes) -> str:
         line = raw.decode(errors="replace").rstrip()
         if "\x1b" in line:
             line = _ANSI.sub("", line)
-        if not line.strip() or _BANNER.match(line):
+        return "" if not line.strip() or _BANNER.match(line) else line
+
+    def _relay_line(self, raw: bytes, previous: int) -> int:
+        line = self._clean(raw)
+        if not line:
             return previous
         self.recent_output.append(line)
         level = _level_of(line, self.ready, previous)
