@@ -238,3 +238,30 @@ def test_otlp_over_http_protobuf(receiver: Receiver) -> None:
         receiver.wait_for(lambda spans: [s for s in spans if s.service == "over-http"
                                          and s.trace_id == "99998888777766665555444433332222"])
         assert receiver.http_requests > 0
+
+
+def test_engine_chatter_stays_out_of_the_info_log(traced: Guard) -> None:
+    """With tracing on the engine prints about a dozen info lines per request; at the default
+    level they must not flood chromaguard's log (they are there at --log-level debug)."""
+    col = _client(traced.port).get_or_create_collection("chatter", embedding_function=None)
+    col.upsert(ids=["a"], embeddings=[[1.0, 0.0]])
+    before = len(traced.log.splitlines())
+    for _ in range(5):
+        col.query(query_embeddings=[[1.0, 0.0]], n_results=1)
+    time.sleep(0.5)
+    engine_lines = [line for line in traced.log.splitlines()[before:] if "chromaguard.engine" in line]
+    assert engine_lines == []
+
+
+def test_engine_line_levels() -> None:
+    import logging
+
+    from chromaguard.engine import _level_of
+
+    warn = "  2026-11-24T12:53:46.270237Z  WARN  compaction is behind"
+    assert _level_of(warn, True) == logging.WARNING
+    assert _level_of("    at rust/frontend/src/server.rs:3037", True, logging.WARNING) == logging.WARNING
+    assert _level_of("  2026-11-24T12:53:46.270237Z  ERROR  cannot open segment", True) == logging.ERROR
+    assert _level_of("  2026-11-24T12:53:46.270237Z  INFO  Cache miss for collection x", True) == logging.DEBUG
+    assert _level_of("thread 'main' panicked at src/main.rs:1", True) == logging.ERROR
+    assert _level_of("Saving data to: /data", False) == logging.DEBUG
