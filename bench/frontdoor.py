@@ -105,7 +105,7 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
     tmp = tempfile.TemporaryDirectory()
     tokens = Path(tmp.name) / "tokens.json"
     tokens.write_text(json.dumps([TOKEN]))
-    receiver = Receiver().start()
+    receiver = Receiver(count_only=True).start()
     servers: dict[str, Any] = {"bare": BareEngine(), "guard": Guard().start()}
     if traced:
         servers["guard+auth+tracing"] = Guard(env={
@@ -180,7 +180,7 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
             if "query_throughput_rps" in mine:
                 mine["query_throughput_ratio"] = mine["query_throughput_rps"] / bare["query_throughput_rps"]
         if traced:
-            result["spans_received"] = len(receiver.spans)
+            result["spans_received"] = receiver.span_count
         return result
     finally:
         for server in servers.values():

@@ -14,6 +14,8 @@ import time
 from typing import TYPE_CHECKING, Any, Coroutine, Protocol
 from urllib.parse import quote
 
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
 from .auth import Authenticator, Denial, Grant
 from .cors import CorsPolicy
 from .httpserver import ClientDisconnected, Exchange
@@ -158,8 +160,6 @@ class FrontDoor:
     # ---- telemetry ---------------------------------------------------------------------------
 
     def _start_span(self, call: _Call) -> None:
-        from opentelemetry.trace import SpanKind
-
         exchange, route = call.exchange, call.route
         carrier: dict[str, str] = {}
         user_agent = ""
@@ -194,18 +194,17 @@ class FrontDoor:
         current_trace.set(call.trace)
 
     def _end_span(self, call: _Call) -> None:
-        from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
-
         span = call.span
         status = call.exchange.status
-        span.set_attribute("http.response.status_code", status or 499)
+        attributes: dict[str, Any] = {"http.response.status_code": status or 499}
         if call.principal is not None:
-            span.set_attribute("enduser.id", call.principal.name)
+            attributes["enduser.id"] = call.principal.name
         if call.engine_trace:
-            span.set_attribute("chroma.engine.trace_id", call.engine_trace)
+            attributes["chroma.engine.trace_id"] = call.engine_trace
             engine = SpanContext(int(call.engine_trace, 16), 1, is_remote=True,
                                  trace_flags=TraceFlags(TraceFlags.SAMPLED))
             span.add_link(engine, {"chroma.link": "engine trace"})
+        span.set_attributes(attributes)
         if status >= 500 or status == 0:
             span.set_status(Status(StatusCode.ERROR, f"HTTP {status}" if status else "client went away"))
         span.end()

@@ -33,7 +33,12 @@ def _value(v: Any) -> Any:
 
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer, metrics_service_pb2_grpc.MetricsServiceServicer):
-    def __init__(self) -> None:
+    """``count_only``: count spans without turning them into Python objects (benchmarks, where
+    this receiver shares the CPU with the servers measured, as a collector would not)."""
+
+    def __init__(self, count_only: bool = False) -> None:
+        self.count_only = count_only
+        self.span_count = 0
         self.spans: list[Span] = []
         self.metric_names: set[str] = set()
         self.metric_services: set[str] = set()
@@ -94,6 +99,11 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer, metrics_service_pb2_
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
     def _spans(self, request: Any) -> None:
+        if self.count_only:
+            counted = sum(len(scoped.spans) for rs in request.resource_spans for scoped in rs.scope_spans)
+            with self._lock:
+                self.span_count += counted
+            return
         found = []
         for resource_spans in request.resource_spans:
             resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
@@ -106,6 +116,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer, metrics_service_pb2_
                         links=[(link.trace_id.hex(), link.span_id.hex()) for link in s.links]))
         with self._lock:
             self.spans.extend(found)
+            self.span_count += len(found)
 
     def _metrics(self, request: Any) -> None:
         with self._lock:
