@@ -140,7 +140,8 @@ class EngineProcess:
         while True:
             block = await process.stdout.read(1 << 16)
             data = pending + block
-            if block and self.ready and not log.isEnabledFor(logging.DEBUG) and not _WORTH_A_LOOK.search(data):
+            if (block and self.ready and level < logging.WARNING and not log.isEnabledFor(logging.DEBUG)
+                    and not _WORTH_A_LOOK.search(data)):
                 # A serving engine's routine chatter, which our log level drops anyway: keep only
                 # the last lines, for the message if it dies.
                 *lines, pending = data[-4096:].split(b"\n")

@@ -71,7 +71,7 @@ class AlwaysAvailable:
 class _Call:
     """What the front door learns about one request on its way through."""
 
-    __slots__ = ("exchange", "route", "http_route", "span", "trace", "principal", "engine_trace", "started")
+    __slots__ = ("exchange", "route", "http_route", "span", "trace", "principal", "engine_trace", "started", "grant")
 
     def __init__(self, exchange: Exchange, route: Route | None, http_route: str) -> None:
         self.exchange = exchange
@@ -82,6 +82,7 @@ class _Call:
         self.principal: Any = None
         self.engine_trace: str | None = None
         self.started = time.perf_counter()
+        self.grant: Grant | None = None  # auth said yes; the owner check still needs a listing
 
 
 class FrontDoor:
@@ -208,7 +209,8 @@ class FrontDoor:
         if status >= 500 or status == 0:
             span.set_status(Status(StatusCode.ERROR, f"HTTP {status}" if status else "client went away"))
         span.end()
-        current_trace.set(None)
+        if current_trace.get() == call.trace:
+            current_trace.set(None)
 
     # ---- CORS and auth -----------------------------------------------------------------------
 
@@ -240,9 +242,14 @@ class FrontDoor:
         return self._granted(call, result, self._owner_now(result))
 
     async def _admit_waiting(self, call: _Call) -> bool:
+        """The rest of ``_admit``: the password check (bcrypt) or the owner check (a listing)."""
         assert self.auth is not None
-        exchange = call.exchange
-        result = await self.auth.check(call.route, exchange.headers, exchange.client)
+        result: Grant | Denial
+        if call.grant is not None:  # decided already: asking again would count twice against rate limits
+            result = call.grant
+        else:
+            exchange = call.exchange
+            result = await self.auth.check(call.route, exchange.headers, exchange.client)
         owner = self._owner_now(result)
         if owner is _LOOK_UP and isinstance(result, Grant):
             owner = await self._check_owner(result.principal, result.route)
@@ -255,6 +262,7 @@ class FrontDoor:
             return False
         call.principal = result.principal
         if owner is _LOOK_UP:
+            call.grant = result
             return None
         if isinstance(owner, Denial):
             self._deny(exchange, owner)

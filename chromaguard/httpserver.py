@@ -299,6 +299,9 @@ class _Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._expect = False
         self._length = -1
+        self._chunked = False
+        self._broken: tuple[int, str] | None = None
+        self._next_scheduled = False
 
     # ---- asyncio.Protocol --------------------------------------------------------------------
 
@@ -320,7 +323,11 @@ class _Connection(asyncio.Protocol):
         self._writable()
 
     def eof_received(self) -> bool:
-        # A client may half-close after its request: answer it, then close.
+        receiving = self.receiving
+        if receiving is not None:  # the rest of its request will never come
+            receiving._disconnect()
+            return False
+        # A client may half-close after a whole request: answer it, then close.
         if self.current is not None:
             self.current.keep_alive = False
             return True
@@ -335,9 +342,13 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             # Chroma speaks no other protocol: the request is served as HTTP/1.1, then we close.
             self.upgraded = True
-            for exchange in (self.current, *self.pipeline):
+            busy = False
+            for exchange in (self.current, self.receiving, *self.pipeline):
                 if exchange is not None:
                     exchange.keep_alive = False
+                    busy = True
+            if not busy:  # already answered
+                self.close()
         except _HeadTooLarge:
             self._fail(431, f"the request head is larger than {MAX_HEAD_BYTES} bytes")
         except httptools.HttpParserError as exc:
@@ -378,6 +389,7 @@ class _Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._expect = False
         self._length = -1
+        self._chunked = False
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
@@ -392,6 +404,8 @@ class _Connection(asyncio.Protocol):
         name = name.lower()
         if name == b"content-length":
             self._length = int(value) if value.isdigit() else -1
+        elif name == b"transfer-encoding":
+            self._chunked = True
         elif name == b"expect" and value.lower() == b"100-continue":
             self._expect = True
         self._headers.append((name, value))
@@ -405,9 +419,9 @@ class _Connection(asyncio.Protocol):
         if self.current is not None:
             self.pipeline.append(exchange)
             self.update_reading()
-        elif not (0 < self._length <= DISPATCH_WHOLE_BELOW and not self._expect):
-            self._run(exchange)
-        # else: a small body, most likely in this very read: the handler starts with all of it
+        elif self._expect or self._chunked or self._length > DISPATCH_WHOLE_BELOW:
+            self._run(exchange)  # the handler reads the body as it comes
+        # else: no body, or a small one most likely in this very read: the handler starts with all of it
 
     def on_body(self, body: bytes) -> None:
         if self.receiving is not None:
@@ -458,7 +472,10 @@ class _Connection(asyncio.Protocol):
             return
         if not exchange._started:
             exchange.keep_alive = False
-            exchange.respond_error(500, "InternalError", "chromaguard: internal error; see the server log")
+            if self._broken is not None:
+                exchange.respond_error(self._broken[0], "InvalidArgumentError", f"chromaguard: {self._broken[1]}")
+            else:
+                exchange.respond_error(500, "InternalError", "chromaguard: internal error; see the server log")
         else:  # the head is out: cutting the connection is how the client learns it failed
             self.abort()
 
@@ -466,12 +483,20 @@ class _Connection(asyncio.Protocol):
         if self.current is exchange:
             self.current = None
             self.task = None
-        if not exchange.keep_alive or self.closing:
+        if not exchange.keep_alive or self.closing or self.server.stopping:
             self.close()
             return
-        if self.pipeline:
-            self._run(self.pipeline.popleft())
+        if self.pipeline and not self._next_scheduled:
+            # Not from here: answers given at once would otherwise nest one call deeper each.
+            self._next_scheduled = True
+            self.loop.call_soon(self._run_next)
         self.update_reading()
+
+    def _run_next(self) -> None:
+        self._next_scheduled = False
+        if self.current is None and self.pipeline and not self.closing:
+            self._run(self.pipeline.popleft())
+            self.update_reading()
 
     def update_reading(self) -> None:
         """Read from the client unless requests queue up behind one or a body waits unread."""
@@ -499,16 +524,23 @@ class _Connection(asyncio.Protocol):
     def _fail(self, status: int, message: str) -> None:
         """A request we cannot parse: answer it if it is the client's turn, and close."""
         self.upgraded = True  # ignore whatever else arrives
-        if self.current is None and self.transport is not None:
-            exchange = Exchange(self, "GET", b"/", [], "1.1", False, False)
-            self.current = exchange
-            log.info("refused a request from %s: %s", self.client or "?", message)
-            exchange.respond_error(status, "InvalidArgumentError", f"chromaguard: {message}")
-        else:
-            for exchange in (self.current, *self.pipeline):
-                if exchange is not None:
-                    exchange.keep_alive = False
-            self.pipeline.clear()
+        log.info("refused a request from %s: %s", self.client or "?", message)
+        self.pipeline.clear()
+        current, receiving = self.current, self.receiving
+        self.receiving = None
+        if current is None:
+            if self.transport is not None:
+                exchange = Exchange(self, "GET", b"/", [], "1.1", False, False)
+                self.current = exchange
+                exchange.respond_error(status, "InvalidArgumentError", f"chromaguard: {message}")
+            return
+        # A request is being answered while its own body (or what followed it) is broken:
+        # whoever waits for that body learns it will not come; the answer is this error.
+        current.keep_alive = False
+        self._broken = (status, message)
+        for exchange in (current, receiving):
+            if exchange is not None:
+                exchange._disconnect()
 
     def close(self) -> None:
         self.closing = True
@@ -562,6 +594,9 @@ class HttpServer:
         deadline = time.monotonic() + self.drain_timeout
         while self.connections and not self._force and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+            for conn in list(self.connections):
+                if conn.idle:
+                    conn.close()
         if self.connections:
             log.warning("stopping with %d connection(s) still busy: cut", len(self.connections))
         tasks = [conn.task for conn in self.connections if conn.task is not None]

@@ -24,7 +24,7 @@ class Relay:
     """One request in flight to the engine; the upstream connection calls back as it parses."""
 
     __slots__ = ("door", "call", "pool", "conn", "gated", "timeout", "timer", "progress", "tap", "tap_size",
-                 "request")
+                 "request", "paused", "done")
 
     def __init__(self, door: FrontDoor, call: _Call, pool: UpstreamPool, conn: _Connection, gated: bool) -> None:
         self.door = door
@@ -38,6 +38,8 @@ class Relay:
         self.tap: list[bytes] | None = None
         self.tap_size = 0
         self.request: tuple[str, bytes, list[tuple[bytes, bytes]], bytes] | None = None
+        self.paused = False  # we stopped reading the engine for a slow client
+        self.done = False
 
     def send(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         self.request = (method, target, headers, body)
@@ -65,14 +67,23 @@ class Relay:
             else:
                 self.tap = None
         exchange.write(chunk)
-        if exchange.write_paused and self.conn.transport is not None:
+        if exchange.write_paused and self.conn.transport is not None and not self.paused:
             # The client reads slower than the engine answers: stop reading the engine until it catches up.
+            self.paused = True
+            self.conn.transport.pause_reading()
+            exchange.when_writable(self._resume)
+
+    def _resume(self) -> None:
+        if self.paused:
+            self.paused = False
             transport = self.conn.transport
-            transport.pause_reading()
-            exchange.when_writable(lambda: None if transport.is_closing() else transport.resume_reading())
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
 
     def on_complete(self) -> None:
         self._cancel_timer()
+        self.done = True
+        self._resume()  # the connection goes back to the pool reading, whatever the client does
         exchange = self.call.exchange
         exchange.end()
         self.pool.release(self.conn)
@@ -80,6 +91,8 @@ class Relay:
 
     def on_error(self, exc: BaseException) -> None:
         self._cancel_timer()
+        self.done = True
+        self.paused = False
         conn = self.conn
         if (conn.used and not conn.got_bytes and not isinstance(exc, UpstreamTimeout)
                 and self.request is not None):
@@ -109,7 +122,7 @@ class Relay:
             self.timer = None
 
     def _check_timeout(self) -> None:
-        if self.progress:  # bytes came in since the timer was set: give it another full timeout
+        if self.progress or self.paused:  # bytes came, or we are the ones waiting (for the client)
             self.progress = False
             self.timer = asyncio.get_running_loop().call_later(self.timeout, self._check_timeout)
             return

@@ -325,7 +325,8 @@ class UpstreamPool:
         conn.transport.write(head + body if body else head)
 
     def release(self, conn: _Connection) -> None:
-        if conn.alive and conn.complete and not conn.chunks and len(self._idle) < _MAX_IDLE:
+        reading = conn.transport is not None and getattr(conn.transport, "is_reading", lambda: True)()
+        if conn.alive and conn.complete and not conn.chunks and reading and len(self._idle) < _MAX_IDLE:
             conn.used = True
             self._idle.append(conn)
         else:

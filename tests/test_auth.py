@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -389,6 +390,38 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
         if r.status_code == 429:
             assert int(r.headers["retry-after"]) >= 1 and r.json()["error"] == "RateLimitError"
         assert _status(g.url, "other-token") == 200, "limits are per token"
+
+
+def test_a_scoped_request_counts_once_against_the_rate_limit(tmp_path: Path) -> None:
+    """The owner check of a scoped token fetches a listing first: the request must not be
+    counted again when it resumes, or a 1/s limit would refuse every such request."""
+    tokens = tmp_path / "t.json"
+    tokens.write_text(json.dumps([{"token": "admin", "role": "admin"},
+                                  {"token": "scoped", "role": "write", "tenant": "default_tenant",
+                                   "databases": ["default_database"]}]))
+    with Guard(env={"CHROMA_SERVER_AUTH_PROVIDER": "token", "CHROMA_SERVER_AUTH_CREDENTIALS_FILE": str(tokens),
+                    "CHROMAGUARD_RATE_LIMIT": "1/s"}) as g:
+        r = httpx.post(f"{g.url}{BASE}/collections", json={"name": "limited"}, headers={"x-chroma-token": "admin"})
+        cid = r.json()["id"]
+        for _ in range(3):
+            time.sleep(1.2)  # a full token each time; the listing is refetched (>1 s old, first use)
+            r = httpx.get(f"{g.url}{BASE}/collections/{cid}/count", headers={"x-chroma-token": "scoped"})
+            assert r.status_code == 200, r.text
+
+
+def test_pipelined_refusals_are_all_answered_in_order(secured: Guard) -> None:
+    request = f"GET {BASE}/collections HTTP/1.1\r\nhost: x\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", secured.port), timeout=10) as sock:
+        # The heartbeat is answered in a task, so the 300 refusals queue up behind it.
+        sock.sendall(b"GET /api/v2/heartbeat HTTP/1.1\r\nhost: x\r\n\r\n" + request * 300
+                     + b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        data = b""
+        while data.count(b"HTTP/1.1 ") < 302:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {data.count(b'HTTP/1.1 ')} answers"
+            data += chunk
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
+    assert statuses == [200] + [401] * 300 + [200]
 
 
 def test_auth_off_on_a_public_address_warns_loudly() -> None:

@@ -230,3 +230,80 @@ def test_request_on_a_connection_the_upstream_just_closed_goes_again(flaky_upstr
     assert [r.status_code for r in answers] == [200, 200, 200]
     assert all(r.json() == "1.0.0" for r in answers)
     assert flaky_upstream.requests >= 5  # two of them dropped and sent again on a fresh connection
+
+
+class _Socketless:
+    """The transport side of a connection, without a socket: what was written, whether reading is on."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 40000)
+
+    def close(self) -> None:
+        pass
+
+
+def test_engine_connection_goes_back_to_the_pool_reading_after_a_slow_client() -> None:
+    """A response whose last bytes arrive just as the client stops keeping up: the engine
+    connection was paused for that client, and must not return to the pool paused (the next
+    request on it would never be read)."""
+    import asyncio
+
+    from chromaguard.frontdoor import AlwaysAvailable, FrontDoor
+    from chromaguard.httpserver import HttpServer, _Connection
+    from chromaguard.upstream import UpstreamPool, _Connection as EngineConnection
+
+    async def scenario() -> None:
+        pool = UpstreamPool("http://127.0.0.1:9")
+        engine = EngineConnection()
+        engine_side = _Socketless()
+        engine.connection_made(engine_side)  # type: ignore[arg-type]
+        engine.complete = True
+        pool.release(engine)
+        door = FrontDoor(pool, AlwaysAvailable(), max_payload_bytes=1 << 20, upstream_timeout=5)
+        client = _Connection(HttpServer(door))
+        client.connection_made(_Socketless())  # type: ignore[arg-type]
+        client.data_received(b"GET /api/v2/collections HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert engine_side.written, "the request went to the engine from the callback"
+        client.pause_writing()  # the client's buffer is full
+        engine.data_received(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]")
+        assert pool.idle() is engine and engine_side.reading
+
+    asyncio.run(scenario())
+
+
+def test_a_broken_chunked_body_gets_400_and_a_close(guard: Guard, name: str) -> None:
+    cid = httpx.post(f"{guard.url}{BASE}/collections", json={"name": name}).json()["id"]
+    with _connect(guard.port) as sock:
+        sock.sendall(f"POST {BASE}/collections/{cid}/add HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     "transfer-encoding: chunked\r\n\r\nZZ\r\nxx\r\n".encode())
+        status, headers, body = _read_response(sock, bytearray())
+        assert status == 400 and headers["connection"] == "close"
+        assert "malformed HTTP request" in json.loads(body)["message"]
+        assert _closed(sock)
+
+
+def test_a_client_that_half_closes_mid_body_is_let_go(guard: Guard) -> None:
+    with _connect(guard.port) as sock:
+        sock.sendall(f"POST {BASE}/collections HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     "content-length: 2000000\r\n\r\n{".encode())
+        sock.shutdown(socket.SHUT_WR)  # the rest of the body will never come
+        assert _closed(sock)

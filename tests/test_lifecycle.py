@@ -156,3 +156,39 @@ def test_engine_that_cannot_start_is_a_clear_error(tmp_path: Path) -> None:
         assert "chromaguard: error: the Chroma engine exited during start-up" in service.log
     finally:
         service.close()
+
+
+def test_engine_error_keeps_its_detail_lines_across_reads(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    """The engine's output is read in blocks; an error's indented detail lines that start the
+    next block are part of the error, not chatter to skip."""
+    import asyncio
+    import logging
+
+    from chromaguard.engine import EngineProcess
+
+    first = (b"  2026-11-24T12:00:00Z  INFO  Cache miss for collection c1\n    at rust/frontend/src/x.rs:1\n"
+             b"  2026-11-24T12:00:01Z  ERROR  cannot open segment\n")
+    second = (b"    with error: disk I/O error (os error 5)\n    at rust/index/src/hnsw.rs:42\n"
+              b"  2026-11-24T12:00:02Z  INFO  Cache miss for collection c2\n")
+
+    class Output:
+        def __init__(self) -> None:
+            self.stdout = asyncio.StreamReader()
+
+    async def scenario() -> None:
+        engine = EngineProcess(tmp_path)
+        engine.ready = True
+        output = Output()
+        pump = asyncio.create_task(engine._pump_output(output))  # type: ignore[arg-type]
+        output.stdout.feed_data(first)
+        await asyncio.sleep(0.05)
+        output.stdout.feed_data(second)
+        output.stdout.feed_eof()
+        await pump
+
+    with caplog.at_level(logging.INFO, logger="chromaguard.engine"):
+        asyncio.run(scenario())
+    logged = [(r.levelno, r.getMessage().strip()) for r in caplog.records if r.name == "chromaguard.engine"]
+    assert (logging.ERROR, "with error: disk I/O error (os error 5)") in logged
+    assert (logging.ERROR, "at rust/index/src/hnsw.rs:42") in logged
+    assert not any("Cache miss" in message for _, message in logged)
