@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import logging
 import os
 import re
@@ -26,7 +27,10 @@ log = logging.getLogger("chromaguard.engine")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _BANNER = re.compile(r"^[\s(#=]*$")  # the logo and separator lines of `chroma run`
 _LEVEL = re.compile(r"\b(ERROR|WARN|WARNING|INFO|DEBUG|TRACE)\b")
-_WORTH_A_LOOK = re.compile(rb"ERROR|WARN|panicked|^\S", re.MULTILINE)  # else: indented info/debug chatter
+# Else: indented info/debug chatter (the engine colours its lines, so a line may start with ESC).
+_PUMP_PAUSE = 0.05  # seconds between reads of a serving engine's output
+_PIPE_SIZE = 1 << 20  # room for its output meanwhile (Linux default 64 KiB, unprivileged maximum 1 MiB)
+_WORTH_A_LOOK = re.compile(rb"ERROR|WARN|panicked|^[^\s\x1b]", re.MULTILINE)
 _SCRUBBED_PREFIXES = ("CHROMA_", "OTEL_")
 _SCRUBBED_NAMES = {"ANONYMIZED_TELEMETRY", "IS_PERSISTENT", "PERSIST_DIRECTORY", "ALLOW_RESET"}
 
@@ -83,6 +87,16 @@ def _level_of(line: str, ready: bool, previous: int = logging.DEBUG) -> int:
     return logging.INFO if ready else logging.DEBUG
 
 
+def _output_pipe() -> tuple[int, int]:
+    """A pipe for the engine's output, with room enough that a pausing reader never blocks it."""
+    output, into = os.pipe()
+    try:
+        fcntl.fcntl(into, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_SIZE)
+    except OSError:  # not Linux, or over /proc/sys/fs/pipe-max-size: the default size it is
+        pass
+    return output, into
+
+
 class EngineProcess:
     """Start, watch and stop one engine process."""
 
@@ -122,23 +136,33 @@ class EngineProcess:
                                                   telemetry=self.telemetry))
         self.recent_output.clear()
         self.ready = False
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "chromaguard._engine_main", str(os.getpid()), str(config_path),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            env=engine_environment(self.otel_headers), pass_fds=(self.lock_fd,) if self.lock_fd is not None else (),
-            start_new_session=True,  # a Ctrl-C in the terminal reaches the guard, which stops the engine in order
-        )
+        output, into = _output_pipe()
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "chromaguard._engine_main", str(os.getpid()), str(config_path),
+                stdin=asyncio.subprocess.DEVNULL, stdout=into, stderr=asyncio.subprocess.STDOUT,
+                env=engine_environment(self.otel_headers),
+                pass_fds=(self.lock_fd,) if self.lock_fd is not None else (),
+                start_new_session=True,  # a Ctrl-C in the terminal reaches the guard, which stops the engine in order
+            )
+        except BaseException:
+            os.close(output)
+            raise
+        finally:
+            os.close(into)
+        reader = asyncio.StreamReader()
+        await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                           os.fdopen(output, "rb", buffering=0))
         self.started_at = time.monotonic()
-        self._pump = asyncio.create_task(self._pump_output(self.process))
+        self._pump = asyncio.create_task(self._pump_output(reader))
         log.info("engine started (pid %d) on 127.0.0.1:%d", self.process.pid, self.port)
 
-    async def _pump_output(self, process: asyncio.subprocess.Process) -> None:
+    async def _pump_output(self, output: asyncio.StreamReader) -> None:
         """Relay the engine's output to our log; read in blocks, as it can be chatty."""
-        assert process.stdout is not None
         pending = b""
         level = logging.DEBUG
         while True:
-            block = await process.stdout.read(1 << 16)
+            block = await output.read(1 << 16)
             data = pending + block
             if (block and self.ready and level < logging.WARNING and not log.isEnabledFor(logging.DEBUG)
                     and not _WORTH_A_LOOK.search(data)):
@@ -154,6 +178,10 @@ class EngineProcess:
                 level = self._relay_line(raw, level)
             if not block:
                 return
+            if self.ready:
+                # With tracing on the engine writes a dozen small lines per request: reading them
+                # as they come would wake us that often. Let them gather (the pipe is enlarged).
+                await asyncio.sleep(_PUMP_PAUSE)
 
     @staticmethod
     def _clean(raw: bytes) -> str:

@@ -171,19 +171,15 @@ def test_engine_error_keeps_its_detail_lines_across_reads(caplog: pytest.LogCapt
     second = (b"    with error: disk I/O error (os error 5)\n    at rust/index/src/hnsw.rs:42\n"
               b"  2026-11-24T12:00:02Z  INFO  Cache miss for collection c2\n")
 
-    class Output:
-        def __init__(self) -> None:
-            self.stdout = asyncio.StreamReader()
-
     async def scenario() -> None:
         engine = EngineProcess(tmp_path)
         engine.ready = True
-        output = Output()
-        pump = asyncio.create_task(engine._pump_output(output))  # type: ignore[arg-type]
-        output.stdout.feed_data(first)
-        await asyncio.sleep(0.05)
-        output.stdout.feed_data(second)
-        output.stdout.feed_eof()
+        output = asyncio.StreamReader()
+        pump = asyncio.create_task(engine._pump_output(output))
+        output.feed_data(first)
+        await asyncio.sleep(0.01)
+        output.feed_data(second)
+        output.feed_eof()
         await pump
 
     with caplog.at_level(logging.INFO, logger="chromaguard.engine"):
