@@ -108,23 +108,21 @@ class Authenticator:
     async def check(self, route: Route | None, headers: Iterable[tuple[bytes, bytes]],
                     client: str = "") -> Grant | Denial:
         """Decide on a request whose route (None: non-canonical path) is already known."""
-        if route is None:
-            return _NOT_CANONICAL
+        decided = self.check_now(route, headers)
+        if decided is not None:
+            return decided
+        assert route is not None
         found = self._credentials(headers)
-        if isinstance(found, _Password):
-            principal = self.store.cached_password(found.user, found.password)
-            if principal is None:
-                # bcrypt takes its time on purpose: off the event loop, and bounded per client.
-                wait = self.guessing.allow(client)
-                if wait:
-                    return Denial(429, "RateLimitError", "chromaguard: too many password attempts",
-                                  ((b"retry-after", str(max(1, round(wait + 0.5))).encode()),))
-                principal = await asyncio.to_thread(self.store.check_password, found.user, found.password)
-            if principal is None:
-                log.info("rejected unknown credentials")
-                principal = _INVALID
-            found = principal
-        return self._decide(route, found)
+        assert isinstance(found, _Password)  # a password the cache does not know yet
+        # bcrypt takes its time on purpose: off the event loop, and bounded per client.
+        wait = self.guessing.allow(client)
+        if wait:
+            return Denial(429, "RateLimitError", "chromaguard: too many password attempts",
+                          ((b"retry-after", str(max(1, round(wait + 0.5))).encode()),))
+        principal = await asyncio.to_thread(self.store.check_password, found.user, found.password)
+        if principal is None:
+            log.info("rejected unknown credentials")
+        return self._decide(route, principal or _INVALID)
 
     def _decide(self, route: Route, found: Principal | Denial) -> Grant | Denial:
         if isinstance(found, Denial):
