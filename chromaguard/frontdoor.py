@@ -71,7 +71,8 @@ class AlwaysAvailable:
 class _Call:
     """What the front door learns about one request on its way through."""
 
-    __slots__ = ("exchange", "route", "http_route", "span", "trace", "principal", "engine_trace", "started", "grant")
+    __slots__ = ("exchange", "route", "http_route", "span", "trace", "principal", "engine_trace", "started", "grant",
+                 "facts")
 
     def __init__(self, exchange: Exchange, route: Route | None, http_route: str) -> None:
         self.exchange = exchange
@@ -83,6 +84,7 @@ class _Call:
         self.engine_trace: str | None = None
         self.started = time.perf_counter()
         self.grant: Grant | None = None  # auth said yes; the owner check still needs a listing
+        self.facts: dict[str, Any] | None = None  # span attributes learnt on the way, set once at its end
 
 
 class FrontDoor:
@@ -197,7 +199,8 @@ class FrontDoor:
     def _end_span(self, call: _Call) -> None:
         span = call.span
         status = call.exchange.status
-        attributes: dict[str, Any] = {"http.response.status_code": status or 499}
+        attributes: dict[str, Any] = {**call.facts} if call.facts else {}
+        attributes["http.response.status_code"] = status or 499
         if call.principal is not None:
             attributes["enduser.id"] = call.principal.name
         if call.engine_trace:
@@ -418,7 +421,7 @@ class FrontDoor:
             return False
         body = exchange.take_body()
         if call.span is not None and route is not None and body:
-            call.span.set_attributes(request_attributes(route.operation, body))
+            call.facts = request_attributes(route.operation, body)
         target = exchange.raw_path + b"?" + exchange.query if exchange.query else exchange.raw_path
         Relay(self, call, self.pool, conn, gated).send(exchange.method, target, headers, body)
         return True
@@ -426,7 +429,7 @@ class FrontDoor:
     def _relayed(self, call: _Call, tap: list[bytes] | None) -> None:
         """A relay is over (answered, failed, or the client left)."""
         if tap is not None and call.route is not None and 200 <= call.exchange.status < 300:
-            call.span.set_attributes(response_attributes(call.route.operation, b"".join(tap), self.names))
+            call.facts = {**(call.facts or {}), **response_attributes(call.route.operation, b"".join(tap), self.names)}
         self._finish(call)
 
     def retry(self, call: _Call, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
@@ -475,7 +478,7 @@ class FrontDoor:
                 self._too_large(exchange, None)
                 return
             if call.span is not None and route is not None and body:
-                call.span.set_attributes(request_attributes(route.operation, body))
+                call.facts = request_attributes(route.operation, body)
         if gated:
             await self.gate.enter()  # type: ignore[union-attr]
         try:
@@ -535,7 +538,7 @@ class FrontDoor:
             response.release()
         exchange.end()
         if tap is not None and 200 <= response.status < 300 and call.route is not None:
-            call.span.set_attributes(response_attributes(call.route.operation, b"".join(tap), self.names))
+            call.facts = {**(call.facts or {}), **response_attributes(call.route.operation, b"".join(tap), self.names)}
 
     def _tap_for(self, call: _Call, headers: list[tuple[bytes, bytes]]) -> list[bytes] | None:
         """Start collecting the response body if the span wants facts from it; note the engine's trace id."""
