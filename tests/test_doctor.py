@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chromaguard.doctor import RULES, apply_fixes, check_files, reference_markdown
+from chromaguard.doctor import RULES, check_files, reference_markdown
 from chromaguard.doctor.checks import working_test
 from chromaguard.doctor.knowledge import CHROMA, Image
 from fake_ollama import FakeOllama

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +12,7 @@ import httpx
 import pytest
 
 from conftest import http_client
-from procs import Guard, clean_env, pid_alive, wait_http
+from procs import Guard, pid_alive
 
 
 def _listening_addresses(port: int) -> set[str]:
