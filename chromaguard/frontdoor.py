@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 from .auth import Authenticator, Denial, Grant
 from .cors import CorsPolicy
-from .httpserver import ClientDisconnected, Exchange
+from .httpserver import DISPATCH_WHOLE_BELOW, ClientDisconnected, Exchange
 from .logs import current_trace
 from .relay import Relay
 from .routes import READ, Route, canonical_segments, route_of
@@ -47,8 +47,9 @@ _DENIAL_REASONS = {400: "bad_request", 401: "missing_credentials", 403: "forbidd
 HEARTBEAT_CACHE_SECONDS = 1.0
 _CATALOG_CHANGES = frozenset({"create_collection", "delete_collection", "modify_collection", "fork"})
 _FORWARDED_PROTO = (b"x-forwarded-proto", b"http")
-_STREAM_ABOVE = 1 << 20  # request bodies larger than this go on to the engine as they arrive
-_ANSWERED_HERE = HEARTBEAT_PATHS | {"/healthz", "/readyz", "/metrics"}
+HEALTHZ, READYZ, METRICS, STATUS, OWN_PREFIX = "/healthz", "/readyz", "/metrics", "/chromaguard/status", "/chromaguard/"
+# Paths `_route` may answer itself: never relayed straight to the engine.
+_ANSWERED_HERE = HEARTBEAT_PATHS | {HEALTHZ, READYZ, METRICS}
 _LOOK_UP = object()  # the owner check needs a fresh listing from the engine
 
 class Backend(Protocol):
@@ -328,10 +329,10 @@ class FrontDoor:
             if path in HEARTBEAT_PATHS:
                 await self.heartbeat(exchange)
                 return
-            if path == "/healthz":
+            if path == HEALTHZ:
                 exchange.respond_json(200, {"status": "ok"})
                 return
-            if path == "/readyz" and self.deps is not None:
+            if path == READYZ and self.deps is not None:
                 from .readiness import readiness
 
                 ready, report = await readiness(self.deps)
@@ -340,12 +341,12 @@ class FrontDoor:
                         self.metrics.health_check(name, check["ok"])
                 exchange.respond_json(200 if ready else 503, report, [] if ready else _RETRY_AFTER)
                 return
-            if path == "/chromaguard/status" and self.deps is not None:
+            if path == STATUS and self.deps is not None:
                 from .readiness import status
 
                 exchange.respond_json(200, await status(self.deps))
                 return
-            if path == "/metrics" and self.telemetry is not None:
+            if path == METRICS and self.telemetry is not None:
                 exchange.respond(200, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")],
                                  self.telemetry.prometheus_text())
                 return
@@ -403,7 +404,7 @@ class FrontDoor:
         exchange = call.exchange
         path = exchange.path
         if (not exchange.body_complete or exchange.method == "HEAD" or path in _ANSWERED_HERE
-                or path.startswith("/chromaguard/") or not self.backend.available):
+                or path.startswith(OWN_PREFIX) or not self.backend.available):
             return False
         headers, length = self._request_headers(call)
         if length is not None and length > self.max_payload_bytes:
@@ -428,9 +429,13 @@ class FrontDoor:
 
     def _relayed(self, call: _Call, tap: list[bytes] | None) -> None:
         """A relay is over (answered, failed, or the client left)."""
+        self._learn_from_response(call, tap)
+        self._finish(call)
+
+    def _learn_from_response(self, call: _Call, tap: list[bytes] | None) -> None:
+        """Facts for the span from a successful answer's body (result counts, collection names)."""
         if tap is not None and call.route is not None and 200 <= call.exchange.status < 300:
             call.facts = {**(call.facts or {}), **response_attributes(call.route.operation, b"".join(tap), self.names)}
-        self._finish(call)
 
     def retry(self, call: _Call, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
               gated: bool) -> None:
@@ -466,7 +471,7 @@ class FrontDoor:
         route = call.route
         gated = self.gate is not None and (route is None or route.access != READ)
         body: bytes | None = None
-        if exchange.body_complete or gated or length is None or length <= _STREAM_ABOVE:
+        if exchange.body_complete or gated or length is None or length <= DISPATCH_WHOLE_BELOW:
             # Whole before it goes on (bounded by the payload limit). A write counts as in flight
             # for a snapshot's hold only once it can go to the engine whole: a slow uploader must
             # not keep every other writer (and the backup) waiting.
@@ -537,8 +542,7 @@ class FrontDoor:
         finally:
             response.release()
         exchange.end()
-        if tap is not None and 200 <= response.status < 300 and call.route is not None:
-            call.facts = {**(call.facts or {}), **response_attributes(call.route.operation, b"".join(tap), self.names)}
+        self._learn_from_response(call, tap)
 
     def _tap_for(self, call: _Call, headers: list[tuple[bytes, bytes]]) -> list[bytes] | None:
         """Start collecting the response body if the span wants facts from it; note the engine's trace id."""

@@ -101,10 +101,10 @@ class Exchange:
         chunks = self._chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
-        if self._buffered > _BODY_HIGH_WATER:
-            self._buffered = 0
-            self._conn.update_reading()
+        paused = self._buffered > _BODY_HIGH_WATER
         self._buffered = 0
+        if paused:
+            self._conn.update_reading()
         return data
 
     async def body_chunks(self) -> AsyncIterator[bytes]:

@@ -23,6 +23,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def read_head(sock: socket.socket) -> bytes:
+    """Bytes off ``sock`` until a blank line ends an HTTP head (less if it closes first)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The test process environment without any Chroma or chromaguard settings, plus ``extra``."""
     env = {k: v for k, v in os.environ.items()

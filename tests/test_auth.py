@@ -21,7 +21,7 @@ import httpx
 import pytest
 from chromadb.config import Settings
 
-from procs import Guard, clean_env
+from procs import Guard, clean_env, read_head
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 TOKEN_PROVIDER = "chromadb.auth.token_authn.TokenAuthClientProvider"
@@ -175,12 +175,7 @@ def test_tokens_never_reach_the_log(secured: Guard) -> None:
 def _raw(port: int, request: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(request)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_head(sock)
     if not data:
         return 0, b""  # the server closed the connection: rejected
     status = int(data.split(b" ", 2)[1])
