@@ -97,36 +97,62 @@ def heartbeat_p50_ms(url: str, n: int = 2000) -> float:
     return statistics.median(samples)
 
 
+def _query_index(into: Path, data: np.ndarray, batch: int) -> Path:
+    """The collection every server is queried on, built once by an engine that then stops.
+
+    Why: an HNSW graph built with several threads differs from build to build, and so does
+    what a search of it costs (by several per cent). Each server gets a byte-identical copy
+    of this one, so the ratios measure the front door, not two different indexes.
+    """
+    engine = BareEngine(into)
+    try:
+        col = _client(engine.port).create_collection("bench", embedding_function=None)
+        for start in range(0, len(data), batch):
+            col.add(ids=[f"r{i}" for i in range(start, min(len(data), start + batch))],
+                    embeddings=data[start:start + batch])
+    finally:
+        engine.close()
+    return into
+
+
 def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = True,
         wrk_seconds: float = 20.0) -> dict[str, Any]:
     rng = np.random.default_rng(42)
     data = rng.random((records, dim), dtype=np.float32)
     probes = rng.random((queries, dim), dtype=np.float32)
     tmp = tempfile.TemporaryDirectory()
-    tokens = Path(tmp.name) / "tokens.json"
+    root = Path(tmp.name)
+    tokens = root / "tokens.json"
     tokens.write_text(json.dumps([TOKEN]))
+    template = _query_index(root / "template", data, batch)
+
+    def data_dir(name: str) -> Path:
+        return Path(shutil.copytree(template, root / name))
+
     receiver = Receiver(count_only=True).start()
-    servers: dict[str, Any] = {"bare": BareEngine(), "guard": Guard().start()}
+    servers: dict[str, Any] = {"bare": BareEngine(data_dir("bare")), "guard": Guard(data_dir=data_dir("guard")).start()}
     if traced:
         secured = {"CHROMA_SERVER_AUTH_PROVIDER": "token", "CHROMA_SERVER_AUTH_CREDENTIALS_FILE": str(tokens),
                    "CHROMA_SERVER_OTEL_ENDPOINT": receiver.endpoint, "CHROMA_SERVER_OTEL_SERVICE_NAME": "bench"}
-        servers["guard+auth+tracing"] = Guard(env=secured).start()
-        # The engine's own spans are the larger part of what tracing costs: shown apart.
-        servers["guard+auth+tracing, no engine spans"] = Guard(env={
-            **secured, "CHROMAGUARD_OTEL_ENGINE_SPANS": "false"}).start()
+        servers["guard+auth+tracing"] = Guard(data_dir=data_dir("traced"), env=secured).start()
+        # What the engine's own request spans cost is the engine's: shown apart.
+        servers["guard+auth+tracing, no engine spans"] = Guard(data_dir=data_dir("traced-own"), env={
+            **secured, "CHROMAGUARD_OTEL_ENGINE_SPANS": "off"}).start()
     try:
         clients = {k: _client(s.port, TOKEN if "auth" in k else None) for k, s in servers.items()}
-        cols = {k: c.create_collection("bench", embedding_function=None) for k, c in clients.items()}
-        keys = list(cols)
+        adds = {k: c.create_collection("adds", embedding_function=None) for k, c in clients.items()}
+        keys = list(adds)
         add_seconds = dict.fromkeys(keys, 0.0)
         for n, start in enumerate(range(0, records, batch)):
             ids = [f"r{i}" for i in range(start, min(records, start + batch))]
             for key in keys[n % len(keys):] + keys[:n % len(keys)]:
                 t0 = time.perf_counter()
-                cols[key].add(ids=ids, embeddings=data[start:start + len(ids)])
+                adds[key].add(ids=ids, embeddings=data[start:start + len(ids)])
                 add_seconds[key] += time.perf_counter() - t0
-        for key, col in cols.items():
-            assert col.count() == records, key
+        cols = {k: c.get_collection("bench", embedding_function=None) for k, c in clients.items()}
+        for key in keys:
+            assert adds[key].count() == records and cols[key].count() == records, key
+            assert cols[key].id == cols["bare"].id, "every server must query the same copied index"
         latencies: dict[str, list[float]] = {k: [] for k in keys}
         for i in range(min(50, queries)):  # warm-up
             for col in cols.values():

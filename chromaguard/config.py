@@ -69,8 +69,9 @@ OPTIONS: tuple[Option, ...] = (
          env=("CHROMA_SERVER_OTEL_SERVICE_NAME", "CHROMA_OTEL_SERVICE_NAME",
               "CHROMA_OPEN_TELEMETRY__SERVICE_NAME", "OTEL_SERVICE_NAME"),
          keys=("otel_service_name", "open_telemetry.service_name")),
-    _opt("otel_engine_spans", parsing.parse_bool, True, "false",
-         "also switch on the engine's own tracing (its spans to the same collector)",
+    _opt("otel_engine_spans", parsing.parse_engine_spans, "requests", "requests",
+         "the engine's own spans to the same collector: requests (one span per request), all "
+         "(its internal spans and per-request log lines too), off",
          env=("CHROMAGUARD_OTEL_ENGINE_SPANS",)),
     _opt("otel_protocol", parsing.choice("grpc", "http/protobuf", "auto"), "auto", "grpc",
          "OTLP transport: grpc, http/protobuf, or auto (4318 or a /v1/ path means HTTP)",
@@ -154,7 +155,7 @@ class Settings:
     otel_endpoint: str | None = None
     otel_service_name: str = "chromaguard"
     otel_protocol: str = "auto"
-    otel_engine_spans: bool = True
+    otel_engine_spans: str = "requests"
     otel_headers: tuple[tuple[str, str], ...] = ()
     auth_provider: str = "none"
     auth_credentials_provider: str = ""

@@ -60,9 +60,13 @@ def engine_config_yaml(port: int, data_dir: Path, *, allow_reset: bool, max_payl
     return text
 
 
-def engine_environment(otel_headers: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
+def engine_environment(otel_headers: tuple[tuple[str, str], ...] = (),
+                       log_filter: str | None = None) -> dict[str, str]:
+    """Our environment less any Chroma setting; ``log_filter`` is ``RUST_LOG`` unless the user set one."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(_SCRUBBED_PREFIXES) and k not in _SCRUBBED_NAMES}
+    if log_filter and not env.get("RUST_LOG"):
+        env["RUST_LOG"] = log_filter
     if otel_headers:
         env["OTEL_EXPORTER_OTLP_HEADERS"] = ",".join(f"{k}={v}" for k, v in otel_headers)
     env["PYTHONUNBUFFERED"] = "1"
@@ -102,7 +106,8 @@ class EngineProcess:
 
     def __init__(self, data_dir: Path, *, port: int = 0, allow_reset: bool = False,
                  max_payload_bytes: int = 41943040, lock_fd: int | None = None,
-                 telemetry: dict[str, str] | None = None, otel_headers: tuple[tuple[str, str], ...] = ()) -> None:
+                 telemetry: dict[str, str] | None = None, otel_headers: tuple[tuple[str, str], ...] = (),
+                 log_filter: str | None = None) -> None:
         self.data_dir = data_dir
         self.port = port or free_loopback_port()
         self.allow_reset = allow_reset
@@ -110,6 +115,7 @@ class EngineProcess:
         self.lock_fd = lock_fd
         self.telemetry = telemetry
         self.otel_headers = otel_headers
+        self.log_filter = log_filter
         self.process: asyncio.subprocess.Process | None = None
         self.started_at: float | None = None
         self.ready = False
@@ -141,7 +147,7 @@ class EngineProcess:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "chromaguard._engine_main", str(os.getpid()), str(config_path),
                 stdin=asyncio.subprocess.DEVNULL, stdout=into, stderr=asyncio.subprocess.STDOUT,
-                env=engine_environment(self.otel_headers),
+                env=engine_environment(self.otel_headers, self.log_filter),
                 pass_fds=(self.lock_fd,) if self.lock_fd is not None else (),
                 start_new_session=True,  # a Ctrl-C in the terminal reaches the guard, which stops the engine in order
             )

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any, Coroutine, Protocol
 from urllib.parse import quote
 
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
 
 from .auth import Authenticator, Denial, Grant
 from .cors import CorsPolicy
@@ -107,7 +107,7 @@ class FrontDoor:
         self.gate = gate
         self.snapshots = snapshots
         self.metrics = telemetry.metrics if telemetry else None
-        self.tracer = telemetry.tracer if telemetry else None
+        self.spans = telemetry.spans if telemetry else None
         self.names = CollectionNames()
         self.in_flight = 0
         self._alive_until = 0.0
@@ -120,7 +120,7 @@ class FrontDoor:
         """Answer now, or start a callback relay (None); else the coroutine to run as a task."""
         route, http_route = route_of(exchange.method, exchange.raw_path)
         call = _Call(exchange, route, http_route)
-        if self.tracer is not None:
+        if self.spans is not None:
             self._start_span(call)
         self.in_flight += 1
         try:
@@ -191,16 +191,17 @@ class FrontDoor:
                                ("chroma.collection.name", self.names.get(route.collection))):
                 if value is not None:
                     attributes[key] = value
-        span = call.span = self.tracer.start_span(f"{method} {call.http_route}", context=context,  # type: ignore[union-attr]
-                                                  kind=SpanKind.SERVER, attributes=attributes)
-        ctx = span.get_span_context()
+        span = call.span = self.spans.start(f"{method} {call.http_route}", context, attributes)  # type: ignore[union-attr]
+        ctx = span.context
         call.trace = (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
         current_trace.set(call.trace)
 
     def _end_span(self, call: _Call) -> None:
         span = call.span
         status = call.exchange.status
-        attributes: dict[str, Any] = {**call.facts} if call.facts else {}
+        attributes = span.attributes
+        if call.facts:
+            attributes.update(call.facts)
         attributes["http.response.status_code"] = status or 499
         if call.principal is not None:
             attributes["enduser.id"] = call.principal.name
@@ -209,10 +210,9 @@ class FrontDoor:
             engine = SpanContext(int(call.engine_trace, 16), 1, is_remote=True,
                                  trace_flags=TraceFlags(TraceFlags.SAMPLED))
             span.add_link(engine, {"chroma.link": "engine trace"})
-        span.set_attributes(attributes)
-        if status >= 500 or status == 0:
-            span.set_status(Status(StatusCode.ERROR, f"HTTP {status}" if status else "client went away"))
-        span.end()
+        failed = status >= 500 or status == 0
+        self.spans.end(span, Status(StatusCode.ERROR, f"HTTP {status}" if status else "client went away")  # type: ignore[union-attr]
+                       if failed else None)
         if current_trace.get() == call.trace:
             current_trace.set(None)
 

@@ -169,6 +169,17 @@ def parse_otlp_endpoint(raw: Any) -> str:
     return parse_url(text, schemes=("http", "https", "grpc", "grpcs"))
 
 
+def parse_engine_spans(raw: Any) -> str:
+    """``requests``, ``all`` or ``off``; a boolean still works (true is ``requests``)."""
+    text = str(raw).strip().lower()
+    if text in ("requests", "all", "off"):
+        return text
+    try:
+        return "requests" if parse_bool(raw) else "off"
+    except ValueError:
+        raise ValueError("must be requests, all or off (true means requests, false off)") from None
+
+
 def choice(*allowed: str):
     """A parser accepting one of ``allowed`` (case-insensitive)."""
 

@@ -35,7 +35,7 @@ from .snapshot_api import SnapshotService
 from .writegate import WriteGate
 from .supervisor import HealthPolicy, Supervisor
 from .catalog import count_collections
-from .telemetry import Telemetry, engine_telemetry
+from .telemetry import Telemetry, engine_log_filter, engine_telemetry
 from .upstream import UpstreamPool
 
 log = logging.getLogger("chromaguard")
@@ -200,7 +200,8 @@ class Service:
                                        allow_reset=self.settings.allow_reset,
                                        max_payload_bytes=self.settings.max_payload_bytes, lock_fd=self.lock.fd,
                                        telemetry=engine_telemetry(self.settings),
-                                       otel_headers=self.settings.otel_headers)
+                                       otel_headers=self.settings.otel_headers,
+                                       log_filter=engine_log_filter(self.settings))
                 s = self.settings
                 self.supervisor = Supervisor(engine, policy=HealthPolicy(
                     s.health_interval, s.health_timeout, s.health_retries, s.health_start_period),

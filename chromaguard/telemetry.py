@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from . import __version__
 from .config import Settings
 from .requeststats import ExporterWithRequestStats, RequestStats
+from .serverspans import ServerSpans
 
 log = logging.getLogger("chromaguard.telemetry")
 
@@ -56,11 +57,24 @@ def _http_endpoint(endpoint: str, signal: str) -> str:
 
 def engine_telemetry(settings: Settings) -> dict[str, str] | None:
     """The engine's own ``open_telemetry`` block: same collector, service ``<name>-engine`` (gRPC only)."""
-    if not settings.otel_enabled or not settings.otel_endpoint or not settings.otel_engine_spans \
+    if not settings.otel_enabled or not settings.otel_endpoint or settings.otel_engine_spans == "off" \
             or otlp_protocol(settings) != "grpc":
         return None
     endpoint, _ = _grpc_endpoint(settings.otel_endpoint)
     return {"service_name": f"{settings.otel_service_name}-engine", "endpoint": endpoint}
+
+
+# The engine's own filter puts every chroma crate at trace level, for its spans and its
+# console alike: three spans and sixteen log lines per query, which slow the engine down
+# (BENCHMARKS.md). Its request spans come from chroma_tracing alone; warnings and errors stay.
+ENGINE_REQUEST_SPANS_FILTER = "warn,chroma_tracing=trace"
+
+
+def engine_log_filter(settings: Settings) -> str | None:
+    """``RUST_LOG`` for the engine: None keeps the engine's own (``all``, or tracing off)."""
+    if settings.otel_engine_spans == "requests" and engine_telemetry(settings) is not None:
+        return ENGINE_REQUEST_SPANS_FILTER
+    return None
 
 
 class _CountingSpanProcessor(BatchSpanProcessor):
@@ -86,7 +100,7 @@ class Telemetry:
         registry.register(self.requests)
         readers: list[Any] = [self._prometheus]
         self.tracer_provider: TracerProvider | None = None
-        self.tracer = None
+        self.spans: ServerSpans | None = None
         self._spans: _CountingSpanProcessor | None = None
         if self.enabled:
             span_exporter, metric_exporter = self._exporters()
@@ -97,7 +111,8 @@ class Telemetry:
             self.tracer_provider = TracerProvider(resource=resource)
             self._spans = _CountingSpanProcessor(span_exporter)
             self.tracer_provider.add_span_processor(self._spans)
-            self.tracer = self.tracer_provider.get_tracer("chromaguard", __version__)
+            self.spans = ServerSpans(self.tracer_provider, self._spans, resource,
+                                     InstrumentationScope("chromaguard", __version__))
             logging.getLogger("opentelemetry.sdk._shared_internal").setLevel(logging.ERROR)  # drops are counted
         self.meter_provider = MeterProvider(metric_readers=readers, resource=resource)
         self.metrics = Metrics(self.meter_provider, self.requests, lambda: self._spans.dropped if self._spans else 0)
@@ -107,10 +122,11 @@ class Telemetry:
         headers = dict(self.settings.otel_headers) or None
         if otlp_protocol(self.settings) == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            from .otlpencode import FastOTLPSpanExporter
 
             target, insecure = _grpc_endpoint(endpoint)
-            return (OTLPSpanExporter(endpoint=target, insecure=insecure, headers=headers),
+            return (FastOTLPSpanExporter(endpoint=target, insecure=insecure, headers=headers),
                     OTLPMetricExporter(endpoint=target, insecure=insecure, headers=headers))
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HTTPMetricExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HTTPSpanExporter

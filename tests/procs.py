@@ -132,12 +132,13 @@ class Guard:
 class BareEngine:
     """The Chroma engine alone, exactly as ``chroma run`` starts it: the reference we compare with."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_dir: Path | None = None) -> None:
         self.tmp = tempfile.TemporaryDirectory(prefix="cg-bare-")
         self.port = free_port()
+        self.data_dir = data_dir or Path(self.tmp.name) / "data"
         config = Path(self.tmp.name) / "config.yaml"
         config.write_text(f'listen_address: "127.0.0.1"\nport: {self.port}\n'
-                          f'persist_path: "{self.tmp.name}/data"\nallow_reset: true\n')
+                          f'persist_path: "{self.data_dir}"\nallow_reset: true\n')
         self.log_path = Path(self.tmp.name) / "engine.log"
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(

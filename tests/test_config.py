@@ -129,6 +129,7 @@ def test_two_names_for_one_setting_warns() -> None:
     ({"CHROMAGUARD_UPSTREAM": "chroma:8000"}, "CHROMAGUARD_UPSTREAM", "not a URL"),
     ({"CHROMAGUARD_DRAIN_TIMEOUT": "soon"}, "CHROMAGUARD_DRAIN_TIMEOUT", "not a duration"),
     ({"CHROMAGUARD_LOG_FORMAT": "xml"}, "CHROMAGUARD_LOG_FORMAT", "one of text, json"),
+    ({"CHROMAGUARD_OTEL_ENGINE_SPANS": "some"}, "CHROMAGUARD_OTEL_ENGINE_SPANS", "must be requests, all or off"),
 ])
 def test_each_bad_value_names_setting_value_and_example(env: dict[str, str], setting: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -220,3 +221,9 @@ def test_serve_unreadable_credentials_file(tmp_path: Path) -> None:
     result = _cli("serve", "--data-dir", str(tmp_path / "d"), CHROMA_SERVER_AUTH_PROVIDER="token",
                   CHROMA_SERVER_AUTH_CREDENTIALS_FILE=str(tmp_path / "missing.json"))
     _assert_one_line_exit_2(result, "CHROMA_SERVER_AUTH_CREDENTIALS_FILE=", "does not exist")
+
+
+@pytest.mark.parametrize("raw, mode", [("requests", "requests"), ("ALL", "all"), ("off", "off"),
+                                       ("true", "requests"), ("false", "off")])
+def test_engine_spans_modes(raw: str, mode: str) -> None:
+    assert load_settings(env={"CHROMAGUARD_OTEL_ENGINE_SPANS": raw}).otel_engine_spans == mode

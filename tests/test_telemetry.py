@@ -252,6 +252,34 @@ def test_engine_chatter_stays_out_of_the_info_log(traced: Guard) -> None:
     assert engine_lines == []
 
 
+@pytest.mark.parametrize("mode", ["requests", "all"])
+def test_engine_spans_mode(mode: str, receiver: Receiver) -> None:
+    """``requests`` (the default) keeps the engine's request spans, which tie to ours, and drops
+    its internal spans and per-request log lines, which slow it down; ``all`` keeps everything."""
+    service = f"spans-{mode}"
+    env = {"CHROMA_SERVER_OTEL_ENDPOINT": receiver.endpoint, "CHROMA_SERVER_OTEL_SERVICE_NAME": service,
+           **FAST_EXPORT}
+    if mode != "requests":
+        env["CHROMAGUARD_OTEL_ENGINE_SPANS"] = mode
+    with Guard("--log-level", "debug", env=env) as g:
+        col = chromadb.HttpClient(host="127.0.0.1", port=g.port, settings=Settings(anonymized_telemetry=False)) \
+            .create_collection("modes", embedding_function=None)
+        col.add(ids=["a", "b"], embeddings=[[1.0, 0.0], [0.0, 1.0]])
+        before = len(g.log.splitlines())
+        for _ in range(3):
+            col.query(query_embeddings=[[1.0, 0.0]], n_results=1)
+        queries = receiver.wait_for(lambda spans: len([
+            s for s in spans if s.service == f"{service}-engine" and s.name.endswith("/query")
+            and "chromaguard-traceparent/" in str(s.attributes.get("http.user_agent", ""))]) >= 3)
+        assert queries
+        time.sleep(0.3)  # the engine's output is read every 50 ms
+        internal = {s.name for s in receiver.spans if s.service == f"{service}-engine"} & {"parsing_json",
+                                                                                          "buffering_request_body"}
+        chatter = [line for line in g.log.splitlines()[before:] if "Cache miss for collection" in line]
+    assert bool(internal) == (mode == "all"), internal
+    assert bool(chatter) == (mode == "all"), chatter[:3]
+
+
 def test_engine_line_levels() -> None:
     import logging
 

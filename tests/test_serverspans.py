@@ -1,0 +1,81 @@
+"""Server spans built whole at the end: the SDK's sampler, ids, processor and encoders still apply."""
+
+from __future__ import annotations
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from chromaguard.otlpencode import SpanEncoder
+from chromaguard.serverspans import ServerSpans
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+
+
+def _spans(provider: TracerProvider) -> tuple[ServerSpans, InMemorySpanExporter]:
+    memory = InMemorySpanExporter()
+    resource = Resource.create({"service.name": "relink-chromadb"})
+    return ServerSpans(provider, SimpleSpanProcessor(memory), resource, InstrumentationScope("chromaguard", "0.1.0")), \
+        memory
+
+
+def _parent(flags: str) -> object:
+    return TraceContextTextMapPropagator().extract({"traceparent": f"00-{TRACE_ID}-{PARENT}-{flags}",
+                                                    "tracestate": "vendor=v1"})
+
+
+def test_a_finished_span_carries_everything_given() -> None:
+    spans, memory = _spans(TracerProvider())
+    span = spans.start("POST /api/v2/{collection_id}/query", _parent("01"), {"chroma.operation": "query"})
+    span.attributes["http.response.status_code"] = 502
+    span.add_link(SpanContext(0x11112222333344445555666677778888, 1, is_remote=True,
+                              trace_flags=TraceFlags(TraceFlags.SAMPLED)), {"chroma.link": "engine trace"})
+    try:
+        raise ConnectionResetError("engine went away")
+    except ConnectionResetError as exc:
+        span.record_exception(exc)
+    spans.end(span, Status(StatusCode.ERROR, "HTTP 502"))
+    [done] = memory.get_finished_spans()
+    assert done.kind == SpanKind.SERVER and done.name == "POST /api/v2/{collection_id}/query"
+    assert f"{done.context.trace_id:032x}" == TRACE_ID and f"{done.parent.span_id:016x}" == PARENT
+    assert done.parent.is_remote and done.context.trace_state.get("vendor") == "v1"
+    assert done.attributes == {"chroma.operation": "query", "http.response.status_code": 502}
+    assert done.status.status_code == StatusCode.ERROR and done.status.description == "HTTP 502"
+    assert done.events[0].name == "exception"
+    assert done.events[0].attributes["exception.type"] == "ConnectionResetError"
+    assert "engine went away" in done.events[0].attributes["exception.stacktrace"]
+    assert done.links[0].attributes["chroma.link"] == "engine trace"
+    assert done.start_time <= done.end_time
+    assert ExportTraceServiceRequest.FromString(SpanEncoder().encode([done])) == encode_spans([done])
+
+
+def test_a_new_trace_gets_fresh_ids() -> None:
+    spans, memory = _spans(TracerProvider())
+    first, second = (spans.start("GET /api/v2/version", None, {}) for _ in range(2))
+    assert first.parent is None and first.context.trace_id != second.context.trace_id
+    for span in (first, second):
+        spans.end(span)
+    assert [s.parent for s in memory.get_finished_spans()] == [None, None]
+    assert memory.get_finished_spans()[0].status.status_code == StatusCode.UNSET
+
+
+def test_the_sampler_decides() -> None:
+    """OTEL_TRACES_SAMPLER reaches the provider; a trace it drops is never exported, and a
+    caller's sampled trace is still followed under a parent-based sampler."""
+    spans, memory = _spans(TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0))))
+    dropped = spans.start("GET /api/v2/version", None, {})
+    assert not dropped.context.trace_flags.sampled
+    spans.end(dropped)
+    followed = spans.start("GET /api/v2/version", _parent("01"), {})
+    spans.end(followed)
+    unsampled_parent = spans.start("GET /api/v2/version", _parent("00"), {})
+    spans.end(unsampled_parent)
+    assert [f"{s.context.trace_id:032x}" for s in memory.get_finished_spans()] == [TRACE_ID]
