@@ -72,8 +72,8 @@ class AlwaysAvailable:
 class _Call:
     """What the front door learns about one request on its way through."""
 
-    __slots__ = ("exchange", "route", "http_route", "span", "trace", "principal", "engine_trace", "started", "grant",
-                 "facts")
+    __slots__ = ("exchange", "route", "http_route", "span", "trace", "traceparent", "principal", "engine_trace",
+                 "started", "grant", "facts")
 
     def __init__(self, exchange: Exchange, route: Route | None, http_route: str) -> None:
         self.exchange = exchange
@@ -81,6 +81,7 @@ class _Call:
         self.http_route = http_route
         self.span: Any = None
         self.trace: tuple[str, str] | None = None
+        self.traceparent = b""  # ours, for the engine: it carries our sampling decision
         self.principal: Any = None
         self.engine_trace: str | None = None
         self.started = time.perf_counter()
@@ -194,6 +195,7 @@ class FrontDoor:
         span = call.span = self.spans.start(f"{method} {call.http_route}", context, attributes)  # type: ignore[union-attr]
         ctx = span.context
         call.trace = (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
+        call.traceparent = f"00-{call.trace[0]}-{call.trace[1]}-{ctx.trace_flags:02x}".encode()
         current_trace.set(call.trace)
 
     def _end_span(self, call: _Call) -> None:
@@ -573,7 +575,7 @@ class FrontDoor:
         if trace is not None:
             # The engine starts its own trace whatever traceparent says, but it records the
             # user agent on its request span: our traceparent there ties its trace to ours.
-            traceparent = f"00-{trace[0]}-{trace[1]}-01".encode()
+            traceparent = call.traceparent
             headers.append((b"traceparent", traceparent))
             headers.append((b"user-agent", (user_agent + b" " if user_agent else b"")
                             + b"chromaguard-traceparent/" + traceparent))

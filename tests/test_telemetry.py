@@ -280,6 +280,18 @@ def test_engine_spans_mode(mode: str, receiver: Receiver) -> None:
     assert bool(chatter) == (mode == "all"), chatter[:3]
 
 
+def test_sampler_setting_is_honoured_and_passed_on(receiver: Receiver) -> None:
+    """OTEL_TRACES_SAMPLER=always_off: none of our spans leave, and the engine is told so."""
+    with Guard(env={"CHROMA_SERVER_OTEL_ENDPOINT": receiver.endpoint, "CHROMA_SERVER_OTEL_SERVICE_NAME": "unsampled",
+                    "OTEL_TRACES_SAMPLER": "always_off", **FAST_EXPORT}) as g:
+        assert httpx.get(g.url + f"{BASE}/collections").status_code == 200
+        engine = receiver.wait_for(lambda spans: [
+            s for s in spans if s.service == "unsampled-engine"
+            and "chromaguard-traceparent/" in str(s.attributes.get("http.user_agent", ""))])[0]
+    assert str(engine.attributes["http.user_agent"]).endswith("-00"), "the engine must hear: not sampled"
+    assert not [s for s in receiver.spans if s.service == "unsampled"]
+
+
 def test_engine_line_levels() -> None:
     import logging
 
