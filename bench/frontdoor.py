@@ -2,9 +2,10 @@
 
 Every server runs the same engine build on this machine and gets the same data
 and the same queries from the official Python client; requests rotate between
-them so machine noise lands on all alike. Prints ratios against the bare engine:
-plain chromaguard, and chromaguard with token auth and OpenTelemetry tracing on
-(spans exported to a real OTLP receiver in this process).
+them so machine noise lands on all alike, and queries go to byte-identical copies
+of one index. Prints ratios against the bare engine: plain chromaguard (embedded,
+and in front of the bare engine itself), and chromaguard with token auth and
+OpenTelemetry tracing on (spans exported to a real OTLP receiver in this process).
 """
 
 from __future__ import annotations
@@ -97,6 +98,13 @@ def heartbeat_p50_ms(url: str, n: int = 2000) -> float:
     return statistics.median(samples)
 
 
+def _turns(keys: list[str], n: int) -> list[str]:
+    """Round ``n``'s order: each server first in turn, and every other round backwards, so no
+    server always follows the same one (and pays for what that one leaves running)."""
+    turn = keys[n % len(keys):] + keys[:n % len(keys)]
+    return turn[::-1] if (n // len(keys)) % 2 else turn
+
+
 def _query_index(into: Path, data: np.ndarray, batch: int) -> Path:
     """The collection every server is queried on, built once by an engine that then stops.
 
@@ -130,7 +138,10 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
         return Path(shutil.copytree(template, root / name))
 
     receiver = Receiver(count_only=True).start()
-    servers: dict[str, Any] = {"bare": BareEngine(data_dir("bare")), "guard": Guard(data_dir=data_dir("guard")).start()}
+    bare_engine = BareEngine(data_dir("bare"))
+    servers: dict[str, Any] = {"bare": bare_engine, "guard": Guard(data_dir=data_dir("guard")).start(),
+                               # In front of the bare engine itself: the one difference is the front door.
+                               "guard, same engine as bare": Guard("--upstream", bare_engine.url).start()}
     if traced:
         secured = {"CHROMA_SERVER_AUTH_PROVIDER": "token", "CHROMA_SERVER_AUTH_CREDENTIALS_FILE": str(tokens),
                    "CHROMA_SERVER_OTEL_ENDPOINT": receiver.endpoint, "CHROMA_SERVER_OTEL_SERVICE_NAME": "bench"}
@@ -140,12 +151,12 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
             **secured, "CHROMAGUARD_OTEL_ENGINE_SPANS": "off"}).start()
     try:
         clients = {k: _client(s.port, TOKEN if "auth" in k else None) for k, s in servers.items()}
-        adds = {k: c.create_collection("adds", embedding_function=None) for k, c in clients.items()}
+        adds = {k: c.create_collection(f"adds-{n}", embedding_function=None) for n, (k, c) in enumerate(clients.items())}
         keys = list(adds)
         add_seconds = dict.fromkeys(keys, 0.0)
         for n, start in enumerate(range(0, records, batch)):
             ids = [f"r{i}" for i in range(start, min(records, start + batch))]
-            for key in keys[n % len(keys):] + keys[:n % len(keys)]:
+            for key in _turns(keys, n):
                 t0 = time.perf_counter()
                 adds[key].add(ids=ids, embeddings=data[start:start + len(ids)])
                 add_seconds[key] += time.perf_counter() - t0
@@ -158,7 +169,7 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
             for col in cols.values():
                 col.query(query_embeddings=probes[i:i + 1], n_results=10)
         for i in range(queries):
-            for key in keys[i % len(keys):] + keys[:i % len(keys)]:
+            for key in _turns(keys, i):
                 t0 = time.perf_counter()
                 cols[key].query(query_embeddings=probes[i:i + 1], n_results=10)
                 latencies[key].append((time.perf_counter() - t0) * 1000)
@@ -177,7 +188,7 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
             served: dict[str, list[float]] = {key: [] for key in keys}
             rss: dict[str, list[float]] = {key: [] for key in keys}
             for n in range(rounds):
-                for key in keys[n % len(keys):] + keys[:n % len(keys)]:
+                for key in _turns(keys, n):
                     server = servers[key]
                     path = (f"/api/v2/tenants/default_tenant/databases/default_database/collections/"
                             f"{cols[key].id}/query")

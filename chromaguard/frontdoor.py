@@ -159,40 +159,26 @@ class FrontDoor:
             if error is not None and not isinstance(error, asyncio.CancelledError):
                 call.span.record_exception(error)
             self._end_span(call)
+        if call.trace is not None and current_trace.get() == call.trace:
+            current_trace.set(None)
         if route is not None and route.operation in _CATALOG_CHANGES and self._listings:
             self._listings.pop((route.tenant, route.database), None)
 
     # ---- telemetry ---------------------------------------------------------------------------
 
     def _start_span(self, call: _Call) -> None:
-        exchange, route = call.exchange, call.route
-        carrier: dict[str, str] = {}
-        user_agent = ""
-        for name, value in exchange.headers:
-            if name in (b"traceparent", b"tracestate"):
+        """Ids and the parent now (the engine and our logs need them); attributes at the end,
+        once the answer is out, so the request waits for no more than it must."""
+        carrier: dict[str, str] | None = None
+        for name, value in call.exchange.headers:
+            if name == b"traceparent" or name == b"tracestate":
+                if carrier is None:
+                    carrier = {}
                 carrier[name.decode()] = value.decode("latin-1")
-            elif name == b"user-agent":
-                user_agent = value.decode("latin-1")
         context = _propagator().extract(carrier) if carrier else None
-        method = exchange.method
-        attributes: dict[str, Any] = {
-            "http.request.method": method, "url.path": exchange.path, "url.scheme": "http",
-            "http.route": call.http_route, "network.protocol.version": exchange.http_version,
-            "db.system.name": "chromadb", "chroma.operation": route.operation if route else "invalid_path",
-        }
-        if exchange.server:
-            attributes["server.address"], attributes["server.port"] = exchange.server
-        if exchange.client:
-            attributes["client.address"] = exchange.client
-        if user_agent:
-            attributes["user_agent.original"] = user_agent
-        if route is not None:
-            for key, value in (("chroma.tenant", route.tenant), ("chroma.database", route.database),
-                               ("chroma.collection.id", route.collection),
-                               ("chroma.collection.name", self.names.get(route.collection))):
-                if value is not None:
-                    attributes[key] = value
-        span = call.span = self.spans.start(f"{method} {call.http_route}", context, attributes)  # type: ignore[union-attr]
+        span = self.spans.start(f"{call.exchange.method} {call.http_route}", context)  # type: ignore[union-attr]
+        if span.recording:  # else the trace is only passed on: nothing to learn or export
+            call.span = span
         ctx = span.context
         call.trace = (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
         call.traceparent = f"00-{call.trace[0]}-{call.trace[1]}-{ctx.trace_flags:02x}".encode()
@@ -200,8 +186,27 @@ class FrontDoor:
 
     def _end_span(self, call: _Call) -> None:
         span = call.span
-        status = call.exchange.status
+        exchange, route = call.exchange, call.route
+        status = exchange.status
         attributes = span.attributes
+        attributes.update({
+            "http.request.method": exchange.method, "url.path": exchange.path, "url.scheme": "http",
+            "http.route": call.http_route, "network.protocol.version": exchange.http_version,
+            "db.system.name": "chromadb", "chroma.operation": route.operation if route else "invalid_path",
+        })
+        if exchange.server:
+            attributes["server.address"], attributes["server.port"] = exchange.server
+        if exchange.client:
+            attributes["client.address"] = exchange.client
+        for name, value in exchange.headers:
+            if name == b"user-agent":
+                attributes["user_agent.original"] = value.decode("latin-1")
+        if route is not None:
+            for key, value in (("chroma.tenant", route.tenant), ("chroma.database", route.database),
+                               ("chroma.collection.id", route.collection),
+                               ("chroma.collection.name", self.names.get(route.collection))):
+                if value is not None:
+                    attributes[key] = value
         if call.facts:
             attributes.update(call.facts)
         attributes["http.response.status_code"] = status or 499
@@ -215,8 +220,6 @@ class FrontDoor:
         failed = status >= 500 or status == 0
         self.spans.end(span, Status(StatusCode.ERROR, f"HTTP {status}" if status else "client went away")  # type: ignore[union-attr]
                        if failed else None)
-        if current_trace.get() == call.trace:
-            current_trace.set(None)
 
     # ---- CORS and auth -----------------------------------------------------------------------
 

@@ -66,13 +66,14 @@ class ServerSpans:
         self._resource = resource
         self._scope = scope
 
-    def start(self, name: str, parent_context: Context | None, attributes: dict[str, Any]) -> ServerSpan:
+    def start(self, name: str, parent_context: Context | None, attributes: dict[str, Any] | None = None) -> ServerSpan:
         parent: SpanContext | None = None
         if parent_context is not None:
             found = trace.get_current_span(parent_context).get_span_context()
             parent = found if found.is_valid else None
         trace_id = parent.trace_id if parent is not None else self._ids.generate_trace_id()
         decision = self._sampler.should_sample(parent_context, trace_id, name, SpanKind.SERVER)
+        attributes = {**attributes} if attributes else {}
         if decision.attributes:
             attributes.update(decision.attributes)
         sampled = decision.decision.is_sampled()
