@@ -145,7 +145,9 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
                                SAME_ENGINE: Guard("--upstream", bare_engine.url).start()}
     if traced:
         secured = {"CHROMA_SERVER_AUTH_PROVIDER": "token", "CHROMA_SERVER_AUTH_CREDENTIALS_FILE": str(tokens),
-                   "CHROMA_SERVER_OTEL_ENDPOINT": receiver.endpoint, "CHROMA_SERVER_OTEL_SERVICE_NAME": "bench"}
+                   "CHROMA_SERVER_OTEL_ENDPOINT": receiver.endpoint, "CHROMA_SERVER_OTEL_SERVICE_NAME": "bench",
+                   # Export often, so what a server's spans cost lands in its own wrk slice, not the next one's.
+                   "OTEL_BSP_SCHEDULE_DELAY": "200"}
         servers["guard+auth+tracing"] = Guard(data_dir=data_dir("traced"), env=secured).start()
         # What the engine's own request spans cost is the engine's: shown apart.
         servers["guard+auth+tracing, no engine spans"] = Guard(data_dir=data_dir("traced-own"), env={
@@ -207,6 +209,7 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
                                                             TOKEN if "auth" in key else None,
                                                             wrk_seconds / rounds))
                     stop.set()
+                    time.sleep(0.3)  # the last spans leave before the next server's slice
             for key in keys:
                 result["servers"][key]["query_throughput_rps"] = statistics.fmean(served[key])
                 result["servers"][key]["query_throughput_slices"] = served[key]
