@@ -10,6 +10,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any, Coroutine, Protocol
 from urllib.parse import quote
@@ -42,6 +43,7 @@ _HOP_BY_HOP = frozenset({
 _TRACE_HEADERS = frozenset({b"traceparent", b"tracestate", b"user-agent"})
 _RETRY_AFTER = [(b"retry-after", b"1")]
 _NO_TRACE = "0" * 32
+_HEX = re.compile(r"[0-9a-f]{32}")
 _DENIAL_REASONS = {400: "bad_request", 401: "missing_credentials", 403: "forbidden", 429: "rate_limited",
                    431: "headers_too_large"}
 HEARTBEAT_CACHE_SECONDS = 1.0
@@ -156,9 +158,12 @@ class FrontDoor:
             self.metrics.request(route.operation if route else "invalid_path", status or 499,
                                  time.perf_counter() - call.started)
         if call.span is not None:
-            if error is not None and not isinstance(error, asyncio.CancelledError):
-                call.span.record_exception(error)
-            self._end_span(call)
+            try:
+                if error is not None and not isinstance(error, asyncio.CancelledError):
+                    call.span.record_exception(error)
+                self._end_span(call)
+            except Exception:  # a span is never worth a request: the rest of this must run
+                log.exception("could not end the span of %s %s", call.exchange.method, call.exchange.path)
         if call.trace is not None and current_trace.get() == call.trace:
             current_trace.set(None)
         if route is not None and route.operation in _CATALOG_CHANGES and self._listings:
@@ -176,7 +181,9 @@ class FrontDoor:
                     carrier = {}
                 carrier[name.decode()] = value.decode("latin-1")
         context = _propagator().extract(carrier) if carrier else None
-        span = self.spans.start(f"{call.exchange.method} {call.http_route}", context)  # type: ignore[union-attr]
+        method = call.exchange.method
+        span = self.spans.start(f"{method} {call.http_route}", context, {  # type: ignore[union-attr]
+            "http.request.method": method, "http.route": call.http_route})
         if span.recording:  # else the trace is only passed on: nothing to learn or export
             call.span = span
         ctx = span.context
@@ -190,8 +197,7 @@ class FrontDoor:
         status = exchange.status
         attributes = span.attributes
         attributes.update({
-            "http.request.method": exchange.method, "url.path": exchange.path, "url.scheme": "http",
-            "http.route": call.http_route, "network.protocol.version": exchange.http_version,
+            "url.path": exchange.path, "url.scheme": "http", "network.protocol.version": exchange.http_version,
             "db.system.name": "chromadb", "chroma.operation": route.operation if route else "invalid_path",
         })
         if exchange.server:
@@ -554,7 +560,7 @@ class FrontDoor:
         for name, value in headers:
             if name == b"chroma-trace-id":
                 trace_id = value.decode("latin-1")
-                if len(trace_id) == 32 and trace_id != _NO_TRACE:
+                if len(trace_id) == 32 and trace_id != _NO_TRACE and _HEX.fullmatch(trace_id):
                     call.engine_trace = trace_id
         route = call.route
         return [] if route is not None and route.operation in RESULT_OPS else None

@@ -22,6 +22,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 log = logging.getLogger("chromaguard.telemetry")
 
 _CACHE_LIMIT = 8192
+_CACHED_TYPES = (str, bool, int)  # equal values of these types encode alike (unlike 1 == 1.0, 0.0 == -0.0)
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _HAS_IS_REMOTE = 0x100  # SpanFlags: the context says whether the parent is remote
 _IS_REMOTE = 0x200
 _fixed64 = struct.Struct("<Q").pack
@@ -59,6 +61,8 @@ def _any_value(value: Any) -> bytes:
     if isinstance(value, str):
         return _field(1, value.encode())
     if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise ValueError(f"integer attribute {value} does not fit in int64")  # the SDK's encoder decides
         return b"\x18" + _varint(value)
     if isinstance(value, float):
         return b"\x21" + _double(value)
@@ -79,7 +83,7 @@ class SpanEncoder:
     """Encodes batches of finished spans; remembers the pieces that repeat."""
 
     def __init__(self) -> None:
-        self._attributes: dict[tuple[str, type, Any], bytes] = {}
+        self._attributes: dict[tuple[int, str, type, Any], bytes] = {}  # (field, key, type, value)
         self._blocks: dict[int, tuple[Any, bytes]] = {}  # id(resource or scope) -> (it, encoded)
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
@@ -126,12 +130,13 @@ class SpanEncoder:
         cache = self._attributes
         parts = []
         for key, value in attributes.items():
-            try:
-                cache_key = (key, type(value), value)
+            kind = type(value)
+            if kind in _CACHED_TYPES:
+                cache_key = (number, key, kind, value)
                 encoded = cache.get(cache_key)
                 if encoded is None:
                     encoded = cache[cache_key] = _field(number, _key_value(key, value))
-            except TypeError:  # a list value: not hashable, encoded each time
+            else:  # floats, bytes, sequences: encoded each time
                 encoded = _field(number, _key_value(key, value))
             parts.append(encoded)
         return b"".join(parts)

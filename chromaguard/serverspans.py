@@ -16,11 +16,13 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 _UNSET = Status(StatusCode.UNSET)
+_NO_PARENT = Context()  # not the ambient context: a request without traceparent starts a trace
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 
@@ -65,14 +67,21 @@ class ServerSpans:
         self._processor = processor
         self._resource = resource
         self._scope = scope
+        # OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT and OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, as the SDK reads them.
+        limits = SpanLimits()
+        self._max_attributes = limits.max_span_attributes
+        self._max_length = limits.max_span_attribute_length
 
     def start(self, name: str, parent_context: Context | None, attributes: dict[str, Any] | None = None) -> ServerSpan:
+        """``attributes``: what the sampler may look at; the span keeps them."""
         parent: SpanContext | None = None
         if parent_context is not None:
             found = trace.get_current_span(parent_context).get_span_context()
             parent = found if found.is_valid else None
+        else:
+            parent_context = _NO_PARENT
         trace_id = parent.trace_id if parent is not None else self._ids.generate_trace_id()
-        decision = self._sampler.should_sample(parent_context, trace_id, name, SpanKind.SERVER)
+        decision = self._sampler.should_sample(parent_context, trace_id, name, SpanKind.SERVER, attributes)
         attributes = {**attributes} if attributes else {}
         if decision.attributes:
             attributes.update(decision.attributes)
@@ -84,7 +93,11 @@ class ServerSpans:
     def end(self, span: ServerSpan, status: Status | None = None) -> None:
         if not span.recording:
             return
+        attributes: Any = span.attributes
+        if self._max_length is not None or (self._max_attributes is not None
+                                            and len(attributes) > self._max_attributes):
+            attributes = BoundedAttributes(self._max_attributes, attributes, max_value_len=self._max_length)
         self._processor.on_end(ReadableSpan(
-            span.name, span.context, span.parent, self._resource, span.attributes, tuple(span.events),
+            span.name, span.context, span.parent, self._resource, attributes, tuple(span.events),
             tuple(span.links), SpanKind.SERVER, status=status or _UNSET, start_time=span.start_time,
             end_time=time.time_ns(), instrumentation_scope=self._scope))

@@ -95,5 +95,6 @@ def response_attributes(operation: str, body: bytes, names: CollectionNames) -> 
         names.learn(data)
         if isinstance(data, dict) and isinstance(data.get("id"), str):
             attributes["chroma.collection.id"] = data["id"]
-            attributes["chroma.collection.name"] = data.get("name")
+            if isinstance(data.get("name"), str):
+                attributes["chroma.collection.name"] = data["name"]
     return attributes

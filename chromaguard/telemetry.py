@@ -8,6 +8,7 @@ are collected on a timer or on scrape. chromaguard sends no product telemetry.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
@@ -111,8 +112,9 @@ class Telemetry:
             self.tracer_provider = TracerProvider(resource=resource)
             self._spans = _CountingSpanProcessor(span_exporter)
             self.tracer_provider.add_span_processor(self._spans)
-            self.spans = ServerSpans(self.tracer_provider, self._spans, resource,
-                                     InstrumentationScope("chromaguard", __version__))
+            if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() != "true":  # as the SDK's tracers do
+                self.spans = ServerSpans(self.tracer_provider, self._spans, resource,
+                                         InstrumentationScope("chromaguard", __version__))
             logging.getLogger("opentelemetry.sdk._shared_internal").setLevel(logging.ERROR)  # drops are counted
         self.meter_provider = MeterProvider(metric_readers=readers, resource=resource)
         self.metrics = Metrics(self.meter_provider, self.requests, lambda: self._spans.dropped if self._spans else 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
@@ -11,14 +13,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace import TraceState, set_span_in_context
 
-from chromaguard.otlpencode import SpanEncoder
+from chromaguard.otlpencode import FastOTLPSpanExporter, SpanEncoder
 
 
 def _spans() -> list[ReadableSpan]:
     memory = InMemorySpanExporter()
     spans: list[ReadableSpan] = []
     for service in ("relink-chromadb", "second-service"):
-        provider = TracerProvider(resource=Resource.create({"service.name": service, "service.version": "0.1.0"}))
+        provider = TracerProvider(resource=Resource.create({"service.name": service, "service.version": "0.1.0",
+                                                            "shared": "same pair everywhere"}))
         provider.add_span_processor(SimpleSpanProcessor(memory))
         for scope, version in (("chromaguard", "0.1.0"), ("other-scope", None)):
             tracer = provider.get_tracer(scope, version, schema_url="https://opentelemetry.io/schemas/1.26.0"
@@ -31,11 +34,12 @@ def _spans() -> list[ReadableSpan]:
                         "http.request.method": "POST", "server.port": 8000, "negative": -42, "huge": 2**62,
                         "ratio": 0.25, "flag": True, "off": False, "zero": 0, "empty": "", "unicode": "Привет ✓",
                         "list.str": ["a", "b"], "list.int": [1, -2, 3], "list.bool": [True, False],
-                        "list.float": [1.5, -0.0]}) as span:
-                span.add_event("retry", {"attempt": 2, "reason": "engine closed"})
+                        "list.float": [1.5, -0.0], "shared": "same pair everywhere"}) as span:
+                span.add_event("retry", {"attempt": 2, "reason": "engine closed", "shared": "same pair everywhere"})
                 span.add_event("bare event")
                 span.add_link(SpanContext(0x11112222333344445555666677778888, 0x1111222233334444, is_remote=True,
-                                          trace_flags=TraceFlags(1)), {"chroma.link": "engine trace"})
+                                          trace_flags=TraceFlags(1)),
+                              {"chroma.link": "engine trace", "shared": "same pair everywhere"})
                 span.set_status(Status(StatusCode.ERROR, "HTTP 502"))
             with tracer.start_as_current_span("inner", kind=SpanKind.CLIENT,
                                               links=[Link(remote)]) as child:
@@ -80,3 +84,33 @@ def test_bool_and_int_of_equal_value_are_told_apart() -> None:
                     if kv.key == "n":
                         values[span.name] = kv.value.WhichOneof("value")
     assert values["inner"] == "int_value" and values["PRODUCER"] == "bool_value"
+
+
+def test_values_equal_in_python_but_not_on_the_wire_are_kept_apart() -> None:
+    """(True,) == (1,), 1 == 1.0 and 0.0 == -0.0: none may be sent as the other, from one encoder."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("chromaguard")
+    for value in ((True,), (1,), (1.0,), 1, 1.0, True, 0.0, -0.0, "1"):
+        tracer.start_span("s", attributes={"a": value}).end()
+    spans = memory.get_finished_spans()
+    encoder = SpanEncoder()
+    for span in spans:
+        assert ExportTraceServiceRequest.FromString(encoder.encode([span])) == encode_spans([span]), span.attributes
+    assert ExportTraceServiceRequest.FromString(encoder.encode(spans)) == encode_spans(spans)
+
+
+def test_an_integer_beyond_int64_is_left_to_the_sdk() -> None:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    provider.get_tracer("chromaguard").start_span("s", attributes={"big": 2**63}).end()
+    [span] = memory.get_finished_spans()
+    with pytest.raises(ValueError, match="int64"):
+        SpanEncoder().encode([span])
+    exporter = FastOTLPSpanExporter(endpoint="http://127.0.0.1:9", insecure=True)
+    try:
+        assert exporter._translate_data([span]) == encode_spans([span])  # the SDK's own encoding
+    finally:
+        exporter.shutdown()

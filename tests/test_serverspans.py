@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
@@ -10,7 +12,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.context import attach, detach
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from chromaguard.otlpencode import SpanEncoder
@@ -79,3 +83,44 @@ def test_the_sampler_decides() -> None:
     unsampled_parent = spans.start("GET /api/v2/version", _parent("00"), {})
     spans.end(unsampled_parent)
     assert [f"{s.context.trace_id:032x}" for s in memory.get_finished_spans()] == [TRACE_ID]
+
+
+def test_attribute_limits_from_the_environment_apply(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "10")
+    spans, memory = _spans(TracerProvider())
+    span = spans.start("GET /api/v2/version", None, {})
+    span.attributes["user_agent.original"] = "a-very-long-user-agent-from-a-client"
+    spans.end(span)
+    assert memory.get_finished_spans()[0].attributes["user_agent.original"] == "a-very-lon"
+
+
+def test_the_sampler_sees_the_route_and_no_ambient_trace() -> None:
+    seen: list[object] = []
+
+    class Spy(ParentBased):
+        def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
+                          trace_state=None):  # type: ignore[no-untyped-def]
+            seen.append(dict(attributes or {}))
+            return super().should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    spans, memory = _spans(TracerProvider(sampler=Spy(TraceIdRatioBased(0.0))))
+    ambient = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, is_remote=True,
+                          trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    token = attach(set_span_in_context(NonRecordingSpan(ambient)))
+    try:
+        span = spans.start("GET /api/v2/version", None, {"http.route": "/api/v2/version"})
+    finally:
+        detach(token)
+    assert seen == [{"http.route": "/api/v2/version"}]
+    assert span.parent is None and not span.recording, "a request without traceparent starts its own trace"
+    assert span.context.trace_id != ambient.trace_id
+
+
+def test_facts_from_answers_never_carry_a_missing_name() -> None:
+    from chromaguard.spanattrs import CollectionNames, response_attributes
+
+    names = CollectionNames()
+    facts = response_attributes("get_collection", b'{"id": "c1", "name": null}', names)
+    assert facts == {"chroma.collection.id": "c1"}
+    facts = response_attributes("create_collection", b'{"id": "c2", "name": "docs"}', names)
+    assert facts == {"chroma.collection.id": "c2", "chroma.collection.name": "docs"} and names.get("c2") == "docs"
