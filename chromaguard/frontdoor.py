@@ -560,7 +560,7 @@ class FrontDoor:
         for name, value in headers:
             if name == b"chroma-trace-id":
                 trace_id = value.decode("latin-1")
-                if len(trace_id) == 32 and trace_id != _NO_TRACE and _HEX.fullmatch(trace_id):
+                if trace_id != _NO_TRACE and _HEX.fullmatch(trace_id):
                     call.engine_trace = trace_id
         route = call.route
         return [] if route is not None and route.operation in RESULT_OPS else None
@@ -584,10 +584,9 @@ class FrontDoor:
         if trace is not None:
             # The engine starts its own trace whatever traceparent says, but it records the
             # user agent on its request span: our traceparent there ties its trace to ours.
-            traceparent = call.traceparent
-            headers.append((b"traceparent", traceparent))
+            headers.append((b"traceparent", call.traceparent))
             headers.append((b"user-agent", (user_agent + b" " if user_agent else b"")
-                            + b"chromaguard-traceparent/" + traceparent))
+                            + b"chromaguard-traceparent/" + call.traceparent))
         if call.exchange.client:
             headers.append((b"x-forwarded-for", call.exchange.client.encode()))
         headers.append(_FORWARDED_PROTO)

@@ -73,7 +73,7 @@ class ServerSpans:
         self._max_length = limits.max_span_attribute_length
 
     def start(self, name: str, parent_context: Context | None, attributes: dict[str, Any] | None = None) -> ServerSpan:
-        """``attributes``: what the sampler may look at; the span keeps them."""
+        """``attributes``: what the sampler may look at; the span keeps what the sampler returns."""
         parent: SpanContext | None = None
         if parent_context is not None:
             found = trace.get_current_span(parent_context).get_span_context()
@@ -82,9 +82,7 @@ class ServerSpans:
             parent_context = _NO_PARENT
         trace_id = parent.trace_id if parent is not None else self._ids.generate_trace_id()
         decision = self._sampler.should_sample(parent_context, trace_id, name, SpanKind.SERVER, attributes)
-        attributes = {**attributes} if attributes else {}
-        if decision.attributes:
-            attributes.update(decision.attributes)
+        attributes = dict(decision.attributes)  # what the sampler kept, as the SDK's tracer does
         sampled = decision.decision.is_sampled()
         context = SpanContext(trace_id, self._ids.generate_span_id(), is_remote=False,
                               trace_flags=_SAMPLED if sampled else _NOT_SAMPLED, trace_state=decision.trace_state)
