@@ -2,7 +2,8 @@
 
 Request bodies are only glanced at (the ``ids`` array, ``n_results``), never
 parsed whole: an add can be tens of megabytes. Response bodies are parsed only
-when small.
+when small, and a get or query answer only as far as its ``ids``: the documents,
+metadatas and embeddings after them cost far more to parse than the request did.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 RESPONSE_PARSE_LIMIT = 256 * 1024
 _N_RESULTS = re.compile(rb'"n_results"\s*:\s*(\d+)')
 _IDS_KEY = re.compile(rb'"ids"\s*:\s*')
+_LEADING_IDS = re.compile(rb'\s*\{\s*"ids"\s*:\s*')  # the engine writes a result's ids first
+_DECODER = json.JSONDecoder()
 _BATCH_OPS = frozenset({"add", "upsert", "update", "delete"})
 RESULT_OPS = frozenset({"get", "query", "list_collections", "count", "create_collection", "get_collection"})
 
@@ -75,17 +78,37 @@ class CollectionNames:
                 self._names.popitem(last=False)
 
 
+def _leading_ids(body: bytes) -> Any:
+    """The ``ids`` of a result whose first key it is, parsed alone; None when it is not first."""
+    match = _LEADING_IDS.match(body)
+    if match is None:
+        return None
+    try:
+        return _DECODER.raw_decode(body[match.end():].decode("utf-8", "replace"))[0]  # only counted
+    except ValueError:
+        return None
+
+
 def response_attributes(operation: str, body: bytes, names: CollectionNames) -> dict[str, Any]:
+    if operation in ("get", "query"):
+        ids = _leading_ids(body)
+        if ids is None:
+            try:
+                data = json.loads(body)
+            except ValueError:
+                return {}
+            ids = data.get("ids") if isinstance(data, dict) else None
+        if not isinstance(ids, list):
+            return {}
+        if operation == "get":
+            return {"chroma.result_count": len(ids)}
+        return {"chroma.result_count": sum(len(row) for row in ids if isinstance(row, list))}
     try:
         data = json.loads(body)
     except ValueError:
         return {}
     attributes: dict[str, Any] = {}
-    if operation == "get" and isinstance(data, dict) and isinstance(data.get("ids"), list):
-        attributes["chroma.result_count"] = len(data["ids"])
-    elif operation == "query" and isinstance(data, dict) and isinstance(data.get("ids"), list):
-        attributes["chroma.result_count"] = sum(len(row) for row in data["ids"] if isinstance(row, list))
-    elif operation == "list_collections" and isinstance(data, list):
+    if operation == "list_collections" and isinstance(data, list):
         attributes["chroma.result_count"] = len(data)
         for item in data:
             names.learn(item)

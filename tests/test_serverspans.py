@@ -10,7 +10,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.context import attach, detach
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -124,3 +124,43 @@ def test_facts_from_answers_never_carry_a_missing_name() -> None:
     assert facts == {"chroma.collection.id": "c1"}
     facts = response_attributes("create_collection", b'{"id": "c2", "name": "docs"}', names)
     assert facts == {"chroma.collection.id": "c2", "chroma.collection.name": "docs"} and names.get("c2") == "docs"
+
+
+def test_the_sdk_default_sampler_is_decided_here_with_the_same_answers() -> None:
+    """parentbased_always_on (the SDK's default) without the sampler's machinery: a root is
+    sampled, a caller's flag is followed and its trace state kept, a dropped trace records nothing."""
+    assert TracerProvider().sampler.get_description() == ParentBased(ALWAYS_ON).get_description()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))  # its own: the SDK's default is shared
+    reference = ParentBased(ALWAYS_ON)
+    spans, memory = _spans(provider)
+    calls: list[object] = []
+    provider.sampler.should_sample = lambda *args, **kwargs: calls.append(args)  # type: ignore[method-assign]
+    for parent in (None, _parent("01"), _parent("00")):
+        span = spans.start("POST /api/v2/{collection_id}/query", parent, {"http.route": "/q"})
+        expected = reference.should_sample(parent, span.context.trace_id, span.name, SpanKind.SERVER,
+                                           {"http.route": "/q"})
+        assert span.context.trace_flags.sampled == expected.decision.is_sampled()
+        assert span.recording == expected.decision.is_recording()
+        assert dict(span.context.trace_state) == dict(expected.trace_state or {})
+        assert span.attributes == dict(expected.attributes)
+        spans.end(span)
+    assert calls == [], "the default sampler went through the SDK's should_sample"
+    assert [s.parent is None for s in memory.get_finished_spans()] == [True, False]
+
+
+def test_result_counts_come_from_the_leading_ids_alone() -> None:
+    from chromaguard.spanattrs import CollectionNames, response_attributes
+
+    names = CollectionNames()
+    # As the engine writes them: ids first (one may hold "]"), then metadatas that may say "ids" too.
+    get = b'{"ids":["a","b]","c"],"documents":["x","y","z"],"metadatas":[{"ids":[1,2,3,4,5]},null,null]}'
+    assert response_attributes("get", get, names) == {"chroma.result_count": 3}
+    query = b'{"ids":[["a","b]"],["c"]],"metadatas":[[{"ids":["z"]},null],[null]],"distances":[[0.1,0.2],[0.3]]}'
+    assert response_attributes("query", query, names) == {"chroma.result_count": 3}
+    # Nothing after the ids is parsed (documents and embeddings are the bulk of an answer).
+    assert response_attributes("get", b'{"ids":["a","b"],"documents":[' + b"\xff" * 10, names) == \
+        {"chroma.result_count": 2}
+    # Ids not first: the whole answer is parsed, as before.
+    assert response_attributes("get", b'{"documents":["x"],"ids":["a"]}', names) == {"chroma.result_count": 1}
+    assert response_attributes("query", b'{"ids": "oops"}', names) == {}
+    assert response_attributes("get", b"not json", names) == {}
