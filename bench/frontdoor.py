@@ -31,9 +31,11 @@ from chromadb.config import Settings
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from otlp_receiver import Receiver  # noqa: E402
 from procs import BareEngine, Guard  # noqa: E402
+from tcpforward import TcpForwarder  # noqa: E402
 
 TOKEN = "bench-token"
 SAME_ENGINE = "guard, same engine as bare"
+FORWARDER = "bare engine behind a TCP forwarder"
 
 
 def _client(port: int, token: str | None = None) -> chromadb.ClientAPI:
@@ -142,7 +144,9 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
     bare_engine = BareEngine(data_dir("bare"))
     servers: dict[str, Any] = {"bare": bare_engine, "guard": Guard(data_dir=data_dir("guard")).start(),
                                # In front of the bare engine itself: the one difference is the front door.
-                               SAME_ENGINE: Guard("--upstream", bare_engine.url).start()}
+                               SAME_ENGINE: Guard("--upstream", bare_engine.url).start(),
+                               # The cost of a hop alone on this machine: bytes passed on unread.
+                               FORWARDER: TcpForwarder(BareEngine(data_dir("forwarded")))}
     if traced:
         secured = {"CHROMA_SERVER_AUTH_PROVIDER": "token", "CHROMA_SERVER_AUTH_CREDENTIALS_FILE": str(tokens),
                    "CHROMA_SERVER_OTEL_ENDPOINT": receiver.endpoint, "CHROMA_SERVER_OTEL_SERVICE_NAME": "bench",
