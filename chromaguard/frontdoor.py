@@ -21,7 +21,7 @@ from .auth import Authenticator, Denial, Grant
 from .cors import CorsPolicy
 from .httpserver import DISPATCH_WHOLE_BELOW, ClientDisconnected, Exchange
 from .logs import current_trace
-from .relay import Relay
+from .relay import Relay, RelayWatch
 from .routes import READ, Route, canonical_segments, route_of
 from .spanattrs import RESPONSE_PARSE_LIMIT, RESULT_OPS, CollectionNames, request_attributes, response_attributes
 from .upstream import Response, UpstreamError, UpstreamPool, UpstreamTimeout, UpstreamUnavailable
@@ -102,6 +102,7 @@ class FrontDoor:
         self.backend = backend
         self.max_payload_bytes = max_payload_bytes
         self.upstream_timeout = upstream_timeout
+        self.watch = RelayWatch(upstream_timeout) if upstream_timeout else None
         self.heartbeat_timeout = heartbeat_timeout
         self.auth = auth
         self.cors = cors

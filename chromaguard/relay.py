@@ -20,10 +20,39 @@ if TYPE_CHECKING:
     from .frontdoor import FrontDoor, _Call
 
 
+class RelayWatch:
+    """One timer for every relay in flight: the engine's silence is checked a few times per
+    timeout, instead of a timer armed and cancelled per request (about 2 µs each)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.tick = min(1.0, timeout / 4)
+        self.relays: set[Relay] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, relay: Relay) -> None:
+        self.relays.add(relay)
+        if self._handle is None:
+            self._loop = loop = asyncio.get_running_loop()
+            self._handle = loop.call_later(self.tick, self._sweep)
+        relay.since = self._loop.time()  # type: ignore[union-attr]
+
+    def _sweep(self) -> None:
+        self._handle = None
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        for relay in list(self.relays):
+            relay.check(now, self.timeout)
+        if self.relays:
+            self._handle = loop.call_later(self.tick, self._sweep)
+
+
 class Relay:
     """One request in flight to the engine; the upstream connection calls back as it parses."""
 
-    __slots__ = ("door", "call", "pool", "conn", "gated", "timeout", "timer", "progress", "tap", "tap_size",
+    __slots__ = ("door", "call", "pool", "conn", "gated", "since", "progress", "tap", "tap_size",
                  "request", "paused", "done")
 
     def __init__(self, door: FrontDoor, call: _Call, pool: UpstreamPool, conn: _Connection, gated: bool) -> None:
@@ -32,8 +61,7 @@ class Relay:
         self.pool = pool
         self.conn = conn
         self.gated = gated
-        self.timeout = door.upstream_timeout
-        self.timer: asyncio.TimerHandle | None = None
+        self.since = 0.0  # the engine's last sign of life, on the loop's clock
         self.progress = False
         self.tap: list[bytes] | None = None
         self.tap_size = 0
@@ -43,9 +71,9 @@ class Relay:
 
     def send(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         self.request = (method, target, headers, body)
-        loop = asyncio.get_running_loop()
-        if self.timeout:
-            self.timer = loop.call_later(self.timeout, self._check_timeout)
+        watch = self.door.watch
+        if watch is not None:
+            watch.add(self)
         self.pool.send_now(self.conn, self, method, target, headers, body)
 
     # ---- upstream callbacks ------------------------------------------------------------------
@@ -81,7 +109,7 @@ class Relay:
                 transport.resume_reading()
 
     def on_complete(self) -> None:
-        self._cancel_timer()
+        self._unwatch()
         self.done = True
         self._resume()  # the connection goes back to the pool reading, whatever the client does
         exchange = self.call.exchange
@@ -90,7 +118,7 @@ class Relay:
         self.door._relayed(self.call, self.tap)
 
     def on_error(self, exc: BaseException) -> None:
-        self._cancel_timer()
+        self._unwatch()
         self.done = True
         self.paused = False
         conn = self.conn
@@ -116,15 +144,15 @@ class Relay:
             self.gated = False
             self.door.gate.leave()  # type: ignore[union-attr]
 
-    def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+    def _unwatch(self) -> None:
+        watch = self.door.watch
+        if watch is not None:
+            watch.relays.discard(self)
 
-    def _check_timeout(self) -> None:
+    def check(self, now: float, timeout: float) -> None:
+        """Called by the watch: fail the request once the engine has been silent for ``timeout``."""
         if self.progress or self.paused:  # bytes came, or we are the ones waiting (for the client)
             self.progress = False
-            self.timer = asyncio.get_running_loop().call_later(self.timeout, self._check_timeout)
-            return
-        self.timer = None
-        self.conn._fail(UpstreamTimeout("upstream did not answer in time"))
+            self.since = now
+        elif now - self.since >= timeout:
+            self.conn._fail(UpstreamTimeout("upstream did not answer in time"))

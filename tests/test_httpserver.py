@@ -286,6 +286,82 @@ def test_engine_connection_goes_back_to_the_pool_reading_after_a_slow_client() -
     asyncio.run(scenario())
 
 
+def _relay_scene(timeout: float) -> tuple[object, _Socketless, object, _Socketless]:
+    """A front door relaying from its callbacks: (client connection, its transport, engine connection, its transport)."""
+    from chromaguard.frontdoor import AlwaysAvailable, FrontDoor
+    from chromaguard.httpserver import HttpServer, _Connection
+    from chromaguard.upstream import UpstreamPool, _Connection as EngineConnection
+
+    pool = UpstreamPool("http://127.0.0.1:9")
+    engine = EngineConnection()
+    engine_side = _Socketless()
+    engine.connection_made(engine_side)  # type: ignore[arg-type]
+    engine.complete = True
+    pool.release(engine)
+    door = FrontDoor(pool, AlwaysAvailable(), max_payload_bytes=1 << 20, upstream_timeout=timeout)
+    client = _Connection(HttpServer(door))
+    client_side = _Socketless()
+    client.connection_made(client_side)  # type: ignore[arg-type]
+    return client, client_side, engine, engine_side
+
+
+def test_an_engine_that_stops_answering_gets_a_504_after_the_timeout() -> None:
+    import asyncio
+
+    async def scenario() -> None:
+        client, client_side, engine, engine_side = _relay_scene(0.3)
+        started = asyncio.get_running_loop().time()
+        client.data_received(b"GET /api/v2/collections HTTP/1.1\r\nhost: x\r\n\r\n")  # type: ignore[attr-defined]
+        assert engine_side.written, "the request went to the engine from the callback"
+        while not client_side.written and asyncio.get_running_loop().time() - started < 5:
+            await asyncio.sleep(0.02)
+        waited = asyncio.get_running_loop().time() - started
+        answer = b"".join(client_side.written)
+        assert answer.startswith(b"HTTP/1.1 504 "), answer
+        assert b"did not answer in time" in answer
+        assert 0.3 <= waited < 1.5, waited
+
+    asyncio.run(scenario())
+
+
+def test_an_engine_still_sending_is_not_cut_by_the_timeout() -> None:
+    """The timeout counts from the engine's last bytes: a long answer that keeps coming is whole."""
+    import asyncio
+
+    async def scenario() -> None:
+        client, client_side, engine, engine_side = _relay_scene(0.3)
+        client.data_received(b"GET /api/v2/collections HTTP/1.1\r\nhost: x\r\n\r\n")  # type: ignore[attr-defined]
+        engine.data_received(b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n[")  # type: ignore[attr-defined]
+        for _ in range(10):  # 1 s in all, more than three timeouts, a byte each 0.1 s
+            await asyncio.sleep(0.1)
+            engine.data_received(b" ")  # type: ignore[attr-defined]
+        engine.data_received(b"]")  # type: ignore[attr-defined]
+        answer = b"".join(client_side.written)
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"[          ]"), answer
+
+    asyncio.run(scenario())
+
+
+def test_an_answer_held_back_for_a_slow_client_is_not_cut_by_the_timeout() -> None:
+    """While we stop reading the engine because the client reads slowly, the engine is not late."""
+    import asyncio
+
+    async def scenario() -> None:
+        client, client_side, engine, engine_side = _relay_scene(0.2)
+        client.data_received(b"GET /api/v2/collections HTTP/1.1\r\nhost: x\r\n\r\n")  # type: ignore[attr-defined]
+        client.pause_writing()  # type: ignore[attr-defined]
+        engine.data_received(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n[1")  # type: ignore[attr-defined]
+        assert not engine_side.reading, "the engine is not read while the client cannot keep up"
+        await asyncio.sleep(0.8)
+        client.resume_writing()  # type: ignore[attr-defined]
+        assert engine_side.reading
+        engine.data_received(b",2]")  # type: ignore[attr-defined]
+        answer = b"".join(client_side.written)
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"[1,2]"), answer
+
+    asyncio.run(scenario())
+
+
 def test_a_broken_chunked_body_gets_400_and_a_close(guard: Guard, name: str) -> None:
     cid = httpx.post(f"{guard.url}{BASE}/collections", json={"name": name}).json()["id"]
     with _connect(guard.port) as sock:
