@@ -5,7 +5,7 @@ and the same queries from the official Python client; requests rotate between
 them so machine noise lands on all alike, and queries go to byte-identical copies
 of one index. Prints ratios against the bare engine: plain chromaguard (embedded,
 and in front of the bare engine itself), and chromaguard with token auth and
-OpenTelemetry tracing on (spans exported to a real OTLP receiver in this process).
+OpenTelemetry tracing on (spans exported to a real OTLP receiver in a process of its own).
 """
 
 from __future__ import annotations
@@ -28,14 +28,44 @@ import chromadb
 import numpy as np
 from chromadb.config import Settings
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from otlp_receiver import Receiver  # noqa: E402
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path.insert(0, str(TESTS))
 from procs import BareEngine, Guard  # noqa: E402
 from tcpforward import TcpForwarder  # noqa: E402
 
 TOKEN = "bench-token"
 SAME_ENGINE = "guard, same engine as bare"
 FORWARDER = "bare engine behind a TCP forwarder"
+
+
+class ReceiverProcess:
+    """The tests' OTLP receiver (counting spans, not decoding them) in a process of its own.
+
+    Why not in this one: its gRPC threads would take this process's GIL from the official
+    client, and slow the client of every traced server (and only theirs).
+    """
+
+    _CODE = ("import sys; sys.path.insert(0, sys.argv[1]); from otlp_receiver import Receiver; "
+             "r = Receiver(count_only=True).start(); print(r.endpoint, flush=True); sys.stdin.readline(); "
+             "print(r.span_count, flush=True)")
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", self._CODE, str(TESTS)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.endpoint = self.proc.stdout.readline().strip()
+        self.span_count = 0
+
+    def stop(self) -> int:
+        """The spans it received; it exits."""
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None and self.proc.stdout is not None
+            self.proc.stdin.write("\n")
+            self.proc.stdin.flush()
+            self.span_count = int(self.proc.stdout.readline() or 0)
+            self.proc.kill()
+            self.proc.wait(10)
+        return self.span_count
 
 
 def _client(port: int, token: str | None = None) -> chromadb.ClientAPI:
@@ -140,7 +170,7 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
     def data_dir(name: str) -> Path:
         return Path(shutil.copytree(template, root / name))
 
-    receiver = Receiver(count_only=True).start()
+    receiver = ReceiverProcess()
     bare_engine = BareEngine(data_dir("bare"))
     servers: dict[str, Any] = {"bare": bare_engine, "guard": Guard(data_dir=data_dir("guard")).start(),
                                # In front of the bare engine itself: the one difference is the front door.
@@ -238,7 +268,7 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
                 mine["query_throughput_ratio_of_means"] = mine["query_throughput_rps"] / bare["query_throughput_rps"]
                 mine["query_throughput_ratio_range"] = [pairs[len(pairs) // 4], pairs[(3 * len(pairs)) // 4]]
         if traced:
-            result["spans_received"] = receiver.span_count
+            result["spans_received"] = receiver.stop()
         return result
     finally:
         for server in servers.values():

@@ -83,10 +83,15 @@ def _leading_ids(body: bytes) -> Any:
     match = _LEADING_IDS.match(body)
     if match is None:
         return None
-    try:
-        return _DECODER.raw_decode(body[match.end():].decode("utf-8", "replace"))[0]  # only counted
-    except ValueError:
-        return None
+    start, size = match.end(), 4096
+    while True:  # a prefix that holds the ids is enough: decoding the rest would cost more
+        end = start + size
+        try:
+            return _DECODER.raw_decode(body[start:end].decode("utf-8", "replace"))[0]  # only counted
+        except ValueError:
+            if end >= len(body):
+                return None
+            size *= 8
 
 
 def response_attributes(operation: str, body: bytes, names: CollectionNames) -> dict[str, Any]:

@@ -160,6 +160,8 @@ def test_result_counts_come_from_the_leading_ids_alone() -> None:
     # Nothing after the ids is parsed (documents and embeddings are the bulk of an answer).
     assert response_attributes("get", b'{"ids":["a","b"],"documents":[' + b"\xff" * 10, names) == \
         {"chroma.result_count": 2}
+    many = b'{"ids":[' + b",".join(b'"id-%d-\xc3\xa9"' % i for i in range(3000)) + b'],"documents":[' + b"\xff" * 10
+    assert response_attributes("get", many, names) == {"chroma.result_count": 3000}, "ids longer than a first look"
     # Ids not first: the whole answer is parsed, as before.
     assert response_attributes("get", b'{"documents":["x"],"ids":["a"]}', names) == {"chroma.result_count": 1}
     assert response_attributes("query", b'{"ids": "oops"}', names) == {}
