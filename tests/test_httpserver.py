@@ -257,35 +257,6 @@ class _Socketless:
         pass
 
 
-def test_engine_connection_goes_back_to_the_pool_reading_after_a_slow_client() -> None:
-    """A response whose last bytes arrive just as the client stops keeping up: the engine
-    connection was paused for that client, and must not return to the pool paused (the next
-    request on it would never be read)."""
-    import asyncio
-
-    from chromaguard.frontdoor import AlwaysAvailable, FrontDoor
-    from chromaguard.httpserver import HttpServer, _Connection
-    from chromaguard.upstream import UpstreamPool, _Connection as EngineConnection
-
-    async def scenario() -> None:
-        pool = UpstreamPool("http://127.0.0.1:9")
-        engine = EngineConnection()
-        engine_side = _Socketless()
-        engine.connection_made(engine_side)  # type: ignore[arg-type]
-        engine.complete = True
-        pool.release(engine)
-        door = FrontDoor(pool, AlwaysAvailable(), max_payload_bytes=1 << 20, upstream_timeout=5)
-        client = _Connection(HttpServer(door))
-        client.connection_made(_Socketless())  # type: ignore[arg-type]
-        client.data_received(b"GET /api/v2/collections HTTP/1.1\r\nhost: x\r\n\r\n")
-        assert engine_side.written, "the request went to the engine from the callback"
-        client.pause_writing()  # the client's buffer is full
-        engine.data_received(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]")
-        assert pool.idle() is engine and engine_side.reading
-
-    asyncio.run(scenario())
-
-
 def _relay_scene(timeout: float) -> tuple[object, _Socketless, object, _Socketless]:
     """A front door relaying from its callbacks: (client connection, its transport, engine connection, its transport)."""
     from chromaguard.frontdoor import AlwaysAvailable, FrontDoor
@@ -303,6 +274,24 @@ def _relay_scene(timeout: float) -> tuple[object, _Socketless, object, _Socketle
     client_side = _Socketless()
     client.connection_made(client_side)  # type: ignore[arg-type]
     return client, client_side, engine, engine_side
+
+
+def test_engine_connection_goes_back_to_the_pool_reading_after_a_slow_client() -> None:
+    """A response whose last bytes arrive just as the client stops keeping up: the engine
+    connection was paused for that client, and must not return to the pool paused (the next
+    request on it would never be read)."""
+    import asyncio
+
+    async def scenario() -> None:
+        client, _, engine, engine_side = _relay_scene(5)
+        client.data_received(b"GET /api/v2/collections HTTP/1.1\r\nhost: x\r\n\r\n")  # type: ignore[attr-defined]
+        assert engine_side.written, "the request went to the engine from the callback"
+        client.pause_writing()  # type: ignore[attr-defined]  # the client's buffer is full
+        engine.data_received(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]")  # type: ignore[attr-defined]
+        pool = client.server.handler.pool  # type: ignore[attr-defined]
+        assert pool.idle() is engine and engine_side.reading
+
+    asyncio.run(scenario())
 
 
 def test_an_engine_that_stops_answering_gets_a_504_after_the_timeout() -> None:
