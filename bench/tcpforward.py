@@ -68,8 +68,11 @@ class _Client(_Side):
             assert self.transport is not None
             self.transport.close()
             return
+        assert self.transport is not None and upstream.transport is not None
+        if self.transport.is_closing():  # the client left while we connected
+            upstream.transport.close()
+            return
         upstream.peer, self.peer = self, upstream
-        assert upstream.transport is not None
         for data in self.pending:  # what came before the upstream connection was open
             upstream.transport.write(data)
         self.pending.clear()

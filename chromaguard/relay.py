@@ -11,6 +11,7 @@ writes, endpoints answered here) takes the front door's async path.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 from .spanattrs import RESPONSE_PARSE_LIMIT
@@ -18,6 +19,8 @@ from .upstream import UpstreamError, UpstreamPool, UpstreamTimeout, _Connection
 
 if TYPE_CHECKING:
     from .frontdoor import FrontDoor, _Call
+
+log = logging.getLogger("chromaguard.frontdoor")
 
 
 class RelayWatch:
@@ -33,20 +36,25 @@ class RelayWatch:
 
     def add(self, relay: Relay) -> None:
         self.relays.add(relay)
-        if self._handle is None:
-            self._loop = loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if self._handle is None or self._loop is not loop:  # none yet, or one left on a loop that ended
+            self._loop = loop
             self._handle = loop.call_later(self.tick, self._sweep)
-        relay.since = self._loop.time()  # type: ignore[union-attr]
+        relay.since = loop.time()
 
     def _sweep(self) -> None:
-        self._handle = None
         loop = self._loop
         assert loop is not None
         now = loop.time()
-        for relay in list(self.relays):
-            relay.check(now, self.timeout)
-        if self.relays:
-            self._handle = loop.call_later(self.tick, self._sweep)
+        try:
+            for relay in list(self.relays):
+                try:
+                    relay.check(now, self.timeout)
+                except Exception:  # one request's failure must not end the others' timeouts
+                    self.relays.discard(relay)
+                    log.exception("could not time out a request to the engine")
+        finally:
+            self._handle = loop.call_later(self.tick, self._sweep) if self.relays else None
 
 
 class Relay:
@@ -151,7 +159,9 @@ class Relay:
 
     def check(self, now: float, timeout: float) -> None:
         """Called by the watch: fail the request once the engine has been silent for ``timeout``."""
-        if self.progress or self.paused:  # bytes came, or we are the ones waiting (for the client)
+        if self.done:
+            self._unwatch()
+        elif self.progress or self.paused:  # bytes came, or we are the ones waiting (for the client)
             self.progress = False
             self.since = now
         elif now - self.since >= timeout:

@@ -18,7 +18,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
@@ -26,7 +26,15 @@ _UNSET = Status(StatusCode.UNSET)
 _NO_PARENT = Context()  # not the ambient context: a request without traceparent starts a trace
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
-_SDK_DEFAULT_SAMPLER = ParentBased(ALWAYS_ON).get_description()
+
+
+def _is_parent_based_always_on(sampler: Sampler) -> bool:
+    """The SDK's default, by its very parts: a look-alike (a subclass, a copied description) is not."""
+    parts = ("_root", "_remote_parent_sampled", "_remote_parent_not_sampled", "_local_parent_sampled",
+             "_local_parent_not_sampled")
+    expected = (ALWAYS_ON, ALWAYS_ON, ALWAYS_OFF, ALWAYS_ON, ALWAYS_OFF)
+    return type(sampler) is ParentBased and all(
+        getattr(sampler, name, None) is want for name, want in zip(parts, expected))
 
 
 class ServerSpan:
@@ -69,8 +77,7 @@ class ServerSpans:
         self._processor = processor
         # The SDK's default (parentbased_always_on) is decided here: the same answer, without
         # the sampler's context look-ups and result objects (a quarter of a traced request's span work).
-        self._parent_based_always_on = (type(self._sampler) is ParentBased
-                                        and self._sampler.get_description() == _SDK_DEFAULT_SAMPLER)
+        self._parent_based_always_on = _is_parent_based_always_on(self._sampler)
         self._resource = resource
         self._scope = scope
         # OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT and OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, as the SDK reads them.

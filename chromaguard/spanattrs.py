@@ -33,7 +33,7 @@ def _count_ids(body: bytes) -> int | None:
             return None
         try:
             ids = json.loads(body[start:end + 1])
-        except ValueError:
+        except (ValueError, RecursionError):
             end = body.find(b"]", end + 1)
             continue
         return len(ids) if isinstance(ids, list) else None
@@ -53,7 +53,7 @@ def request_attributes(operation: str, first_chunk: bytes) -> dict[str, Any]:
     elif operation == "create_collection":
         try:
             name = json.loads(first_chunk).get("name")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             name = None
         if isinstance(name, str):
             attributes["chroma.collection.name"] = name
@@ -88,6 +88,8 @@ def _leading_ids(body: bytes) -> Any:
         end = start + size
         try:
             return _DECODER.raw_decode(body[start:end].decode("utf-8", "replace"))[0]  # only counted
+        except RecursionError:  # nested deeper than any answer of the engine's
+            return None
         except ValueError:
             if end >= len(body):
                 return None
@@ -100,7 +102,7 @@ def response_attributes(operation: str, body: bytes, names: CollectionNames) -> 
         if ids is None:
             try:
                 data = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):
                 return {}
             ids = data.get("ids") if isinstance(data, dict) else None
         if not isinstance(ids, list):
@@ -110,7 +112,7 @@ def response_attributes(operation: str, body: bytes, names: CollectionNames) -> 
         return {"chroma.result_count": sum(len(row) for row in ids if isinstance(row, list))}
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     attributes: dict[str, Any] = {}
     if operation == "list_collections" and isinstance(data, list):

@@ -313,6 +313,73 @@ def test_an_engine_that_stops_answering_gets_a_504_after_the_timeout() -> None:
     asyncio.run(scenario())
 
 
+def test_one_request_failing_to_time_out_does_not_stop_the_others() -> None:
+    import asyncio
+
+    from chromaguard.httpserver import _Connection
+    from chromaguard.upstream import _Connection as EngineConnection
+
+    async def scenario() -> None:
+        first, first_side, engine, _ = _relay_scene(0.2)
+        door = first.server.handler  # type: ignore[attr-defined]
+        spare = EngineConnection()
+        spare.connection_made(_Socketless())  # type: ignore[arg-type]
+        spare.complete = True
+        door.pool.release(spare)
+        second, second_side = _Connection(first.server), _Socketless()  # type: ignore[attr-defined]
+        second.connection_made(second_side)  # type: ignore[arg-type]
+        answer_error = door._upstream_failed
+        calls = []
+
+        def broken_once(exchange: object, exc: Exception) -> None:
+            calls.append(exc)
+            if len(calls) == 1:
+                raise RuntimeError("broken answer")
+            answer_error(exchange, exc)
+
+        door._upstream_failed = broken_once
+        for client in (first, second):
+            client.data_received(b"GET /api/v2/collections HTTP/1.1\r\nhost: x\r\n\r\n")  # type: ignore[attr-defined]
+        await asyncio.sleep(1.0)
+        answers = [b"".join(side.written) for side in (first_side, second_side)]
+        assert len(calls) == 2 and sum(a.startswith(b"HTTP/1.1 504 ") for a in answers) == 1, answers
+        assert not door.watch.relays
+
+    asyncio.run(scenario())
+
+
+def test_the_timeout_still_works_on_a_new_event_loop() -> None:
+    """A front door that outlives its event loop (tests, embedding) must not keep a dead timer."""
+    import asyncio
+
+    scene: list[object] = []
+
+    async def first() -> None:  # ends with a request in flight and the watch's timer pending
+        scene.extend(_relay_scene(0.2))
+        scene[0].data_received(b"GET /api/v2/collections HTTP/1.1\r\nhost: x\r\n\r\n")  # type: ignore[attr-defined]
+
+    asyncio.run(first())
+    client = scene[0]
+    door = client.server.handler  # type: ignore[attr-defined]
+
+    async def third() -> None:
+        from chromaguard.upstream import _Connection as EngineConnection
+
+        fresh = EngineConnection()
+        fresh.connection_made(_Socketless())  # type: ignore[arg-type]
+        fresh.complete = True
+        door.pool.release(fresh)
+        from chromaguard.httpserver import _Connection
+
+        other, other_side = _Connection(client.server), _Socketless()  # type: ignore[attr-defined]
+        other.connection_made(other_side)  # type: ignore[arg-type]
+        other.data_received(b"GET /api/v2/collections HTTP/1.1\r\nhost: x\r\n\r\n")
+        await asyncio.sleep(1.0)
+        assert b"".join(other_side.written).startswith(b"HTTP/1.1 504 "), other_side.written
+
+    asyncio.run(third())
+
+
 def test_an_engine_still_sending_is_not_cut_by_the_timeout() -> None:
     """The timeout counts from the engine's last bytes: a long answer that keeps coming is whole."""
     import asyncio

@@ -166,3 +166,31 @@ def test_result_counts_come_from_the_leading_ids_alone() -> None:
     assert response_attributes("get", b'{"documents":["x"],"ids":["a"]}', names) == {"chroma.result_count": 1}
     assert response_attributes("query", b'{"ids": "oops"}', names) == {}
     assert response_attributes("get", b"not json", names) == {}
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert response_attributes("get", b'{"ids":' + deep + b"}", names) == {}
+    assert response_attributes("list_collections", deep, names) == {}
+
+
+def test_request_bodies_nested_too_deep_give_no_facts() -> None:
+    from chromaguard.spanattrs import request_attributes
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert request_attributes("add", b'{"ids":' + deep + b"}") == {}
+    assert request_attributes("create_collection", b'{"name":' + deep + b"}") == {}
+
+
+def test_a_sampler_that_looks_like_the_default_is_still_asked() -> None:
+    """A root sampler with the default's description (a StaticSampler subclass) keeps its say."""
+    from opentelemetry.sdk.trace.sampling import Decision, SamplingResult, StaticSampler
+
+    class Tagging(StaticSampler):
+        def should_sample(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            result = super().should_sample(*args, **kwargs)
+            return SamplingResult(result.decision, {**(result.attributes or {}), "sampler.tag": "x"},
+                                  result.trace_state)
+
+    sampler = ParentBased(Tagging(Decision.RECORD_AND_SAMPLE))
+    assert sampler.get_description() == ParentBased(ALWAYS_ON).get_description()
+    spans, memory = _spans(TracerProvider(sampler=sampler))
+    span = spans.start("GET /api/v2/version", None, {"a": 1})
+    assert span.attributes == {"a": 1, "sampler.tag": "x"}
