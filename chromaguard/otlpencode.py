@@ -84,6 +84,9 @@ class SpanEncoder:
 
     def __init__(self) -> None:
         self._attributes: dict[tuple[int, str, type, Any], bytes] = {}  # (field, key, type, value)
+        self._strings: dict[tuple[int, str, str], bytes] = {}  # (field, key, value) for str values: most of them
+        self._names: dict[str, bytes] = {}  # span name -> its field
+        self._statuses: dict[tuple[Any, str | None], bytes] = {}  # (code, description) -> its field
         self._blocks: dict[int, tuple[Any, bytes]] = {}  # id(resource or scope) -> (it, encoded)
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
@@ -103,8 +106,12 @@ class SpanEncoder:
             if resource.schema_url:
                 body.append(_field(3, resource.schema_url.encode()))
             out.append(_field(1, b"".join(body)))
-        if len(self._attributes) > _CACHE_LIMIT:
+        if len(self._attributes) > _CACHE_LIMIT or len(self._strings) > _CACHE_LIMIT:
             self._attributes.clear()
+            self._strings.clear()
+        if len(self._names) > _CACHE_LIMIT or len(self._statuses) > _CACHE_LIMIT:
+            self._names.clear()
+            self._statuses.clear()
         return b"".join(out)
 
     def _block(self, item: Any, encode: Any) -> bytes:
@@ -127,11 +134,16 @@ class SpanEncoder:
     def _attrs(self, number: int, attributes: Mapping[str, Any] | None) -> bytes:
         if not attributes:
             return b""
-        cache = self._attributes
+        cache, strings = self._attributes, self._strings
         parts = []
         for key, value in attributes.items():
             kind = type(value)
-            if kind in _CACHED_TYPES:
+            if kind is str:
+                string_key = (number, key, value)
+                encoded = strings.get(string_key)
+                if encoded is None:
+                    encoded = strings[string_key] = _field(number, _key_value(key, value))
+            elif kind in _CACHED_TYPES:
                 cache_key = (number, key, kind, value)
                 encoded = cache.get(cache_key)
                 if encoded is None:
@@ -153,7 +165,10 @@ class SpanEncoder:
             parts.append(_field(3, ",".join(f"{k}={v}" for k, v in context.trace_state.items()).encode()))
         if parent is not None:
             parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-        parts += (_field(5, span.name.encode()), _varint_field(6, span.kind.value + 1),
+        name = self._names.get(span.name)
+        if name is None:
+            name = self._names[span.name] = _field(5, span.name.encode())
+        parts += (name, _varint_field(6, span.kind.value + 1),
                   b"\x39" + _fixed64(span.start_time or 0), b"\x41" + _fixed64(span.end_time or 0),
                   self._attrs(9, span.attributes), _varint_field(10, span.dropped_attributes))
         for event in span.events:
@@ -171,8 +186,13 @@ class SpanEncoder:
         parts.append(_varint_field(14, span.dropped_links))
         status = span.status
         if status is not None:
-            parts.append(_field(15, (_field(2, status.description.encode()) if status.description else b"")
-                                + _varint_field(3, status.status_code.value)))
+            status_key = (status.status_code, status.description)
+            encoded = self._statuses.get(status_key)
+            if encoded is None:
+                encoded = self._statuses[status_key] = _field(
+                    15, (_field(2, status.description.encode()) if status.description else b"")
+                    + _varint_field(3, status.status_code.value))
+            parts.append(encoded)
         parts.append(b"\x85\x01" + _fixed32(flags))  # field 16, fixed32
         return b"".join(parts)
 

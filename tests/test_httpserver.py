@@ -313,21 +313,28 @@ def test_an_engine_that_stops_answering_gets_a_504_after_the_timeout() -> None:
     asyncio.run(scenario())
 
 
-def test_one_request_failing_to_time_out_does_not_stop_the_others() -> None:
-    import asyncio
-
+def _another_client(client: object) -> tuple[object, _Socketless]:
+    """A second client of the same front door, with an engine connection of its own in the pool."""
     from chromaguard.httpserver import _Connection
     from chromaguard.upstream import _Connection as EngineConnection
+
+    server = client.server  # type: ignore[attr-defined]
+    spare = EngineConnection()
+    spare.connection_made(_Socketless())  # type: ignore[arg-type]
+    spare.complete = True
+    server.handler.pool.release(spare)
+    other, other_side = _Connection(server), _Socketless()
+    other.connection_made(other_side)  # type: ignore[arg-type]
+    return other, other_side
+
+
+def test_one_request_failing_to_time_out_does_not_stop_the_others() -> None:
+    import asyncio
 
     async def scenario() -> None:
         first, first_side, engine, _ = _relay_scene(0.2)
         door = first.server.handler  # type: ignore[attr-defined]
-        spare = EngineConnection()
-        spare.connection_made(_Socketless())  # type: ignore[arg-type]
-        spare.complete = True
-        door.pool.release(spare)
-        second, second_side = _Connection(first.server), _Socketless()  # type: ignore[attr-defined]
-        second.connection_made(second_side)  # type: ignore[arg-type]
+        second, second_side = _another_client(first)
         answer_error = door._upstream_failed
         calls = []
 
@@ -360,19 +367,9 @@ def test_the_timeout_still_works_on_a_new_event_loop() -> None:
 
     asyncio.run(first())
     client = scene[0]
-    door = client.server.handler  # type: ignore[attr-defined]
 
     async def third() -> None:
-        from chromaguard.upstream import _Connection as EngineConnection
-
-        fresh = EngineConnection()
-        fresh.connection_made(_Socketless())  # type: ignore[arg-type]
-        fresh.complete = True
-        door.pool.release(fresh)
-        from chromaguard.httpserver import _Connection
-
-        other, other_side = _Connection(client.server), _Socketless()  # type: ignore[attr-defined]
-        other.connection_made(other_side)  # type: ignore[arg-type]
+        other, other_side = _another_client(client)
         other.data_received(b"GET /api/v2/collections HTTP/1.1\r\nhost: x\r\n\r\n")
         await asyncio.sleep(1.0)
         assert b"".join(other_side.written).startswith(b"HTTP/1.1 504 "), other_side.written

@@ -114,3 +114,20 @@ def test_an_integer_beyond_int64_is_left_to_the_sdk() -> None:
         assert exporter._translate_data([span]) == encode_spans([span])  # the SDK's own encoding
     finally:
         exporter.shutdown()
+
+
+def test_names_and_statuses_reused_only_where_they_are_the_same() -> None:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("chromaguard")
+    for name, status in (("GET /a", Status(StatusCode.ERROR, "HTTP 502")), ("GET /a", Status(StatusCode.ERROR, "HTTP 503")),
+                         ("GET /b", Status(StatusCode.OK)), ("GET /b", Status(StatusCode.ERROR)),
+                         ("GET /a", Status(StatusCode.UNSET)), ("GET /c", Status(StatusCode.ERROR, "HTTP 502"))):
+        with tracer.start_as_current_span(name) as span:
+            span.set_status(status)
+    spans = memory.get_finished_spans()
+    encoder = SpanEncoder()
+    for span in spans:
+        assert ExportTraceServiceRequest.FromString(encoder.encode([span])) == encode_spans([span])
+    assert ExportTraceServiceRequest.FromString(encoder.encode(spans)) == encode_spans(spans)
