@@ -74,8 +74,8 @@ class AlwaysAvailable:
 class _Call:
     """What the front door learns about one request on its way through."""
 
-    __slots__ = ("exchange", "route", "http_route", "span", "trace", "traceparent", "principal", "engine_trace",
-                 "started", "grant", "facts")
+    __slots__ = ("exchange", "route", "http_route", "span", "trace", "traceparent", "user_agent", "principal",
+                 "engine_trace", "started", "grant", "facts")
 
     def __init__(self, exchange: Exchange, route: Route | None, http_route: str) -> None:
         self.exchange = exchange
@@ -84,6 +84,7 @@ class _Call:
         self.span: Any = None
         self.trace: tuple[str, str] | None = None
         self.traceparent = b""  # ours, for the engine: it carries our sampling decision
+        self.user_agent: bytes | None = None  # read with the trace headers, for the span
         self.principal: Any = None
         self.engine_trace: str | None = None
         self.started = time.perf_counter()
@@ -181,6 +182,8 @@ class FrontDoor:
                 if carrier is None:
                     carrier = {}
                 carrier[name.decode()] = value.decode("latin-1")
+            elif name == b"user-agent":
+                call.user_agent = value
         context = _propagator().extract(carrier) if carrier else None
         method = call.exchange.method
         span = self.spans.start(f"{method} {call.http_route}", context, {  # type: ignore[union-attr]
@@ -205,9 +208,8 @@ class FrontDoor:
             attributes["server.address"], attributes["server.port"] = exchange.server
         if exchange.client:
             attributes["client.address"] = exchange.client
-        for name, value in exchange.headers:
-            if name == b"user-agent":
-                attributes["user_agent.original"] = value.decode("latin-1")
+        if call.user_agent is not None:
+            attributes["user_agent.original"] = call.user_agent.decode("latin-1")
         if route is not None:
             for key, value in (("chroma.tenant", route.tenant), ("chroma.database", route.database),
                                ("chroma.collection.id", route.collection),

@@ -106,12 +106,9 @@ class SpanEncoder:
             if resource.schema_url:
                 body.append(_field(3, resource.schema_url.encode()))
             out.append(_field(1, b"".join(body)))
-        if len(self._attributes) > _CACHE_LIMIT or len(self._strings) > _CACHE_LIMIT:
-            self._attributes.clear()
-            self._strings.clear()
-        if len(self._names) > _CACHE_LIMIT or len(self._statuses) > _CACHE_LIMIT:
-            self._names.clear()
-            self._statuses.clear()
+        for cache in (self._attributes, self._strings, self._names, self._statuses):
+            if len(cache) > _CACHE_LIMIT:  # values that never repeat must not grow it for ever
+                cache.clear()
         return b"".join(out)
 
     def _block(self, item: Any, encode: Any) -> bytes:
