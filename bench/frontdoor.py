@@ -31,11 +31,13 @@ from chromadb.config import Settings
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 from procs import BareEngine, Guard  # noqa: E402
+from nginxproxy import NginxProxy, available as nginx_available  # noqa: E402
 from tcpforward import TcpForwarder  # noqa: E402
 
 TOKEN = "bench-token"
 SAME_ENGINE = "guard, same engine as bare"
 FORWARDER = "bare engine behind a TCP forwarder"
+NGINX = "bare engine behind nginx + token auth"
 
 
 class ReceiverProcess:
@@ -177,6 +179,8 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
                                SAME_ENGINE: Guard("--upstream", bare_engine.url).start(),
                                # The cost of a hop alone on this machine: bytes passed on unread.
                                FORWARDER: TcpForwarder(BareEngine(data_dir("forwarded")))}
+    if nginx_available():  # the reference proxy the targets were set against (optional: apt-get install nginx-light)
+        servers[NGINX] = NginxProxy(BareEngine(data_dir("nginx")), TOKEN)
     if traced:
         secured = {"CHROMA_SERVER_AUTH_PROVIDER": "token", "CHROMA_SERVER_AUTH_CREDENTIALS_FILE": str(tokens),
                    "CHROMA_SERVER_OTEL_ENDPOINT": receiver.endpoint, "CHROMA_SERVER_OTEL_SERVICE_NAME": "bench",
@@ -233,7 +237,7 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
                     path = (f"/api/v2/tenants/default_tenant/databases/default_database/collections/"
                             f"{cols[key].id}/query")
                     stop = threading.Event()
-                    if key != "bare":
+                    if key not in ("bare", NGINX):  # nginx's master is not the process that works
                         def sample(pid: int = server.proc.pid, into: list[float] = rss[key]) -> None:
                             while not stop.is_set():
                                 into.append(_rss_mb(pid))
