@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any, Coroutine, Protocol
 from urllib.parse import quote
 
-from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
 
 from .auth import Authenticator, Denial, Grant
 from .cors import CorsPolicy
@@ -23,7 +23,9 @@ from .httpserver import DISPATCH_WHOLE_BELOW, ClientDisconnected, Exchange
 from .logs import current_trace
 from .relay import Relay, RelayWatch
 from .routes import READ, Route, canonical_segments, route_of
-from .spanattrs import RESPONSE_PARSE_LIMIT, RESULT_OPS, CollectionNames, request_attributes, response_attributes
+from .serverspans import SpanDetails
+from .spanattrs import (COUNTED_OPS, RESPONSE_PARSE_LIMIT, RESULT_OPS, CollectionNames, request_attributes,
+                        response_attributes, result_attributes)
 from .upstream import Response, UpstreamError, UpstreamPool, UpstreamTimeout, UpstreamUnavailable
 
 if TYPE_CHECKING:
@@ -49,6 +51,10 @@ _DENIAL_REASONS = {400: "bad_request", 401: "missing_credentials", 403: "forbidd
 HEARTBEAT_CACHE_SECONDS = 1.0
 _CATALOG_CHANGES = frozenset({"create_collection", "delete_collection", "modify_collection", "fork"})
 _FORWARDED_PROTO = (b"x-forwarded-proto", b"http")
+# A get or query answer up to this size waits with its span to be counted in the export thread
+# (a top-10 query's is 1-3 KiB); a larger one is counted at once, so a span waiting in the
+# export queue never holds more than this of an answer.
+_COUNT_LATER_BELOW = 8 * 1024
 HEALTHZ, READYZ, METRICS, STATUS, OWN_PREFIX = "/healthz", "/readyz", "/metrics", "/chromaguard/status", "/chromaguard/"
 # Paths `_route` may answer itself: never relayed straight to the engine.
 _ANSWERED_HERE = HEARTBEAT_PATHS | {HEALTHZ, READYZ, METRICS}
@@ -75,7 +81,7 @@ class _Call:
     """What the front door learns about one request on its way through."""
 
     __slots__ = ("exchange", "route", "http_route", "span", "trace", "traceparent", "user_agent", "principal",
-                 "engine_trace", "started", "grant", "facts")
+                 "engine_trace", "started", "grant", "facts", "answer")
 
     def __init__(self, exchange: Exchange, route: Route | None, http_route: str) -> None:
         self.exchange = exchange
@@ -90,6 +96,7 @@ class _Call:
         self.started = time.perf_counter()
         self.grant: Grant | None = None  # auth said yes; the owner check still needs a listing
         self.facts: dict[str, Any] | None = None  # span attributes learnt on the way, set once at its end
+        self.answer: tuple[str, bytes] | None = None  # (operation, body) of a result counted in the export thread
 
 
 class FrontDoor:
@@ -196,39 +203,14 @@ class FrontDoor:
         current_trace.set(call.trace)
 
     def _end_span(self, call: _Call) -> None:
-        span = call.span
+        """Hand the span over with the request's last facts; its attributes are built from them
+        in the export thread (``_span_details``), off the request's path."""
         exchange, route = call.exchange, call.route
-        status = exchange.status
-        attributes = span.attributes
-        attributes.update({
-            "url.path": exchange.path, "url.scheme": "http", "network.protocol.version": exchange.http_version,
-            "db.system.name": "chromadb", "chroma.operation": route.operation if route else "invalid_path",
-        })
-        if exchange.server:
-            attributes["server.address"], attributes["server.port"] = exchange.server
-        if exchange.client:
-            attributes["client.address"] = exchange.client
-        if call.user_agent is not None:
-            attributes["user_agent.original"] = call.user_agent.decode("latin-1")
-        if route is not None:
-            for key, value in (("chroma.tenant", route.tenant), ("chroma.database", route.database),
-                               ("chroma.collection.id", route.collection),
-                               ("chroma.collection.name", self.names.get(route.collection))):
-                if value is not None:
-                    attributes[key] = value
-        if call.facts:
-            attributes.update(call.facts)
-        attributes["http.response.status_code"] = status or 499
-        if call.principal is not None:
-            attributes["enduser.id"] = call.principal.name
-        if call.engine_trace:
-            attributes["chroma.engine.trace_id"] = call.engine_trace
-            engine = SpanContext(int(call.engine_trace, 16), 1, is_remote=True,
-                                 trace_flags=TraceFlags(TraceFlags.SAMPLED))
-            span.add_link(engine, {"chroma.link": "engine trace"})
-        failed = status >= 500 or status == 0
-        self.spans.end(span, Status(StatusCode.ERROR, f"HTTP {status}" if status else "client went away")  # type: ignore[union-attr]
-                       if failed else None)
+        principal = call.principal
+        self.spans.end(call.span, None, _span_details, (  # type: ignore[union-attr]
+            exchange.path, exchange.http_version, exchange.server, exchange.client, call.user_agent, route,
+            self.names.get(route.collection) if route is not None else None, call.facts, exchange.status,
+            principal.name if principal is not None else None, call.engine_trace, call.answer))
 
     # ---- CORS and auth -----------------------------------------------------------------------
 
@@ -449,7 +431,11 @@ class FrontDoor:
     def _learn_from_response(self, call: _Call, tap: list[bytes] | None) -> None:
         """Facts for the span from a successful answer's body (result counts, collection names)."""
         if tap is not None and call.route is not None and 200 <= call.exchange.status < 300:
-            call.facts = {**(call.facts or {}), **response_attributes(call.route.operation, b"".join(tap), self.names)}
+            operation, body = call.route.operation, b"".join(tap)
+            if operation in COUNTED_OPS and len(body) <= _COUNT_LATER_BELOW:
+                call.answer = (operation, body)  # a count only: the export thread works it out
+            else:
+                call.facts = {**(call.facts or {}), **response_attributes(operation, body, self.names)}
 
     def retry(self, call: _Call, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
               gated: bool) -> None:
@@ -600,6 +586,41 @@ class FrontDoor:
         exchange.respond_error(413, "PayloadTooLarge",
                                f"chromaguard: {size} exceeds the limit of {self.max_payload_bytes} bytes "
                                "(CHROMA_MAX_PAYLOAD_SIZE_BYTES); send smaller batches")
+
+
+def _span_details(facts: tuple[Any, ...]) -> SpanDetails:
+    """A server span's attributes, status and links from what ``_end_span`` kept (export thread)."""
+    path, http_version, server, client, user_agent, route, name, learnt, status, principal, engine_trace, answer = facts
+    attributes: dict[str, Any] = {
+        "url.path": path, "url.scheme": "http", "network.protocol.version": http_version,
+        "db.system.name": "chromadb", "chroma.operation": route.operation if route else "invalid_path",
+    }
+    if server:
+        attributes["server.address"], attributes["server.port"] = server
+    if client:
+        attributes["client.address"] = client
+    if user_agent is not None:
+        attributes["user_agent.original"] = user_agent.decode("latin-1")
+    if route is not None:
+        for key, value in (("chroma.tenant", route.tenant), ("chroma.database", route.database),
+                           ("chroma.collection.id", route.collection), ("chroma.collection.name", name)):
+            if value is not None:
+                attributes[key] = value
+    if learnt:
+        attributes.update(learnt)
+    if answer is not None:
+        attributes.update(result_attributes(*answer))
+    attributes["http.response.status_code"] = status or 499
+    if principal is not None:
+        attributes["enduser.id"] = principal
+    links: list[Link] = []
+    if engine_trace:
+        attributes["chroma.engine.trace_id"] = engine_trace
+        engine = SpanContext(int(engine_trace, 16), 1, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+        links.append(Link(engine, {"chroma.link": "engine trace"}))
+    failed = status >= 500 or status == 0
+    return attributes, Status(StatusCode.ERROR, f"HTTP {status}" if status else "client went away") \
+        if failed else None, links
 
 
 @functools.lru_cache(maxsize=1)

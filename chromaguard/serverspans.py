@@ -5,12 +5,18 @@ start twice (the sampler copies them): about 55 µs per request here, for attrib
 built ourselves from strings and numbers. The SDK still decides what is sampled (its
 sampler and id generator, so ``OTEL_TRACES_SAMPLER`` works) and still batches and exports
 (its span processor gets the finished ``ReadableSpan``, as from ``Span.end``).
+
+A finished span's fields are filled in where they are first read: by the exporter, in its
+thread, a batch at a time. Built on the request's path, between two of the engine's
+searches, the same work ran from cold caches at several times the cost (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -21,6 +27,8 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, SpanProcess
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+log = logging.getLogger("chromaguard.telemetry")
 
 _UNSET = Status(StatusCode.UNSET)
 _NO_PARENT = Context()  # not the ambient context: a request without traceparent starts a trace
@@ -67,6 +75,32 @@ class ServerSpan:
         self.links.append(Link(context, attributes))
 
 
+# What a span learns at its end, worked out in the export thread: more attributes, a status
+# (None: unset), more links.
+SpanDetails = tuple[dict[str, Any], Status | None, Sequence[Link]]
+
+
+class _FinishedSpan(ReadableSpan):
+    """A finished span whose fields the SDK's ``ReadableSpan`` fills in on first read.
+
+    Only the context is set at once (the batch processor reads its sampled flag when the
+    span is handed over); any other field's first read builds them all, with the SDK's own
+    constructor, so every field the SDK defines is there.
+    """
+
+    def __init__(self, spans: ServerSpans, span: ServerSpan, end_time: int,
+                 details: Callable[[Any], SpanDetails] | None, facts: Any, status: Status | None) -> None:
+        self._context = span.context
+        self._pending = (spans, span, end_time, details, facts, status)
+
+    def __getattr__(self, name: str) -> Any:
+        pending = self.__dict__.pop("_pending", None)
+        if pending is None:
+            raise AttributeError(name)
+        pending[0]._fill(self, *pending[1:])
+        return getattr(self, name)
+
+
 class ServerSpans:
     """Starts and ends server spans with the provider's sampler and ids, our processor and scope."""
 
@@ -107,14 +141,29 @@ class ServerSpans:
                               trace_flags=_SAMPLED if sampled else _NOT_SAMPLED, trace_state=trace_state)
         return ServerSpan(name, context, parent, attributes, recording)
 
-    def end(self, span: ServerSpan, status: Status | None = None) -> None:
-        if not span.recording:
-            return
+    def end(self, span: ServerSpan, status: Status | None = None,
+            details: Callable[[Any], SpanDetails] | None = None, facts: Any = None) -> None:
+        """``details(facts)`` runs where the span is first read (the export thread): it must use
+        only ``facts``, values that no longer change. What it returns completes the span."""
+        if span.recording:
+            self._processor.on_end(_FinishedSpan(self, span, time.time_ns(), details, facts, status))
+
+    def _fill(self, target: _FinishedSpan, span: ServerSpan, end_time: int,
+              details: Callable[[Any], SpanDetails] | None, facts: Any, status: Status | None) -> None:
         attributes: Any = span.attributes
+        links: Sequence[Link] = span.links
+        if details is not None:
+            try:
+                more, found, extra_links = details(facts)
+            except Exception:  # the span still goes, with what it had at its start
+                log.exception("could not complete the span %s", span.name)
+            else:
+                attributes.update(more)
+                status = found or status
+                links = [*links, *extra_links]
         if self._max_length is not None or (self._max_attributes is not None
                                             and len(attributes) > self._max_attributes):
             attributes = BoundedAttributes(self._max_attributes, attributes, max_value_len=self._max_length)
-        self._processor.on_end(ReadableSpan(
-            span.name, span.context, span.parent, self._resource, attributes, tuple(span.events),
-            tuple(span.links), SpanKind.SERVER, status=status or _UNSET, start_time=span.start_time,
-            end_time=time.time_ns(), instrumentation_scope=self._scope))
+        ReadableSpan.__init__(target, span.name, span.context, span.parent, self._resource, attributes,
+                              tuple(span.events), tuple(links), SpanKind.SERVER, status=status or _UNSET,
+                              start_time=span.start_time, end_time=end_time, instrumentation_scope=self._scope)

@@ -20,6 +20,7 @@ _LEADING_IDS = re.compile(rb'\s*\{\s*"ids"\s*:\s*')  # the engine writes a resul
 _DECODER = json.JSONDecoder()
 _BATCH_OPS = frozenset({"add", "upsert", "update", "delete"})
 RESULT_OPS = frozenset({"get", "query", "list_collections", "count", "create_collection", "get_collection"})
+COUNTED_OPS = frozenset({"get", "query"})  # their answers only give a count: ``result_attributes``
 
 
 def _count_ids(body: bytes) -> int | None:
@@ -96,20 +97,25 @@ def _leading_ids(body: bytes) -> Any:
             size *= 8
 
 
-def response_attributes(operation: str, body: bytes, names: CollectionNames) -> dict[str, Any]:
-    if operation in ("get", "query"):
-        ids = _leading_ids(body)
-        if ids is None:
-            try:
-                data = json.loads(body)
-            except (ValueError, RecursionError):
-                return {}
-            ids = data.get("ids") if isinstance(data, dict) else None
-        if not isinstance(ids, list):
+def result_attributes(operation: str, body: bytes) -> dict[str, Any]:
+    """The result count of a get or query answer: counting only, so it may run in any thread."""
+    ids = _leading_ids(body)
+    if ids is None:
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
             return {}
-        if operation == "get":
-            return {"chroma.result_count": len(ids)}
-        return {"chroma.result_count": sum(len(row) for row in ids if isinstance(row, list))}
+        ids = data.get("ids") if isinstance(data, dict) else None
+    if not isinstance(ids, list):
+        return {}
+    if operation == "get":
+        return {"chroma.result_count": len(ids)}
+    return {"chroma.result_count": sum(len(row) for row in ids if isinstance(row, list))}
+
+
+def response_attributes(operation: str, body: bytes, names: CollectionNames) -> dict[str, Any]:
+    if operation in COUNTED_OPS:
+        return result_attributes(operation, body)
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.context import attach, detach
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace import set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -22,6 +22,7 @@ from chromaguard.serverspans import ServerSpans
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
+ENGINE_TRACE = 0x11112222333344445555666677778888
 
 
 def _spans(provider: TracerProvider) -> tuple[ServerSpans, InMemorySpanExporter]:
@@ -60,6 +61,52 @@ def test_a_finished_span_carries_everything_given() -> None:
     assert done.start_time <= done.end_time
     assert ExportTraceServiceRequest.FromString(SpanEncoder().encode([done])) == encode_spans([done])
 
+
+
+class _Kept(SimpleSpanProcessor):
+    """Keeps what it is handed, unread (as the batch processor's queue does until export)."""
+
+    def __init__(self) -> None:
+        super().__init__(InMemorySpanExporter())
+        self.kept: list = []
+
+    def on_end(self, span) -> None:  # type: ignore[no-untyped-def]
+        if span.context.trace_flags.sampled:
+            self.kept.append(span)
+
+
+def test_details_are_worked_out_where_the_span_is_first_read() -> None:
+    kept = _Kept()
+    spans = ServerSpans(TracerProvider(), kept, Resource.create({}), InstrumentationScope("chromaguard", "0.1.0"))
+    calls: list[object] = []
+
+    def details(facts: object) -> tuple[dict, Status, list]:
+        calls.append(facts)
+        engine = SpanContext(ENGINE_TRACE, 1, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+        return {"http.response.status_code": 503}, Status(StatusCode.ERROR, "HTTP 503"), [Link(engine)]
+
+    span = spans.start("GET /x", None, {"http.route": "/x"})
+    spans.end(span, None, details, ("the", "facts"))
+    [handed] = kept.kept
+    assert calls == [], "the details were worked out on the request's path"
+    assert handed.attributes == {"http.route": "/x", "http.response.status_code": 503}
+    assert handed.status.description == "HTTP 503" and handed.links[0].context.trace_id == ENGINE_TRACE
+    assert calls == [("the", "facts")], "worked out once, when first read"
+    encoded = ExportTraceServiceRequest.FromString(SpanEncoder().encode([handed]))
+    assert encoded == encode_spans([handed])
+
+
+def test_a_failing_details_builder_still_exports_the_span(caplog: pytest.LogCaptureFixture) -> None:
+    spans, memory = _spans(TracerProvider())
+
+    def broken(facts: object) -> tuple[dict, None, list]:
+        raise KeyError("no such fact")
+
+    span = spans.start("GET /y", None, {"http.route": "/y"})
+    spans.end(span, Status(StatusCode.ERROR, "HTTP 500"), broken, ())
+    [done] = memory.get_finished_spans()
+    assert done.attributes == {"http.route": "/y"} and done.status.description == "HTTP 500"
+    assert "could not complete the span GET /y" in caplog.text
 
 def test_a_new_trace_gets_fresh_ids() -> None:
     spans, memory = _spans(TracerProvider())

@@ -74,6 +74,23 @@ def test_spans_carry_http_and_chroma_attributes(traced: Guard, receiver: Receive
         assert "span-secret-token" not in json.dumps(span.attributes), "a token leaked into a span"
 
 
+def test_result_counts_of_small_and_large_answers(traced: Guard, receiver: Receiver) -> None:
+    # A small answer is counted in the export thread, one over 8 KiB on the request's path:
+    # both must reach the span, with the count the client saw.
+    col = _client(traced.port).create_collection("counted-items", embedding_function=None)
+    col.add(ids=[f"item-{i:04d}" for i in range(600)], embeddings=[[float(i), 1.0] for i in range(600)],
+            documents=[f"document number {i}" for i in range(600)])
+    small, large = col.get(limit=3), col.get(include=["documents"])
+    assert len(small["ids"]) == 3 and len(large["ids"]) == 600
+    def both(spans: list[Span]) -> list[Span]:
+        gets = [s for s in _ours(spans, "get") if s.attributes.get("chroma.collection.id") == str(col.id)]
+        return gets if len(gets) >= 2 else []
+
+    gets = receiver.wait_for(both)
+    assert sorted(s.attributes["chroma.result_count"] for s in gets) == [3, 600]
+    assert all(s.attributes["chroma.collection.name"] == "counted-items" for s in gets)
+
+
 def test_client_traceparent_is_continued(traced: Guard, receiver: Receiver) -> None:
     trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     response = httpx.get(traced.url + "/api/v2/version", headers={
