@@ -12,13 +12,14 @@ kept-alive upstream connections, bodies held in memory, no access log.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from tcpforward import ProxyProcess
 
 _CONFIG = """\
 worker_processes 1;
@@ -58,16 +59,13 @@ def available() -> bool:
     return shutil.which("nginx") is not None
 
 
-class NginxProxy:
-    """nginx as a child process in front of ``engine`` (which it closes with itself)."""
+class NginxProxy(ProxyProcess):
+    """nginx as a child process in front of ``engine``."""
 
     def __init__(self, engine: Any, token: str) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self._tmp = tempfile.TemporaryDirectory(prefix="cg-nginx-")
         root = Path(self._tmp.name)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
         config = root / "nginx.conf"
         config.write_text(_CONFIG.format(root=root, upstream=engine.port, port=self.port, token=token))
         self.proc = subprocess.Popen(["nginx", "-p", str(root), "-c", str(config), "-g", "daemon off;"],
@@ -89,12 +87,6 @@ class NginxProxy:
                     raise
             time.sleep(0.05)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-        self.engine.close()
+        super().close()
         self._tmp.cleanup()

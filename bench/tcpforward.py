@@ -85,18 +85,16 @@ async def _serve(upstream_port: int, port: int) -> None:
         await server.serve_forever()
 
 
-class TcpForwarder:
-    """The forwarder as a child process in front of ``engine`` (which it closes with itself)."""
+class ProxyProcess:
+    """A proxy child process on a free port in front of ``engine``, which it closes with itself."""
+
+    proc: subprocess.Popen[Any]
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(engine.port), str(self.port)],
-                                     stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
-        time.sleep(0.1)
 
     @property
     def url(self) -> str:
@@ -106,6 +104,17 @@ class TcpForwarder:
         self.proc.kill()
         self.proc.wait(10)
         self.engine.close()
+
+
+class TcpForwarder(ProxyProcess):
+    """The forwarder as a child process in front of ``engine``."""
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine)
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(engine.port), str(self.port)],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+        time.sleep(0.1)
 
 
 if __name__ == "__main__":
