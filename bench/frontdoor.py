@@ -38,6 +38,8 @@ TOKEN = "bench-token"
 SAME_ENGINE = "guard, same engine as bare"
 FORWARDER = "bare engine behind a TCP forwarder"
 NGINX = "bare engine behind nginx + token auth"
+TRACED_BARE = "bare engine, its own tracing on"
+TRACED = ("guard+auth+tracing", "guard+auth+tracing, no engine spans")
 
 
 class ReceiverProcess:
@@ -186,9 +188,13 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
                    "CHROMA_SERVER_OTEL_ENDPOINT": receiver.endpoint, "CHROMA_SERVER_OTEL_SERVICE_NAME": "bench",
                    # Export often, so what a server's spans cost lands in its own wrk slice, not the next one's.
                    "OTEL_BSP_SCHEDULE_DELAY": "200"}
-        servers["guard+auth+tracing"] = Guard(data_dir=data_dir("traced"), env=secured).start()
+        # Like with like: the engine tracing itself, as chromaguard sets it up (request spans, the
+        # same collector and export delay). The traced front door is measured against it too.
+        servers[TRACED_BARE] = BareEngine(data_dir("traced-bare"), otel_endpoint=receiver.endpoint,
+                                          env={"OTEL_BSP_SCHEDULE_DELAY": "200"})
+        servers[TRACED[0]] = Guard(data_dir=data_dir("traced"), env=secured).start()
         # What the engine's own request spans cost is the engine's: shown apart.
-        servers["guard+auth+tracing, no engine spans"] = Guard(data_dir=data_dir("traced-own"), env={
+        servers[TRACED[1]] = Guard(data_dir=data_dir("traced-own"), env={
             **secured, "CHROMAGUARD_OTEL_ENGINE_SPANS": "off"}).start()
     try:
         clients = {k: _client(s.port, TOKEN if "auth" in k else None) for k, s in servers.items()}
@@ -237,7 +243,7 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
                     path = (f"/api/v2/tenants/default_tenant/databases/default_database/collections/"
                             f"{cols[key].id}/query")
                     stop = threading.Event()
-                    if key not in ("bare", NGINX):  # nginx's master is not the process that works
+                    if key not in ("bare", NGINX, TRACED_BARE):  # nginx's master is not the process that works
                         def sample(pid: int = server.proc.pid, into: list[float] = rss[key]) -> None:
                             while not stop.is_set():
                                 into.append(_rss_mb(pid))
@@ -257,20 +263,13 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
         for key in keys:
             if "auth" not in key:
                 result["servers"][key]["heartbeat_p50_ms"] = heartbeat_p50_ms(servers[key].url)
-        bare = result["servers"]["bare"]
         for key in keys[1:]:
-            mine = result["servers"][key]
-            if key in alone:
-                mine["add_throughput_ratio"] = mine["add_records_per_s"] / bare["add_records_per_s"]
-                mine["query_p50_ratio"] = mine["query_p50_ms"] / bare["query_p50_ms"]
-                mine["query_p95_ratio"] = mine["query_p95_ms"] / bare["query_p95_ms"]
-            if "query_throughput_rps" in mine:
-                # Each slice against the bare engine's slice of the same round (seconds apart):
-                # the median of these pairs is what the machine's swings move least.
-                pairs = sorted(a / b for a, b in zip(mine["query_throughput_slices"], bare["query_throughput_slices"]))
-                mine["query_throughput_ratio"] = statistics.median(pairs)
-                mine["query_throughput_ratio_of_means"] = mine["query_throughput_rps"] / bare["query_throughput_rps"]
-                mine["query_throughput_ratio_range"] = [pairs[len(pairs) // 4], pairs[(3 * len(pairs)) // 4]]
+            _ratios(result["servers"][key], result["servers"]["bare"], key in alone)
+        if TRACED_BARE in result["servers"]:
+            result["traced"] = {"baseline": TRACED_BARE, "servers": {}}
+            for key in TRACED:
+                versus = result["traced"]["servers"][key] = dict(result["servers"][key])
+                _ratios(versus, result["servers"][TRACED_BARE], True)
         if traced:
             result["spans_received"] = receiver.stop()
         return result
@@ -281,23 +280,47 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
         tmp.cleanup()
 
 
+def _ratios(mine: dict[str, Any], bare: dict[str, Any], alone: bool) -> None:
+    """``mine``'s figures as ratios to ``bare``'s, written into ``mine``."""
+    if alone:
+        mine["add_throughput_ratio"] = mine["add_records_per_s"] / bare["add_records_per_s"]
+        mine["query_p50_ratio"] = mine["query_p50_ms"] / bare["query_p50_ms"]
+        mine["query_p95_ratio"] = mine["query_p95_ms"] / bare["query_p95_ms"]
+    if "query_throughput_rps" in mine:
+        # Each slice against the bare engine's slice of the same round (seconds apart):
+        # the median of these pairs is what the machine's swings move least.
+        pairs = sorted(a / b for a, b in zip(mine["query_throughput_slices"], bare["query_throughput_slices"]))
+        mine["query_throughput_ratio"] = statistics.median(pairs)
+        mine["query_throughput_ratio_of_means"] = mine["query_throughput_rps"] / bare["query_throughput_rps"]
+        mine["query_throughput_ratio_range"] = [pairs[len(pairs) // 4], pairs[(3 * len(pairs)) // 4]]
+
+
 def report(result: dict[str, Any]) -> str:
-    lines = [f"{result['records']} x {result['dim']}-d, top-10, {result['queries']} queries (official client); "
-             f"saturated throughput: wrk {result.get('wrk', {}).get('connections', '-')} connections, "
-             "ratio = median of slices paired with the bare engine's (IQR after it)",
-             f"{'':38}{'add rec/s':>10}{'ratio':>7}{'p50 ms':>8}{'ratio':>7}{'p95 ms':>8}{'ratio':>7}"
-             f"{'qps':>8}{'ratio':>7}{'IQR':>12}{'rss MB':>8}{'hb ms':>7}"]
-    for key, row in result["servers"].items():
-        def cell(name: str, width: int = 7, fmt: str = ".3f") -> str:
-            return f"{row[name]:>{width}{fmt}}" if name in row else f"{'':>{width}}"
-        spread = row.get("query_throughput_ratio_range")
-        iqr = f"{spread[0]:.2f}-{spread[1]:.2f}" if spread else ""
-        lines.append(f"{key:38}{cell('add_records_per_s', 10, '.0f')}{cell('add_throughput_ratio')}"
-                     f"{cell('query_p50_ms', 8)}{cell('query_p50_ratio')}{cell('query_p95_ms', 8)}"
-                     f"{cell('query_p95_ratio')}{cell('query_throughput_rps', 8, '.0f')}"
-                     f"{cell('query_throughput_ratio')}{iqr:>12}{cell('front_door_rss_mb_max', 8, '.1f')}"
-                     f"{cell('heartbeat_p50_ms', 7, '.3f')}")
+    lines = [(f"{result['records']} x {result['dim']}-d, top-10, {result['queries']} queries (official client); "
+              f"saturated throughput: wrk {result.get('wrk', {}).get('connections', '-')} connections, "
+              "ratio = median of slices paired with the bare engine's (IQR after it)"), _HEADER]
+    lines += [_row(key, row) for key, row in result["servers"].items()]
+    traced = result.get("traced")
+    if traced:
+        lines += ["", f"with tracing on both sides: ratios to the {traced['baseline']}", _HEADER]
+        lines += [_row(key, row) for key, row in traced["servers"].items()]
     return "\n".join(lines)
+
+
+_HEADER = (f"{'':38}{'add rec/s':>10}{'ratio':>7}{'p50 ms':>8}{'ratio':>7}{'p95 ms':>8}{'ratio':>7}"
+           f"{'qps':>8}{'ratio':>7}{'IQR':>12}{'rss MB':>8}{'hb ms':>7}")
+
+
+def _row(key: str, row: dict[str, Any]) -> str:
+    def cell(name: str, width: int = 7, fmt: str = ".3f") -> str:
+        return f"{row[name]:>{width}{fmt}}" if name in row else f"{'':>{width}}"
+    spread = row.get("query_throughput_ratio_range")
+    iqr = f"{spread[0]:.2f}-{spread[1]:.2f}" if spread else ""
+    return (f"{key:38}{cell('add_records_per_s', 10, '.0f')}{cell('add_throughput_ratio')}"
+            f"{cell('query_p50_ms', 8)}{cell('query_p50_ratio')}{cell('query_p95_ms', 8)}"
+            f"{cell('query_p95_ratio')}{cell('query_throughput_rps', 8, '.0f')}"
+            f"{cell('query_throughput_ratio')}{iqr:>12}{cell('front_door_rss_mb_max', 8, '.1f')}"
+            f"{cell('heartbeat_p50_ms', 7, '.3f')}")
 
 
 def main() -> None:

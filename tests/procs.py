@@ -132,18 +132,28 @@ class Guard:
 class BareEngine:
     """The Chroma engine alone, exactly as ``chroma run`` starts it: the reference we compare with."""
 
-    def __init__(self, data_dir: Path | None = None) -> None:
+    def __init__(self, data_dir: Path | None = None, *, otel_endpoint: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        """``otel_endpoint``: the engine's own tracing on, as chromaguard configures it (its
+        ``open_telemetry`` block and request spans only), for a like-with-like baseline."""
         self.tmp = tempfile.TemporaryDirectory(prefix="cg-bare-")
         self.port = free_port()
         self.data_dir = data_dir or Path(self.tmp.name) / "data"
         config = Path(self.tmp.name) / "config.yaml"
-        config.write_text(f'listen_address: "127.0.0.1"\nport: {self.port}\n'
-                          f'persist_path: "{self.data_dir}"\nallow_reset: true\n')
+        text = (f'listen_address: "127.0.0.1"\nport: {self.port}\n'
+                f'persist_path: "{self.data_dir}"\nallow_reset: true\n')
+        env = clean_env(**(env or {}))
+        if otel_endpoint:
+            from chromaguard.telemetry import ENGINE_REQUEST_SPANS_FILTER
+
+            text += f'open_telemetry:\n  service_name: "bare-engine"\n  endpoint: "{otel_endpoint}"\n'
+            env["RUST_LOG"] = ENGINE_REQUEST_SPANS_FILTER
+        config.write_text(text)
         self.log_path = Path(self.tmp.name) / "engine.log"
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "import sys, chromadb_rust_bindings as b; b.cli(['chroma', 'run', sys.argv[1]])",
-             str(config)], stdout=self._log, stderr=subprocess.STDOUT, env=clean_env())
+             str(config)], stdout=self._log, stderr=subprocess.STDOUT, env=env)
         wait_http(self.url + "/api/v2/heartbeat", proc=self.proc, log=self.log_path)
 
     @property
