@@ -36,9 +36,11 @@ class RelayWatch:
 
     def add(self, relay: Relay) -> None:
         self.relays.add(relay)
-        loop = asyncio.get_running_loop()
-        if self._handle is None or self._loop is not loop:  # none yet, or one left on a loop that ended
-            self._loop = loop
+        loop = self._loop
+        # The running loop is asked for only to arm the timer: on Python 3.11 each
+        # get_running_loop() is a getpid system call, one per request otherwise.
+        if self._handle is None or loop is None or loop.is_closed():  # none yet, or one left on a loop that ended
+            loop = self._loop = asyncio.get_running_loop()
             self._handle = loop.call_later(self.tick, self._sweep)
         relay.since = loop.time()
 
