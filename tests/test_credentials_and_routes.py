@@ -26,6 +26,15 @@ def test_yaml_records_with_scope_and_hash() -> None:
     assert principal.identity() == {"user_id": "vault", "tenant": "acme", "databases": ["prod"]}
 
 
+@pytest.mark.parametrize("token", ["from-vault", "tøken-ünïcode", "x" * 4096, "sp ace\ttab"])
+def test_a_token_stored_as_its_sha256sum_matches_the_token(token: str) -> None:
+    """What `sha256sum` printed for a token (hashlib's SHA-256) opens the door to that token only."""
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    store = parse_tokens(f'[{{"sha256": "{digest}", "name": "hashed"}}]', "f")
+    assert store.check_token(token).name == "hashed"
+    assert store.check_token(token + "!") is None and store.check_token(token[:-1]) is None
+
+
 @pytest.mark.parametrize("text, fragment", [
     ('[{"token": "a", "colour": "red"}]', "unknown field 'colour'"),
     ('[{"token": "a", "sha256": "' + "0" * 64 + '"}]', "exactly one of token or sha256"),
