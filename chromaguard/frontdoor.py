@@ -470,20 +470,21 @@ class FrontDoor:
         target = exchange.raw_path + b"?" + exchange.query if exchange.query else exchange.raw_path
         route = call.route
         gated = self.gate is not None and (route is None or route.access != READ)
-        body: bytes | None = None
+        body: list[bytes] | None = None
         if exchange.body_complete or gated or length is None or length <= DISPATCH_WHOLE_BELOW:
             # Whole before it goes on (bounded by the payload limit). A write counts as in flight
             # for a snapshot's hold only once it can go to the engine whole: a slow uploader must
-            # not keep every other writer (and the backup) waiting.
+            # not keep every other writer (and the backup) waiting. Kept in the pieces it came
+            # in: they go on as they are, without a copy of megabytes into one.
             try:
-                body = await exchange.read_body(self.max_payload_bytes)
+                body = await exchange.read_body_parts(self.max_payload_bytes)
             except ClientDisconnected:
                 return
             if body is None:
                 self._too_large(exchange, None)
                 return
             if call.span is not None and route is not None and body:
-                call.facts = request_attributes(route.operation, body)
+                call.facts = request_attributes(route.operation, body[0] if len(body) == 1 else b"".join(body))
         if gated:
             await self.gate.enter()  # type: ignore[union-attr]
         try:
@@ -495,7 +496,7 @@ class FrontDoor:
             await self._relay(call, response)
 
     async def _send(self, exchange: Exchange, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
-                    body: bytes | None, length: int | None) -> Response | None:
+                    body: bytes | list[bytes] | None, length: int | None) -> Response | None:
         """Send the request to the engine (a large body streamed as it arrives); None when an
         error answer was already sent instead."""
         try:

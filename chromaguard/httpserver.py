@@ -98,14 +98,17 @@ class Exchange:
 
     def take_body(self) -> bytes:
         """What has arrived of the body (all of it once ``body_complete``)."""
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
+        parts = self._take_parts()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _take_parts(self) -> list[bytes]:
+        parts = list(self._chunks)
+        self._chunks.clear()
         paused = self._buffered > _BODY_HIGH_WATER
         self._buffered = 0
         if paused:
             self._conn.update_reading()
-        return data
+        return parts
 
     async def body_chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; ClientDisconnected if the client leaves before its end."""
@@ -126,17 +129,28 @@ class Exchange:
 
     async def read_body(self, limit: int) -> bytes | None:
         """The whole body, or None when it is longer than ``limit`` bytes."""
+        parts = await self.read_body_parts(limit)
+        if parts is None:
+            return None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def read_body_parts(self, limit: int) -> list[bytes] | None:
+        """The whole body in the pieces it arrived in, or None when it is longer than ``limit``.
+
+        Why pieces: joining a body of megabytes is a copy into fresh memory, page faults
+        included, about 5 ms for an 8 MB add here; the pieces can go on as they are.
+        """
         if self._body_done:
-            body = self.take_body()
-            return body if len(body) <= limit else None
-        parts: list[bytes] = []
+            parts = self._take_parts()
+            return parts if sum(map(len, parts)) <= limit else None
+        parts = []
         size = 0
         async for chunk in self.body_chunks():
             size += len(chunk)
             if size > limit:
                 return None
             parts.append(chunk)
-        return b"".join(parts)
+        return parts
 
     def _send_continue(self) -> None:
         if self._expect and not self._body_done and not self._started:

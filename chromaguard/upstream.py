@@ -11,7 +11,7 @@ import asyncio
 import collections
 import ssl
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterable, Protocol
+from typing import AsyncIterator, Iterable, Protocol, Sequence
 from urllib.parse import urlsplit
 
 import httptools
@@ -25,6 +25,7 @@ _NOT_RELAYED = frozenset({
     b"content-length",
 })
 _MAX_IDLE = 128
+_JOIN_BELOW = 64 * 1024  # a body up to this size is joined to its head: one buffer, one write
 
 
 class UpstreamError(Exception):
@@ -195,9 +196,16 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     async def write(self, data: bytes) -> None:
+        await self.writelines((data,))
+
+    async def writelines(self, parts: Sequence[bytes]) -> None:
+        """Send ``parts`` in order without joining them (the event loop writes them together)."""
         if not self.alive or self.transport is None:
             raise self.error or UpstreamError("upstream connection closed while sending the request")
-        self.transport.write(data)
+        if len(parts) == 1:
+            self.transport.write(parts[0])
+        else:
+            self.transport.writelines(parts)
         if not self._write_ready.is_set():
             await self._write_ready.wait()
 
@@ -346,14 +354,19 @@ class UpstreamPool:
         return b"".join(lines)
 
     async def request(self, method: str, path: bytes, headers: Iterable[tuple[bytes, bytes]] = (),
-                      body: bytes | None = None, *, body_stream: AsyncIterator[bytes] | None = None,
+                      body: bytes | Sequence[bytes] | None = None, *,
+                      body_stream: AsyncIterator[bytes] | None = None,
                       length: int | None = None, timeout: float | None = None) -> Response:
-        """Send one request; ``body`` is sent whole, ``body_stream`` chunk by chunk (``length`` bytes).
+        """Send one request; ``body`` (bytes, or pieces sent as they are) is sent whole,
+        ``body_stream`` chunk by chunk (``length`` bytes).
 
         Raises UpstreamUnavailable when nothing was sent, UpstreamError otherwise.
         """
+        parts: list[bytes] = []
         if body_stream is None:
-            length = len(body) if body else (0 if method in ("POST", "PUT", "PATCH") else None)
+            parts = [body] if isinstance(body, bytes) else [part for part in body or () if part]
+            size = sum(map(len, parts))
+            length = size if size else (0 if method in ("POST", "PUT", "PATCH") else None)
         headers = list(headers)
         retry_ok = body_stream is None
         for attempt in (0, 1):
@@ -363,7 +376,10 @@ class UpstreamPool:
             head = self._head(method, path, headers, length)
             try:
                 if body_stream is None:
-                    await conn.write(head + body if body else head)
+                    if len(parts) == 1 and len(parts[0]) <= _JOIN_BELOW:
+                        await conn.write(head + parts[0])  # one small write: cheaper joined
+                    else:
+                        await conn.writelines([head, *parts])
                 else:
                     await conn.write(head)
                     async for chunk in body_stream:

@@ -79,6 +79,13 @@ def test_streamed_upload_larger_than_one_read(guard: Guard, name: str) -> None:
                    headers={"content-type": "application/json"}, timeout=120)
     assert r.status_code == 201, r.text
     assert httpx.get(f"{guard.url}{BASE}/collections/{cid}/count").json() == 3000
+    # The body reached the engine whole and in order, though it came (and went on) in pieces.
+    picked = [0, 1, 1499, 2998, 2999]
+    got = httpx.post(f"{guard.url}{BASE}/collections/{cid}/get", timeout=60,
+                     json={"ids": [f"u{i}" for i in picked], "include": ["embeddings"]}).json()
+    stored = dict(zip(got["ids"], got["embeddings"]))
+    for i in picked:
+        assert np.allclose(stored[f"u{i}"], vectors[i], rtol=1e-6, atol=0), i
 
 
 def test_payload_limit_413_before_reaching_engine(name: str) -> None:
