@@ -484,7 +484,7 @@ class FrontDoor:
                 self._too_large(exchange, None)
                 return
             if call.span is not None and route is not None and body:
-                call.facts = request_attributes(route.operation, body[0] if len(body) == 1 else b"".join(body))
+                call.facts = request_attributes(route.operation, b"".join(body))
         if gated:
             await self.gate.enter()  # type: ignore[union-attr]
         try:

@@ -98,17 +98,22 @@ class Exchange:
 
     def take_body(self) -> bytes:
         """What has arrived of the body (all of it once ``body_complete``)."""
-        parts = self._take_parts()
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)  # the relay's path: no list made
+        self._taken()
+        return data
 
     def _take_parts(self) -> list[bytes]:
         parts = list(self._chunks)
+        self._taken()
+        return parts
+
+    def _taken(self) -> None:
         self._chunks.clear()
         paused = self._buffered > _BODY_HIGH_WATER
         self._buffered = 0
         if paused:
             self._conn.update_reading()
-        return parts
 
     async def body_chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; ClientDisconnected if the client leaves before its end."""
@@ -132,7 +137,7 @@ class Exchange:
         parts = await self.read_body_parts(limit)
         if parts is None:
             return None
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return b"".join(parts)  # one piece comes back as it is, not copied
 
     async def read_body_parts(self, limit: int) -> list[bytes] | None:
         """The whole body in the pieces it arrived in, or None when it is longer than ``limit``.
