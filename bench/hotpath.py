@@ -74,12 +74,13 @@ class _Written:
         pass
 
 
-async def _measure(requests: int, env: dict[str, str], auth: bool) -> tuple[float, float, float]:
+async def _measure(requests: int, env: dict[str, str], auth: bool, fast_path: bool = True) -> tuple[float, float, float]:
     """µs per relayed request: of the event-loop thread, of the whole process, and of the
     event-loop thread with cold caches (the median request)."""
     from chromaguard.auth import Authenticator
     from chromaguard.config import load_settings
     from chromaguard.credentials import load_store
+    from chromaguard.fastpath import FastPath
     from chromaguard.frontdoor import AlwaysAvailable, FrontDoor
     from chromaguard.httpserver import HttpServer, _Connection as ClientConnection
     from chromaguard.telemetry import Telemetry
@@ -94,7 +95,8 @@ async def _measure(requests: int, env: dict[str, str], auth: bool) -> tuple[floa
         if auth else None
     door = FrontDoor(pool, AlwaysAvailable(), max_payload_bytes=1 << 24, upstream_timeout=60.0,
                      telemetry=telemetry, auth=authenticator)
-    client, client_side = ClientConnection(HttpServer(door)), _Written()
+    fast = FastPath.for_door(door) if fast_path else None
+    client, client_side = ClientConnection(HttpServer(door, fast=fast.take if fast else None)), _Written()
     client.connection_made(client_side)  # type: ignore[arg-type]
     data = request(auth)
 
@@ -135,10 +137,11 @@ def _child(variant: str, requests: int) -> None:
     env = {"CHROMA_ANONYMIZED_TELEMETRY": "false"}
     if "tracing" in variant:
         env.update({"CHROMA_SERVER_OTEL_ENDPOINT": os.environ["CG_OTLP"], "CHROMA_SERVER_OTEL_SERVICE_NAME": "hot"})
-    print(json.dumps(uvloop.run(_measure(requests, env, "auth" in variant))))
+    print(json.dumps(uvloop.run(_measure(requests, env, "auth" in variant, variant != GENERAL))))
 
 
-VARIANTS = ("plain", "auth", "tracing", "auth+tracing")
+GENERAL = "plain, general"  # the fast path off: what a plain read costs on the general path
+VARIANTS = ("plain", GENERAL, "auth", "tracing", "auth+tracing")
 
 
 def run(requests: int = 40_000, repeats: int = 3) -> dict[str, Any]:

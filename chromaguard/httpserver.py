@@ -31,6 +31,9 @@ Headers = list[tuple[bytes, bytes]]
 # Called in the parser's callback: answers at once (or starts a callback-driven relay) and
 # returns None, or returns a coroutine that the server runs as the request's task.
 Handler = Callable[["Exchange"], "Coroutine[Any, Any, None] | None"]
+# Offered each read that starts a request on an idle connection: True when it took the
+# request (and became the connection's current request), False to leave it to the parser.
+FastPath = Callable[["_Connection", bytes], bool]
 
 MAX_HEAD_BYTES = 32 * 1024
 DISPATCH_WHOLE_BELOW = 1 << 20  # a request body up to this size is read whole before the handler runs
@@ -85,6 +88,17 @@ class Exchange:
         self._reject: tuple[int, str] | None = None
         if not raw_path.startswith(b"/"):
             self._reject = (400, "the request target must be a path starting with /")
+
+    @classmethod
+    def received(cls, conn: "_Connection", method: str, url: bytes, headers: Headers, keep_alive: bool,
+                 body: bytes = b"") -> "Exchange":
+        """A request that was read whole without the parser (the front door's fast path)."""
+        exchange = cls(conn, method, url, headers, "1.1", keep_alive, False)
+        if body:
+            exchange._chunks.append(body)
+            exchange._buffered = len(body)
+        exchange._body_done = True
+        return exchange
 
     # ---- request body ------------------------------------------------------------------------
 
@@ -292,6 +306,16 @@ class Exchange:
         self.respond_json(status, {"error": error, "message": message}, headers)
 
 
+def parse_fields(block: bytes) -> Headers:
+    """Header lines (each ending in CRLF, checked already) as the parser gives them:
+    names in lower case, values without the blanks around them."""
+    fields = []
+    for line in block.split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b":")
+        fields.append((name.lower(), value.strip(b" \t")))
+    return fields
+
+
 class _Connection(asyncio.Protocol):
     """One client connection: parses requests, runs one at a time, in order."""
 
@@ -303,6 +327,9 @@ class _Connection(asyncio.Protocol):
         self.client = ""
         self.sockname: tuple[str, int] | None = None
         self.current: Exchange | None = None  # being answered
+        self.diverted: Any = None  # taken by the fast path, its body still arriving
+        self._fast = server.fast
+        self._between = True  # the parser is between two requests
         self.receiving: Exchange | None = None  # its request still arriving
         self.pipeline: collections.deque[Exchange] = collections.deque()
         self.task: asyncio.Task[None] | None = None
@@ -335,14 +362,14 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.server.connections.discard(self)
-        for exchange in (self.current, self.receiving, *self.pipeline):
+        for exchange in (self.current, self.receiving, self.diverted, *self.pipeline):
             if exchange is not None:
                 exchange._disconnect()
         self.pipeline.clear()
         self._writable()
 
     def eof_received(self) -> bool:
-        receiving = self.receiving
+        receiving = self.receiving or self.diverted
         if receiving is not None:  # the rest of its request will never come
             receiving._disconnect()
             return False
@@ -356,6 +383,13 @@ class _Connection(asyncio.Protocol):
         self.last_active = time.monotonic()
         if self.upgraded:
             return
+        if self.diverted is not None:  # the fast path's request: the rest of its body, maybe more
+            data = self.diverted.more(data)
+            if not data:
+                return
+        elif self.current is None and self._between and self._fast is not None and not self.pipeline:
+            if self._fast(self, data):
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -403,6 +437,7 @@ class _Connection(asyncio.Protocol):
     # ---- httptools callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._between = False
         self._url = []
         self._headers = []
         self._head_bytes = 0
@@ -447,6 +482,7 @@ class _Connection(asyncio.Protocol):
             self.receiving._feed(body)
 
     def on_message_complete(self) -> None:
+        self._between = True
         exchange = self.receiving
         if exchange is not None:
             self.receiving = None
@@ -509,7 +545,8 @@ class _Connection(asyncio.Protocol):
             # Not from here: answers given at once would otherwise nest one call deeper each.
             self._next_scheduled = True
             self.loop.call_soon(self._run_next)
-        self.update_reading()
+        if self.pipeline or self.receiving is not None or not self._reading:  # else reading is on, as it should be
+            self.update_reading()
 
     def _run_next(self) -> None:
         self._next_scheduled = False
@@ -573,14 +610,16 @@ class _Connection(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        return self.current is None and self.receiving is None and not self.pipeline
+        return self.current is None and self.receiving is None and self.diverted is None and not self.pipeline
 
 
 class HttpServer:
     """Serves ``handler`` on a listening socket until ``stop``; lets requests in flight finish."""
 
-    def __init__(self, handler: Handler, *, keep_alive: float = 75.0, drain_timeout: float = 30.0) -> None:
+    def __init__(self, handler: Handler, *, keep_alive: float = 75.0, drain_timeout: float = 30.0,
+                 fast: FastPath | None = None) -> None:
         self.handler = handler
+        self.fast = fast
         self.keep_alive = keep_alive
         self.drain_timeout = drain_timeout
         self.connections: set[_Connection] = set()

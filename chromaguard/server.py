@@ -28,6 +28,7 @@ from .credentials import CredentialsError, CredentialStore, load_store
 from .datalock import DataDirLock
 from .engine import EngineProcess
 from .errors import ConfigError, StartupError
+from .fastpath import FastPath
 from .frontdoor import AlwaysAvailable, Backend, FrontDoor
 from .httpserver import HttpServer
 from .readiness import Dependencies
@@ -234,7 +235,9 @@ class Service:
                                 upstream=self.settings.upstream),
                             cors=CorsPolicy(self.settings.cors_allow_origins) if self.settings.cors_allow_origins
                             else None)
-            self.server = HttpServer(app, keep_alive=75.0, drain_timeout=self.settings.drain_timeout)
+            fast = FastPath.for_door(app)
+            self.server = HttpServer(app, keep_alive=75.0, drain_timeout=self.settings.drain_timeout,
+                                     fast=fast.take if fast is not None else None)
             if self._stop_requested.is_set():
                 return
             log.info("chromaguard %s serving Chroma %s on http://%s:%d (%s)", __version__, version("chromadb"),

@@ -11,7 +11,7 @@ import asyncio
 import collections
 import ssl
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterable, Protocol, Sequence
+from typing import AsyncIterator, Callable, Iterable, Protocol, Sequence
 from urllib.parse import urlsplit
 
 import httptools
@@ -100,6 +100,8 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
         self.got_bytes = False
+        # Offered the first read of the answer whole; True when it dealt with it (the fast path).
+        self.whole: Callable[[bytes], bool] | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -107,6 +109,11 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        whole = self.whole
+        if whole is not None:
+            self.whole = None
+            if whole(data):
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -333,7 +340,7 @@ class UpstreamPool:
         conn.transport.write(head + body if body else head)
 
     def release(self, conn: _Connection) -> None:
-        reading = conn.transport is not None and getattr(conn.transport, "is_reading", lambda: True)()
+        reading = conn.transport is not None and conn.transport.is_reading()
         if conn.alive and conn.complete and not conn.chunks and reading and len(self._idle) < _MAX_IDLE:
             conn.used = True
             self._idle.append(conn)
