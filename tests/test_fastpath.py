@@ -22,6 +22,7 @@ from chromaguard.fastpath import FastPath
 from chromaguard.frontdoor import AlwaysAvailable, FrontDoor
 from chromaguard.httpserver import HttpServer, _Connection
 from chromaguard.upstream import UpstreamPool, _Connection as EngineConnection
+from socketless import Socketless
 
 QUERY = b"/api/v2/tenants/default_tenant/databases/default_database/collections/6f1c/query"
 BODY = json.dumps({"query_embeddings": [[0.25, 0.5]], "n_results": 2}).encode()
@@ -35,38 +36,6 @@ def query(body: bytes = BODY, *, extra: bytes = b"", path: bytes = QUERY, versio
     return (b"POST " + path + b" HTTP/" + version + b"\r\nhost: 127.0.0.1:8000\r\naccept: */*\r\n"
             b"accept-encoding: gzip, deflate\r\nconnection: keep-alive\r\nuser-agent: Chroma Python Client\r\n"
             + extra + b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
-
-
-class _Side:
-    """One end of a connection without a socket: what was written to it, reading on or off."""
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.reading = True
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def is_reading(self) -> bool:
-        return self.reading
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("10.0.0.7", 40000) if name in ("peername", "sockname") else default
-
-    def close(self) -> None:
-        self.closed = True
-
-    abort = close
 
 
 class _Counted:
@@ -87,7 +56,7 @@ class Scene:
     def __init__(self, fast: bool, *, timeout: float = 30.0, cors: CorsPolicy | None = None) -> None:
         self.pool = UpstreamPool("http://127.0.0.1:9")
         self.engine = EngineConnection()
-        self.engine_side = _Side()
+        self.engine_side = Socketless()
         self.engine.connection_made(self.engine_side)  # type: ignore[arg-type]
         self.engine.complete = True
         self.pool.release(self.engine)
@@ -96,7 +65,7 @@ class Scene:
         self.door.metrics = self.counted = _Counted()  # type: ignore[assignment]
         lane = FastPath.for_door(self.door) if fast else None
         self.client = _Connection(HttpServer(self.door, fast=lane.take if lane else None))
-        self.client_side = _Side()
+        self.client_side = Socketless("10.0.0.7")
         self.client.connection_made(self.client_side)  # type: ignore[arg-type]
 
     async def play(self, steps: list[tuple[str, bytes]]) -> tuple[bytes, bytes]:
@@ -290,7 +259,7 @@ def test_engine_closing_a_kept_alive_connection_unanswered_is_retried_on_a_fresh
         scene = Scene(True)
         scene.pool.retarget(f"http://127.0.0.1:{port}")  # and closes the idle one: the retry must connect
         stale = EngineConnection()
-        stale.connection_made(_Side())  # type: ignore[arg-type]
+        stale.connection_made(Socketless())  # type: ignore[arg-type]
         stale.complete = True
         stale.used = True  # it carried a request before: the engine may have closed it since
         scene.pool.release(stale)

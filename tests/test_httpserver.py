@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from procs import Guard, read_head
+from socketless import Socketless as _Socketless
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 
@@ -226,35 +227,6 @@ def test_request_on_a_connection_the_upstream_just_closed_goes_again(flaky_upstr
     assert [r.status_code for r in answers] == [200, 200, 200]
     assert all(r.json() == "1.0.0" for r in answers)
     assert flaky_upstream.requests >= 5  # two of them dropped and sent again on a fresh connection
-
-
-class _Socketless:
-    """The transport side of a connection, without a socket: what was written, whether reading is on."""
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.reading = True
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def is_closing(self) -> bool:
-        return False
-
-    def is_reading(self) -> bool:
-        return self.reading
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def get_extra_info(self, name: str) -> object:
-        return ("127.0.0.1", 40000)
-
-    def close(self) -> None:
-        pass
 
 
 def _relay_scene(timeout: float) -> tuple[object, _Socketless, object, _Socketless]:

@@ -321,3 +321,35 @@ def test_engine_line_levels() -> None:
     assert _level_of("  2026-11-24T12:53:46.270237Z  INFO  Cache miss for collection x", True) == logging.DEBUG
     assert _level_of("thread 'main' panicked at src/main.rs:1", True) == logging.ERROR
     assert _level_of("Saving data to: /data", False) == logging.DEBUG
+
+
+def test_request_counts_are_exact_while_another_thread_collects() -> None:
+    """Requests are recorded as appends and folded in later, by the event loop or by whoever
+    collects (the OTLP exporter's thread): none may be lost or counted twice."""
+    import sys
+    import threading
+
+    from chromaguard.requeststats import RequestStats
+
+    stats = RequestStats([0.001, 0.01, 0.1])
+    done = threading.Event()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads take turns as often as they can
+
+    def collect() -> None:
+        while not done.is_set():
+            list(stats.snapshot())
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    try:
+        for n in range(30_000):  # past the fold threshold several times
+            stats.record("query", 200 if n % 3 else 404, 0.0005 if n % 2 else 0.05)
+    finally:
+        done.set()
+        collector.join()
+        sys.setswitchinterval(interval)
+    series = {(operation, status): values for operation, status, values in stats.snapshot()}
+    assert sum(series[("query", 200)][3:]) == 20_000 and sum(series[("query", 404)][3:]) == 10_000
+    assert series[("query", 200)][3:] == [10_000, 0, 10_000, 0]  # each latency in its bucket
+    assert series[("query", 404)][1:3] == [0.0005, 0.05]  # min and max
