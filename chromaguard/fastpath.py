@@ -39,6 +39,9 @@ _REQUEST_LINE = re.compile(rb"(GET|POST) ((/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*)(?:\
 # hold no control character but tab (no CR or LF alone, no NUL, no folded lines). Linear.
 _FIELDS = re.compile(rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]++:[^\x00-\x08\x0a-\x1f\x7f]*+)*+\r\n\r\n")
 _NO_BODY_STATUS = (b"204", b"304")
+# The general path counts a head as its URL and name + value + 4 per field: at most 5/4 of its
+# bytes. Below this many bytes it cannot reach that limit (431), so both paths agree.
+_HEAD_LIMIT = MAX_HEAD_BYTES * 3 // 4
 _ROUTE_CACHE = 4096
 
 
@@ -59,7 +62,7 @@ class FastPath:
     def take(self, conn: ClientConnection, data: bytes) -> bool:
         """Take the request that starts ``data``; False: nothing was done, the parser reads it."""
         end = data.find(b"\r\n\r\n")
-        if end < 0 or end >= MAX_HEAD_BYTES:
+        if end < 0 or end >= _HEAD_LIMIT:
             return False
         line = _REQUEST_LINE.match(data)
         if line is None:
@@ -75,9 +78,9 @@ class FastPath:
             return False
         block = data[line.end() - 2:end + 2]  # each header line after a CRLF
         low = block.lower()
-        # Only the general path reads other framing, 100-continue, upgrades and CORS.
+        # Only the general path reads other framing, 100-continue, upgrades, CORS, closing.
         if (b"\ntransfer-encoding:" in low or b"\nexpect:" in low or b"\nupgrade:" in low
-                or b"\norigin:" in low):
+                or b"\norigin:" in low or b"\nproxy-connection:" in low):  # llhttp reads it as Connection
             return False
         at = low.find(b"\nconnection:")
         if at >= 0 and (low[at + 12:low.find(b"\r", at)].strip(b" \t") != b"keep-alive"
@@ -261,7 +264,8 @@ class FastRequest:
         if door.watch is not None:
             door.watch.relays.discard(self)  # type: ignore[arg-type]
             door.watch.relays.add(relay)  # its timer runs: this request was in the watch
-        up.sink = relay
+        if up.sink is self:  # else the connection has failed and let go of its sink: it must stay so
+            up.sink = relay
         if conn.current is self:  # type: ignore[comparison-overlap]
             conn.current = exchange
         return relay

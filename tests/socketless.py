@@ -6,8 +6,9 @@ from __future__ import annotations
 class Socketless:
     """A transport that keeps what is written to it and whether reading is on."""
 
-    def __init__(self, address: str = "127.0.0.1") -> None:
+    def __init__(self, address: str = "127.0.0.1", protocol: object = None) -> None:
         self.address = address
+        self.protocol = protocol  # told of the close on the next loop turn, as a real transport does
         self.written: list[bytes] = []
         self.reading = True
         self.closed = False
@@ -31,6 +32,10 @@ class Socketless:
         return (self.address, 40000) if name in ("peername", "sockname") else default
 
     def close(self) -> None:
+        if self.protocol is not None and not self.closed:
+            import asyncio
+
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)  # type: ignore[attr-defined]
         self.closed = True
 
     abort = close

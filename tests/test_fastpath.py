@@ -56,7 +56,7 @@ class Scene:
     def __init__(self, fast: bool, *, timeout: float = 30.0, cors: CorsPolicy | None = None) -> None:
         self.pool = UpstreamPool("http://127.0.0.1:9")
         self.engine = EngineConnection()
-        self.engine_side = Socketless()
+        self.engine_side = Socketless(protocol=self.engine)
         self.engine.connection_made(self.engine_side)  # type: ignore[arg-type]
         self.engine.complete = True
         self.pool.release(self.engine)
@@ -65,7 +65,7 @@ class Scene:
         self.door.metrics = self.counted = _Counted()  # type: ignore[assignment]
         lane = FastPath.for_door(self.door) if fast else None
         self.client = _Connection(HttpServer(self.door, fast=lane.take if lane else None))
-        self.client_side = Socketless("10.0.0.7")
+        self.client_side = Socketless("10.0.0.7", protocol=None)
         self.client.connection_made(self.client_side)  # type: ignore[arg-type]
 
     async def play(self, steps: list[tuple[str, bytes]]) -> tuple[bytes, bytes]:
@@ -148,6 +148,8 @@ SCENES: dict[str, tuple[list[tuple[str, bytes]], int]] = {
     "chunked answer": ([("client", query()), *CHUNKED_ANSWER], 0),
     "answer closing the engine connection": (
         [("client", query()), ("engine", ANSWER.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1))], 0),
+    "client asks to close, the proxy way": ([("client", query(extra=b"proxy-connection: close\r\n")),
+                                             ("engine", ANSWER)], 0),
     "client asks to close": ([("client", query().replace(b"connection: keep-alive", b"connection: close")),
                               ("engine", ANSWER)], 0),
     "chunked request": ([("client", query().replace(b"content-length: %d" % len(BODY), b"transfer-encoding: chunked")
@@ -156,6 +158,7 @@ SCENES: dict[str, tuple[list[tuple[str, bytes]], int]] = {
     "percent-encoded path": ([("client", query(path=QUERY.replace(b"query", b"%71uery"))), ("engine", ANSWER)], 0),
     "HTTP/1.0": ([("client", query(version=b"1.0")), ("engine", ANSWER)], 0),
     "a write": ([("client", query(path=QUERY.replace(b"query", b"upsert"))), ("engine", ANSWER)], 0),
+    "a head the general path counts as too large": ([("client", query(extra=b"a:b\r\n" * 5600))], 0),
     "a header line without a colon": ([("client", query(extra=b"broken line\r\n"))], 0),
     "a folded header line": ([("client", query(extra=b"x-a: b\r\n c\r\n"))], 0),
     "a bare LF": ([("client", query(extra=b"x-a: b\nx-b: c\r\n"))], 0),
@@ -249,7 +252,26 @@ def test_engine_silent_past_the_timeout_gets_a_504() -> None:
     answer = b"".join(scene.client_side.written)
     assert answer.startswith(b"HTTP/1.1 504 ") and b"did not answer in time" in answer, answer
     assert 0.3 <= waited < 1.5, waited
+    # Once: not sent again when the cut connection reports its close, nor answered or counted twice.
+    assert len(requests(b"".join(scene.engine_side.written))) == 1 and len(responses(answer)) == 1
     assert scene.counted.requests == [("query", 504)] and scene.door.in_flight == 0
+    assert not scene.client_side.closed, "the client's connection stays open for its next request"
+
+
+def test_engine_sending_an_invalid_answer_gets_one_502_and_the_client_keeps_its_connection() -> None:
+    async def run() -> Scene:
+        scene = Scene(True)
+        await scene.play([("client", query()),
+                          ("engine", b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n{}")])
+        await asyncio.sleep(0.05)  # the engine connection's close has been reported
+        return scene
+
+    scene = asyncio.run(run())
+    answer = b"".join(scene.client_side.written)
+    assert [status for status, _, _ in responses(answer)] == [502], answer
+    assert not scene.client_side.closed
+    assert scene.counted.requests == [("query", 502)] and scene.door.in_flight == 0
+    assert len(requests(b"".join(scene.engine_side.written))) == 1
 
 
 def test_engine_closing_a_kept_alive_connection_unanswered_is_retried_on_a_fresh_one() -> None:
