@@ -55,6 +55,41 @@ def test_large_streamed_response_is_byte_identical(guard: Guard, bare: BareEngin
     assert bodies[0] == bodies[1]
 
 
+def _raw_query(port: int, collection: str) -> tuple[bytes, list[bytes], bytes]:
+    """A query over a raw socket: (status line, header names in order, body)."""
+    import socket
+
+    from procs import read_head
+
+    body = json.dumps({"query_embeddings": [[1.0, 0.0]], "n_results": 2, "include": ["distances"]}).encode()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(f"POST {BASE}/collections/{collection}/query HTTP/1.1\r\nhost: x\r\n"
+                     f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body)
+        data = read_head(sock)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = next(int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length:"))
+        while len(rest) < length:
+            rest += sock.recv(65536)
+    return lines[0], [line.split(b":")[0].lower() for line in lines[1:]], rest
+
+
+def test_a_plain_query_answer_comes_back_as_the_engine_wrote_it(guard: Guard, bare: BareEngine, name: str) -> None:
+    """The fast path for plain reads, end to end with the real engine: its answer is passed on
+    as it came (the general path writes a head of its own, with the length last)."""
+    answers = []
+    for url, port in ((guard.url, guard.port), (bare.url, bare.port)):
+        cid = _collection(url, name)
+        r = httpx.post(f"{url}{BASE}/collections/{cid}/add",
+                       json={"ids": ["a", "b", "c"], "embeddings": [[1.0, 0.0], [0.0, 1.0], [0.9, 0.1]]})
+        assert r.status_code == 201, r.text
+        answers.append(_raw_query(port, cid))
+    ours, theirs = answers
+    assert ours == theirs and ours[0] == b"HTTP/1.1 200 OK"
+    assert ours[1].index(b"content-length") < len(ours[1]) - 1, ours[1]  # not moved to the end
+    assert json.loads(ours[2])["ids"] == [["a", "c"]]
+
+
 def test_chunked_request_body_is_forwarded(guard: Guard, name: str) -> None:
     cid = _collection(guard.url, name)
     payload = json.dumps({"ids": ["a", "b"], "embeddings": [[1.0, 2.0], [2.0, 1.0]],
