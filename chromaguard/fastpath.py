@@ -32,17 +32,21 @@ if TYPE_CHECKING:
     from .httpserver import _Connection as ClientConnection
     from .upstream import _Connection as EngineConnection
 
-# Origin-form targets only, and no percent-encoding in the path (the general path decodes it).
-_REQUEST_LINE = re.compile(rb"(GET|POST) ((/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*)(?:\?[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*)?)"
+# Origin-form targets only, no percent-encoding in the path (the general path decodes it), no
+# empty query (the general path drops its "?").
+_REQUEST_LINE = re.compile(rb"(GET|POST) ((/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*)(?:\?[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]+)?)"
                            rb" HTTP/1\.1\r\n")
 # Header lines, each after a CRLF, and the CRLF that ends the head: names are tokens, values
 # hold no control character but tab (no CR or LF alone, no NUL, no folded lines). Linear.
 _FIELDS = re.compile(rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]++:[^\x00-\x08\x0a-\x1f\x7f]*+)*+\r\n\r\n")
+# An answer's head: a 2xx-5xx status line with a reason, then header lines as above.
+_ANSWER_HEAD = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9]) [\t !-~\x80-\xff]*+" + _FIELDS.pattern)
 _NO_BODY_STATUS = (b"204", b"304")
 # The general path counts a head as its URL and name + value + 4 per field: at most 5/4 of its
 # bytes. Below this many bytes it cannot reach that limit (431), so both paths agree.
 _HEAD_LIMIT = MAX_HEAD_BYTES * 3 // 4
 _ROUTE_CACHE = 4096
+_ROUTE_KEY_LIMIT = 512  # longer paths are not remembered: the cache stays under 2 MiB
 
 
 class FastPath:
@@ -111,9 +115,10 @@ class FastPath:
         path = raw_path.decode("latin-1")
         found = (route, http_route) if (route is not None and route.access == READ and path not in _ANSWERED_HERE
                                         and not path.startswith(OWN_PREFIX)) else None
-        if len(self._routes) >= _ROUTE_CACHE:
-            self._routes.clear()
-        self._routes[key] = found
+        if len(key) <= _ROUTE_KEY_LIMIT:
+            if len(self._routes) >= _ROUTE_CACHE:
+                self._routes.clear()
+            self._routes[key] = found
         return found
 
 
@@ -198,9 +203,11 @@ class FastRequest:
         if not self.keep_alive or conn.closing or conn.server.stopping:
             return False  # the answer must say the connection closes: the general path writes it
         end = data.find(b"\r\n\r\n")
-        status = data[9:12]
-        if (end < 0 or not data.startswith(b"HTTP/1.1 ") or not status.isdigit() or data[12:13] != b" "
-                or status[:1] == b"1" or status in _NO_BODY_STATUS):
+        head = _ANSWER_HEAD.fullmatch(data, 0, end + 4) if end >= 0 else None
+        if head is None:  # a body still to come, a 1xx, or a head the general path's parser refuses (502)
+            return False
+        status = head.group(1)
+        if status in _NO_BODY_STATUS:
             return False
         low = data[data.find(b"\r\n"):end + 2].lower()
         at = low.find(b"\ncontent-length:")

@@ -53,15 +53,16 @@ class _Counted:
 class Scene:
     """A front door with one kept-alive engine connection and one client connection."""
 
-    def __init__(self, fast: bool, *, timeout: float = 30.0, cors: CorsPolicy | None = None) -> None:
+    def __init__(self, fast: bool, *, timeout: float = 30.0, cors: CorsPolicy | None = None,
+                 max_payload: int = 1 << 24, backend: Any = None) -> None:
         self.pool = UpstreamPool("http://127.0.0.1:9")
         self.engine = EngineConnection()
         self.engine_side = Socketless(protocol=self.engine)
         self.engine.connection_made(self.engine_side)  # type: ignore[arg-type]
         self.engine.complete = True
         self.pool.release(self.engine)
-        self.door = FrontDoor(self.pool, AlwaysAvailable(), max_payload_bytes=1 << 20, upstream_timeout=timeout,
-                              cors=cors)
+        self.door = FrontDoor(self.pool, backend or AlwaysAvailable(), max_payload_bytes=max_payload,
+                              upstream_timeout=timeout, cors=cors)
         self.door.metrics = self.counted = _Counted()  # type: ignore[assignment]
         lane = FastPath.for_door(self.door) if fast else None
         self.client = _Connection(HttpServer(self.door, fast=lane.take if lane else None))
@@ -69,9 +70,16 @@ class Scene:
         self.client.connection_made(self.client_side)  # type: ignore[arg-type]
 
     async def play(self, steps: list[tuple[str, bytes]]) -> tuple[bytes, bytes]:
-        """Feed each step's bytes to the client or the engine side; what each side was sent."""
+        """Feed each step's bytes to the client or the engine side (or: the client half-closes,
+        the server stops); what each side was sent."""
         for side, data in steps:
-            (self.client if side == "client" else self.engine).data_received(data)
+            if side == "eof":
+                if not self.client.eof_received():
+                    self.client_side.close()
+            elif side == "stop":
+                self.client.server.stopping = True
+            else:
+                (self.client if side == "client" else self.engine).data_received(data)
             for _ in range(5):  # the general path may finish in a task
                 await asyncio.sleep(0)
         return b"".join(self.engine_side.written), b"".join(self.client_side.written)
@@ -143,6 +151,16 @@ SCENES: dict[str, tuple[list[tuple[str, bytes]], int]] = {
          ("engine", ANSWER), ("engine", ANSWER)], 1),
     "engine's 404, whole": ([("client", query()), ("engine", b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json"
                                                              b"\r\ncontent-length: 2\r\n\r\n{}")], 1),
+    "client half-closes while the engine works": ([("client", query()), ("eof", b""), ("engine", ANSWER)], 0),
+    "server stops while the engine works": ([("client", query()), ("stop", b""), ("engine", ANSWER)], 0),
+    "an empty query": ([("client", b"GET /api/v2/tenants/t/databases/d/collections/c/count? HTTP/1.1\r\nhost: x"
+                                   b"\r\n\r\n"), ("engine", ANSWER)], 0),
+    "engine's 204": ([("client", query()), ("engine", b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n"
+                                                      b"date: Tue, 01 Dec 2026 10:00:00 GMT\r\n\r\n")], 0),
+    "engine's answer with a keep-alive field": (
+        [("client", query()), ("engine", ANSWER.replace(b"\r\n\r\n", b"\r\nkeep-alive: timeout=5\r\n\r\n", 1))], 0),
+    "engine's head with a broken line": (
+        [("client", query()), ("engine", ANSWER.replace(b"\r\n\r\n", b"\r\nbroken line\r\n\r\n", 1))], 0),
     "two requests in one read": ([("client", query() + query(b"{}")), ("engine", ANSWER), ("engine", ANSWER)], 0),
     "answer in two reads": ([("client", query()), *SPLIT_ANSWER], 0),
     "chunked answer": ([("client", query()), *CHUNKED_ANSWER], 0),
@@ -159,6 +177,7 @@ SCENES: dict[str, tuple[list[tuple[str, bytes]], int]] = {
     "HTTP/1.0": ([("client", query(version=b"1.0")), ("engine", ANSWER)], 0),
     "a write": ([("client", query(path=QUERY.replace(b"query", b"upsert"))), ("engine", ANSWER)], 0),
     "a head the general path counts as too large": ([("client", query(extra=b"a:b\r\n" * 5600))], 0),
+    "a head just over what the general path allows": ([("client", query(extra=b"a:b\r\n" * 5450))], 0),
     "a header line without a colon": ([("client", query(extra=b"broken line\r\n"))], 0),
     "a folded header line": ([("client", query(extra=b"x-a: b\r\n c\r\n"))], 0),
     "a bare LF": ([("client", query(extra=b"x-a: b\nx-b: c\r\n"))], 0),
@@ -174,8 +193,9 @@ def test_the_engine_and_the_client_see_what_the_general_path_gives_them(name: st
     assert requests(fast_engine) == requests(engine)
     assert responses(fast_client) == responses(client)
     answers = [data for side, data in steps if side == "engine"]
-    if answers:  # every answer reached the client (else the front door answered: the same either way)
-        assert len(responses(client)) == len(responses(b"".join(answers)))
+    sent = _parsed(responses, b"".join(answers))
+    if answers and not isinstance(sent, str):  # every answer reached the client (else the front door answered)
+        assert len(responses(client)) == len(sent)
     # The fast path answered these: the engine's bytes as they came, nothing rebuilt.
     assert fast_client.startswith(b"".join(answers[:passed]))
     if passed < len(answers):
@@ -307,6 +327,35 @@ def test_engine_closing_a_kept_alive_connection_unanswered_is_retried_on_a_fresh
     assert scene.counted.requests == [("query", 200)]
 
 
+def test_a_body_over_the_payload_limit_gets_413_and_never_reaches_the_engine() -> None:
+    (fast_engine, fast_client), (engine, client), _ = both([("client", query())], max_payload=len(BODY) - 1)
+    assert fast_engine == engine == b""
+    assert fast_client == client and client.startswith(b"HTTP/1.1 413 ")
+
+
+def test_engine_down_gets_503_from_the_front_door() -> None:
+    class Down:
+        available = False
+        unavailable_reason = "it is restarting"
+
+    (fast_engine, fast_client), (engine, client), _ = both([("client", query())], backend=Down())
+    assert fast_engine == engine == b""
+    assert fast_client == client and client.startswith(b"HTTP/1.1 503 ") and b"restarting" in client
+
+
+def test_answer_in_pieces_slower_than_a_timeout_tick_is_not_cut() -> None:
+    """Handed over to the general path after the head, the request keeps its time with the watch."""
+    async def run() -> bytes:
+        scene = Scene(True, timeout=0.4)  # the watch looks every 0.1 s
+        head = ANSWER.index(b"\r\n\r\n") + 4
+        await scene.play([("client", query()), ("engine", ANSWER[:head])])  # handed over here
+        await asyncio.sleep(0.25)
+        await scene.play([("engine", ANSWER[head:])])
+        return b"".join(scene.client_side.written)
+
+    assert responses(asyncio.run(run())) == responses(ANSWER)
+
+
 def test_off_where_auth_or_tracing_have_work_to_do() -> None:
     from chromaguard.auth import Authenticator
     from chromaguard.credentials import load_store
@@ -316,6 +365,8 @@ def test_off_where_auth_or_tracing_have_work_to_do() -> None:
                          upstream_timeout=30.0)
         assert FastPath.for_door(door) is not None
         door.auth = Authenticator("token", load_store("token", None, "t0ken", file_setting="-", inline_setting="-"))
+        assert FastPath.for_door(door) is None
+        door.auth, door.spans = None, object()  # tracing: a span for every request
         assert FastPath.for_door(door) is None
 
     asyncio.run(run())
