@@ -26,7 +26,7 @@ from .frontdoor import _ANSWERED_HERE, OWN_PREFIX, FrontDoor, _Call
 from .httpserver import DISPATCH_WHOLE_BELOW, MAX_HEAD_BYTES, Exchange, parse_fields
 from .relay import Relay
 from .routes import READ, Route, route_of
-from .upstream import UpstreamTimeout
+from .upstream import _NOT_RELAYED, UpstreamTimeout
 
 if TYPE_CHECKING:
     from .httpserver import _Connection as ClientConnection
@@ -49,13 +49,33 @@ _ROUTE_CACHE = 4096
 _ROUTE_KEY_LIMIT = 512  # longer paths are not remembered: the cache stays under 2 MiB
 
 
+def _names(names: frozenset[bytes]) -> bytes:
+    """Header names as a regex alternation."""
+    return b"|".join(re.escape(name) for name in sorted(names))
+
+
+# Fields of an answer that the general path leaves out (framing, hop-by-hop), in lower-cased lines.
+_NOT_PASSED = re.compile(rb"\n(?:" + _names(_NOT_RELAYED - {b"content-length"}) + rb"):")
+
+
+def _content_length(low: bytes) -> int | None:
+    """The Content-Length in lower-cased header lines, each after a CRLF: -1 when there is
+    none, None when there are two or it is not plain digits."""
+    at = low.find(b"\ncontent-length:")
+    if at < 0:
+        return -1
+    value = low[at + 16:low.find(b"\r", at)].strip(b" \t")
+    if not value.isdigit() or len(value) > 15 or low.find(b"\ncontent-length:", at + 1) >= 0:
+        return None
+    return int(value)
+
+
 class FastPath:
     """Takes plain reads off the HTTP server's connections (``take``), for one front door."""
 
     def __init__(self, door: FrontDoor) -> None:
         self.door = door
-        names = b"|".join(re.escape(name) for name in sorted(door._strip))
-        self.strip = re.compile(rb"\r\n(?:" + names + rb"):[^\r\n]*(?=\r\n)", re.I)  # the line, less its CRLF
+        self.strip = re.compile(rb"\r\n(?:" + _names(door._strip) + rb"):[^\r\n]*(?=\r\n)", re.I)  # the line, less its CRLF
         self._routes: dict[bytes, tuple[Route, str] | None] = {}
 
     @classmethod
@@ -90,15 +110,10 @@ class FastPath:
         if at >= 0 and (low[at + 12:low.find(b"\r", at)].strip(b" \t") != b"keep-alive"
                         or low.find(b"\nconnection:", at + 1) >= 0):
             return False
-        length = 0
-        at = low.find(b"\ncontent-length:")
-        if at >= 0:
-            value = low[at + 16:low.find(b"\r", at)].strip(b" \t")
-            if not value.isdigit() or len(value) > 15 or low.find(b"\ncontent-length:", at + 1) >= 0:
-                return False
-            length = int(value)
-            if length > self.door.max_payload_bytes or length > DISPATCH_WHOLE_BELOW:
-                return False
+        length = _content_length(low)
+        if length is None or length > self.door.max_payload_bytes or length > DISPATCH_WHOLE_BELOW:
+            return False
+        length = max(length, 0)
         have = len(data) - end - 4
         if have > length:  # another request follows in this read: the parser pipelines them
             return False
@@ -210,15 +225,8 @@ class FastRequest:
         if status in _NO_BODY_STATUS:
             return False
         low = data[data.find(b"\r\n"):end + 2].lower()
-        at = low.find(b"\ncontent-length:")
-        if at < 0 or low.find(b"\ncontent-length:", at + 1) >= 0:
-            return False
-        value = low[at + 16:low.find(b"\r", at)].strip(b" \t")
-        if not value.isdigit() or len(data) - end - 4 != int(value):
-            return False  # a body still to come, or a length that is not plain digits
-        if (b"\ntransfer-encoding:" in low or b"\nconnection:" in low or b"\nkeep-alive:" in low
-                or b"\nupgrade:" in low or b"\ntrailer:" in low or b"\nte:" in low or b"\nproxy-connection:" in low):
-            return False  # framing and hop-by-hop fields: the general path leaves them out
+        if len(data) - end - 4 != _content_length(low) or _NOT_PASSED.search(low) is not None:
+            return False  # no single length, a body still to come, or fields the general path leaves out
         up, door = self.up, self.lane.door
         assert up is not None
         self.done = True
