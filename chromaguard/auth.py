@@ -11,13 +11,12 @@ import asyncio
 import base64
 import binascii
 import logging
-import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import NamedTuple
 
-from .credentials import CredentialsError, CredentialStore, Principal
+from .credentials import CredentialStore, Principal
 
 ANONYMOUS = Principal("", "read", "default_tenant", ("default_database",))
 from .routes import ADMIN, READ, WRITE, Route
@@ -25,8 +24,9 @@ from .routes import ADMIN, READ, WRITE, Route
 log = logging.getLogger("chromaguard.auth")
 
 _ALLOWED = {ADMIN: {READ, WRITE, ADMIN}, WRITE: {READ, WRITE}, READ: {READ}}
-_TENANTLESS_OK = {"heartbeat", "version", "pre-flight-checks", "healthcheck", "identity", "metrics", "healthz",
-                  "readyz"}
+# What a token scoped to a tenant may ask that names no tenant. Not /metrics: it counts every
+# tenant's collections and requests.
+_TENANTLESS_OK = {"heartbeat", "version", "pre-flight-checks", "healthcheck", "identity", "healthz", "readyz"}
 DEFAULT_OPEN_PATHS = ("/api/v1/heartbeat", "/api/v2/heartbeat", "/healthz", "/readyz")
 
 
@@ -157,15 +157,17 @@ class Authenticator:
             return self._missing()
         if len(offered) > 1:
             return Denial(400, "AuthError", "chromaguard: send credentials in exactly one header")
+        # Tokens are compared as the bytes the client sent: a UTF-8 client's non-ASCII token
+        # matches the token written in the (UTF-8) credentials file.
         name, value = offered[0]
         if name == b"x-chroma-token":
-            principal = self.store.check_token(value.decode("latin-1").strip())
+            principal = self.store.check_token(value.strip(b" \t"))
         else:
-            scheme, _, rest = value.decode("latin-1").strip().partition(" ")
-            rest = rest.strip()
-            if self.provider == "token" and scheme.lower() == "bearer" and rest:
+            scheme, _, rest = value.strip(b" \t").partition(b" ")
+            rest = rest.strip(b" \t")
+            if self.provider == "token" and scheme.lower() == b"bearer" and rest:
                 principal = self.store.check_token(rest)
-            elif self.provider == "basic" and scheme.lower() == "basic" and rest:
+            elif self.provider == "basic" and scheme.lower() == b"basic" and rest:
                 user_password = _basic(rest)
                 if user_password is None:
                     return self._missing()
@@ -208,67 +210,10 @@ def _client_bootstrap(route: Route) -> bool:
             and route.database in (None, "default_database"))
 
 
-def _basic(encoded: str) -> tuple[str, str] | None:
+def _basic(encoded: bytes) -> tuple[str, str] | None:
     try:
         decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         return None
     user, sep, password = decoded.partition(":")
     return (user, password) if sep and user else None
-
-
-class CredentialsWatcher:
-    """Re-reads the credentials file when it changes (and on demand, e.g. SIGHUP).
-
-    A file being written is read only once it has stopped changing; an invalid
-    file is refused with an error in the log and the old credentials stay in force.
-    """
-
-    def __init__(self, path: Path, load: Callable[[], CredentialStore], apply: Callable[[CredentialStore], None],
-                 interval: float = 1.0) -> None:
-        self.path = path
-        self.load = load
-        self.apply = apply
-        self.interval = interval
-        self._seen = self._stat()
-        self._task: asyncio.Task[None] | None = None
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            current = self._stat()
-            if current == self._seen:
-                continue
-            await asyncio.sleep(min(0.2, self.interval))  # let a writer finish
-            if self._stat() != current:
-                continue  # still changing: look again next round
-            self._seen = current
-            self.reload("the file changed")
-
-    def reload(self, why: str) -> bool:
-        try:
-            store = self.load()
-        except CredentialsError as exc:
-            log.error("credentials not reloaded (%s): %s; the previous credentials stay in force", why, exc)
-            return False
-        self.apply(store)
-        log.info("credentials reloaded (%s): %d entries", why, len(store))
-        return True

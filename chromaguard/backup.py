@@ -90,8 +90,9 @@ def online(url: str, output: Path, *, token: str | None = None, level: int = 3,
         except httpx.HTTPError as exc:
             raise BackupError(f"cannot reach {url}: {exc}") from None
         if created.status_code in (401, 403):
-            raise BackupError(f"{url}: backups need an admin token (--token or CHROMAGUARD_TOKEN); "
-                              f"answered {created.status_code}")
+            raise BackupError(f"{url}: backups need an admin token (--token or CHROMAGUARD_TOKEN) with auth on; "
+                              "with auth off, a call from the server's own host or its control token; "
+                              f"answered {created.status_code}: {_message(created)}")
         if created.status_code != 201:
             raise BackupError(f"{url}: snapshot failed ({created.status_code}): {_message(created)}")
         info = created.json()

@@ -93,9 +93,11 @@ def show_config(config_file: str | None, as_json: bool, **flags: Any) -> None:
     """Print the effective configuration, where each value came from, and warnings."""
     settings = load_settings(flags=flags, config_file=config_file)
     values = settings.redacted()
+    principals = _principals(settings)
     if as_json:
         click.echo(json.dumps({
             "settings": {name: {"value": value, "source": settings.source_of(name)} for name, value in values.items()},
+            "credentials": principals,
             "warnings": settings.warnings,
             "notes": settings.notes,
         }, indent=2))
@@ -111,10 +113,35 @@ def show_config(config_file: str | None, as_json: bool, **flags: Any) -> None:
         table.add_row(option.name, json.dumps(values[option.name]), settings.source_of(option.name))
     console = Console(width=None if sys.stdout.isatty() else 200)  # pipes get unwrapped lines
     console.print(table)
+    if principals:
+        who = Table(title="who may call (secrets never shown)")
+        for column in ("name", "role", "tenant", "databases", "how the role was decided"):
+            who.add_column(column)
+        for p in principals:
+            who.add_row(p["name"], p["role"], p["tenant"] or "(all)", ", ".join(p["databases"] or ["(all)"]),
+                        p["how"])
+        console.print(who)
     for warning in settings.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     for note in settings.notes:
         console.print(f"note: {note}", highlight=False)
+
+
+def _principals(settings: Any) -> list[dict[str, Any]]:
+    """Who the credentials let in, for ``config``: names, roles and scopes, never secrets."""
+    if settings.auth_provider == "none":
+        return []
+    from .credentials import CredentialsError, load_store
+
+    try:
+        store = load_store(settings.auth_provider, settings.auth_credentials_file, settings.auth_credentials,
+                           file_setting=settings.name_of("auth_credentials_file"),
+                           inline_setting=settings.name_of("auth_credentials"))
+    except CredentialsError as exc:
+        _fail(f"error: {exc}", 2)
+    return [{"name": p.name, "role": p.role, "tenant": p.tenant,
+             "databases": list(p.databases) if p.databases else None, "how": p.how}
+            for p in store.principals()]
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})

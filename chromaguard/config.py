@@ -100,20 +100,27 @@ OPTIONS: tuple[Option, ...] = (
          "how often the credentials file is checked for changes", env=("CHROMAGUARD_AUTH_RELOAD_INTERVAL",)),
     _opt("rate_limit", parsing.parse_rate, 0.0, "20/s", "requests per second per token (0 = no limit)",
          env=("CHROMAGUARD_RATE_LIMIT",)),
-    _opt("health_interval", parsing.parse_duration, 30.0, "30s", "how often the supervisor probes the engine",
+    _opt("allowed_embedding_functions", parsing.parse_name_list, (), "openai,ollama,default",
+         "embedding-function names a collection configuration may name (empty: any); remote model "
+         "code (trust_remote_code) is refused whatever this says", env=("CHROMAGUARD_ALLOWED_EMBEDDING_FUNCTIONS",)),
+    _opt("health_interval", parsing.parse_duration, 2.0, "2s",
+         "how often the supervisor probes the engine (its heartbeat, then a read through its storage)",
          env=("CHROMAGUARD_HEALTH_INTERVAL",)),
-    _opt("health_timeout", parsing.parse_duration, 15.0, "15s", "how long one engine probe may take",
+    _opt("health_timeout", parsing.parse_duration, 10.0, "10s", "how long one engine probe may take",
          env=("CHROMAGUARD_HEALTH_TIMEOUT",)),
     _opt("health_retries", parsing.parse_positive_int, 3, "3",
          "failed probes in a row before the engine is restarted", env=("CHROMAGUARD_HEALTH_RETRIES",)),
     _opt("health_start_period", parsing.parse_duration, 60.0, "60s",
          "after a (re)start, failed probes do not count for this long", env=("CHROMAGUARD_HEALTH_START_PERIOD",)),
+    _opt("health_heartbeat_timeout", parsing.parse_duration, 2.0, "2s",
+         "how long the heartbeat part of a probe may take (on loopback it answers in about a millisecond: "
+         "slower means stopped or stuck); at most the probe timeout", env=("CHROMAGUARD_HEALTH_HEARTBEAT_TIMEOUT",)),
     _opt("ollama_url", parsing.parse_ollama_url, None, "http://ollama:11434",
          "Ollama to check in /readyz and status", env=("CHROMAGUARD_OLLAMA_URL", "OLLAMA_HOST")),
     _opt("ollama_models", parsing.parse_name_list, (), "nomic-embed-text,llama3",
          "Ollama models that must be pulled for /readyz", env=("CHROMAGUARD_OLLAMA_MODELS",)),
     _opt("min_free_disk", parsing.parse_size, 512 * 1024 * 1024, "512MiB",
-         "free space under the data dir below which /readyz fails (0 = no check)",
+         "free space under the data dir below which /readyz fails (0 = no threshold; a full disk fails it anyway)",
          env=("CHROMAGUARD_MIN_FREE_DISK",)),
     _opt("upstream", parsing.parse_http_url, None, "https://api.trychroma.com",
          "front an existing Chroma server instead of starting the embedded engine",
@@ -128,9 +135,31 @@ OPTIONS: tuple[Option, ...] = (
          env=("CHROMAGUARD_UPSTREAM_TIMEOUT",)),
     _opt("engine_port", parsing.parse_engine_port, 0, "0", "private loopback port of the engine (0 picks a free one)",
          env=("CHROMAGUARD_ENGINE_PORT",)),
+    _opt("head_timeout", parsing.parse_duration, 10.0, "10s",
+         "how long a request head may take to arrive, from its first byte (a connection's first: from "
+         "the accept); slower clients get 408 and a close (0 = no limit)", env=("CHROMAGUARD_HEAD_TIMEOUT",)),
+    _opt("body_min_rate", parsing.parse_size, 500, "500",
+         "bytes per second a request body must average once the head timeout's grace is over; slower "
+         "clients are cut off (0 = no limit)", env=("CHROMAGUARD_BODY_MIN_RATE",)),
+    _opt("max_connections_per_client", parsing.parse_nonnegative_int, 256, "256",
+         "open connections one client address may have (IPv6: one /64); more are answered 503 and closed "
+         "(0 = no limit)", env=("CHROMAGUARD_MAX_CONNECTIONS_PER_CLIENT",)),
     _opt("drain_timeout", parsing.parse_duration, 30.0, "30s",
          "on SIGTERM, how long in-flight requests may take to finish",
          env=("CHROMAGUARD_DRAIN_TIMEOUT",), flag="--drain-timeout"),
+    _opt("control_token", parsing.parse_text, "", "a-long-random-secret",
+         "with auth off: lets callers on other hosts use /chromaguard/status and the backup endpoints "
+         "(sent as Authorization: Bearer); callers on this host need none. With auth on, an admin token is needed",
+         env=("CHROMAGUARD_CONTROL_TOKEN",), secret=True),
+    _opt("snapshot_dir", parsing.parse_optional_path, None, "/var/tmp/chromaguard",
+         "where online backups stage their copy of the data until it is downloaded (default: the system "
+         "temp dir)", env=("CHROMAGUARD_SNAPSHOT_DIR",)),
+    _opt("snapshot_min_free", parsing.parse_size, 256 * 1024 * 1024, "256MiB",
+         "free space that must remain in the snapshot dir once a snapshot is copied; one that would "
+         "leave less is refused (507)", env=("CHROMAGUARD_SNAPSHOT_MIN_FREE",)),
+    _opt("snapshot_max_kept", parsing.parse_positive_int, 2, "2",
+         "snapshots kept for download at once; a new one drops the oldest nobody is downloading",
+         env=("CHROMAGUARD_SNAPSHOT_MAX_KEPT",)),
     _opt("log_format", parsing.choice("text", "json"), "text", "json", "log line format",
          env=("CHROMAGUARD_LOG_FORMAT",), flag="--log-format"),
     _opt("log_level", parsing.choice("debug", "info", "warning", "error"), "info", "info", "log level",
@@ -165,10 +194,12 @@ class Settings:
     auth_open_paths: tuple[str, ...] = ("/api/v1/heartbeat", "/api/v2/heartbeat", "/healthz", "/readyz")
     auth_reload_interval: float = 1.0
     rate_limit: float = 0.0
-    health_interval: float = 30.0
-    health_timeout: float = 15.0
+    allowed_embedding_functions: tuple[str, ...] = ()
+    health_interval: float = 2.0
+    health_timeout: float = 10.0
     health_retries: int = 3
     health_start_period: float = 60.0
+    health_heartbeat_timeout: float = 2.0
     ollama_url: str | None = None
     ollama_models: tuple[str, ...] = ()
     min_free_disk: int = 512 * 1024 * 1024
@@ -177,7 +208,14 @@ class Settings:
     upstream_token_header: str = "x-chroma-token"
     upstream_timeout: float = 300.0
     engine_port: int = 0
+    head_timeout: float = 10.0
+    body_min_rate: int = 500
+    max_connections_per_client: int = 256
     drain_timeout: float = 30.0
+    control_token: str = ""
+    snapshot_dir: Path | None = None
+    snapshot_min_free: int = 256 * 1024 * 1024
+    snapshot_max_kept: int = 2
     log_format: str = "text"
     log_level: str = "info"
     config_file: Path | None = None

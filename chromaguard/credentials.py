@@ -1,20 +1,25 @@
 """Who may call: tokens (plain or sha256) and htpasswd users, with roles and scopes.
 
-Formats accepted for token auth (``CHROMA_SERVER_AUTH_CREDENTIALS_FILE``):
-- a JSON or YAML list of tokens: each has full access (role ``admin``);
+Formats accepted for token auth (``CHROMA_SERVER_AUTH_CREDENTIALS_FILE``), chosen by the
+file's extension (``.json``, ``.yaml``/``.yml``, ``.txt``), else by its content (``[``/``{``
+first: JSON; any YAML structure: YAML; else text), never by which parser succeeds:
+- a JSON or YAML list of bare tokens: each has full access (role ``admin``);
 - a list of records (or ``{tokens: [...]}``) with ``token`` or ``sha256``, ``name``,
-  ``role`` (admin, write, read), and optional ``tenant`` / ``databases`` scope;
-- plain text, one token per line.
+  ``role`` (admin, write, read: required), and optional ``tenant`` / ``databases`` scope;
+- plain text, one bare token per line.
 Basic auth reads an htpasswd file with bcrypt hashes (``htpasswd -B``), as Chroma 0.5 did.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from . import strictjson
 
 # CPython's own SHA-256 rather than OpenSSL's: the same digest, but OpenSSL looks the algorithm
 # up in its providers on every call, which costs about 23 µs once a search has pushed it out of
@@ -42,6 +47,15 @@ class Principal:
     role: str = "admin"
     tenant: str | None = None
     databases: tuple[str, ...] | None = None
+    how: str = ""  # how the role was decided, for ``chromaguard config``
+
+    def covers(self, other: "Principal") -> bool:
+        """Whether this principal may do everything ``other`` may."""
+        if ROLES.index(other.role) < ROLES.index(self.role):
+            return False  # ROLES runs from most to least
+        if self.tenant is not None and other.tenant != self.tenant:
+            return False
+        return self.databases is None or (other.databases is not None and set(other.databases) <= set(self.databases))
 
     def identity(self) -> dict[str, Any]:
         """The body of ``GET /api/v2/auth/identity``, in Chroma's shape."""
@@ -66,10 +80,29 @@ class CredentialStore:
     def __len__(self) -> int:
         return len(self._tokens) + len(self._users)
 
-    def check_token(self, token: str) -> Principal | None:
+    def widened_by(self, other: "CredentialStore") -> str:
+        """What ``other`` lets in that these credentials do not ("" when nothing): a new token
+        or user, a higher role, a wider scope. Revoking and narrowing say nothing."""
+        for digest, principal in other._tokens.items():
+            before = self._tokens.get(digest)
+            if before is None:
+                return f"it adds the token {principal.name!r}"
+            if not before.covers(principal):
+                return f"it gives {principal.name!r} more access than before"
+        for user, (hashed, principal) in other._users.items():
+            if self._users.get(user, (None,))[0] != hashed:
+                return f"it adds or changes the password of {user!r}"
+        return ""
+
+    def principals(self) -> list[Principal]:
+        """Everyone these credentials let in, in the order they were given."""
+        return [*self._tokens.values(), *(principal for _, principal in self._users.values())]
+
+    def check_token(self, token: str | bytes) -> Principal | None:
+        """``token`` as text, or as the bytes a header carried (UTF-8 for non-ASCII tokens)."""
         # Hashing first makes the lookup's timing depend on the sha256 of the guess only,
         # never on how many leading characters of it were right.
-        return self._tokens.get(_digest(token))
+        return self._tokens.get(_sha256(token if isinstance(token, bytes) else token.encode()).digest())
 
     def cached_password(self, user: str, password: str) -> Principal | None:
         """A password already verified: no bcrypt, safe to call on the event loop."""
@@ -100,51 +133,98 @@ class CredentialStore:
         return self._dummy_hash
 
 
-def _read_structured(text: str, where: str) -> Any:
-    """JSON, YAML, or plain text with one token per line (returned as the text itself)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        json_error = exc
-    from ruamel.yaml import YAML, YAMLError
-
-    try:
-        data = YAML(typ="safe").load(text)
-    except YAMLError:
-        data = None
-        if text.lstrip().startswith(("[", "{", "-")):
-            raise CredentialsError(f"{where}: not valid JSON or YAML ({json_error.msg} at line "
-                                   f"{json_error.lineno})") from None
-    if isinstance(data, (list, dict)):
-        return data
-    if text.lstrip().startswith(("[", "{")):
-        raise CredentialsError(f"{where}: not valid JSON ({json_error.msg} at line {json_error.lineno})")
-    return text
+_BOM = "\ufeff"
+MAX_FILE_BYTES = 16 * 1024 * 1024  # a credentials file larger than this is a mistake, not a file
+_STRUCTURED_SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".txt": "lines", ".tokens": "lines"}
+# A line that YAML reads as structure: a list item, a document marker, or a "key:" mapping entry.
+_YAML_LINE = re.compile(r"^(\s*-(\s|$)|---|\.\.\.|\s*[^\s#:][^#:]*:(\s|$))")
+# What a bare token may not look like: structure (a list item, a quote, brackets, a "key:").
+_NOT_A_TOKEN = re.compile(r"""^[-\[\]{}"'!&*|>%@`]|[:\s]""")
 
 
-def _token_records(data: Any, where: str) -> list[dict[str, Any]]:
+def file_format(name: str, text: str) -> str:
+    """``json``, ``yaml`` or ``lines``: by the file's extension, else by what it starts with.
+
+    Never by which parser happens to succeed: a YAML file with a typo must be an error in
+    YAML, not a list of plain-text tokens made of its lines."""
+    suffix = Path(name).suffix.lower()
+    if suffix in _STRUCTURED_SUFFIXES:
+        return _STRUCTURED_SUFFIXES[suffix]
+    meaningful = [line for line in _lines(text.removeprefix(_BOM))
+                  if line.strip(" \t") and not line.lstrip(" \t").startswith("#")]
+    if meaningful and meaningful[0].lstrip().startswith(("[", "{")):
+        return "json"
+    if any(_YAML_LINE.match(line) for line in meaningful):
+        return "yaml"
+    return "lines"
+
+
+def _lines(text: str) -> list[str]:
+    """Lines as a file has them: split at newlines only (``str.splitlines`` also splits at
+    U+2028, form feeds and more, which would cut a token in two)."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def _read_structured(text: str, where: str, fmt: str) -> Any:
+    """The file's data in the format it claims; a list of token lines for ``lines``."""
+    if "\x00" in text:
+        raise CredentialsError(f"{where}: contains NUL bytes: not a text file")
+    text = text.removeprefix(_BOM)
+    if fmt == "json":
+        try:
+            return strictjson.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CredentialsError(f"{where}: not valid JSON at line {exc.lineno}, column {exc.colno}: "
+                                   f"{exc.msg}") from None
+        except strictjson.DuplicateKey as exc:
+            raise CredentialsError(f"{where}: not valid JSON: {exc}") from None
+    if fmt == "yaml":
+        from ruamel.yaml import YAML, YAMLError
+
+        try:
+            return YAML(typ="safe", pure=True).load(text)
+        except YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise CredentialsError(f"{where}: not valid YAML{at}: {problem}") from None
+    tokens = []
+    for number, line in enumerate(_lines(text), 1):
+        token = line.strip(" \t")
+        if not token or token.startswith("#"):
+            continue
+        if _NOT_A_TOKEN.search(token):
+            raise CredentialsError(f"{where}: line {number} is not a bare token (it has spaces, a colon or "
+                                   "YAML/JSON syntax): name the file .yaml or .json, or put one token on each line")
+        tokens.append(token)
+    return tokens
+
+
+def _token_records(data: Any, where: str) -> list[tuple[dict[str, Any], bool]]:
+    """Each entry as a record, and whether it was a bare token (a list item or a line)."""
     if isinstance(data, dict):
         data = data.get("tokens")
         if not isinstance(data, list):
             raise CredentialsError(f"{where}: expected a list of tokens or of token records under 'tokens'")
-    if isinstance(data, str):
-        data = [line.strip() for line in data.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not isinstance(data, list):
         raise CredentialsError(f"{where}: expected a list of tokens or of token records")
     records = []
     for index, item in enumerate(data, 1):
-        if isinstance(item, (str, int)) and not isinstance(item, bool):
-            records.append({"token": str(item)})
+        if isinstance(item, str):
+            if _NOT_A_TOKEN.search(item.strip(" \t")):
+                raise CredentialsError(f"{where}: entry {index} is not a bare token (it has spaces, a colon or "
+                                       "YAML/JSON syntax): write it as a record with token and role")
+            records.append(({"token": item, "role": "admin"}, True))
         elif isinstance(item, dict):
-            records.append(item)
-        else:
-            raise CredentialsError(f"{where}: entry {index} must be a token string or a record")
+            records.append((item, False))
+        else:  # a number or a bool would become a token nobody wrote (0x1F is 31, on is True)
+            raise CredentialsError(f"{where}: entry {index} must be a token string (quote it) or a record")
     if not records:
         raise CredentialsError(f"{where}: no tokens: add at least one")
     return records
 
 
-def _principal(record: dict[str, Any], index: int, where: str) -> tuple[bytes, Principal]:
+def _principal(record: dict[str, Any], bare: bool, index: int, where: str) -> tuple[bytes, Principal]:
     unknown = set(record) - {"token", "sha256", "name", "role", "tenant", "databases"}
     if unknown:
         raise CredentialsError(f"{where}: entry {index}: unknown field {sorted(unknown)[0]!r} "
@@ -153,20 +233,22 @@ def _principal(record: dict[str, Any], index: int, where: str) -> tuple[bytes, P
     if (token is None) == (sha is None):
         raise CredentialsError(f"{where}: entry {index}: give exactly one of token or sha256")
     if token is not None:
-        token = str(token)
+        if not isinstance(token, str):
+            raise CredentialsError(f"{where}: entry {index}: the token must be a string (quote it)")
         if not token.strip() or token != token.strip():
             raise CredentialsError(f"{where}: entry {index}: a token must be non-empty without surrounding spaces")
         digest = _digest(token)
     else:
-        hex_digest = str(sha).removeprefix("sha256:")
+        hex_digest = sha.removeprefix("sha256:") if isinstance(sha, str) else ""
         if not _HEX64.match(hex_digest):
             raise CredentialsError(f"{where}: entry {index}: sha256 must be 64 hex digits (sha256sum of the token)")
         digest = bytes.fromhex(hex_digest)
-    role = str(record.get("role", "admin")).lower()
-    if role not in ROLES:
-        raise CredentialsError(f"{where}: entry {index}: role {role!r} must be admin, write or read")
     tenant = record.get("tenant")
     databases = record.get("databases")
+    for key in ("tenant", "databases"):
+        if key in record and record[key] is None:  # an empty `tenant:` (a template left blank) is no scope
+            raise CredentialsError(f"{where}: entry {index}: {key} is empty: give it a value, or leave the key "
+                                   "out for all")
     if tenant is not None and (not isinstance(tenant, str) or not tenant.strip()):
         raise CredentialsError(f"{where}: entry {index}: tenant must be a name (leave it out for all tenants)")
     if databases is not None:
@@ -177,17 +259,25 @@ def _principal(record: dict[str, Any], index: int, where: str) -> tuple[bytes, P
             raise CredentialsError(f"{where}: entry {index}: databases must be a non-empty list of names "
                                    "(leave it out for all databases)")
         tenant = tenant or "default_tenant"
+    if "role" not in record:
+        # Never a default: a forgotten role must not become full access, nor silently lock out.
+        raise CredentialsError(f"{where}: entry {index}: no role: add role: admin, write or read")
+    role = str(record["role"]).lower()
+    if role not in ROLES:
+        raise CredentialsError(f"{where}: entry {index}: role {role!r} must be admin, write or read")
     name = str(record.get("name") or f"token-{index}")
     return digest, Principal(name, role, str(tenant) if tenant else None,
-                             tuple(databases) if databases else None)
+                             tuple(databases) if databases else None,
+                             "a bare token: full access" if bare else "role from its record")
 
 
-def parse_tokens(text: str, where: str) -> CredentialStore:
-    records = _token_records(_read_structured(text, where), where)
+def parse_tokens(text: str, where: str, fmt: str | None = None) -> CredentialStore:
+    """Tokens from ``text`` in format ``fmt`` (default: as ``file_format`` reads the content)."""
+    records = _token_records(_read_structured(text, where, fmt or file_format("", text)), where)
     tokens: dict[bytes, Principal] = {}
     names: set[str] = set()
-    for index, record in enumerate(records, 1):
-        digest, principal = _principal(record, index, where)
+    for index, (record, bare) in enumerate(records, 1):
+        digest, principal = _principal(record, bare, index, where)
         if digest in tokens:
             raise CredentialsError(f"{where}: entry {index}: the same token appears twice")
         if principal.name in names:
@@ -209,7 +299,7 @@ def parse_htpasswd(text: str, where: str) -> CredentialStore:
         if not _BCRYPT.match(hashed):
             raise CredentialsError(f"{where}: line {number}: only bcrypt hashes are supported "
                                    "(create them with htpasswd -B)")
-        users[user] = (hashed.replace("$2y$", "$2b$", 1).encode(), Principal(user))
+        users[user] = (hashed.replace("$2y$", "$2b$", 1).encode(), Principal(user, how="htpasswd user: full access"))
     if not users:
         raise CredentialsError(f"{where}: no users: add at least one user:hash line")
     return CredentialStore(users=users)
@@ -219,7 +309,7 @@ def parse_inline(provider: str, value: str, where: str) -> CredentialStore:
     """``CHROMA_SERVER_AUTH_CREDENTIALS``: tokens (comma-separated) or ``user:password`` pairs."""
     items = [item.strip() for item in value.split(",") if item.strip()]
     if provider == "token":
-        return parse_tokens(json.dumps(items), where)
+        return parse_tokens(json.dumps(items), where, "json")
     import bcrypt
 
     users: dict[str, tuple[bytes, Principal]] = {}
@@ -229,8 +319,35 @@ def parse_inline(provider: str, value: str, where: str) -> CredentialStore:
             raise CredentialsError(f"{where}: expected user:password")
         if len(password.encode()) > 72:
             raise CredentialsError(f"{where}: the password of {user} is longer than bcrypt's 72 bytes")
-        users[user] = (bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)), Principal(user))
+        users[user] = (bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)),
+                       Principal(user, how="inline user: full access"))
     return CredentialStore(users=users)
+
+
+def half_written(path: Path) -> str:
+    """Why ``path`` looks like a file still being written ("" when it does not).
+
+    A line-based file (YAML, text, htpasswd) cut in the middle of its last line can still
+    parse, and then holds a token cut short: a token nobody issued. A JSON file cut short
+    never parses, so it needs no such rule."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 1))
+            last = fh.read(1)
+    except OSError:
+        return ""  # the load reports it
+    if not size or last == b"\n" or b"\x00" in head:
+        return ""  # whole, or not text at all: the load says what is wrong
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = head.decode("utf-8", "replace")  # cut inside a character, or not UTF-8 at all
+    if file_format(path.name, text) == "json":
+        return ""
+    return "its last line has no newline at the end, so it may still be being written"
 
 
 def load_store(provider: str, path: Path | None, inline: str, *, file_setting: str, inline_setting: str) -> CredentialStore:
@@ -238,11 +355,17 @@ def load_store(provider: str, path: Path | None, inline: str, *, file_setting: s
     stores = []
     if path is not None:
         try:
+            if path.stat().st_size > MAX_FILE_BYTES:
+                raise CredentialsError(f"{file_setting}={path}: larger than {MAX_FILE_BYTES // 2**20} MiB: "
+                                       "not a credentials file")
             text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CredentialsError(f"{file_setting}={path}: cannot read ({exc})") from None
+        except UnicodeDecodeError:
+            raise CredentialsError(f"{file_setting}={path}: not UTF-8 text (is it a binary file?)") from None
+        except OSError as exc:
+            raise CredentialsError(f"{file_setting}={path}: cannot read ({exc.strerror or exc})") from None
         where = f"{file_setting}={path}"
-        stores.append(parse_tokens(text, where) if provider == "token" else parse_htpasswd(text, where))
+        stores.append(parse_tokens(text, where, file_format(path.name, text)) if provider == "token"
+                      else parse_htpasswd(text, where))
     if inline:
         stores.append(parse_inline(provider, inline, inline_setting))
     merged = CredentialStore()

@@ -249,6 +249,10 @@ class EngineProcess:
         if process is None or process.returncode is not None:
             return
         process.send_signal(signal.SIGTERM)
+        try:  # a stopped (SIGSTOP) engine acts on the SIGTERM only once it runs again
+            os.kill(process.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
         try:
             await asyncio.wait_for(process.wait(), timeout)
         except asyncio.TimeoutError:

@@ -17,12 +17,14 @@ from urllib.parse import quote
 
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
 
+from . import configpolicy
 from .auth import Authenticator, Denial, Grant
+from .configpolicy import ConfigPolicy
 from .cors import CorsPolicy
 from .httpserver import DISPATCH_WHOLE_BELOW, ClientDisconnected, Exchange
 from .logs import current_trace
 from .relay import Relay, RelayWatch
-from .routes import READ, Route, canonical_segments, route_of
+from .routes import READ, Route, canonical_segments, engine_collection_id, route_of
 from .serverspans import SpanDetails
 from .spanattrs import (COUNTED_OPS, RESPONSE_PARSE_LIMIT, RESULT_OPS, CollectionNames, request_attributes,
                         response_attributes, result_attributes)
@@ -30,7 +32,7 @@ from .upstream import Response, UpstreamError, UpstreamPool, UpstreamTimeout, Up
 
 if TYPE_CHECKING:
     from .readiness import Dependencies
-    from .snapshot_api import SnapshotService
+    from .snapshot_api import ControlAccess, SnapshotService
     from .writegate import WriteGate
     from .telemetry import Telemetry
 
@@ -59,6 +61,8 @@ HEALTHZ, READYZ, METRICS, STATUS, OWN_PREFIX = "/healthz", "/readyz", "/metrics"
 # Paths `_route` may answer itself: never relayed straight to the engine.
 _ANSWERED_HERE = HEARTBEAT_PATHS | {HEALTHZ, READYZ, METRICS}
 _LOOK_UP = object()  # the owner check needs a fresh listing from the engine
+_NOT_AN_ID = Denial(400, "InvalidArgumentError",
+                    "chromaguard: the collection in this path must be a collection id (a UUID)")
 
 class Backend(Protocol):
     """What the front door needs to know about the engine behind it."""
@@ -105,8 +109,13 @@ class FrontDoor:
                  strip_request_headers: frozenset[bytes] = frozenset(),
                  auth: Authenticator | None = None, cors: CorsPolicy | None = None,
                  telemetry: Telemetry | None = None, deps: Dependencies | None = None,
-                 gate: WriteGate | None = None, snapshots: SnapshotService | None = None) -> None:
+                 gate: WriteGate | None = None, snapshots: SnapshotService | None = None,
+                 config_policy: ConfigPolicy = ConfigPolicy(), control: ControlAccess | None = None) -> None:
+        from .snapshot_api import ControlAccess
+
         self.pool = pool
+        # With auth off, who may use /chromaguard/ (status, backups): this host, or the control token.
+        self.control = control if control is not None else ControlAccess()
         self.backend = backend
         self.max_payload_bytes = max_payload_bytes
         self.upstream_timeout = upstream_timeout
@@ -118,6 +127,7 @@ class FrontDoor:
         self.deps = deps
         self.gate = gate
         self.snapshots = snapshots
+        self.config_policy = config_policy
         self.metrics = telemetry.metrics if telemetry else None
         self.spans = telemetry.spans if telemetry else None
         self.names = CollectionNames()
@@ -274,34 +284,43 @@ class FrontDoor:
 
     def _owner_now(self, result: Grant | Denial | None) -> Denial | object | None:
         """The owner check from the cached listing: None (fine), a Denial, or _LOOK_UP (fetch it)."""
-        if not isinstance(result, Grant) or result.principal.tenant is None or result.route.collection is None:
-            return None
+        if not isinstance(result, Grant) or result.principal.tenant is None or not result.route.by_id:
+            return None  # full access, or a route the engine resolves inside the path's database
         route = result.route
+        wanted = engine_collection_id(route.collection or "")
+        if wanted is None:
+            return _NOT_AN_ID
         listed = self._listings.get((route.tenant, route.database))
-        if listed is None or (route.collection not in listed[1] and time.monotonic() - listed[0] > 1.0):
+        if listed is None or (wanted not in listed[1] and time.monotonic() - listed[0] > 1.0):
             return _LOOK_UP
-        return None if route.collection in listed[1] else self._not_owner(result.principal, route)
+        return None if wanted in listed[1] else self._not_owner(result.principal, route)
 
     async def _check_owner(self, principal: Any, route: Route) -> Denial | None:
         """The engine finds a collection by its id alone, whatever tenant and database the path
-        names: a scoped token may only touch collections listed in the database it names."""
+        names: a scoped token may only touch collections whose *id* is listed in the database the
+        path names. Names never count: a collection in the token's own database may be named
+        like another tenant's id. Any doubt (the listing fails, times out, is not a list) is a no."""
+        wanted = engine_collection_id(route.collection or "")
+        if wanted is None:
+            return _NOT_AN_ID
         key = (route.tenant, route.database)
         listed = self._listings.get(key)
         now = time.monotonic()
-        if listed is None or (route.collection not in listed[1] and now - listed[0] > 1.0):
+        if listed is None or (wanted not in listed[1] and now - listed[0] > 1.0):
             path = "/api/v2/tenants/{}/databases/{}/collections?limit=1000000".format(
                 *(quote(part or "", safe="") for part in key))
             try:
                 response = await self.pool.request("GET", path.encode(), timeout=self.heartbeat_timeout)
-                items = json.loads(await response.read()) if response.status == 200 else []
+                ids = _listed_ids(await response.read()) if response.status == 200 else None
             except (UpstreamError, ValueError):
-                return Denial(503, "ServiceUnavailable", "chromaguard: cannot check where the collection lives",
-                              tuple(_RETRY_AFTER))
-            names = {str(item.get(field)) for item in items if isinstance(item, dict) for field in ("id", "name")}
+                ids = None
+            if ids is None:
+                return Denial(503, "ServiceUnavailable", "chromaguard: cannot check where the collection lives; "
+                              "retry shortly", tuple(_RETRY_AFTER))
             if len(self._listings) > 10_000:
                 self._listings.clear()
-            listed = self._listings[key] = (now, frozenset(names))
-        return None if route.collection in listed[1] else self._not_owner(principal, route)
+            listed = self._listings[key] = (now, ids)
+        return None if wanted in listed[1] else self._not_owner(principal, route)
 
     @staticmethod
     def _not_owner(principal: Any, route: Route) -> Denial:
@@ -321,6 +340,13 @@ class FrontDoor:
     async def _route(self, call: _Call) -> None:
         exchange = call.exchange
         path = exchange.path
+        if self.auth is None and path.startswith(OWN_PREFIX):
+            # Auth on: the router made these admin-only. Off: this host only (the peer address,
+            # never a header), or the control token. A backup copies every byte of data.
+            denial = self.control.refusal(exchange.client, exchange.headers)
+            if denial is not None:
+                self._deny(exchange, denial)
+                return
         if exchange.method in ("GET", "HEAD"):
             if path in HEARTBEAT_PATHS:
                 await self.heartbeat(exchange)
@@ -400,8 +426,9 @@ class FrontDoor:
         exchange = call.exchange
         path = exchange.path
         if (not exchange.body_complete or exchange.method == "HEAD" or path in _ANSWERED_HERE
-                or path.startswith(OWN_PREFIX) or not self.backend.available):
-            return False
+                or path.startswith(OWN_PREFIX) or not self.backend.available
+                or configpolicy.checks(exchange.method, call.route)):
+            return False  # configpolicy: a body that may be stored is checked in ``forward``
         headers, length = self._request_headers(call)
         if length is not None and length > self.max_payload_bytes:
             self._too_large(exchange, length)
@@ -471,7 +498,8 @@ class FrontDoor:
         route = call.route
         gated = self.gate is not None and (route is None or route.access != READ)
         body: list[bytes] | None = None
-        if exchange.body_complete or gated or length is None or length <= DISPATCH_WHOLE_BELOW:
+        checked = configpolicy.checks(exchange.method, route)
+        if exchange.body_complete or gated or checked or length is None or length <= DISPATCH_WHOLE_BELOW:
             # Whole before it goes on (bounded by the payload limit). A write counts as in flight
             # for a snapshot's hold only once it can go to the engine whole: a slow uploader must
             # not keep every other writer (and the backup) waiting. Kept in the pieces it came
@@ -482,6 +510,8 @@ class FrontDoor:
                 return
             if body is None:
                 self._too_large(exchange, None)
+                return
+            if checked and self._refused_config(call, b"".join(body)):
                 return
             if call.span is not None and route is not None and body:
                 call.facts = request_attributes(route.operation, b"".join(body))
@@ -511,6 +541,14 @@ class FrontDoor:
         return None
 
     def _upstream_failed(self, exchange: Exchange, exc: UpstreamError) -> None:
+        from .upstream import UpstreamAborted  # here: this method is the only user
+
+        if isinstance(exc, UpstreamAborted):  # the supervisor gave up on a stuck engine; it says why
+            exchange.respond_error(503, "ServiceUnavailable", f"chromaguard: {exc}", _RETRY_AFTER)
+            return
+        noticed = getattr(self.backend, "request_failed", None)
+        if noticed is not None:  # the embedded engine's supervisor: failing requests call for a probe now
+            noticed(exc)
         if isinstance(exc, UpstreamUnavailable):
             exchange.respond_error(503, "ServiceUnavailable", f"chromaguard: {exc}", _RETRY_AFTER)
         elif isinstance(exc, UpstreamTimeout):
@@ -582,11 +620,34 @@ class FrontDoor:
         headers.append(_FORWARDED_PROTO)
         return headers, length
 
+    def _refused_config(self, call: _Call, body: bytes) -> bool:
+        """Answer 400 when the body would store a configuration that makes clients run code."""
+        why = self.config_policy.refusal(call.route, body)
+        if why is None:
+            return False
+        log.warning("refused %s %s: %s", call.exchange.method, call.exchange.path, why)
+        call.exchange.respond_error(400, "InvalidArgumentError", f"chromaguard: {why}")
+        return True
+
     def _too_large(self, exchange: Exchange, length: int | None) -> None:
         size = f"{length} bytes" if length is not None else "the body"
         exchange.respond_error(413, "PayloadTooLarge",
                                f"chromaguard: {size} exceeds the limit of {self.max_payload_bytes} bytes "
                                "(CHROMA_MAX_PAYLOAD_SIZE_BYTES); send smaller batches")
+
+
+def _listed_ids(body: bytes) -> frozenset[str] | None:
+    """The ids in a collection listing, in the engine's spelling; None when it is not one."""
+    items = json.loads(body)
+    if not isinstance(items, list):
+        return None
+    ids = set()
+    for item in items:
+        found = engine_collection_id(str(item.get("id"))) if isinstance(item, dict) else None
+        if found is None:
+            return None
+        ids.add(found)
+    return frozenset(ids)
 
 
 def _span_details(facts: tuple[Any, ...]) -> SpanDetails:
@@ -603,8 +664,9 @@ def _span_details(facts: tuple[Any, ...]) -> SpanDetails:
     if user_agent is not None:
         attributes["user_agent.original"] = user_agent.decode("latin-1")
     if route is not None:
+        collection_id, name = (route.collection, name) if route.by_id else (None, route.collection)
         for key, value in (("chroma.tenant", route.tenant), ("chroma.database", route.database),
-                           ("chroma.collection.id", route.collection), ("chroma.collection.name", name)):
+                           ("chroma.collection.id", collection_id), ("chroma.collection.name", name)):
             if value is not None:
                 attributes[key] = value
     if learnt:

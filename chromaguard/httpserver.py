@@ -10,6 +10,22 @@ back-pressure, ``Expect: 100-continue``, chunked responses when the length is un
 32 KiB limit on a request head (431), malformed requests answered 400 and the connection
 closed, idle connections closed after ``keep_alive`` seconds, and a graceful stop that lets
 requests in flight finish.
+
+Slow clients (a request trickled a byte at a time holds a descriptor for as long as it likes,
+and enough of them lock everyone else out) meet three limits, all checked at accept or by the
+sweep once a second, none per byte:
+
+- a request head must be whole ``head_timeout`` seconds after its first byte arrived (the first
+  request of a connection: after the accept); bytes arriving do not extend it. Past it the
+  client gets 408 and a close (a connection that sent nothing is closed without a word);
+- a request body must keep coming at ``body_min_rate`` bytes a second on average, after a grace
+  of ``head_timeout`` seconds (mod_reqtimeout's rule); time while we hold the body back (reading
+  paused, 100-continue not sent yet) does not count. Past it: 408 if the handler has not begun,
+  else the connection is closed, which the handler sees as the client leaving;
+- at most ``max_connections_per_client`` open connections per client address (IPv6: per /64);
+  one more is answered 503 and closed; and no more client connections than the descriptor limit
+  (RLIMIT_NOFILE) less a reserve for the engine connections, files and reloads: past it new
+  connections are answered 503 and closed (one warning says so), until connections close.
 """
 
 from __future__ import annotations
@@ -17,13 +33,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import http
+import ipaddress
 import json
 import logging
+import math
 import time
 from typing import Any, AsyncIterator, Callable, Coroutine, Iterable
 from urllib.parse import unquote
 
 import httptools
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - not on Linux
+    resource = None  # type: ignore[assignment]
 
 log = logging.getLogger("chromaguard.http")
 
@@ -41,6 +64,20 @@ _BODY_HIGH_WATER = 1 << 20  # stop reading a client when this much of its body w
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 _NO_BODY_STATUS = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_FD_RESERVE = 64  # descriptors kept for everything but client connections: at least this, or a tenth
+_LINGER = 1.0  # seconds a connection answered 408 stays open to read what the client still sends
+_LOG_EVERY = 30.0  # seconds between two log lines about the same kind of refusal or timeout
+
+
+def _refusal(message: str) -> bytes:
+    """A whole 503 answer written before a request is read (the connection then closes)."""
+    body = json.dumps({"error": "ServiceUnavailableError", "message": f"chromaguard: {message}"}).encode()
+    return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"retry-after: 5\r\nconnection: close\r\n\r\n%b" % (len(body), body))
+
+
+_TOO_MANY_FROM_YOU = _refusal("too many open connections from your address; close some or reuse them")
+_SERVER_FULL = _refusal("the server is at its connection limit; try again shortly")
 
 
 class ClientDisconnected(Exception):
@@ -88,6 +125,8 @@ class Exchange:
         self._reject: tuple[int, str] | None = None
         if not raw_path.startswith(b"/"):
             self._reject = (400, "the request target must be a path starting with /")
+        elif b"#" in url:  # no fragment is sent in HTTP; the engine would cut the path there, we would not
+            self._reject = (400, "the request target must not contain # (a fragment is never sent to a server)")
 
     @classmethod
     def received(cls, conn: "_Connection", method: str, url: bytes, headers: Headers, keep_alive: bool,
@@ -336,6 +375,12 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.upgraded = False
         self.last_active = time.monotonic()
+        self.head_started = self.last_active  # a request head is arriving since then (0.0: none is)
+        self.received = 0  # bytes read from the client, for the sweep's body rate
+        self._client_key: object = None  # counted in the server's per-client tally under this
+        self._body_for: object = None  # the request whose body the sweep watches, since _body_since
+        self._body_since = 0.0
+        self._body_mark = 0  # ``received`` at _body_since
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
         self._on_writable: Callable[[], None] | None = None
@@ -357,11 +402,19 @@ class _Connection(asyncio.Protocol):
         self.client = peer[0] if isinstance(peer, tuple) else ""
         sockname = transport.get_extra_info("sockname")
         self.sockname = (sockname[0], sockname[1]) if isinstance(sockname, tuple) else None
+        refusal = self.server.admit(self, transport)
+        if refusal is not None:  # over a limit: answered before it said anything, and closed
+            self.closing = self.upgraded = True
+            transport.write(refusal)  # type: ignore[attr-defined]
+            transport.close()
+            return
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.server.connections.discard(self)
+        if self._client_key is not None:
+            self.server.release(self)
         for exchange in (self.current, self.receiving, self.diverted, *self.pipeline):
             if exchange is not None:
                 exchange._disconnect()
@@ -381,6 +434,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
+        self.received += len(data)
         if self.upgraded:
             return
         if self.diverted is not None:  # the fast path's request: the rest of its body, maybe more
@@ -388,7 +442,8 @@ class _Connection(asyncio.Protocol):
             if not data:
                 return
         elif self.current is None and self._between and self._fast is not None and not self.pipeline:
-            if self._fast(self, data):
+            if self._fast(self, data):  # a whole head: its deadline is met
+                self.head_started = 0.0
                 return
         try:
             self.parser.feed_data(data)
@@ -438,6 +493,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._between = False
+        if not self.head_started:  # (the first request's head is due from the accept on)
+            self.head_started = self.last_active  # the time of this read: when its first byte came
         self._url = []
         self._headers = []
         self._head_bytes = 0
@@ -465,6 +522,7 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self.head_started = 0.0
         parser = self.parser
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         exchange = Exchange(self, parser.get_method().decode("ascii", "replace"), url, self._headers,
@@ -598,6 +656,50 @@ class _Connection(asyncio.Protocol):
             if exchange is not None:
                 exchange._disconnect()
 
+    def _head_overdue(self) -> bool:
+        """The sweep's verdict on a head not whole in time; True when a request had begun."""
+        self.head_started = 0.0
+        if self._between and self.current is None and not self.pipeline:  # not a byte of a request
+            log.debug("closed a connection from %s: no request in time", self.client or "?")
+            self.close()
+            return False
+        log.debug("closed a connection from %s: its request head was not whole in time", self.client or "?")
+        self.upgraded = True  # whatever else arrives is ignored
+        last = self.pipeline[-1] if self.pipeline else self.current
+        if last is not None:  # the requests before it are answered, then the connection closes
+            last.keep_alive = False
+        else:
+            self._answer_408("the request head took too long to arrive")
+        return True
+
+    def _body_overdue(self) -> None:
+        """The sweep's verdict on a body coming slower than the minimum rate."""
+        log.debug("closed a connection from %s: its request body came too slowly", self.client or "?")
+        self.upgraded = True
+        receiving = self.receiving if self.diverted is None else self.diverted
+        if self.current is None and not self.pipeline and not getattr(receiving, "_started", False):
+            # Nothing has begun with it (a body read whole first, or the fast path's): it is answered here.
+            self.receiving = self.diverted = None
+            self._answer_408("the request body arrived too slowly")
+        else:  # a handler reads it: to it, the client has gone
+            self.close()
+
+    def _answer_408(self, message: str) -> None:
+        """408 and a close, lingering: the client may still be sending, and a close with its bytes
+        unread would be a reset, which can take the 408 with it before the client reads it."""
+        transport = self.transport
+        self.closing = True
+        if transport is None or transport.is_closing():
+            return
+        body = json.dumps({"error": "RequestTimeoutError", "message": f"chromaguard: {message}"}).encode()
+        transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                        b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(body), body))
+        if transport.can_write_eof():
+            transport.write_eof()  # what comes meanwhile is read and dropped; the client's close ends it
+            self.loop.call_later(_LINGER, transport.close)
+        else:
+            transport.close()
+
     def close(self) -> None:
         self.closing = True
         if self.transport is not None and not self.transport.is_closing():
@@ -613,19 +715,73 @@ class _Connection(asyncio.Protocol):
         return self.current is None and self.receiving is None and self.diverted is None and not self.pipeline
 
 
+def _client_key(address: str) -> object:
+    """What a client's connections are counted under: its address; for IPv6 its /64, which one
+    host or site usually has whole (counting each address would let it open any number)."""
+    if ":" not in address or address.startswith("::ffff:"):
+        return address
+    try:
+        return ipaddress.IPv6Address(address.partition("%")[0]).packed[:8]
+    except ValueError:
+        return address
+
+
+class _Every:
+    """A log line at most once per ``interval`` seconds, counting the events held back meanwhile."""
+
+    __slots__ = ("interval", "next", "held")
+
+    def __init__(self, interval: float = _LOG_EVERY) -> None:
+        self.interval = interval
+        self.next = 0.0
+        self.held = 0
+
+    def note(self, now: float, events: int = 1) -> int:
+        """Counts ``events``; returns how many to tell of now (those held back too), 0 to stay quiet."""
+        self.held += events
+        if now < self.next or not self.held:
+            return 0
+        self.next = now + self.interval
+        told, self.held = self.held, 0
+        return told
+
+
 class HttpServer:
-    """Serves ``handler`` on a listening socket until ``stop``; lets requests in flight finish."""
+    """Serves ``handler`` on a listening socket until ``stop``; lets requests in flight finish.
+
+    ``head_timeout``: seconds a request head may take from its first byte (0: no limit);
+    ``body_min_rate``: bytes a second a body must average after that grace (0: no limit);
+    ``max_connections_per_client``: open connections one address may have (0: no limit).
+    """
 
     def __init__(self, handler: Handler, *, keep_alive: float = 75.0, drain_timeout: float = 30.0,
+                 head_timeout: float = 10.0, body_min_rate: int = 500, max_connections_per_client: int = 256,
                  fast: FastPath | None = None) -> None:
         self.handler = handler
         self.fast = fast
         self.keep_alive = keep_alive
         self.drain_timeout = drain_timeout
+        self.head_timeout = head_timeout
+        self.body_min_rate = body_min_rate
+        self.max_connections_per_client = max_connections_per_client
         self.connections: set[_Connection] = set()
+        self.per_client: dict[object, int] = {}  # open connections by client (``_client_key``)
+        self.descriptor_limit = 0  # RLIMIT_NOFILE's soft limit when serving began (0: none)
+        self.max_clients = 0  # client connections allowed at once, below it (0: no limit)
+        # What the limits did, for whoever wants to count it.
+        self.refused_per_client = 0
+        self.refused_full = 0
+        self.head_timeouts = 0
+        self.body_timeouts = 0
         self.stopping = False
         self._stop = asyncio.Event()
         self._force = False
+        self._full = False  # refusing connections: at the descriptor limit
+        self._full_told = False
+        self._full_log = _Every(60.0)
+        self._per_client_log = _Every()
+        self._head_log = _Every()
+        self._body_log = _Every()
 
     def stop(self, *, force: bool = False) -> None:
         """Stop accepting; ``force`` also cuts requests in flight (a second signal)."""
@@ -633,7 +789,82 @@ class HttpServer:
         self._force = self._force or force
         self._stop.set()
 
+    def limit_descriptors(self, soft: int | None = None) -> None:
+        """Keep client connections below the descriptor limit (``soft``, else RLIMIT_NOFILE's soft
+        limit), less a reserve for the engine connections, files, reloads: a tenth, at least 64."""
+        if soft is None:
+            if resource is None:
+                return
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft <= 0 or soft == getattr(resource, "RLIM_INFINITY", -1):
+            self.descriptor_limit = self.max_clients = 0
+            return
+        self.descriptor_limit = soft
+        self.max_clients = max(soft - max(_FD_RESERVE, soft // 10), soft // 2)
+        log.debug("at most %d client connections (the descriptor limit is %d)", self.max_clients, soft)
+
+    def admit(self, conn: _Connection, transport: asyncio.BaseTransport) -> bytes | None:
+        """None when ``conn`` (just accepted) may be served; else the answer for it: it is over a limit."""
+        if self.max_clients and self._over_descriptors(transport):
+            return _SERVER_FULL
+        cap = self.max_connections_per_client
+        if cap and conn.client:
+            key = _client_key(conn.client)
+            count = self.per_client.get(key, 0)
+            if count >= cap:
+                self.refused_per_client += 1
+                told = self._per_client_log.note(time.monotonic())
+                if told:
+                    log.warning("refused a connection from %s: it has %d open already, the most one client may "
+                                "have (CHROMAGUARD_MAX_CONNECTIONS_PER_CLIENT=%d)%s", conn.client, count, cap,
+                                f"; {told} refused like this since the last such line" if told > 1 else "")
+                return _TOO_MANY_FROM_YOU
+            self.per_client[key] = count + 1
+            conn._client_key = key
+        return None
+
+    def release(self, conn: _Connection) -> None:
+        """``conn`` has closed: one fewer for its client."""
+        key, conn._client_key = conn._client_key, None
+        count = self.per_client.get(key, 0) - 1
+        if count > 0:
+            self.per_client[key] = count
+        else:
+            self.per_client.pop(key, None)
+
+    def _over_descriptors(self, transport: asyncio.BaseTransport) -> bool:
+        """Whether taking one more client connection would eat into the reserve of descriptors.
+
+        The new socket's descriptor is the lowest one free, so every one below it is open: its
+        number counts all the process holds (engine connections, files), not only clients.
+        """
+        sock = transport.get_extra_info("socket")
+        level = max(sock.fileno() if sock is not None else -1, len(self.connections))
+        limit = self.max_clients
+        if self._full:
+            if level < limit - max(8, (self.descriptor_limit - limit) // 4):  # not back at once: no flapping
+                self._full = False
+                if self._full_told:
+                    log.info("accepting connections again (%d refused at the descriptor limit so far)",
+                             self.refused_full)
+                return False
+        elif level < limit:
+            return False
+        else:
+            self._full = True
+            self._full_told = bool(self._full_log.note(time.monotonic()))
+            if self._full_told:
+                log.warning("%d client connections open and descriptors up to number %d in use, of the %d this "
+                            "process may have (ulimit -n): new connections are answered 503 until some close, "
+                            "keeping the rest for the engine, files and reloads; raise the limit (ulimit -n, "
+                            "LimitNOFILE= with systemd, --ulimit nofile= with Docker), or lower "
+                            "CHROMAGUARD_MAX_CONNECTIONS_PER_CLIENT if one client holds them",
+                            len(self.connections), level, self.descriptor_limit)
+        self.refused_full += 1
+        return True
+
     async def serve(self, sock: object) -> None:
+        self.limit_descriptors()
         loop = asyncio.get_running_loop()
         listener = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=2048)  # type: ignore[arg-type]
         sweeper = loop.create_task(self._sweep())
@@ -666,10 +897,56 @@ class HttpServer:
             await asyncio.wait(tasks, timeout=1.0)
 
     async def _sweep(self) -> None:
-        """Close connections that have sent nothing for ``keep_alive`` seconds between requests."""
+        """The limits in time, about once a second: see ``check``."""
+        tick = max(0.05, min(1.0, self.keep_alive, self.head_timeout / 2 if self.head_timeout else 1.0))
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(min(5.0, self.keep_alive))
-            limit = time.monotonic() - self.keep_alive
-            for conn in list(self.connections):
-                if conn.current is None and not conn.pipeline and conn.last_active < limit:
-                    conn.close()
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            self.check(now, now - last)
+            last = now
+
+    def check(self, now: float, elapsed: float) -> None:
+        """Close connections that have sent nothing for ``keep_alive`` seconds between requests,
+        whose request head is overdue, or whose body comes slower than the minimum rate;
+        ``elapsed``: seconds since the last check."""
+        idle = now - self.keep_alive
+        head_timeout, rate = self.head_timeout, self.body_min_rate
+        heads_due = now - head_timeout if head_timeout else -math.inf
+        grace = head_timeout or 10.0
+        heads = bodies = 0
+        for conn in list(self.connections):
+            if conn.closing:
+                continue
+            started = conn.head_started
+            if started and started < heads_due:
+                heads += conn._head_overdue()
+                continue
+            if rate:
+                body = conn.receiving if conn.diverted is None else conn.diverted
+                if body is None:
+                    conn._body_for = None
+                elif body is not conn._body_for:  # a body the check has not seen: its time runs from now
+                    conn._body_for, conn._body_since, conn._body_mark = body, now, conn.received
+                elif not conn._reading or getattr(body, "_expect", False):  # we hold it back: time stands still
+                    conn._body_since += elapsed
+                elif now - conn._body_since > grace + (conn.received - conn._body_mark) / rate:
+                    conn._body_overdue()
+                    bodies += 1
+                    continue
+            if conn.current is None and not conn.pipeline and conn.last_active < idle:
+                conn.close()
+        self.head_timeouts += heads
+        self.body_timeouts += bodies
+        told = self._head_log.note(now, heads)
+        if told:
+            log.info("closed %d connection(s) whose request head was not whole %gs after it began, with a 408 "
+                     "(slow or stalled clients; CHROMAGUARD_HEAD_TIMEOUT)", told, head_timeout)
+        told = self._body_log.note(now, bodies)
+        if told:
+            log.info("closed %d connection(s) whose request body came slower than %d bytes/s (slow or stalled "
+                     "clients; CHROMAGUARD_BODY_MIN_RATE)", told, rate)
+        told = self._per_client_log.note(now, 0)
+        if told:
+            log.warning("refused %d connection(s) from clients over CHROMAGUARD_MAX_CONNECTIONS_PER_CLIENT=%d "
+                        "since the last such line", told, self.max_connections_per_client)

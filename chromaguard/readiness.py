@@ -1,13 +1,15 @@
 """``/readyz`` and ``/chromaguard/status``: what the service depends on, checked now.
 
-Readiness has one entry per check (engine heartbeat and healthcheck; Ollama and
-its models when configured; free disk under the data dir); any failing one
-makes it 503. Status adds what an operator wants on one screen.
+Readiness has one entry per check (engine heartbeat and healthcheck; a read
+through the engine's storage; Ollama and its models when configured; room on
+the data dir's disk); any failing one makes it 503. Status adds what an
+operator wants on one screen.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +24,13 @@ from .probe import model_present
 from .upstream import UpstreamError, UpstreamPool, fetch
 
 _CHECK_TIMEOUT = 3.0
+# The disk counts as full below this much free space (or 5% of a smaller filesystem): the engine's
+# writes need room for a batch, its SQLite journal and rewritten index files, and it was seen to
+# fail (and then hang on every data call) with a few hundred KiB still free.
+_FULL_BELOW = 64 * 2**20
+WRITE_TEST = ".chromaguard-write-test"  # in the data dir; snapshots skip it
+_WRITE_TEST_BYTES = 4096
+_write_tests: dict[str, asyncio.Future[None]] = {}  # one test write at a time per data dir (a hung disk)
 
 
 @dataclass
@@ -70,27 +79,85 @@ async def ollama_state(url: str, models: tuple[str, ...]) -> dict[str, Any]:
     return {"ok": not missing, "detail": detail, "models": present, "missing": missing}
 
 
-def _disk(deps: Dependencies) -> dict[str, Any]:
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size < 10 * 2**20 else f"{size // 2**20} MiB"
+
+
+def _write_test(data_dir: Path) -> None:
+    path = data_dir / WRITE_TEST
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, b"\0" * _WRITE_TEST_BYTES)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+async def disk_room(data_dir: Path, timeout: float = _CHECK_TIMEOUT) -> tuple[bool, int, str]:
+    """(room, free bytes, detail): whether the engine's writes can find room under ``data_dir``.
+
+    No room: less than 64 MiB free (5% of a smaller filesystem), or a 4 KiB test write fails
+    (full, read-only, over quota) or hangs. The detail names no path (``/readyz`` is open).
+    """
+    try:
+        usage = shutil.disk_usage(data_dir)
+    except OSError as exc:
+        return False, 0, f"cannot read the data dir's disk usage ({exc.strerror})"
+    free = usage.free
+    shown = f"{_mib(free)} free under the data dir"
+    floor = min(_FULL_BELOW, usage.total // 20)
+    if free < floor:
+        return False, free, f"{shown}, less than the {_mib(floor)} the engine's writes need"
+    key = str(data_dir)
+    test = _write_tests.get(key)
+    if test is None or test.done() or test.get_loop() is not asyncio.get_running_loop():
+        test = _write_tests[key] = asyncio.ensure_future(asyncio.to_thread(_write_test, data_dir))
+        test.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen, even if late
+    try:
+        await asyncio.wait_for(asyncio.shield(test), timeout)
+    except asyncio.TimeoutError:
+        return False, free, f"{shown}, but a {_WRITE_TEST_BYTES // 1024} KiB test write there has not finished " \
+                            f"within {timeout:g}s: the disk hangs"
+    except OSError as exc:
+        return False, free, f"{shown}, but a {_WRITE_TEST_BYTES // 1024} KiB test write there failed: {exc.strerror}"
+    return True, free, shown
+
+
+async def _disk(deps: Dependencies) -> dict[str, Any]:
     assert deps.data_dir is not None
-    free = shutil.disk_usage(deps.data_dir).free
-    ok = free >= deps.min_free_disk
-    detail = f"{free // 2**20} MiB free under the data dir"  # open endpoint: no paths
-    if not ok:
-        detail += f" (needs at least {deps.min_free_disk // 2**20} MiB: CHROMAGUARD_MIN_FREE_DISK)"
-    return _check(ok, detail)
+    room, free, detail = await disk_room(deps.data_dir)
+    if free < deps.min_free_disk:
+        detail += f" (needs at least {_mib(deps.min_free_disk)}: CHROMAGUARD_MIN_FREE_DISK)"
+    return _check(room and free >= deps.min_free_disk, detail)
+
+
+async def _engine_data(deps: Dependencies) -> dict[str, Any]:
+    """A read through the engine's storage, which a heartbeat never touches (the supervisor's)."""
+    backend = deps.backend
+    if not backend.available:
+        return _check(False, backend.unavailable_reason)
+    if backend.disk_full:  # its reads answer; its writes are stuck
+        return _check(False, f"writes do not complete: {backend.problem}")
+    probe = await backend.read_probe(_CHECK_TIMEOUT)
+    return _check(probe.ok, probe.detail)
 
 
 async def readiness(deps: Dependencies) -> tuple[bool, dict[str, Any]]:
     names = ["engine_heartbeat", "engine_healthcheck"]
     jobs = [_engine(deps, "/api/v2/heartbeat"), _engine(deps, "/api/v2/healthcheck")]
+    if hasattr(deps.backend, "read_probe"):  # the embedded engine's supervisor
+        names.append("engine_data")
+        jobs.append(_engine_data(deps))
     if deps.ollama_url:
         names.append("ollama")
         jobs.append(ollama_state(deps.ollama_url, deps.ollama_models))
+    if deps.data_dir is not None:
+        names.append("disk")
+        jobs.append(_disk(deps))
     results = dict(zip(names, await asyncio.gather(*jobs)))
     if "ollama" in results:
         results["ollama"] = _check(results["ollama"]["ok"], results["ollama"]["detail"])
-    if deps.data_dir is not None and deps.min_free_disk:
-        results["disk"] = _disk(deps)
     ready = all(check["ok"] for check in results.values())
     return ready, {"status": "ready" if ready else "not ready", "checks": results}
 
@@ -107,6 +174,8 @@ async def status(deps: Dependencies) -> dict[str, Any]:
             "last_failure_at": backend.last_failure_at,
             "uptime_s": round(time.monotonic() - proc.started_at, 1) if proc.started_at and proc.running else None,
         })
+        if hasattr(backend, "health_report"):
+            engine["health"] = backend.health_report()
     else:
         engine["url"] = deps.upstream
     try:
@@ -124,8 +193,9 @@ async def status(deps: Dependencies) -> dict[str, Any]:
     }
     if deps.data_dir is not None:
         usage = shutil.disk_usage(deps.data_dir)
+        room, _, detail = await disk_room(deps.data_dir)
         out["data"] = {"dir": str(deps.data_dir), "size_bytes": catalog.directory_size(deps.data_dir),
-                       "free_bytes": usage.free}
+                       "free_bytes": usage.free, "room": {"ok": room, "detail": detail}}
     if deps.ollama_url:
         out["ollama"] = {"url": deps.ollama_url, **(await ollama_state(deps.ollama_url, deps.ollama_models))}
     return out

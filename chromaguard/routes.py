@@ -3,11 +3,19 @@
 Authorisation depends on this, so it follows the engine's router exactly: the
 engine matches raw paths literally (no dot-segment or slash folding, case
 sensitive), and anything we do not recognise needs an admin.
+
+How the engine resolves a collection segment matters as much (chromadb 1.5.9,
+``rust/frontend/src/server.rs``): ``GET`` and ``DELETE`` of ``.../collections/{x}``
+look ``x`` up by *name* inside the tenant and database of the path, while every other
+collection route parses ``x`` as a UUID (hyphenated, simple, braced or URN, any case)
+and finds the collection by that id alone, whatever tenant and database the path names.
+``Route.by_id`` says which: only id routes need the owner check.
 """
 
 from __future__ import annotations
 
 import functools
+import uuid
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -26,6 +34,7 @@ _COLLECTION_OPS = {
     "search": {"POST": ("search", READ)},
     "count": {"GET": ("count", READ)},
     "indexing_status": {"GET": ("indexing_status", READ)},
+    "fork_count": {"GET": ("fork_count", READ)},
 }
 
 
@@ -35,10 +44,24 @@ class Route:
     access: str
     tenant: str | None = None
     database: str | None = None
-    collection: str | None = None
+    collection: str | None = None  # the path's segment, as decoded
+    by_id: bool = False  # the engine resolves ``collection`` as an id, ignoring tenant and database
 
 
 UNKNOWN = Route("unknown", ADMIN)
+
+
+def engine_collection_id(segment: str) -> str | None:
+    """The collection id the engine reads from ``segment``, in the engine's own spelling
+    (lower-case, hyphenated); None when it is no UUID (the engine refuses it too).
+
+    Python's parser accepts every form Rust's ``Uuid::parse_str`` does (and a few more,
+    which the engine then refuses): comparing this form with listed ids is comparing
+    what the engine will look up."""
+    try:
+        return str(uuid.UUID(segment))
+    except ValueError:
+        return None
 
 
 def template(route: Route, segments: list[str]) -> str:
@@ -54,8 +77,10 @@ def template(route: Route, segments: list[str]) -> str:
             out.append("{tenant}")
         elif before == "databases" and route.database is not None:
             out.append("{database}")
-        elif before == "collections" and route.collection is not None and index >= 6:
-            out.append("{collection_id}")
+        elif route.operation == "get_collection_by_id" and before == "collections":
+            out.append(segment)  # the literal "by-id"
+        elif before in ("collections", "by-id") and route.collection is not None and index >= 6:
+            out.append("{collection_id}" if route.by_id else "{collection_name}")
         elif before == "collections" and route.operation == "get_collection_by_crn":
             out.append("{crn}")
         else:
@@ -158,13 +183,18 @@ def _tenant_route(method: str, tenant: str, rest: list[str]) -> Route:
         return Route("create_collection", WRITE, tenant, database) if method == "POST" else UNKNOWN
     collection = rest[1]
     if len(rest) == 2:
-        by_method = {"GET": ("get_collection", READ), "PUT": ("modify_collection", WRITE),
-                     "DELETE": ("delete_collection", WRITE)}
+        if method == "GET":  # by name, within the path's tenant and database
+            return Route("get_collection", READ, tenant, database, collection)
+        if method == "DELETE":  # by name too
+            return Route("delete_collection", WRITE, tenant, database, collection)
+        by_method = {"PUT": ("modify_collection", WRITE)}
+    elif collection == "by-id" and len(rest) == 3 and method == "GET":
+        return Route("get_collection_by_id", READ, tenant, database, rest[2], by_id=True)
     elif len(rest) == 3:
         by_method = _COLLECTION_OPS.get(rest[2], {})
     else:
         by_method = {}
     found = by_method.get(method)
-    if found is None:
-        return Route("unknown", ADMIN, tenant, database, collection)
-    return Route(found[0], found[1], tenant, database, collection)
+    if found is None:  # a newer or unknown collection route: the engine reads an id there too
+        return Route("unknown", ADMIN, tenant, database, collection, by_id=True)
+    return Route(found[0], found[1], tenant, database, collection, by_id=True)

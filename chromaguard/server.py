@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any, Coroutine
 
 from . import __version__
-from .auth import Authenticator, CredentialsWatcher
+from .auth import Authenticator
 from .config import Settings
 from .cors import CorsPolicy
+from .configpolicy import ConfigPolicy
 from .credentials import CredentialsError, CredentialStore, load_store
+from .credentials_watch import CredentialsWatcher
 from .datalock import DataDirLock
 from .engine import EngineProcess
 from .errors import ConfigError, StartupError
@@ -32,7 +34,7 @@ from .fastpath import FastPath
 from .frontdoor import AlwaysAvailable, Backend, FrontDoor
 from .httpserver import HttpServer
 from .readiness import Dependencies
-from .snapshot_api import SnapshotService
+from .snapshot_api import ControlAccess, SnapshotService
 from .writegate import WriteGate
 from .supervisor import HealthPolicy, Supervisor
 from .catalog import count_collections
@@ -101,6 +103,7 @@ class Service:
         self.watcher: CredentialsWatcher | None = None
         self.telemetry: Telemetry | None = None
         self.snapshots: SnapshotService | None = None
+        self._reloading: asyncio.Future[bool] | None = None
         self._stop_requested = asyncio.Event()
         self._signals = 0
 
@@ -158,7 +161,7 @@ class Service:
 
     def _on_hangup(self) -> None:
         if self.watcher is not None:
-            self.watcher.reload("SIGHUP")
+            self._reloading = asyncio.ensure_future(self.watcher.reload("SIGHUP"))  # kept until it is done
         else:
             log.info("SIGHUP: no credentials file to reload")
 
@@ -181,7 +184,8 @@ class Service:
         self._warn_about_exposure()
         if self.auth is not None and self.settings.auth_credentials_file is not None:
             self.watcher = CredentialsWatcher(self.settings.auth_credentials_file, self.load_credentials,
-                                              self._apply_credentials, self.settings.auth_reload_interval)
+                                              self._apply_credentials, self.auth.store,
+                                              interval=self.settings.auth_reload_interval)
             self.watcher.start()
         pool: UpstreamPool | None = None
         telemetry = self.telemetry
@@ -205,7 +209,8 @@ class Service:
                                        log_filter=engine_log_filter(self.settings))
                 s = self.settings
                 self.supervisor = Supervisor(engine, policy=HealthPolicy(
-                    s.health_interval, s.health_timeout, s.health_retries, s.health_start_period),
+                    s.health_interval, s.health_timeout, s.health_retries, s.health_start_period,
+                    s.health_heartbeat_timeout),
                     on_probe=lambda ok: telemetry.metrics.health_check("engine_probe", ok))
                 supervisor, data_dir = self.supervisor, self.data_dir
                 telemetry.metrics.engine_up = lambda: supervisor.available
@@ -213,15 +218,19 @@ class Service:
                 telemetry.metrics.collections = lambda: count_collections(data_dir)
                 if not await self._until_stopped(self.supervisor.start()):
                     return
-                log.info("engine health check every %gs (timeout %gs, %d retries, start period %gs)",
-                         s.health_interval, s.health_timeout, s.health_retries, s.health_start_period)
+                log.info("engine health check every %gs (timeout %gs, heartbeat %gs, %d retries, start period %gs)",
+                         s.health_interval, s.health_timeout, min(s.health_heartbeat_timeout, s.health_timeout),
+                         s.health_retries, s.health_start_period)
                 pool = UpstreamPool(engine.url)
+                self.supervisor.pool = pool  # its requests waiting on the engine are watched
                 backend = self.supervisor
                 where = f"data in {self.data_dir}" + ("" if self.settings.persistent else " (ephemeral)")
             gate = snapshots = None
             if self.data_dir is not None:
                 gate = WriteGate()
-                snapshots = SnapshotService(gate, self.data_dir, pool)
+                snapshots = SnapshotService(gate, self.data_dir, pool, staging_root=self.settings.snapshot_dir,
+                                            max_kept=self.settings.snapshot_max_kept,
+                                            min_free=self.settings.snapshot_min_free)
                 self.snapshots = snapshots
             app = FrontDoor(pool, backend, gate=gate, snapshots=snapshots, max_payload_bytes=self.settings.max_payload_bytes,
                             upstream_timeout=self.settings.upstream_timeout,
@@ -234,9 +243,14 @@ class Service:
                                 listen=f"http://{_show_host(self.settings.host)}:{self.settings.port}",
                                 upstream=self.settings.upstream),
                             cors=CorsPolicy(self.settings.cors_allow_origins) if self.settings.cors_allow_origins
-                            else None)
+                            else None,
+                            config_policy=ConfigPolicy(self.settings.allowed_embedding_functions),
+                            control=ControlAccess(self.settings.control_token))
             fast = FastPath.for_door(app)
             self.server = HttpServer(app, keep_alive=75.0, drain_timeout=self.settings.drain_timeout,
+                                     head_timeout=self.settings.head_timeout,
+                                     body_min_rate=self.settings.body_min_rate,
+                                     max_connections_per_client=self.settings.max_connections_per_client,
                                      fast=fast.take if fast is not None else None)
             if self._stop_requested.is_set():
                 return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+import weakref
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Iterable, Protocol, Sequence
 from urllib.parse import urlsplit
@@ -38,6 +39,10 @@ class UpstreamUnavailable(UpstreamError):
 
 class UpstreamTimeout(UpstreamError):
     """The upstream did not answer in time."""
+
+
+class UpstreamAborted(UpstreamTimeout):
+    """We gave up on the request: the engine was found stuck while it waited (never retried)."""
 
 
 @dataclass(frozen=True)
@@ -296,6 +301,8 @@ class UpstreamPool:
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self.target.scheme == "https" else None
         self._host_line = b"host: " + self.target.host_header + b"\r\n"
         self._extra = b"".join(name + b": " + value + b"\r\n" for name, value in self.extra_headers)
+        # Every connection opened (noted on connect only, nothing per request), for ``waiting``.
+        self._opened: weakref.WeakSet[_Connection] = weakref.WeakSet()
 
     def retarget(self, url: str) -> None:
         """Point the pool at a new address (the engine came back on another port)."""
@@ -316,6 +323,7 @@ class UpstreamPool:
             raise UpstreamUnavailable(f"connecting to {target.url} timed out") from None
         except OSError as exc:
             raise UpstreamUnavailable(f"cannot connect to {target.url}: {exc.strerror or exc}") from None
+        self._opened.add(conn)
         return conn
 
     def idle(self) -> _Connection | None:
@@ -350,6 +358,27 @@ class UpstreamPool:
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
+
+    def waiting(self) -> list[tuple[_Connection, object]]:
+        """Requests sent with nothing of their answer back yet: (connection, an object that is the
+        same for as long as that one request waits). For the supervisor, a few times a minute."""
+        idle = set(self._idle)
+        out: list[tuple[_Connection, object]] = []
+        for conn in list(self._opened):
+            request = conn.sink if conn.sink is not None else conn.head
+            if conn.alive and request is not None and not conn.got_bytes and not conn.complete and conn not in idle:
+                out.append((conn, request))
+        return out
+
+    @staticmethod
+    def abort(conns: Iterable[_Connection], reason: str) -> int:
+        """Fail these requests now (``UpstreamAborted``: never retried); how many were still waiting."""
+        failed = 0
+        for conn in conns:
+            if conn.alive and not conn.complete:
+                conn._fail(UpstreamAborted(reason))
+                failed += 1
+        return failed
 
     def _head(self, method: str, path: bytes, headers: Iterable[tuple[bytes, bytes]], length: int | None) -> bytes:
         lines = [method.encode(), b" ", self.target.base_path, path, b" HTTP/1.1\r\n", self._host_line, self._extra]

@@ -1,24 +1,59 @@
-"""Holds write requests for a moment (reads keep flowing) so a snapshot sees a quiet data dir."""
+"""Holds write requests for a moment (reads keep flowing) so a snapshot sees a quiet data dir.
+
+One hold at a time: ``hold`` closes the gate to new writes, waits for the writes already
+sent to be answered, and returns a ``Hold`` whose ``release`` opens the gate again. Every
+way out of ``hold`` other than success (the wait timing out, the caller being cancelled)
+opens the gate itself, and ``Hold.release`` is idempotent and never opens a later hold.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+
+log = logging.getLogger("chromaguard.backup")
 
 
 class HoldTimeout(Exception):
     """In-flight writes did not finish in time; the hold was lifted again."""
 
 
+class HoldBusy(HoldTimeout):
+    """Another hold is on: holds never nest or overlap."""
+
+
+class Hold:
+    """One hold on the gate, from ``WriteGate.hold``: ``release`` it exactly when done (a
+    second release, or one after the gate moved on to another hold, does nothing)."""
+
+    __slots__ = ("_gate", "_generation")
+
+    def __init__(self, gate: WriteGate, generation: int) -> None:
+        self._gate = gate
+        self._generation = generation
+
+    @property
+    def active(self) -> bool:
+        return self._gate.held and self._gate._generation == self._generation
+
+    def release(self) -> float:
+        """Let writes go again; returns how long they were held, in seconds (0 if already released)."""
+        if not self.active:
+            return 0.0
+        return self._gate._open_again()
+
+
 class WriteGate:
     def __init__(self) -> None:
         self.in_flight = 0
         self.held = False
+        self.held_since: float | None = None
+        self._generation = 0
         self._open = asyncio.Event()
         self._open.set()
         self._idle = asyncio.Event()
         self._idle.set()
-        self.held_since: float | None = None
 
     async def enter(self) -> None:
         """Before a write goes to the engine: wait while a hold is on."""
@@ -36,25 +71,44 @@ class WriteGate:
         return True
 
     def leave(self) -> None:
+        """A write that entered has been answered (or failed)."""
+        if self.in_flight <= 0:  # a bug elsewhere; going negative would make every later hold wait forever
+            log.error("write gate: leave() without a matching enter(); ignored")
+            return
         self.in_flight -= 1
         if self.in_flight == 0:
             self._idle.set()
 
-    async def hold(self, timeout: float) -> None:
-        """Stop new writes, then wait until the ones already sent have been answered."""
+    async def hold(self, timeout: float) -> Hold:
+        """Stop new writes, then wait until the ones already sent have been answered.
+
+        Raises HoldBusy while another hold is on, HoldTimeout (gate open again) when the
+        writes in flight take longer than ``timeout``; cancelled, it opens the gate too."""
         if self.held:
-            raise HoldTimeout("another snapshot is being taken; try again in a moment")
+            raise HoldBusy("another snapshot is holding writes; try again in a moment")
         self.held = True
+        self._generation += 1
+        handle = Hold(self, self._generation)
         self.held_since = time.monotonic()
         self._open.clear()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            if self.in_flight:
+                await asyncio.wait_for(self._idle.wait(), timeout)
         except asyncio.TimeoutError:
-            self.release()
-            raise HoldTimeout(f"writes still in flight after {timeout:g}s; the hold was lifted") from None
+            waiting = self.in_flight
+            handle.release()
+            raise HoldTimeout(f"{waiting} write(s) still in flight after {timeout:g}s; "
+                              "the hold was lifted, writes go on") from None
+        except BaseException:
+            handle.release()
+            raise
+        return handle
 
     def release(self) -> float:
-        """Let writes go again; returns how long they were held, in seconds."""
+        """Lift whatever hold is on (prefer ``Hold.release``); how long writes were held, in seconds."""
+        return self._open_again() if self.held else 0.0
+
+    def _open_again(self) -> float:
         held_for = time.monotonic() - self.held_since if self.held_since is not None else 0.0
         self.held = False
         self.held_since = None

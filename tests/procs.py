@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -168,3 +169,57 @@ class BareEngine:
             self.proc.kill()
         self._log.close()
         self.tmp.cleanup()
+
+
+class NetnsPeer:
+    """Another host for tests: a network namespace of our own, joined to this one by a veth pair.
+
+    Traffic stays on that pair: the service is reached at ``address`` (our end) from the peer,
+    whose requests arrive from ``peer_address`` — a real non-loopback caller, on no real network.
+    """
+
+    def __init__(self, index: int = 0) -> None:
+        tag = f"{os.getpid() % 10000}{index}"
+        self.name = f"cg-peer-{tag}"
+        self._ours, self._theirs = f"cgp{tag}a", f"cgp{tag}b"
+        subnet = 64 + (os.getpid() + index) % 128
+        self.address, self.peer_address = f"10.231.{subnet}.1", f"10.231.{subnet}.2"
+
+    @staticmethod
+    def _ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+    def __enter__(self) -> "NetnsPeer":
+        try:
+            self._ip("netns", "add", self.name)
+            self._ip("link", "add", self._ours, "type", "veth", "peer", "name", self._theirs)
+            self._ip("link", "set", self._theirs, "netns", self.name)
+            self._ip("addr", "add", f"{self.address}/30", "dev", self._ours)
+            self._ip("link", "set", self._ours, "up")
+            for args in (("addr", "add", f"{self.peer_address}/30", "dev", self._theirs),
+                         ("link", "set", self._theirs, "up"), ("link", "set", "lo", "up")):
+                self._ip("netns", "exec", self.name, "ip", *args)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.__exit__()
+            raise RuntimeError(f"cannot make a network namespace here: {exc}") from exc
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["ip", "link", "del", self._ours], capture_output=True, timeout=30)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=30)
+
+    def run(self, *argv: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """``argv`` run on the peer host."""
+        return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True,
+                              env=env, timeout=timeout)
+
+    def request(self, method: str, url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+        """One HTTP request sent from the peer: (status, body)."""
+        script = ("import httpx, json, sys; a = json.loads(sys.argv[1]); "
+                  "r = httpx.request(a[0], a[1], headers=a[2], timeout=120); "
+                  "sys.stdout.write(json.dumps([r.status_code, r.text]))")
+        done = self.run(sys.executable, "-c", script, json.dumps([method, url, headers or {}]))
+        if done.returncode != 0:
+            raise RuntimeError(f"request from the peer failed: {done.stderr.strip()}")
+        status, body = json.loads(done.stdout)
+        return int(status), str(body)

@@ -133,7 +133,7 @@ def test_scoped_token_cannot_reach_a_collection_of_another_tenant_by_its_id(secu
     attempts = [
         ("POST", f"{own}/{target.id}/get", {}), ("POST", f"{own}/{target.id}/query",
                                                  {"query_embeddings": [[1.0, 0.0]], "n_results": 1}),
-        ("GET", f"{own}/{target.id}/count", None), ("GET", f"{own}/{target.id}", None),
+        ("GET", f"{own}/{target.id}/count", None),
         ("POST", f"{own}/{target.id}/add", {"ids": ["evil"], "embeddings": [[0.0, 0.0]]}),
         ("POST", f"{own}/{target.id}/delete", {"ids": ["a"]}),
         ("PUT", f"{own}/{target.id}", {"new_metadata": {"owned": "by-team-a"}}),
@@ -141,6 +141,8 @@ def test_scoped_token_cannot_reach_a_collection_of_another_tenant_by_its_id(secu
     for method, path, body in attempts:
         r = httpx.request(method, secured.url + path, json=body, headers=token)
         assert r.status_code == 403, (method, path, r.status_code, r.text)
+    # By name the engine looks in the path's own database: there is no such collection there.
+    assert httpx.get(f"{secured.url}{own}/{target.id}", headers=token).status_code == 404
     assert target.count() == 1 and target.get()["ids"] == ["a"] and not (target.metadata or {}).get("owned")
     mine = client(secured.port, "scoped-secret-5", tenant="team-a", database="main").get_or_create_collection(
         "mine-by-id", embedding_function=None)

@@ -30,7 +30,7 @@ def test_yaml_records_with_scope_and_hash() -> None:
 def test_a_token_stored_as_its_sha256sum_matches_the_token(token: str) -> None:
     """What `sha256sum` printed for a token (hashlib's SHA-256) opens the door to that token only."""
     digest = hashlib.sha256(token.encode()).hexdigest()
-    store = parse_tokens(f'[{{"sha256": "{digest}", "name": "hashed"}}]', "f")
+    store = parse_tokens(f'[{{"sha256": "{digest}", "name": "hashed", "role": "read"}}]', "f")
     assert store.check_token(token).name == "hashed"
     assert store.check_token(token + "!") is None and store.check_token(token[:-1]) is None
 
@@ -39,7 +39,8 @@ def test_a_token_stored_as_its_sha256sum_matches_the_token(token: str) -> None:
     ('[{"token": "a", "colour": "red"}]', "unknown field 'colour'"),
     ('[{"token": "a", "sha256": "' + "0" * 64 + '"}]', "exactly one of token or sha256"),
     ('[{"token": " padded "}]', "surrounding spaces"),
-    ('[{"token": "a", "name": "x"}, {"token": "b", "name": "x"}]', "name 'x' appears twice"),
+    ('[{"token": "a", "name": "x", "role": "read"}, {"token": "b", "name": "x", "role": "read"}]',
+     "name 'x' appears twice"),
     ('["a", ', "not valid JSON"),
     ("[1.5]", "entry 1 must be a token string"),
 ])

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
+from ..configpolicy import ConfigPolicy
 from .model import Finding, Location
 from .rules import RULES
 
@@ -71,6 +73,7 @@ def examine(url: str, *, token: str | None = None, models: list[str] | None = No
         if token:
             authed = _get(http, _DATA, headers={"authorization": f"Bearer {token}"})
             report.facts["data_with_token"] = authed.status_code if authed is not None else None
+        _stored_configurations(http, report, {"authorization": f"Bearer {token}"} if token else {})
         try:
             preflight = http.options(_DATA, headers={"origin": _FOREIGN_ORIGIN,
                                                      "access-control-request-method": "GET"})
@@ -83,6 +86,43 @@ def examine(url: str, *, token: str | None = None, models: list[str] | None = No
                        "any web page can call the API from a user's browser",
                        "set CHROMA_SERVER_CORS_ALLOW_ORIGINS to your origins")
     return report
+
+
+def _stored_configurations(http: httpx.Client, report: LiveReport, headers: dict[str, str]) -> None:
+    """Collections whose stored configuration would make clients run code (CG506)."""
+    policy = ConfigPolicy()
+    checked = 0
+    for tenant, database in _databases(http, headers):
+        base = f"/api/v2/tenants/{quote(tenant, safe='')}/databases/{quote(database, safe='')}/collections"
+        listed = _get(http, base + "?limit=100000", headers=headers)
+        if listed is None or listed.status_code != 200:
+            continue
+        for collection in listed.json():
+            checked += 1
+            why = policy.refusal_in(collection, "")
+            if why:
+                name = collection.get("name")
+                report.add("CG506", f"collection {tenant}/{database}/{name} ({collection.get('id')}): {why}",
+                           "every client that opens this collection would run the model repository's code",
+                           f"in Python: client.get_collection({name!r}, embedding_function=<a safe one>)"
+                           ".modify(configuration={'embedding_function': <the same, without trust_remote_code>}), "
+                           "or recreate the collection without it; chromaguard refuses new ones")
+    report.facts["collections_checked"] = checked
+
+
+def _databases(http: httpx.Client, headers: dict[str, str]) -> list[tuple[str, str]]:
+    """(tenant, database) pairs to look in: every tenant's databases when chromaguard's status
+    lists them (an admin), else the default tenant's."""
+    found = {("default_tenant", "default_database")}
+    status = _get(http, "/chromaguard/status", headers=headers)
+    if status is not None and status.status_code == 200:
+        for entry in status.json().get("collections", []):
+            if isinstance(entry, dict) and entry.get("tenant") and entry.get("database"):
+                found.add((str(entry["tenant"]), str(entry["database"])))
+    databases = _get(http, "/api/v2/tenants/default_tenant/databases", headers=headers)
+    if databases is not None and databases.status_code == 200:
+        found |= {("default_tenant", str(d.get("name"))) for d in databases.json() if isinstance(d, dict)}
+    return sorted(found)
 
 
 def _ollama(report: LiveReport, tags: httpx.Response, models: list[str]) -> LiveReport:

@@ -173,6 +173,18 @@ The heartbeat or the readiness check failed; the finding says which and what was
           """
 Run `ollama pull <model>` in the Ollama container.
 """),
+    _rule("CG506", "live-remote-code-configuration", "error",
+          "Live: a stored collection configuration makes clients run a model repository's code.",
+          """
+The official Python client builds a collection's stored `embedding_function` as soon as it reads
+the collection; with `trust_remote_code` in its `config` (or its `kwargs`) the model repository's
+code runs in every application that opens the collection (CVE-2026-45829, chroma-core/chroma#6717).
+chromaguard refuses to store such a configuration, but one may have been stored before it was in
+front, or by a client that reached the engine directly. Fix: replace the embedding function's
+configuration without the flag (`collection.modify(configuration={"embedding_function": ...})`
+with an embedding function built without `trust_remote_code`), or recreate the collection; the
+finding names each collection. `--token` must be an admin's to see every tenant.
+"""),
 )}
 
 

@@ -1,0 +1,126 @@
+"""Re-reads the credentials file when it changes, and on demand (SIGHUP).
+
+A file rewritten in place can be read half written, and a half-written file can parse: a
+token cut short, or a record whose ``tenant`` line has not arrived yet (its token then
+reaches every tenant). So a new version is applied
+
+- once it has been unchanged for ``settle`` seconds, when it only revokes or narrows, or
+  when it was renamed into place (a new inode: written whole elsewhere, as Kubernetes secret
+  volumes and most tools do);
+- once it has been unchanged for ``hold`` seconds, when it looks unfinished (no newline at
+  the end of a YAML or text file) or when it would widen access (a new token, a higher
+  role, a wider scope): a writer that stalls longer than that is taken to have finished.
+
+A file that does not load is refused with an ERROR; the previous credentials stay in force.
+Parsing runs off the event loop: a large file never stalls requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .credentials import CredentialsError, CredentialStore, half_written
+
+log = logging.getLogger("chromaguard.auth")
+
+Version = tuple[int, int, int]  # mtime_ns, size, inode
+
+
+class CredentialsWatcher:
+    def __init__(self, path: Path, load: Callable[[], CredentialStore], apply: Callable[[CredentialStore], None],
+                 current: CredentialStore, *, interval: float = 1.0, hold: float = 5.0) -> None:
+        self.path = path
+        self.load = load
+        self.apply = apply
+        self.current = current
+        self.interval = interval
+        self.settle = min(0.5, interval)
+        self.hold = max(hold, self.settle)
+        self._applied = self._version()
+        self._pending: tuple[Version | None, float] | None = None  # a new version, and since when it is so
+        self._reported: Version | None = None  # the version a refusal or a wait was already logged for
+        self._task: asyncio.Task[None] | None = None
+
+    def _version(self) -> Version | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.check()
+
+    async def check(self) -> None:
+        """One look at the file: apply a new version once it has been still long enough."""
+        version = self._version()
+        if version == self._applied:
+            self._pending = None
+            return
+        now = time.monotonic()
+        if self._pending is None or self._pending[0] != version:
+            self._pending = (version, now)
+        still_for = now - self._pending[1]
+        if still_for < self.settle:
+            return
+        store = await self._load(version, "the file changed")
+        if store is None or self._version() != version:
+            return  # refused, or it changed while being read: looked at again next round
+        renamed = version is not None and self._applied is not None and version[2] != self._applied[2]
+        doubt = "" if renamed else (half_written(self.path) or self.current.widened_by(store))
+        if doubt and still_for < self.hold:
+            if self._reported != version:
+                log.warning("credentials not reloaded yet: %s: %s; applied once the file has been unchanged "
+                            "for %gs (rename a finished file into place to apply it at once)",
+                            self.path, doubt, self.hold)
+                self._reported = version
+            return
+        self._use(store, version, "the file changed")
+
+    async def reload(self, why: str) -> bool:
+        """Apply the file now (SIGHUP: the operator says it is finished), unless it is unfinished."""
+        version = self._version()
+        unfinished = half_written(self.path)
+        if unfinished:
+            log.error("credentials not reloaded (%s): %s: %s; end the file with a newline", why, self.path,
+                      unfinished)
+            return False
+        store = await self._load(version, why)
+        if store is None:
+            return False
+        self._use(store, version, why)
+        return True
+
+    async def _load(self, version: Version | None, why: str) -> CredentialStore | None:
+        try:
+            return await asyncio.to_thread(self.load)
+        except CredentialsError as exc:
+            if self._reported != version or why != "the file changed":
+                log.error("credentials not reloaded (%s): %s; the previous credentials stay in force", why, exc)
+                self._reported = version
+            return None
+
+    def _use(self, store: CredentialStore, version: Version | None, why: str) -> None:
+        self.apply(store)
+        self.current = store
+        self._applied = version
+        self._pending = None
+        log.info("credentials reloaded (%s): %d entries", why, len(store))

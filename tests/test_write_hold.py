@@ -1,0 +1,310 @@
+"""The write hold: the gate step by step, and a snapshot of many collections end to end.
+
+The gate tests drive the asyncio code one scheduling step at a time (``_steps``): no timers
+race anything, so each interleaving is the one written down. The end-to-end test uses the
+real engine: the hold covers the copy only, whatever the number of collections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chromaguard import archive, snapshot as snapshots
+from chromaguard.restore import restore, verify
+from chromaguard.snapshot import SnapshotError, copy_data_dir, read_copy, take_online
+from chromaguard.writegate import HoldBusy, HoldTimeout, WriteGate
+from conftest import http_client
+from procs import Guard, clean_env
+
+BASE = "/api/v2/tenants/default_tenant/databases/default_database"
+
+
+async def _steps(n: int = 10) -> None:
+    """Let every ready task run until it next waits (deterministic: no time passes)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+# ---- the gate ------------------------------------------------------------------------------------
+
+
+async def test_a_hold_waits_for_the_writes_in_flight() -> None:
+    gate = WriteGate()
+    assert gate.try_enter() and gate.try_enter() and gate.in_flight == 2
+    holding = asyncio.create_task(gate.hold(30))
+    await _steps()
+    assert not holding.done() and gate.held
+    assert not gate.try_enter() and gate.in_flight == 2, "no new write while the hold is on"
+    gate.leave()
+    await _steps()
+    assert not holding.done(), "one write is still in flight"
+    gate.leave()
+    await _steps()
+    assert holding.done() and gate.in_flight == 0
+    hold = holding.result()
+    assert hold.active and hold.release() >= 0 and not gate.held
+
+
+async def test_a_new_write_waits_during_the_hold_and_goes_on_after() -> None:
+    gate = WriteGate()
+    hold = await gate.hold(30)  # nothing in flight: at once
+    writers = [asyncio.create_task(gate.enter()) for _ in range(3)]
+    await _steps()
+    assert not any(w.done() for w in writers) and gate.in_flight == 0
+    hold.release()
+    await _steps()
+    assert all(w.done() for w in writers) and gate.in_flight == 3
+    for _ in writers:
+        gate.leave()
+    assert gate.in_flight == 0
+
+
+async def test_a_hold_that_times_out_opens_the_gate_and_writes_flow() -> None:
+    gate = WriteGate()
+    assert gate.try_enter()  # a write that never finishes
+    holding = asyncio.create_task(gate.hold(0.05))
+    await _steps()
+    waiting = asyncio.create_task(gate.enter())
+    await _steps()
+    assert not waiting.done()
+    with pytest.raises(HoldTimeout, match="still in flight"):
+        await holding
+    assert not gate.held
+    await _steps()
+    assert waiting.done() and gate.in_flight == 2
+    assert gate.try_enter() and gate.in_flight == 3
+    hold = await asyncio.wait_for(_hold_when_idle(gate, 3), 5)  # and a later hold works normally
+    hold.release()
+
+
+async def _hold_when_idle(gate: WriteGate, leaving: int):
+    holding = asyncio.create_task(gate.hold(30))
+    await _steps()
+    for _ in range(leaving):
+        gate.leave()
+    return await holding
+
+
+async def test_a_second_hold_is_refused_and_does_not_lift_the_first() -> None:
+    gate = WriteGate()
+    assert gate.try_enter()
+    first = asyncio.create_task(gate.hold(30))
+    await _steps()
+    with pytest.raises(HoldBusy, match="another snapshot"):
+        await gate.hold(30)
+    assert gate.held and not gate.try_enter(), "the refused hold must leave the first one on"
+    gate.leave()
+    hold = await first
+    with pytest.raises(HoldBusy):
+        await gate.hold(30)
+    assert gate.held
+    hold.release()
+    assert not gate.held
+
+
+async def test_release_always_reopens_and_a_stale_release_never_lifts_a_later_hold() -> None:
+    gate = WriteGate()
+    first = await gate.hold(30)
+    assert first.release() >= 0 and not gate.held
+    assert first.release() == 0.0 and not gate.held  # twice: nothing more
+    second = await gate.hold(30)
+    assert first.release() == 0.0 and gate.held, "the old handle must not open the new hold"
+    assert not gate.try_enter()
+    assert second.release() >= 0 and gate.try_enter()
+    gate.leave()
+    assert gate.release() == 0.0  # nothing held: nothing to do
+
+
+async def test_a_cancelled_hold_opens_the_gate() -> None:
+    gate = WriteGate()
+    assert gate.try_enter()
+    holding = asyncio.create_task(gate.hold(30))
+    await _steps()
+    assert gate.held
+    holding.cancel()
+    await _steps()
+    assert holding.cancelled() and not gate.held
+    assert gate.try_enter() and gate.in_flight == 2
+
+
+async def test_the_in_flight_count_is_exact() -> None:
+    gate = WriteGate()
+    await gate.enter()
+    assert gate.try_enter()
+    await gate.enter()
+    assert gate.in_flight == 3
+    gate.leave()
+    gate.leave()
+    assert gate.in_flight == 1 and not gate._idle.is_set()
+    gate.leave()
+    assert gate.in_flight == 0 and gate._idle.is_set()
+    gate.leave()  # one leave too many (a bug elsewhere): logged, never negative
+    assert gate.in_flight == 0
+    hold = await asyncio.wait_for(gate.hold(30), 1)  # and a hold is not stuck waiting for "-1" writes
+    assert not gate.try_enter() and gate.in_flight == 0  # a refused try_enter counts nothing
+    hold.release()
+    assert gate.try_enter() and gate.in_flight == 1
+    gate.leave()
+    assert gate.in_flight == 0
+
+
+# ---- take_online: the gate opens whatever happens ---------------------------------------------------
+
+
+def _tiny_data_dir(root: Path) -> Path:
+    data = root / "data"
+    data.mkdir()
+    (data / "seg").mkdir()
+    (data / "seg" / "header.bin").write_bytes(b"x" * 100)
+    sqlite3.connect(data / "chroma.sqlite3").close()
+    return data
+
+
+async def test_a_snapshot_that_fails_mid_copy_opens_the_gate_and_leaves_nothing(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    data = _tiny_data_dir(tmp_path)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    gate = WriteGate()
+
+    def broken_copy(src: Path, dest: Path, attempts: int = 3) -> int:
+        (dest / "partial").mkdir(parents=True)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(snapshots, "copy_consistent", broken_copy)
+    with pytest.raises(OSError):
+        await take_online(gate, data, None, staging_root=str(staging))  # type: ignore[arg-type]
+    assert not gate.held and gate.try_enter()
+    gate.leave()
+    assert list(staging.iterdir()) == []
+
+    monkeypatch.undo()
+    monkeypatch.setattr(snapshots, "copy_data_dir", lambda src, dest: False)  # files changing all the time
+    with pytest.raises(SnapshotError, match="kept changing"):
+        await take_online(gate, data, None, staging_root=str(staging))  # type: ignore[arg-type]
+    assert not gate.held and list(staging.iterdir()) == []
+
+
+async def test_a_cancelled_snapshot_keeps_writes_held_until_its_copy_ends_then_opens(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    data = _tiny_data_dir(tmp_path)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    gate = WriteGate()
+    started, finish = threading.Event(), threading.Event()
+
+    def slow_copy(src: Path, dest: Path, attempts: int = 3) -> int:
+        started.set()
+        finish.wait(30)
+        copy_data_dir(src, dest)
+        return 1
+
+    monkeypatch.setattr(snapshots, "copy_consistent", slow_copy)
+    task = asyncio.create_task(take_online(gate, data, None, staging_root=str(staging)))  # type: ignore[arg-type]
+    deadline = time.monotonic() + 10
+    while not started.is_set():
+        assert time.monotonic() < deadline, "the copy never started"
+        await asyncio.sleep(0.01)
+    second = asyncio.create_task(take_online(gate, data, None, staging_root=str(staging)))  # type: ignore[arg-type]
+    with pytest.raises(HoldBusy):
+        await second
+    task.cancel()
+    await _steps()
+    assert not task.done() and gate.held, "the gate must stay shut while the copy still runs"
+    finish.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert not gate.held and list(staging.iterdir()) == []
+
+
+# ---- the sample is the copy's -------------------------------------------------------------------------
+
+
+def test_a_record_written_after_the_copy_is_left_out_of_the_sample(tmp_path: Path) -> None:
+    with Guard() as g:
+        client = http_client(g.port)
+        col = client.create_collection("sampled", embedding_function=None)
+        col.add(ids=[f"r{i}" for i in range(8)], embeddings=[[float(i), 1.0] for i in range(8)],
+                documents=[f"doc {i}" for i in range(8)])
+        copy = tmp_path / "copy"
+        assert copy_data_dir(g.data_dir, copy)  # nothing writes meanwhile
+        planned, high = read_copy(copy)
+        assert [p.entry["count"] for p in planned] == [8]
+        assert [rid for rid, _ in planned[0].picks] == ["r0", "r1", "r2", "r3", "r4"]
+        col.update(ids=["r1"], embeddings=[[9.0, 9.0]])  # the vector only
+        col.update(ids=["r2"], metadatas=[{"k": "v"}])
+        col.delete(ids=["r3"])
+        col.add(ids=["r4"], embeddings=[[7.0, 7.0]])  # an add of an existing id: ignored by the engine
+        confirmed = {rid for _, rid in snapshots._confirmed(g.data_dir, planned, high)}
+        assert confirmed == {"r0"}, "r4's logged (if ignored) add makes it doubtful: left out too"
+
+
+# ---- end to end: many collections ----------------------------------------------------------------------
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "chromaguard", *args], capture_output=True, text=True,
+                          env=clean_env(**env), timeout=600)
+
+
+def test_the_hold_does_not_grow_with_the_number_of_collections(tmp_path: Path) -> None:
+    n = 300
+    with Guard() as g:
+        expected: dict[str, int] = {}
+        with httpx.Client(base_url=g.url, timeout=60) as http:
+            for i in range(n):
+                cid = http.post(f"{BASE}/collections", json={"name": f"many-{i:03d}"}).json()["id"]
+                size = i % 7  # some empty
+                if size:
+                    r = http.post(f"{BASE}/collections/{cid}/add", json={
+                        "ids": [f"x{j}" for j in range(size)], "embeddings": [[float(i), float(j)] for j in range(size)],
+                        "documents": [f"d{i}-{j}" for j in range(size)],
+                        "metadatas": [{"i": i, "j": j, "half": j / 2, "odd": bool(j % 2)} for j in range(size)]})
+                    assert r.status_code == 201, r.text
+                if i % 50 == 0 and size > 1:
+                    assert http.post(f"{BASE}/collections/{cid}/delete", json={"ids": ["x0"]}).status_code == 200
+                    size -= 1
+                expected[f"many-{i:03d}"] = size
+        started = time.monotonic()
+        created = httpx.post(g.url + "/chromaguard/snapshots", timeout=300)
+        assert created.status_code == 201, created.text
+        info = created.json()
+        httpx.delete(g.url + f"/chromaguard/snapshots/{info['id']}", timeout=30)
+        elapsed = time.monotonic() - started
+        hold_ms, describe_ms = info["write_hold_ms"], info["after_hold_ms"]["describe"]
+        # What the hold used to cover (a count and a sample per collection: 2.5 s here before) now
+        # runs after it; the hold is the copy alone. Generous: other tests may share the machine.
+        assert hold_ms < describe_ms and hold_ms < elapsed * 1000 / 2, (hold_ms, describe_ms, elapsed)
+        assert hold_ms < 2000, hold_ms
+
+        result = _cli("backup", "--url", g.url, "--output", str(tmp_path / "bk"))
+        assert result.returncode == 0, result.stderr
+    path = next((tmp_path / "bk").glob("*.tar.gz"))
+    manifest = archive.read_manifest(path)
+    assert manifest["write_hold_ms"] < 2000
+    counts = {c["name"]: c["count"] for c in manifest["collections"]}
+    assert counts == expected
+    for c in manifest["collections"]:
+        assert len(c["sample"]) == min(5, c["count"]), c  # nothing wrote meanwhile: all confirmed
+        filled = int(c["name"].rsplit("-", 1)[1]) % 7 != 0
+        assert c["dimension"] == (2 if filled else None), c
+    report = verify(path)
+    assert report.collections == n and report.records == sum(expected.values())
+    assert report.sampled == sum(min(5, v) for v in expected.values())
+    restored = tmp_path / "restored"
+    restore(path, restored)
+    with Guard(data_dir=restored) as again:
+        client = http_client(again.port)
+        assert client.get_collection("many-006").count() == 6
+        got = client.get_collection("many-013").get(ids=["x5"], include=["documents", "metadatas"])
+        assert got["documents"] == ["d13-5"] and got["metadatas"] == [{"i": 13, "j": 5, "half": 2.5, "odd": True}]
