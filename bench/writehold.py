@@ -72,7 +72,11 @@ class _Writer:
 
 
 def case(collections: int, records: int, dim: int, runs: int) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="cg-bench-hold-"))
+    with tempfile.TemporaryDirectory(prefix="cg-bench-hold-") as tmp:
+        return _case(Path(tmp), collections, records, dim, runs)
+
+
+def _case(work: Path, collections: int, records: int, dim: int, runs: int) -> dict[str, Any]:
     with Guard(data_dir=work / "data") as guard, httpx.Client(base_url=guard.url, timeout=300) as http:
         t0 = time.perf_counter()
         _fill(http, collections, records, dim)

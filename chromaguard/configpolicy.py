@@ -12,6 +12,8 @@ embedding-function names.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -59,22 +61,26 @@ class ConfigPolicy:
             return "the request body must be a JSON object"
         return self.refusal_in(data, "")
 
-    def refusal_in(self, data: Any, root: str, depth: int = 0) -> str | None:
+    def refusal_in(self, data: Any, root: str, *, typed: bool = False, free: bool = False,
+                   depth: int = 0) -> str | None:
         """Why ``data`` (a decoded body, or a stored collection) holds a configuration that
-        would be refused; the field is named from ``root``."""
-        for path, value in _walk(data, root, depth):
-            if path == "...":
+        would be refused; the field is named from ``root``. Where a value sits is decided by
+        the structure (which key of which object), never by its dotted name: key names are
+        anyone's to choose."""
+        for node in _walk(data, root, depth, typed, free, top=not root):
+            if node is None:
                 return f"{root or 'the request body'} is nested too deeply"
-            key = path.rsplit(".", 1)[-1]
-            if _normal(key) == _REMOTE_CODE and value not in (False, None, 0, ""):
+            path, key, value = node.path, node.key, node.value
+            if key is not None and _normal(key) == _REMOTE_CODE and value not in (False, None, 0, ""):
                 return (f"{path} asks clients to run a model repository's code; chromaguard never stores that "
                         "(remove it, or set it to false)")
-            if _inside_configuration(path) and isinstance(value, list) and not _inside_function_config(path):
+            if node.typed and not node.free and isinstance(value, list):
                 return (f"{path} is an array where the engine expects an object (its fields by position); "
                         "write it as a JSON object")
-            if key == "embedding_function" and value is not None and not isinstance(value, dict):
+            if key == "embedding_function" and not node.free and value is not None and not isinstance(value, dict):
                 return f"{path} must be a JSON object"
-            if key == "embedding_function" and isinstance(value, dict) and self.allowed_functions:
+            if (self.allowed_functions and isinstance(value, dict) and not node.free
+                    and (key == "embedding_function" or (node.typed and value.get("type") == "known"))):
                 kind, name = value.get("type"), value.get("name")
                 if kind not in _NO_CODE_TYPES and name not in self.allowed_functions:
                     return (f"{path}.name {name!r} is not an allowed embedding function "
@@ -85,40 +91,53 @@ class ConfigPolicy:
                     inner = strictjson.loads(value)
                 except (ValueError, RecursionError):
                     continue
-                why = self.refusal_in(inner, path, depth + 1 + path.count("."))
+                why = self.refusal_in(inner, path, typed=node.typed or key in _CONFIGURATION_FIELDS,
+                                      free=node.free, depth=node.depth + 1)
                 if why:
                     return why
         return None
 
 
-_CONFIGURATION_FIELDS = ("configuration", "new_configuration", "schema", "configuration_json")
+# Fields the engine deserialises into typed configuration structures (serde: a struct may
+# also be written as an array of its fields in order, which would hide their names).
+_CONFIGURATION_FIELDS = frozenset({"configuration", "new_configuration", "schema", "configuration_json"})
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_#$-]+")
 
 
-def _inside_configuration(path: str) -> bool:
-    """A path in one of the structures the engine deserialises into typed configuration."""
-    head = path.split(".", 1)[0].split("[", 1)[0]
-    return head in _CONFIGURATION_FIELDS
-
-
-def _inside_function_config(path: str) -> bool:
-    """Below an embedding function's ``config``: free-form JSON, where arrays are data."""
-    return ".embedding_function.config." in path or ".embedding_function.config[" in path
+@dataclass(frozen=True)
+class _Node:
+    path: str  # for messages only
+    key: str | None  # the key this value sits under (None: an array item)
+    value: Any
+    typed: bool  # inside a typed configuration structure
+    free: bool  # inside an embedding function's free-form ``config``: arrays there are data
+    depth: int
 
 
 def _normal(key: str) -> str:
     return key.casefold().replace("-", "_")
 
 
-def _walk(value: Any, path: str, depth: int) -> Iterator[tuple[str, Any]]:
-    """Every (dotted path, value) below ``value``; ("...", None) past a sane depth."""
+def _segment(key: str) -> str:
+    return key if _PLAIN_KEY.fullmatch(key) else json.dumps(key)
+
+
+def _walk(value: Any, path: str, depth: int, typed: bool, free: bool, *, top: bool = False,
+          in_function: bool = False) -> Iterator[_Node | None]:
+    """Every value below ``value`` with where it sits; None past a sane depth."""
     if depth > _MAX_DEPTH:
-        yield "...", None
+        yield None
         return
     if isinstance(value, dict):
         for key, item in value.items():
-            where = f"{path}.{key}" if path else key
-            yield where, item
-            yield from _walk(item, where, depth + 1)
+            where = f"{path}.{_segment(key)}" if path else _segment(key)
+            item_typed = typed or (top and key in _CONFIGURATION_FIELDS)
+            item_free = free or (in_function and key == "config")
+            yield _Node(where, key, item, item_typed, item_free, depth)
+            yield from _walk(item, where, depth + 1, item_typed, item_free,
+                             in_function=key == "embedding_function" and not item_free)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _walk(item, f"{path}[{index}]", depth + 1)
+            where = f"{path}[{index}]"
+            yield _Node(where, None, item, typed, free, depth)
+            yield from _walk(item, where, depth + 1, typed, free)

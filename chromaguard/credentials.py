@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,12 @@ class Principal:
                 "databases": list(self.databases) if self.databases else ["default_database"]}
 
 
-def _digest(secret: str) -> bytes:
-    return _sha256(secret.encode()).digest()
+def digest(secret: str | bytes) -> bytes:
+    """SHA-256 of a secret (text as UTF-8): what tokens are stored and compared as."""
+    return _sha256(secret if isinstance(secret, bytes) else secret.encode()).digest()
+
+
+_digest = digest
 
 
 class CredentialStore:
@@ -94,6 +99,14 @@ class CredentialStore:
                 return f"it adds or changes the password of {user!r}"
         return ""
 
+    def keep_verified(self, before: "CredentialStore") -> None:
+        """Remember the passwords ``before`` had verified, for users whose hash is unchanged:
+        a reload must not send every logged-in user back through bcrypt at once."""
+        for key, principal in before._verified.items():
+            kept = self._users.get(principal.name)
+            if kept is not None and kept[0] == before._users.get(principal.name, (None,))[0]:
+                self._verified[key] = kept[1]
+
     def principals(self) -> list[Principal]:
         """Everyone these credentials let in, in the order they were given."""
         return [*self._tokens.values(), *(principal for _, principal in self._users.values())]
@@ -102,7 +115,7 @@ class CredentialStore:
         """``token`` as text, or as the bytes a header carried (UTF-8 for non-ASCII tokens)."""
         # Hashing first makes the lookup's timing depend on the sha256 of the guess only,
         # never on how many leading characters of it were right.
-        return self._tokens.get(_sha256(token if isinstance(token, bytes) else token.encode()).digest())
+        return self._tokens.get(digest(token))
 
     def cached_password(self, user: str, password: str) -> Principal | None:
         """A password already verified: no bcrypt, safe to call on the event loop."""
@@ -310,8 +323,6 @@ def parse_inline(provider: str, value: str, where: str) -> CredentialStore:
     items = [item.strip() for item in value.split(",") if item.strip()]
     if provider == "token":
         return parse_tokens(json.dumps(items), where, "json")
-    import bcrypt
-
     users: dict[str, tuple[bytes, Principal]] = {}
     for item in items:
         user, sep, password = item.partition(":")
@@ -319,9 +330,22 @@ def parse_inline(provider: str, value: str, where: str) -> CredentialStore:
             raise CredentialsError(f"{where}: expected user:password")
         if len(password.encode()) > 72:
             raise CredentialsError(f"{where}: the password of {user} is longer than bcrypt's 72 bytes")
-        users[user] = (bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)),
-                       Principal(user, how="inline user: full access"))
+        users[user] = (_inline_hash(user, password), Principal(user, how="inline user: full access"))
     return CredentialStore(users=users)
+
+
+_INLINE_HASHES: dict[bytes, bytes] = {}
+
+
+def _inline_hash(user: str, password: str) -> bytes:
+    """The same bcrypt hash for the same inline password at every reload: a fresh salt each
+    time would make every reload look like a changed password (and wait for the hold)."""
+    import bcrypt
+
+    key = _digest(f"{user}\0{password}")
+    if key not in _INLINE_HASHES:
+        _INLINE_HASHES[key] = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10))
+    return _INLINE_HASHES[key]
 
 
 def half_written(path: Path) -> str:
@@ -354,22 +378,42 @@ def load_store(provider: str, path: Path | None, inline: str, *, file_setting: s
     """The credentials for ``provider`` from the file and/or the inline value (both may be given)."""
     stores = []
     if path is not None:
-        try:
-            if path.stat().st_size > MAX_FILE_BYTES:
-                raise CredentialsError(f"{file_setting}={path}: larger than {MAX_FILE_BYTES // 2**20} MiB: "
-                                       "not a credentials file")
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise CredentialsError(f"{file_setting}={path}: not UTF-8 text (is it a binary file?)") from None
-        except OSError as exc:
-            raise CredentialsError(f"{file_setting}={path}: cannot read ({exc.strerror or exc})") from None
         where = f"{file_setting}={path}"
+        text = _read_file(path, where)
         stores.append(parse_tokens(text, where, file_format(path.name, text)) if provider == "token"
                       else parse_htpasswd(text, where))
     if inline:
         stores.append(parse_inline(provider, inline, inline_setting))
     merged = CredentialStore()
     for store in stores:
-        merged._tokens.update(store._tokens)
+        for digest, principal in store._tokens.items():
+            if digest in merged._tokens:  # which record would win is nobody's guess: refuse
+                raise CredentialsError(f"{inline_setting}: the token of {principal.name!r} is in the file too; "
+                                       "give each token once")
+            merged._tokens[digest] = principal
+        for user in store._users:
+            if user in merged._users:
+                raise CredentialsError(f"{inline_setting}: the user {user!r} is in the file too; give each once")
         merged._users.update(store._users)
     return merged
+
+
+def _read_file(path: Path, where: str) -> str:
+    """The file's text: a regular file, read once through one descriptor, at most the cap."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block the read
+    except OSError as exc:
+        raise CredentialsError(f"{where}: cannot read ({exc.strerror or exc})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CredentialsError(f"{where}: not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise CredentialsError(f"{where}: larger than {MAX_FILE_BYTES // 2**20} MiB: not a credentials file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CredentialsError(f"{where}: not UTF-8 text (is it a binary file?)") from None

@@ -1,15 +1,15 @@
 """Re-reads the credentials file when it changes, and on demand (SIGHUP).
 
-A file rewritten in place can be read half written, and a half-written file can parse: a
-token cut short, or a record whose ``tenant`` line has not arrived yet (its token then
-reaches every tenant). So a new version is applied
+A file can be read half written, and a half-written file can parse: a token cut short, or
+a record whose ``tenant`` line has not arrived yet (its token then reaches every tenant). A
+new inode proves nothing (an editor that renames the old file away first, ``rm`` then
+``cat >``). So a new version is applied
 
-- once it has been unchanged for ``settle`` seconds, when it only revokes or narrows, or
-  when it was renamed into place (a new inode: written whole elsewhere, as Kubernetes secret
-  volumes and most tools do);
+- once it has been unchanged for ``settle`` seconds, when it only revokes or narrows;
 - once it has been unchanged for ``hold`` seconds, when it looks unfinished (no newline at
   the end of a YAML or text file) or when it would widen access (a new token, a higher
   role, a wider scope): a writer that stalls longer than that is taken to have finished.
+  ``SIGHUP`` applies a finished file at once.
 
 A file that does not load is refused with an ERROR; the previous credentials stay in force.
 Parsing runs off the event loop: a large file never stalls requests.
@@ -28,13 +28,15 @@ from .credentials import CredentialsError, CredentialStore, half_written
 
 log = logging.getLogger("chromaguard.auth")
 
-Version = tuple[int, int, int]  # mtime_ns, size, inode
+Version = tuple[int, int, int, int, int]  # mtime_ns, ctime_ns, size, inode, device
 
 
 class CredentialsWatcher:
     def __init__(self, path: Path, load: Callable[[], CredentialStore], apply: Callable[[CredentialStore], None],
-                 current: CredentialStore, *, interval: float = 1.0, hold: float = 5.0) -> None:
+                 current: CredentialStore, *, interval: float = 1.0, hold: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
+        self.clock = clock
         self.load = load
         self.apply = apply
         self.current = current
@@ -51,7 +53,9 @@ class CredentialsWatcher:
             st = os.stat(self.path)
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        # ctime too: an in-place change of the same size with its mtime put back (touch -r,
+        # rsync -t --inplace) still moves it.
+        return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -75,7 +79,7 @@ class CredentialsWatcher:
         if version == self._applied:
             self._pending = None
             return
-        now = time.monotonic()
+        now = self.clock()
         if self._pending is None or self._pending[0] != version:
             self._pending = (version, now)
         still_for = now - self._pending[1]
@@ -84,12 +88,11 @@ class CredentialsWatcher:
         store = await self._load(version, "the file changed")
         if store is None or self._version() != version:
             return  # refused, or it changed while being read: looked at again next round
-        renamed = version is not None and self._applied is not None and version[2] != self._applied[2]
-        doubt = "" if renamed else (half_written(self.path) or self.current.widened_by(store))
+        doubt = half_written(self.path) or self.current.widened_by(store)
         if doubt and still_for < self.hold:
             if self._reported != version:
                 log.warning("credentials not reloaded yet: %s: %s; applied once the file has been unchanged "
-                            "for %gs (rename a finished file into place to apply it at once)",
+                            "for %gs (send SIGHUP to apply a finished file at once)",
                             self.path, doubt, self.hold)
                 self._reported = version
             return
@@ -119,6 +122,7 @@ class CredentialsWatcher:
             return None
 
     def _use(self, store: CredentialStore, version: Version | None, why: str) -> None:
+        store.keep_verified(self.current)
         self.apply(store)
         self.current = store
         self._applied = version

@@ -24,7 +24,8 @@ from .cors import CorsPolicy
 from .httpserver import DISPATCH_WHOLE_BELOW, ClientDisconnected, Exchange
 from .logs import current_trace
 from .relay import Relay, RelayWatch
-from .routes import READ, Route, canonical_segments, engine_collection_id, route_of
+from .ownership import LOOK_UP, Ownership
+from .routes import READ, Route, canonical_segments, route_of
 from .serverspans import SpanDetails
 from .spanattrs import (COUNTED_OPS, RESPONSE_PARSE_LIMIT, RESULT_OPS, CollectionNames, request_attributes,
                         response_attributes, result_attributes)
@@ -60,9 +61,6 @@ _COUNT_LATER_BELOW = 8 * 1024
 HEALTHZ, READYZ, METRICS, STATUS, OWN_PREFIX = "/healthz", "/readyz", "/metrics", "/chromaguard/status", "/chromaguard/"
 # Paths `_route` may answer itself: never relayed straight to the engine.
 _ANSWERED_HERE = HEARTBEAT_PATHS | {HEALTHZ, READYZ, METRICS}
-_LOOK_UP = object()  # the owner check needs a fresh listing from the engine
-_NOT_AN_ID = Denial(400, "InvalidArgumentError",
-                    "chromaguard: the collection in this path must be a collection id (a UUID)")
 
 class Backend(Protocol):
     """What the front door needs to know about the engine behind it."""
@@ -133,7 +131,7 @@ class FrontDoor:
         self.names = CollectionNames()
         self.in_flight = 0
         self._alive_until = 0.0
-        self._listings: dict[tuple[Any, ...], tuple[float, frozenset[str]]] = {}  # (tenant, db) -> ids, names
+        self.ownership = Ownership(self._listing)
         if self.metrics is not None:
             self.metrics.in_flight = lambda: self.in_flight
         self._strip = _HOP_BY_HOP | strip_request_headers
@@ -185,8 +183,8 @@ class FrontDoor:
                 log.exception("could not end the span of %s %s", call.exchange.method, call.exchange.path)
         if call.trace is not None and current_trace.get() == call.trace:
             current_trace.set(None)
-        if route is not None and route.operation in _CATALOG_CHANGES and self._listings:
-            self._listings.pop((route.tenant, route.database), None)
+        if route is not None and route.operation in _CATALOG_CHANGES:
+            self.ownership.forget(route.tenant, route.database)
 
     # ---- telemetry ---------------------------------------------------------------------------
 
@@ -251,6 +249,16 @@ class FrontDoor:
             return None
         return self._granted(call, result, self._owner_now(result))
 
+    def _owner_now(self, result: Grant | Denial) -> Denial | object | None:
+        return self.ownership.now(result.principal, result.route) if isinstance(result, Grant) else None
+
+    async def _listing(self, tenant: str, database: str) -> tuple[int, bytes]:
+        """A database's collections, for the owner check."""
+        path = "/api/v2/tenants/{}/databases/{}/collections?limit=1000000".format(
+            quote(tenant, safe=""), quote(database, safe=""))
+        response = await self.pool.request("GET", path.encode(), timeout=self.heartbeat_timeout)
+        return response.status, await response.read()
+
     async def _admit_waiting(self, call: _Call) -> bool:
         """The rest of ``_admit``: the password check (bcrypt) or the owner check (a listing)."""
         assert self.auth is not None
@@ -261,8 +269,8 @@ class FrontDoor:
             exchange = call.exchange
             result = await self.auth.check(call.route, exchange.headers, exchange.client)
         owner = self._owner_now(result)
-        if owner is _LOOK_UP and isinstance(result, Grant):
-            owner = await self._check_owner(result.principal, result.route)
+        if owner is LOOK_UP and isinstance(result, Grant):
+            owner = await self.ownership.check(result.principal, result.route)
         return self._granted(call, result, owner) is True
 
     def _granted(self, call: _Call, result: Grant | Denial, owner: Denial | object | None) -> bool | None:
@@ -271,7 +279,7 @@ class FrontDoor:
             self._deny(exchange, result)
             return False
         call.principal = result.principal
-        if owner is _LOOK_UP:
+        if owner is LOOK_UP:
             call.grant = result
             return None
         if isinstance(owner, Denial):
@@ -281,54 +289,6 @@ class FrontDoor:
             exchange.respond_json(200, result.principal.identity())
             return False
         return True
-
-    def _owner_now(self, result: Grant | Denial | None) -> Denial | object | None:
-        """The owner check from the cached listing: None (fine), a Denial, or _LOOK_UP (fetch it)."""
-        if not isinstance(result, Grant) or result.principal.tenant is None or not result.route.by_id:
-            return None  # full access, or a route the engine resolves inside the path's database
-        route = result.route
-        wanted = engine_collection_id(route.collection or "")
-        if wanted is None:
-            return _NOT_AN_ID
-        listed = self._listings.get((route.tenant, route.database))
-        if listed is None or (wanted not in listed[1] and time.monotonic() - listed[0] > 1.0):
-            return _LOOK_UP
-        return None if wanted in listed[1] else self._not_owner(result.principal, route)
-
-    async def _check_owner(self, principal: Any, route: Route) -> Denial | None:
-        """The engine finds a collection by its id alone, whatever tenant and database the path
-        names: a scoped token may only touch collections whose *id* is listed in the database the
-        path names. Names never count: a collection in the token's own database may be named
-        like another tenant's id. Any doubt (the listing fails, times out, is not a list) is a no."""
-        wanted = engine_collection_id(route.collection or "")
-        if wanted is None:
-            return _NOT_AN_ID
-        key = (route.tenant, route.database)
-        listed = self._listings.get(key)
-        now = time.monotonic()
-        if listed is None or (wanted not in listed[1] and now - listed[0] > 1.0):
-            path = "/api/v2/tenants/{}/databases/{}/collections?limit=1000000".format(
-                *(quote(part or "", safe="") for part in key))
-            try:
-                response = await self.pool.request("GET", path.encode(), timeout=self.heartbeat_timeout)
-                ids = _listed_ids(await response.read()) if response.status == 200 else None
-            except (UpstreamError, ValueError):
-                ids = None
-            if ids is None:
-                return Denial(503, "ServiceUnavailable", "chromaguard: cannot check where the collection lives; "
-                              "retry shortly", tuple(_RETRY_AFTER))
-            if len(self._listings) > 10_000:
-                self._listings.clear()
-            listed = self._listings[key] = (now, ids)
-        return None if wanted in listed[1] else self._not_owner(principal, route)
-
-    @staticmethod
-    def _not_owner(principal: Any, route: Route) -> Denial:
-        log.info("denied %s to %s: collection %s is not in %s/%s", route.operation, principal.name,
-                 route.collection, route.tenant, route.database)
-        return Denial(403, "AuthorizationError",
-                      f"chromaguard: {principal.name} may not use collection {route.collection}: it is not in "
-                      f"{route.tenant}/{route.database}")
 
     def _deny(self, exchange: Exchange, denial: Denial) -> None:
         if self.metrics is not None:
@@ -634,20 +594,6 @@ class FrontDoor:
         exchange.respond_error(413, "PayloadTooLarge",
                                f"chromaguard: {size} exceeds the limit of {self.max_payload_bytes} bytes "
                                "(CHROMA_MAX_PAYLOAD_SIZE_BYTES); send smaller batches")
-
-
-def _listed_ids(body: bytes) -> frozenset[str] | None:
-    """The ids in a collection listing, in the engine's spelling; None when it is not one."""
-    items = json.loads(body)
-    if not isinstance(items, list):
-        return None
-    ids = set()
-    for item in items:
-        found = engine_collection_id(str(item.get("id"))) if isinstance(item, dict) else None
-        if found is None:
-            return None
-        ids.add(found)
-    return frozenset(ids)
 
 
 def _span_details(facts: tuple[Any, ...]) -> SpanDetails:

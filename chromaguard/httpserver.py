@@ -648,12 +648,14 @@ class _Connection(asyncio.Protocol):
                 self.current = exchange
                 exchange.respond_error(status, "InvalidArgumentError", f"chromaguard: {message}")
             return
-        # A request is being answered while its own body (or what followed it) is broken:
-        # whoever waits for that body learns it will not come; the answer is this error.
+        # A request is being answered and what came after it is broken. A request whose body
+        # was whole is answered as usual (the engine may have acted on it already), then the
+        # connection closes; one whose own body broke learns it will not come, and its answer
+        # is this error.
         current.keep_alive = False
         self._broken = (status, message)
         for exchange in (current, receiving):
-            if exchange is not None:
+            if exchange is not None and not (exchange is current and exchange.body_complete):
                 exchange._disconnect()
 
     def _head_overdue(self) -> bool:

@@ -9,11 +9,9 @@ re-check that no file changed during the copy (else copy again), release. That i
 the hold covers: its length grows with the bytes and files copied, not with the number of
 collections or records.
 
-The manifest is written after the hold, from the copy: per-collection counts and
-dimensions from the copied ``chroma.sqlite3`` (the metadata segment's rows, which is what
-the engine counts), and a fingerprinted sample of records read through the live engine and
-kept only where the live SQLite proves the record unchanged since the copy (see
-``_confirmed``), so the fingerprints are the engine's own, which ``verify`` compares with.
+The manifest is written after the hold, from the copy, by a scratch engine opened on it:
+counts, dimensions and sampled record fingerprints are what ``verify`` and ``restore`` will
+see, whatever the live data does meanwhile.
 """
 
 from __future__ import annotations
@@ -231,124 +229,15 @@ async def sample_digests(pool: UpstreamPool, collection: dict[str, Any], timeout
     return _digests(json.loads(await response.read()))
 
 
-# ---- the manifest of an online snapshot, after the hold -------------------------------------------
+async def describe_copy(copy: Path) -> list[dict[str, Any]]:
+    """Counts, dimensions and sampled fingerprints of the copy, read by a scratch engine opened
+    on it: what ``verify`` and ``restore`` will see, whatever happened to the live data since
+    (the live engine can even answer a sampled record stale under concurrent writes), and a
+    write the engine had logged but not yet applied is counted as the restored engine will."""
+    from .scratchengine import engine_on
 
-
-@dataclass
-class _Planned:
-    """One collection as the copy has it, and the records to sample from it."""
-
-    entry: dict[str, Any]  # tenant, database, name, id, dimension, count
-    segment: str | None  # its metadata segment (whose rows the engine counts)
-    picks: list[tuple[str, Any]]  # (record id, seq_id of the last write applied to it)
-
-
-def _as_int(value: Any) -> int:
-    if isinstance(value, bytes):  # the Python engines (0.4-0.6) kept seq ids as big-endian blobs
-        return int.from_bytes(value, "big")
-    return int(value) if value is not None else 0
-
-
-def read_copy(data: Path, sample_size: int = SAMPLE_SIZE) -> tuple[list[_Planned], int]:
-    """Counts, dimensions and sample candidates from a copied ``chroma.sqlite3``, and the
-    highest write-log sequence number the copy has seen. Nothing here waits on the engine."""
-    if not (data / SQLITE).is_file():
-        return [], 0
-    db = sqlite3.connect(f"{(data / SQLITE).resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-    try:
-        rows = db.execute(
-            "SELECT d.tenant_id, d.name, c.name, c.id, c.dimension, (SELECT s.id FROM segments s "
-            "WHERE s.collection = c.id AND s.scope = 'METADATA' LIMIT 1) FROM collections c "
-            "JOIN databases d ON d.id = c.database_id ORDER BY d.tenant_id, d.name, c.name").fetchall()
-        counts = dict(db.execute("SELECT segment_id, COUNT(*) FROM embeddings GROUP BY segment_id").fetchall())
-        planned = []
-        for tenant, database, name, cid, dimension, segment in rows:
-            # The first ids in id order: the (segment_id, embedding_id) index answers this without a scan.
-            picks = db.execute("SELECT embedding_id, seq_id FROM embeddings WHERE segment_id = ? "
-                               "ORDER BY embedding_id LIMIT ?", (segment, sample_size)).fetchall() if segment else []
-            planned.append(_Planned({"tenant": tenant, "database": database, "name": name, "id": cid,
-                                     "dimension": dimension, "count": int(counts.get(segment, 0))},
-                                    segment, [(rid, seq) for rid, seq in picks]))
-        high = 0
-        for query in ("SELECT MAX(seq_id) FROM embeddings_queue", "SELECT MAX(seq_id) FROM max_seq_id"):
-            try:
-                high = max(high, _as_int(db.execute(query).fetchone()[0]))
-            except sqlite3.Error:  # no such table in this engine version
-                pass
-        return planned, high
-    finally:
-        db.close()
-
-
-def _confirmed(live: Path, planned: list[_Planned], high: int) -> set[tuple[str, str]]:
-    """(segment, record id) of the sampled records provably unchanged since the copy.
-
-    The engine logs a write (``embeddings_queue``, sequence numbers above ``high``) before it
-    applies it, and applying it sets the record's ``seq_id`` or deletes its row; the log is
-    purged only of writes already applied. So a record with no logged write since the copy
-    and the same ``seq_id`` as in the copy, checked in that order *after* the engine answered
-    the sample, was not written between the copy and that answer: the answer is the copy's."""
-    db = sqlite3.connect(f"{(live / SQLITE).resolve().as_uri()}?mode=ro", uri=True, timeout=10)
-    try:
-        touched = {row[0] for row in db.execute("SELECT id FROM embeddings_queue WHERE seq_id > ?", (high,))}
-        confirmed = set()
-        for plan in planned:
-            ids = [rid for rid, _ in plan.picks if rid not in touched]
-            if not ids or plan.segment is None:
-                continue
-            now = dict(db.execute(f"SELECT embedding_id, seq_id FROM embeddings WHERE segment_id = ? "
-                                  f"AND embedding_id IN ({','.join('?' * len(ids))})", (plan.segment, *ids)))
-            confirmed |= {(plan.segment, rid) for rid, seq in plan.picks if rid in now and now[rid] == seq}
-        return confirmed
-    finally:
-        db.close()
-
-
-async def _live_sample(pool: UpstreamPool, plan: _Planned, timeout: float) -> dict[str, str]:
-    """The engine's fingerprints of the planned records (those still there)."""
-    if not plan.picks:
-        return {}
-    entry = plan.entry
-    base = f"/api/v2/tenants/{entry['tenant']}/databases/{entry['database']}/collections/{entry['id']}"
-    body = json.dumps({"ids": [rid for rid, _ in plan.picks],
-                       "include": ["embeddings", "documents", "metadatas"]}).encode()
-    response = await pool.request("POST", f"{base}/get".encode(), [(b"content-type", b"application/json")], body,
-                                  timeout=timeout)
-    raw = await response.read()
-    if response.status == 404:  # deleted since the copy: its count stands, it goes without a sample
-        return {}
-    if response.status != 200:
-        raise SnapshotError(f"sampling {entry['name']} answered {response.status}: {raw[:200]!r}")
-    return _digests(json.loads(raw))
-
-
-async def describe_copy(pool: UpstreamPool, live: Path, copy: Path, timeout: float = 30.0) -> list[dict[str, Any]]:
-    """Per collection of the copy: count and dimension from its SQLite, and a sample of records
-    fingerprinted by the live engine, each confirmed unchanged since the copy (``_confirmed``;
-    one written meanwhile is left out of the sample). Runs after the hold: writes flow."""
-    try:
-        planned, high = await asyncio.to_thread(read_copy, copy)
-    except sqlite3.Error as exc:
-        raise SnapshotError(f"cannot read the copied {SQLITE}: {exc}") from None
-    slots = asyncio.Semaphore(8)
-
-    async def one(plan: _Planned) -> dict[str, str]:
-        async with slots:
-            return await _live_sample(pool, plan, timeout)
-
-    answers = await asyncio.gather(*(one(plan) for plan in planned))
-    confirmed: set[tuple[str, str]] = set()
-    if any(answers):
-        try:
-            confirmed = await asyncio.to_thread(_confirmed, live, planned, high)
-        except sqlite3.Error as exc:
-            raise SnapshotError(f"cannot read the engine's SQLite to confirm the sample: {exc}") from None
-    described = []
-    for plan, digests in zip(planned, answers):
-        sample = [{"id": rid, "sha256": digests[rid]} for rid, _ in plan.picks
-                  if rid in digests and (plan.segment, rid) in confirmed]
-        described.append({**plan.entry, "sample": sample})
-    return described
+    async with engine_on(copy) as scratch:
+        return await describe_collections(scratch, copy)
 
 
 async def _finish_in_thread(fn: Callable[..., Any], *args: Any) -> Any:
@@ -377,7 +266,7 @@ def new_manifest(collections: list[dict[str, Any]], files: list[dict[str, Any]],
     }
 
 
-async def take_online(gate: WriteGate, data_dir: Path, pool: UpstreamPool, *, staging_root: str | None = None,
+async def take_online(gate: WriteGate, data_dir: Path, *, staging_root: str | None = None,
                       hold_timeout: float = 30.0) -> Snapshot:
     """Snapshot a running engine: writes are held only while in-flight ones finish and the files
     are copied; counts, samples and checksums come after, with writes flowing."""
@@ -394,7 +283,7 @@ async def take_online(gate: WriteGate, data_dir: Path, pool: UpstreamPool, *, st
             held_ms = hold.release() * 1000
             held_until = time.time()
         started = time.monotonic()
-        collections = await describe_copy(pool, data_dir, snapshot.data)
+        collections = await describe_copy(snapshot.data)
         described = time.monotonic()
         files = await asyncio.to_thread(file_entries, snapshot.data)
         snapshot.manifest = new_manifest(collections, files, held_ms, "online")
@@ -407,7 +296,7 @@ async def take_online(gate: WriteGate, data_dir: Path, pool: UpstreamPool, *, st
         return snapshot
     except UpstreamError as exc:
         snapshot.remove()
-        raise SnapshotError(f"the engine did not answer while the snapshot was described: {exc}") from None
+        raise SnapshotError(f"the scratch engine did not answer while the copy was described: {exc}") from None
     except BaseException:
         snapshot.remove()
         raise
@@ -416,7 +305,6 @@ async def take_online(gate: WriteGate, data_dir: Path, pool: UpstreamPool, *, st
 async def take_offline(data_dir: Path, *, staging_root: str | None = None) -> Snapshot:
     """Snapshot a data dir no service runs on (its lock proves it), counted by a scratch engine."""
     from .datalock import DataDirLock
-    from .scratchengine import engine_on
 
     if not (data_dir / SQLITE).is_file():
         raise SnapshotError(f"{data_dir} holds no Chroma data ({SQLITE} is missing)")
@@ -430,8 +318,7 @@ async def take_offline(data_dir: Path, *, staging_root: str | None = None) -> Sn
                 raise SnapshotError(f"files in {data_dir} changed during the copy: is another program writing there?")
         finally:
             lock.release()
-        async with engine_on(snapshot.data) as pool:
-            collections = await describe_collections(pool, snapshot.data)
+        collections = await describe_copy(snapshot.data)
         files = await asyncio.to_thread(file_entries, snapshot.data)
         snapshot.manifest = new_manifest(collections, files, None, "offline")
         (root / "manifest.json").write_text(json.dumps(snapshot.manifest, indent=2))

@@ -9,8 +9,9 @@ direct callers on this host (``ControlAccess``) or whoever presents the control 
 
 What a snapshot may cost: one is taken at a time (another POST meanwhile is 409); it is
 refused (507) unless it fits in the staging filesystem's free space with
-``min_free`` to spare; at most ``max_kept`` are kept for download, a new one dropping the
-oldest that nobody is downloading (503 when all are).
+``min_free`` to spare; at most ``max_kept`` are kept for download, a new one (once it exists)
+dropping the oldest that nobody is downloading (503 when all are); at most ``MAX_STREAMS``
+downloads run at once (429), and one that reads nothing for ``STALLED_AFTER`` is cut.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hmac
 import ipaddress
 import logging
 import shutil
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -28,14 +30,10 @@ from typing import TYPE_CHECKING, Iterable
 
 from .archive import stream_tar
 from .auth import Denial
+from .credentials import digest
 from .snapshot import Snapshot, SnapshotError, estimated_size, take_online
 from .upstream import UpstreamPool
 from .writegate import HoldBusy, HoldTimeout, WriteGate
-
-try:  # the same SHA-256 the credential store uses (see credentials.py)
-    from _sha2 import sha256 as _sha256
-except ImportError:  # pragma: no cover - the module's name depends on the Python version
-    from hashlib import sha256 as _sha256
 
 if TYPE_CHECKING:
     from .httpserver import Exchange
@@ -43,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("chromaguard.backup")
 
 _MAX_AGE = 3600.0
+MAX_STREAMS = 4  # archive downloads at once: each pins a snapshot on disk and a thread
+STALLED_AFTER = 60.0  # a download that reads nothing this long is cut (its snapshot unpinned)
 DEFAULT_MAX_KEPT = 2
 DEFAULT_MIN_FREE = 256 * 1024 * 1024
 CONTROL_TOKEN_SETTING = "CHROMAGUARD_CONTROL_TOKEN"
@@ -68,7 +68,9 @@ def _local_host_header(value: bytes) -> bool:
     its name pointed at 127.0.0.1 (DNS rebinding) sends its own name here."""
     host = value.decode("latin-1").strip().lower()
     if host.startswith("["):
-        host = host[1:].partition("]")[0]
+        host, _, rest = host[1:].partition("]")
+        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+            return False  # "[::1]evil": no browser sends that; nothing local does either
     elif host.count(":") == 1:
         host = host.partition(":")[0]
     if host == "localhost" or host.endswith(".localhost"):
@@ -91,27 +93,31 @@ class ControlAccess:
     """
 
     def __init__(self, token: str = "") -> None:
-        self._digest = _sha256(token.encode()).digest() if token else None
+        self._digest = digest(token) if token else None
 
     def refusal(self, client: str, headers: Iterable[tuple[bytes, bytes]]) -> Denial | None:
         """None to let the request in, else the 403 to answer."""
         local = is_loopback(client)
-        offered: list[str] = []
+        offered: list[bytes] = []  # compared as the bytes sent, as client tokens are
         for name, value in headers:
             if name in _FORWARDING_HEADERS or name == b"origin":
                 local = False
             elif name == b"host" and not _local_host_header(value):
                 local = False
+            elif name == b"sec-fetch-site" and value.strip().lower() not in (b"none", b"same-origin"):
+                local = False  # a browser sent it on a page's behalf
+            elif name == b"referer":
+                local = False  # only browsers send one; a local script does not
             elif name == b"authorization":
-                scheme, _, rest = value.decode("latin-1").strip().partition(" ")
-                if scheme.lower() == "bearer" and rest.strip():
-                    offered.append(rest.strip())
+                scheme, _, rest = value.strip(b" \t").partition(b" ")
+                if scheme.lower() == b"bearer" and rest.strip(b" \t"):
+                    offered.append(rest.strip(b" \t"))
             elif name == b"x-chroma-token":
-                offered.append(value.decode("latin-1").strip())
+                offered.append(value.strip(b" \t"))
         if local:
             return None  # whatever token it sends along (CHROMAGUARD_TOKEN may be set for another server)
         if self._digest is not None and offered:
-            if any(hmac.compare_digest(_sha256(token.encode()).digest(), self._digest) for token in offered):
+            if any(hmac.compare_digest(digest(token), self._digest) for token in offered):
                 return None
             return Denial(403, "AuthorizationError", "chromaguard: the control token is not valid "
                           f"(it must equal {CONTROL_TOKEN_SETTING} on the server)")
@@ -166,13 +172,18 @@ class SnapshotService:
             if refusal is not None:
                 exchange.respond_error(refusal.status, refusal.error, refusal.message, refusal.headers)
                 return
-            snapshot = await take_online(self.gate, self.data_dir, self.pool, staging_root=self.staging_root,
+            snapshot = await take_online(self.gate, self.data_dir, staging_root=self.staging_root,
                                          hold_timeout=self.hold_timeout)
         except HoldBusy as exc:
             exchange.respond_error(409, "ConflictError", f"chromaguard: {exc}", [(b"retry-after", b"5")])
             return
         except (SnapshotError, HoldTimeout) as exc:
             exchange.respond_error(503, "ServiceUnavailable", f"chromaguard: snapshot failed: {exc}",
+                                   [(b"retry-after", b"5")])
+            return
+        except sqlite3.Error as exc:  # e.g. a hot journal left by a crash: the read-only copy cannot settle it
+            exchange.respond_error(503, "ServiceUnavailable", f"chromaguard: snapshot failed: the engine's "
+                                   f"chroma.sqlite3 could not be copied ({exc}); retry once the engine is up",
                                    [(b"retry-after", b"5")])
             return
         except OSError as exc:
@@ -186,6 +197,9 @@ class SnapshotService:
         finally:
             self.taking = False
         self.snapshots[snapshot.id] = snapshot
+        while len(self.snapshots) > self.max_kept and self._drop_oldest_idle(
+                f"at most {self.max_kept} snapshot(s) are kept", keep=snapshot.id):
+            pass  # only now: a failed POST must not cost another client its snapshot
         asyncio.get_running_loop().call_later(_MAX_AGE, self._discard, snapshot.id)  # a client that never came back
         manifest = snapshot.manifest
         log.info("snapshot %s taken: writes held for %.1f ms, %d collection(s), %d file(s); described in %.0f ms "
@@ -204,11 +218,10 @@ class SnapshotService:
     async def _make_room(self) -> Denial | None:
         """Keep within ``max_kept`` and the staging filesystem's free space (less ``min_free``),
         dropping the oldest snapshots nobody is downloading; a Denial when that is not enough."""
-        while len(self.snapshots) >= self.max_kept:
-            if not self._drop_oldest_idle(f"at most {self.max_kept} snapshot(s) are kept"):
-                return Denial(503, "ServiceUnavailable", f"chromaguard: all {len(self.snapshots)} kept snapshot(s) "
-                              "are being downloaded (CHROMAGUARD_SNAPSHOT_MAX_KEPT); retry when one is done",
-                              ((b"retry-after", b"30"),))
+        if len(self.snapshots) >= self.max_kept and all(key in self._downloads for key in self.snapshots):
+            return Denial(503, "ServiceUnavailable", f"chromaguard: all {len(self.snapshots)} kept snapshot(s) "
+                          "are being downloaded (CHROMAGUARD_SNAPSHOT_MAX_KEPT); retry when one is done",
+                          ((b"retry-after", b"30"),))
         staging = self._staging()
         staging.mkdir(parents=True, exist_ok=True)
         need = await asyncio.to_thread(estimated_size, self.data_dir)
@@ -222,9 +235,9 @@ class SnapshotService:
                               f"{_mib(self.min_free)} must stay free (CHROMAGUARD_SNAPSHOT_MIN_FREE), {_mib(free)} "
                               "are free; free space there or set CHROMAGUARD_SNAPSHOT_DIR to a larger filesystem")
 
-    def _drop_oldest_idle(self, why: str) -> bool:
+    def _drop_oldest_idle(self, why: str, keep: str = "") -> bool:
         for key in self.snapshots:
-            if key not in self._downloads:
+            if key not in self._downloads and key != keep:
                 log.info("snapshot %s dropped before its client fetched it: %s", key, why)
                 self._discard(key)
                 return True
@@ -235,6 +248,14 @@ class SnapshotService:
         if snapshot is None:
             exchange.respond_error(404, "NotFoundError", f"chromaguard: no snapshot {snapshot_id}")
             return
+        if exchange.method == "HEAD":  # it exists: nothing read, nothing counted
+            exchange.start(200, [(b"content-type", b"application/x-tar")])
+            exchange.end()
+            return
+        if sum(self._downloads.values()) >= MAX_STREAMS:
+            exchange.respond_error(429, "RateLimitError", f"chromaguard: {MAX_STREAMS} snapshot downloads are "
+                                   "running; retry when one is done", [(b"retry-after", b"10")])
+            return
         self._downloads[snapshot_id] = self._downloads.get(snapshot_id, 0) + 1
         try:
             exchange.start(200, [(b"content-type", b"application/x-tar")])
@@ -242,7 +263,12 @@ class SnapshotService:
                 if exchange.disconnected:
                     return
                 exchange.write(chunk)
-                await exchange.drain()
+                try:
+                    await asyncio.wait_for(exchange.drain(), STALLED_AFTER)
+                except asyncio.TimeoutError:
+                    log.warning("snapshot %s: a download read nothing for %gs; cut", snapshot_id, STALLED_AFTER)
+                    exchange.abort()
+                    return
             exchange.end()
         finally:
             left = self._downloads.pop(snapshot_id) - 1

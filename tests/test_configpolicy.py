@@ -131,3 +131,21 @@ def test_which_requests_are_checked(method: str, path: str, checked: bool) -> No
     assert checks(method, classify(method, segments)) is checked
     assert checks("POST", None) is True  # a path we could not classify: checked too
     assert checks("GET", None) is False  # the engine reads no body on GET
+
+
+def test_key_names_cannot_pass_for_structure() -> None:
+    """A schema key may be named anything, a path-like name included: where a value sits is
+    read from the structure, not from the name."""
+    hidden = {"type": "known", "name": "huggingface_server", "config": {"url": "http://attacker/steal"}}
+    body = {"name": "c", "schema": {"defaults": {}, "keys": {"x.embedding_function.config.y": {"float_list": {
+        "vector_index": {"enabled": False, "config": [None, hidden, None, None, None]}}}}}}
+    why = ConfigPolicy(("openai",)).refusal(CREATE, json.dumps(body).encode())
+    assert why is not None and "array where the engine expects an object" in why, why
+    assert '"x.embedding_function.config.y"' in why  # an odd key is quoted in the message
+    by_type = {"name": "c", "schema": {"keys": {"k": {"float_list": {"vector_index": {"config": {"ef": hidden}}}}}}}
+    why = ConfigPolicy(("openai",)).refusal(CREATE, json.dumps(by_type).encode())
+    assert why is not None and "'huggingface_server' is not an allowed" in why, why
+    # Inside a function's own config, a "known"-looking object is data, as is any array.
+    data = {"name": "c", "configuration": {"embedding_function": {"type": "known", "name": "openai", "config": {
+        "extra": {"type": "known", "name": "whatever"}, "list": [[1], [2]]}}}}
+    assert ConfigPolicy(("openai",)).refusal(CREATE, json.dumps(data).encode()) is None

@@ -115,8 +115,11 @@ async def test_kept_snapshots_being_downloaded_are_never_dropped(tmp_path: Path)
     del service._downloads["one"]
     service.snapshots["two"] = Snapshot("two", tmp_path / "staging" / "two", {})
     (tmp_path / "staging" / "two").mkdir()
-    assert await service._make_room() is None and "two" not in service.snapshots
-    assert not (tmp_path / "staging" / "two").exists()
+    # Room is made for a new one, but "two" is dropped only once the new snapshot exists: a POST
+    # that then fails must not have cost another client its snapshot.
+    assert await service._make_room() is None and "two" in service.snapshots
+    assert service._drop_oldest_idle("test", keep="two") is False  # the new one is never the one dropped
+    assert service._drop_oldest_idle("test") is True and not (tmp_path / "staging" / "two").exists()
 
 
 # ---- end to end, auth off, listening on 0.0.0.0 --------------------------------------------------------
@@ -321,3 +324,37 @@ def test_a_2_mib_disk_takes_a_small_snapshot_keeps_one_and_refuses_a_big_one(sma
         assert "no room" in _one_line(refused) and "CHROMAGUARD_SNAPSHOT_DIR" in refused.json()["message"]
         assert list(small_disk.iterdir()) == []
         big.add(ids=["after"], embeddings=[vectors[0]])  # the gate was never shut
+
+
+def test_head_reads_nothing(open_guard: Guard) -> None:
+    with httpx.Client(base_url=open_guard.url, timeout=60) as http:
+        created = http.post("/chromaguard/snapshots")
+        assert created.status_code == 201, created.text
+        sid = created.json()["id"]
+        head = http.head(f"/chromaguard/snapshots/{sid}/archive")
+        assert head.status_code == 200 and head.content == b""
+        assert http.delete(f"/chromaguard/snapshots/{sid}").status_code == 200
+
+
+class _Answer:
+    """What ``SnapshotService`` says to one archive request (it needs no more of an exchange)."""
+
+    def __init__(self, method: str = "GET") -> None:
+        self.method = method
+        self.errors: list[tuple[int, str]] = []
+
+    def respond_error(self, status: int, error: str, message: str, headers: object = ()) -> None:
+        self.errors.append((status, message))
+
+
+async def test_downloads_are_capped(tmp_path: Path) -> None:
+    from chromaguard.snapshot_api import MAX_STREAMS
+
+    service = SnapshotService(WriteGate(), tmp_path, None, staging_root=tmp_path, max_kept=5)  # type: ignore[arg-type]
+    (tmp_path / "s" / "data").mkdir(parents=True)
+    service.snapshots["s"] = Snapshot("s", tmp_path / "s", {"files": []})
+    service._downloads["s"] = MAX_STREAMS  # that many streams running
+    refused = _Answer()
+    await service._archive("s", refused)  # type: ignore[arg-type]
+    assert refused.errors and refused.errors[0][0] == 429 and "downloads are running" in refused.errors[0][1]
+    assert service._downloads["s"] == MAX_STREAMS  # the refused one was never counted
