@@ -654,9 +654,10 @@ class _Connection(asyncio.Protocol):
         # is this error.
         current.keep_alive = False
         self._broken = (status, message)
-        for exchange in (current, receiving):
-            if exchange is not None and not (exchange is current and exchange.body_complete):
-                exchange._disconnect()
+        if not current.body_complete:
+            current._disconnect()
+        if receiving is not None:
+            receiving._disconnect()
 
     def _head_overdue(self) -> bool:
         """The sweep's verdict on a head not whole in time; True when a request had begun."""

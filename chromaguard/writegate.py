@@ -104,10 +104,6 @@ class WriteGate:
             raise
         return handle
 
-    def release(self) -> float:
-        """Lift whatever hold is on (prefer ``Hold.release``); how long writes were held, in seconds."""
-        return self._open_again() if self.held else 0.0
-
     def _open_again(self) -> float:
         held_for = time.monotonic() - self.held_since if self.held_since is not None else 0.0
         self.held = False

@@ -8,11 +8,8 @@ made those tests skip, and the decision function's tests (every address form) st
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 import json
-import re
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,7 +22,6 @@ import httpx
 import numpy as np
 import pytest
 
-from chromaguard import archive
 from chromaguard.restore import verify
 from chromaguard.snapshot import Snapshot
 from chromaguard.snapshot_api import ControlAccess, SnapshotService, is_loopback
