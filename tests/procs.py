@@ -10,8 +10,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -223,3 +225,22 @@ class NetnsPeer:
             raise RuntimeError(f"request from the peer failed: {done.stderr.strip()}")
         status, body = json.loads(done.stdout)
         return int(status), str(body)
+
+
+class Workers:
+    """Threads that run until the ``with`` block ends: started on entry, stopped and joined on
+    exit. Subclasses fill ``self.threads`` and watch ``self.stop``."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def __enter__(self) -> Self:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(90)

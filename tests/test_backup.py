@@ -20,7 +20,7 @@ import pytest
 from chromaguard import archive, backup as backups
 from chromaguard.restore import VerifyError, restore, verify
 from conftest import http_client
-from procs import BareEngine, Guard, clean_env
+from procs import BareEngine, Guard, Workers, clean_env
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 DIM = 8
@@ -36,13 +36,13 @@ def _vector(key: str) -> list[float]:
     return rng.random(DIM, dtype=np.float32).tolist()
 
 
-class Writers:
+class Writers(Workers):
     """Threads that add and delete continuously, logging when each request was sent and answered."""
 
     def __init__(self, url: str, cid: str, n: int = 3) -> None:
+        super().__init__()
         self.url, self.cid = url, cid
         self.log: list[tuple[str, list[str], float, float, int]] = []  # op, ids, sent, answered, status
-        self.stop = threading.Event()
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, args=(w,)) for w in range(n)]
 
@@ -70,15 +70,6 @@ class Writers:
                     else:
                         mine = [i for i in mine if i not in ids]
 
-    def __enter__(self) -> "Writers":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join()
 
 
 def _all_ids(url: str, cid: str) -> set[str]:

@@ -125,7 +125,10 @@ def test_the_cache_answers_for_a_second_then_a_missing_id_is_looked_up_again() -
     assert own.now(SCOPED, mine) is None  # cached
     denied = own.now(SCOPED, new)  # missing from a fresh listing: missing
     assert isinstance(denied, Denial) and denied.status == 403
-    clock.now += 1.01
+    clock.now += 1.0  # a listing exactly one second old still answers
+    denied = own.now(SCOPED, new)
+    assert isinstance(denied, Denial) and denied.status == 403
+    clock.now += 0.01
     assert own.now(SCOPED, mine) is None  # a listed id stays listed: ids never move between databases
     assert own.now(SCOPED, new) is LOOK_UP  # made since? ask again
     assert check(own, SCOPED, new) is None
@@ -147,5 +150,6 @@ def test_listed_ids_reads_the_engine_spelling() -> None:
     assert listed_ids(json.dumps([{"id": MINE.upper()}, {"id": THEIRS}]).encode()) == frozenset({MINE, THEIRS})
     assert listed_ids(b"[]") == frozenset()
     assert listed_ids(b'{"a": 1}') is None
+    assert listed_ids(b"[1]") is None and listed_ids(b'["' + MINE.encode() + b'"]') is None  # items must be objects
     with pytest.raises(ValueError):
         listed_ids(b"nope")

@@ -25,7 +25,7 @@ from chromaguard.errors import StartupError
 from chromaguard.supervisor import (FAIL, GRACE, PASS, UNHEALTHY, Backoff, HealthJudge, HealthPolicy, Probe,
                                     Supervisor)
 from chromaguard.upstream import UpstreamTimeout
-from procs import Guard
+from procs import Guard, Workers
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 
@@ -365,26 +365,16 @@ def _until(what: Callable[[], Any], timeout: float, step: float = 0.05) -> Any:
     return what()
 
 
-class Load:
+class Load(Workers):
     """Writers and readers in threads; every request's (start, end, status) on the test's clock."""
 
     def __init__(self, g: Guard, cid: str, writers: int = 2, readers: int = 2) -> None:
+        super().__init__()
         self.g, self.cid = g, cid
-        self.stop = threading.Event()
         self.done: list[tuple[float, float, int | str]] = []
         self.acknowledged: list[str] = []
         self.threads = [threading.Thread(target=self._write, args=(w,)) for w in range(writers)] + \
                        [threading.Thread(target=self._read) for _ in range(readers)]
-
-    def __enter__(self) -> "Load":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(90)
 
     def _record(self, send: Callable[[], httpx.Response], on_ok: Callable[[], None] | None = None) -> int | str:
         started = time.monotonic()

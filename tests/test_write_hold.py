@@ -86,6 +86,25 @@ async def test_a_hold_that_times_out_opens_the_gate_and_writes_flow() -> None:
     hold.release()
 
 
+async def test_the_hold_reports_how_long_writes_were_held_and_why_it_failed() -> None:
+    """``write_hold_ms`` in every manifest comes from here: it must measure the hold itself."""
+    gate = WriteGate()
+    hold = await gate.hold(30)
+    await asyncio.sleep(0.05)
+    held = hold.release()
+    assert 0.05 <= held < 30, held
+    assert hold.release() == 0.0
+    assert gate.try_enter() and gate.try_enter()  # two writes that never finish
+    with pytest.raises(HoldTimeout) as caught:
+        await gate.hold(0.01)
+    assert str(caught.value) == "2 write(s) still in flight after 0.01s; the hold was lifted, writes go on"
+    held_again = await asyncio.wait_for(_hold_when_idle(gate, 2), 5)
+    with pytest.raises(HoldBusy) as busy:
+        await gate.hold(1)
+    assert str(busy.value) == "another snapshot is holding writes; try again in a moment"
+    assert held_again.release() >= 0.0 and not gate.held
+
+
 async def _hold_when_idle(gate: WriteGate, leaving: int):
     holding = asyncio.create_task(gate.hold(30))
     await _steps()
