@@ -12,7 +12,7 @@ import base64
 import binascii
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -63,14 +63,15 @@ _INVALID = Denial(403, "AuthorizationError", "chromaguard: the credentials are n
 class RateLimiter:
     """A token bucket per caller: ``rate`` requests a second, bursts up to one second's worth."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
         self.capacity = max(1.0, rate)
+        self.clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
 
     def allow(self, key: str) -> float:
         """0 when allowed, else the seconds until the next request would be."""
-        now = time.monotonic()
+        now = self.clock()
         level, last = self._buckets.get(key, (self.capacity, now))
         level = min(self.capacity, level + (now - last) * self.rate)
         if level >= 1.0:

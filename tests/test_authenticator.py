@@ -1,0 +1,151 @@
+"""The Authenticator on its own: which header counts, how it is read, what each refusal says.
+
+The end-to-end tests (test_auth.py) run the same rules through a real service and the
+official client; these pin each one in-process, so the mutation run sees them too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import bcrypt
+import pytest
+
+from chromaguard.auth import Authenticator, Denial, Grant, RateLimiter
+from chromaguard.credentials import CredentialStore, Principal, parse_htpasswd, parse_tokens
+from chromaguard.routes import canonical_segments, classify
+
+TOKENS = parse_tokens(json.dumps([{"token": "w-tok", "name": "writer", "role": "write"},
+                                  {"token": "r-tok", "name": "reader", "role": "read"}]), "t")
+LIST = classify("GET", canonical_segments(b"/api/v2/tenants/default_tenant/databases/default_database/collections")
+                or [])
+ADD = classify("POST", canonical_segments(b"/api/v2/tenants/t/databases/d/collections/"
+                                          b"0b5e8f3c-6d1a-4c2e-9f7a-1d2c3b4a5e6f/add") or [])
+
+
+def decide(auth: Authenticator, *headers: tuple[bytes, bytes], route=LIST) -> Grant | Denial | None:  # noqa: ANN001
+    return auth.check_now(route, list(headers))
+
+
+@pytest.mark.parametrize("transport, header, value, status", [
+    ("any", b"authorization", b"Bearer w-tok", None),
+    ("any", b"x-chroma-token", b"w-tok", None),
+    ("authorization", b"authorization", b"Bearer w-tok", None),
+    ("authorization", b"x-chroma-token", b"w-tok", 401),  # that header does not count here
+    ("x-chroma-token", b"x-chroma-token", b"w-tok", None),
+    ("x-chroma-token", b"authorization", b"Bearer w-tok", 401),
+    ("any", b"authorization", b"bearer w-tok", None),  # the scheme in any case
+    ("any", b"authorization", b"BEARER \t w-tok \t", None),  # spaces and tabs around
+    ("any", b"x-chroma-token", b" \tw-tok\t ", None),
+    ("any", b"authorization", b"Bearer", 401),
+    ("any", b"authorization", b"Bearer   ", 401),
+    ("any", b"authorization", b"Token w-tok", 401),
+    ("any", b"authorization", b"w-tok", 401),
+    ("any", b"authorization", b"Bearer w-tok extra", 403),  # "w-tok extra" is no token
+    ("any", b"authorization", b"Bearer W-TOK", 403),
+    ("any", b"x-chroma-token", b"Bearer w-tok", 403),  # this header carries the token itself
+])
+def test_which_header_counts_and_how_it_is_read(transport: str, header: bytes, value: bytes,
+                                                status: int | None) -> None:
+    decided = decide(Authenticator("token", TOKENS, transport=transport), (header, value))
+    if status is None:
+        assert isinstance(decided, Grant) and decided.principal.name == "writer", decided
+    else:
+        assert isinstance(decided, Denial) and decided.status == status, decided
+
+
+def test_the_refusals_say_what_to_do() -> None:
+    auth = Authenticator("token", TOKENS)
+    missing = decide(auth)
+    assert missing == Denial(401, "AuthError", "chromaguard: authentication required: send Authorization: Bearer "
+                             "<token> or X-Chroma-Token: <token>",
+                             ((b"www-authenticate", b'Bearer realm="chromaguard"'),))
+    wrong = decide(auth, (b"x-chroma-token", b"nope"))
+    assert wrong == Denial(403, "AuthorizationError", "chromaguard: the credentials are not valid")
+    two = decide(auth, (b"x-chroma-token", b"w-tok"), (b"authorization", b"Bearer w-tok"))
+    assert two == Denial(400, "AuthError", "chromaguard: send credentials in exactly one header")
+    role = decide(auth, (b"x-chroma-token", b"r-tok"), route=ADD)
+    assert role == Denial(403, "AuthorizationError", "chromaguard: reader may not add (role read)")
+    basic = Authenticator("basic", CredentialStore())
+    assert decide(basic) == Denial(401, "AuthError", "chromaguard: authentication required: send Authorization: "
+                                   "Basic <user:password in base64>", ((b"www-authenticate", b'Basic realm="chromaguard"'),))
+
+
+def test_a_grant_carries_the_principal_and_the_route() -> None:
+    decided = decide(Authenticator("token", TOKENS), (b"x-chroma-token", b"w-tok"), route=ADD)
+    assert decided == Grant(TOKENS.check_token("w-tok"), ADD)
+
+
+def _basic(user: str, password: str) -> tuple[bytes, bytes]:
+    return b"authorization", b"Basic " + base64.b64encode(f"{user}:{password}".encode())
+
+
+STORE = parse_htpasswd(f"alice:{bcrypt.hashpw(b'pw', bcrypt.gensalt(rounds=4)).decode()}\n", "h")
+
+
+def test_basic_auth_goes_through_bcrypt_once_then_from_the_cache() -> None:
+    auth = Authenticator("basic", STORE)
+    assert decide(auth, _basic("alice", "pw")) is None  # not verified yet: bcrypt must run (check)
+    granted = asyncio.run(auth.check(LIST, [_basic("alice", "pw")], "1.2.3.4"))
+    assert isinstance(granted, Grant) and granted.principal.name == "alice"
+    again = decide(auth, _basic("alice", "pw"))
+    assert isinstance(again, Grant) and again.principal.name == "alice"  # remembered
+    assert decide(auth, _basic("alice", "other")) is None  # a different password is not
+    wrong = asyncio.run(auth.check(LIST, [_basic("alice", "other")], "1.2.3.4"))
+    assert wrong == Denial(403, "AuthorizationError", "chromaguard: the credentials are not valid")
+    for header in ((b"authorization", b"Basic !!!"), (b"authorization", b"Basic " + base64.b64encode(b"nocolon")),
+                   (b"authorization", b"Bearer x"), (b"x-chroma-token", b"alice:pw")):
+        missing = decide(auth, header)
+        assert isinstance(missing, Denial) and missing.status == 401, header
+
+
+def test_password_guessing_is_limited_per_address() -> None:
+    auth = Authenticator("basic", STORE)
+    now = [0.0]
+    auth.guessing = RateLimiter(5.0, clock=lambda: now[0])
+    answers = [asyncio.run(auth.check(LIST, [_basic("alice", f"guess-{i}")], "9.9.9.9")) for i in range(6)]
+    assert all(isinstance(a, Denial) and a.status == 403 for a in answers[:5])
+    limited = answers[5]
+    assert isinstance(limited, Denial) and limited.status == 429 and limited.headers == ((b"retry-after", b"1"),)
+    other = asyncio.run(auth.check(LIST, [_basic("alice", "guess-x")], "8.8.8.8"))  # another address
+    assert isinstance(other, Denial) and other.status == 403
+
+
+def test_the_rate_limit_is_a_bucket_per_token() -> None:
+    now = [100.0]
+    limiter = RateLimiter(2.0, clock=lambda: now[0])
+    assert [limiter.allow("a") for _ in range(2)] == [0.0, 0.0]  # a burst of one second's worth
+    assert limiter.allow("a") == pytest.approx(0.5)  # the next one in half a second
+    assert limiter.allow("b") == 0.0  # another token has its own bucket
+    now[0] += 0.5
+    assert limiter.allow("a") == 0.0
+    now[0] += 10
+    assert [limiter.allow("a") for _ in range(3)] == [0.0, 0.0, pytest.approx(0.5)]  # never more than capacity
+    slow = RateLimiter(0.5, clock=lambda: now[0])
+    assert slow.capacity == 1.0 and slow.allow("c") == 0.0 and slow.allow("c") == pytest.approx(2.0)
+
+
+def test_a_rate_limited_request_gets_429_with_retry_after() -> None:
+    auth = Authenticator("token", TOKENS, rate_limit=1.0)
+    now = [0.0]
+    assert auth.limiter is not None
+    auth.limiter.clock = lambda: now[0]
+    assert isinstance(decide(auth, (b"x-chroma-token", b"w-tok")), Grant)
+    limited = decide(auth, (b"x-chroma-token", b"w-tok"))
+    assert limited == Denial(429, "RateLimitError", "chromaguard: rate limit reached for writer",
+                             ((b"retry-after", b"2"),))  # 1 s to wait, rounded up with a margin
+    assert isinstance(decide(auth, (b"x-chroma-token", b"r-tok")), Grant)  # per token
+
+
+def test_open_paths_are_for_get_and_head_only() -> None:
+    auth = Authenticator("token", TOKENS, open_paths=("/healthz",))
+    assert auth.is_open("GET", "/healthz") and auth.is_open("HEAD", "/healthz")
+    assert not auth.is_open("POST", "/healthz") and not auth.is_open("GET", "/healthz/")
+    assert not auth.is_open("GET", "/api/v2/heartbeat")
+
+
+def test_a_principal_without_credentials_file_entries_is_never_made() -> None:
+    assert TOKENS.check_token("") is None and TOKENS.check_token(b"w-tok") == Principal(
+        "writer", "write", None, None, "role from its record")
