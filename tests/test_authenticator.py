@@ -82,11 +82,16 @@ def _basic(user: str, password: str) -> tuple[bytes, bytes]:
     return b"authorization", b"Basic " + base64.b64encode(f"{user}:{password}".encode())
 
 
-STORE = parse_htpasswd(f"alice:{bcrypt.hashpw(b'pw', bcrypt.gensalt(rounds=4)).decode()}\n", "h")
+HTPASSWD = f"alice:{bcrypt.hashpw(b'pw', bcrypt.gensalt(rounds=4)).decode()}\n"
+
+
+def fresh_store() -> CredentialStore:
+    """A new store each time: a verified password is remembered in the store it was checked in."""
+    return parse_htpasswd(HTPASSWD, "h")
 
 
 def test_basic_auth_goes_through_bcrypt_once_then_from_the_cache() -> None:
-    auth = Authenticator("basic", STORE)
+    auth = Authenticator("basic", fresh_store())
     assert decide(auth, _basic("alice", "pw")) is None  # not verified yet: bcrypt must run (check)
     granted = asyncio.run(auth.check(LIST, [_basic("alice", "pw")], "1.2.3.4"))
     assert isinstance(granted, Grant) and granted.principal.name == "alice"
@@ -102,7 +107,7 @@ def test_basic_auth_goes_through_bcrypt_once_then_from_the_cache() -> None:
 
 
 def test_password_guessing_is_limited_per_address() -> None:
-    auth = Authenticator("basic", STORE)
+    auth = Authenticator("basic", fresh_store())
     now = [0.0]
     auth.guessing = RateLimiter(5.0, clock=lambda: now[0])
     answers = [asyncio.run(auth.check(LIST, [_basic("alice", f"guess-{i}")], "9.9.9.9")) for i in range(6)]
