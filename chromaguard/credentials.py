@@ -69,8 +69,6 @@ def digest(secret: str | bytes) -> bytes:
     return _sha256(secret if isinstance(secret, bytes) else secret.encode()).digest()
 
 
-_digest = digest
-
 
 class CredentialStore:
     """Looks credentials up in time that does not depend on how close a guess was."""
@@ -88,8 +86,8 @@ class CredentialStore:
     def widened_by(self, other: "CredentialStore") -> str:
         """What ``other`` lets in that these credentials do not ("" when nothing): a new token
         or user, a higher role, a wider scope. Revoking and narrowing say nothing."""
-        for digest, principal in other._tokens.items():
-            before = self._tokens.get(digest)
+        for key, principal in other._tokens.items():
+            before = self._tokens.get(key)
             if before is None:
                 return f"it adds the token {principal.name!r}"
             if not before.covers(principal):
@@ -119,7 +117,7 @@ class CredentialStore:
 
     def cached_password(self, user: str, password: str) -> Principal | None:
         """A password already verified: no bcrypt, safe to call on the event loop."""
-        return self._verified.get(_digest(f"{user}\0{password}"))
+        return self._verified.get(digest(f"{user}\0{password}"))
 
     def check_password(self, user: str, password: str) -> Principal | None:
         """bcrypt is slow on purpose: call this off the event loop."""
@@ -133,7 +131,7 @@ class CredentialStore:
         matched = bcrypt.checkpw(secret, hashed)  # unknown users cost the same time: names stay secret
         if entry is None or not matched:
             return None
-        self._verified[_digest(f"{user}\0{password}")] = entry[1]
+        self._verified[digest(f"{user}\0{password}")] = entry[1]
         return entry[1]
 
     def _dummy(self) -> bytes:
@@ -250,12 +248,12 @@ def _principal(record: dict[str, Any], bare: bool, index: int, where: str) -> tu
             raise CredentialsError(f"{where}: entry {index}: the token must be a string (quote it)")
         if not token.strip() or token != token.strip():
             raise CredentialsError(f"{where}: entry {index}: a token must be non-empty without surrounding spaces")
-        digest = _digest(token)
+        token_key = digest(token)
     else:
         hex_digest = sha.removeprefix("sha256:") if isinstance(sha, str) else ""
         if not _HEX64.match(hex_digest):
             raise CredentialsError(f"{where}: entry {index}: sha256 must be 64 hex digits (sha256sum of the token)")
-        digest = bytes.fromhex(hex_digest)
+        token_key = bytes.fromhex(hex_digest)
     tenant = record.get("tenant")
     databases = record.get("databases")
     for key in ("tenant", "databases"):
@@ -279,7 +277,7 @@ def _principal(record: dict[str, Any], bare: bool, index: int, where: str) -> tu
     if role not in ROLES:
         raise CredentialsError(f"{where}: entry {index}: role {role!r} must be admin, write or read")
     name = str(record.get("name") or f"token-{index}")
-    return digest, Principal(name, role, str(tenant) if tenant else None,
+    return token_key, Principal(name, role, str(tenant) if tenant else None,
                              tuple(databases) if databases else None,
                              "a bare token: full access" if bare else "role from its record")
 
@@ -290,13 +288,13 @@ def parse_tokens(text: str, where: str, fmt: str | None = None) -> CredentialSto
     tokens: dict[bytes, Principal] = {}
     names: set[str] = set()
     for index, (record, bare) in enumerate(records, 1):
-        digest, principal = _principal(record, bare, index, where)
-        if digest in tokens:
+        key, principal = _principal(record, bare, index, where)
+        if key in tokens:
             raise CredentialsError(f"{where}: entry {index}: the same token appears twice")
         if principal.name in names:
             raise CredentialsError(f"{where}: entry {index}: the name {principal.name!r} appears twice")
         names.add(principal.name)
-        tokens[digest] = principal
+        tokens[key] = principal
     return CredentialStore(tokens=tokens)
 
 
@@ -342,7 +340,7 @@ def _inline_hash(user: str, password: str) -> bytes:
     time would make every reload look like a changed password (and wait for the hold)."""
     import bcrypt
 
-    key = _digest(f"{user}\0{password}")
+    key = digest(f"{user}\0{password}")
     if key not in _INLINE_HASHES:
         _INLINE_HASHES[key] = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10))
     return _INLINE_HASHES[key]
@@ -386,11 +384,11 @@ def load_store(provider: str, path: Path | None, inline: str, *, file_setting: s
         stores.append(parse_inline(provider, inline, inline_setting))
     merged = CredentialStore()
     for store in stores:
-        for digest, principal in store._tokens.items():
-            if digest in merged._tokens:  # which record would win is nobody's guess: refuse
+        for key, principal in store._tokens.items():
+            if key in merged._tokens:  # which record would win is nobody's guess: refuse
                 raise CredentialsError(f"{inline_setting}: the token of {principal.name!r} is in the file too; "
                                        "give each token once")
-            merged._tokens[digest] = principal
+            merged._tokens[key] = principal
         for user in store._users:
             if user in merged._users:
                 raise CredentialsError(f"{inline_setting}: the user {user!r} is in the file too; give each once")

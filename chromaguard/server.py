@@ -228,7 +228,7 @@ class Service:
             gate = snapshots = None
             if self.data_dir is not None:
                 gate = WriteGate()
-                snapshots = SnapshotService(gate, self.data_dir, pool, staging_root=self.settings.snapshot_dir,
+                snapshots = SnapshotService(gate, self.data_dir, staging_root=self.settings.snapshot_dir,
                                             max_kept=self.settings.snapshot_max_kept,
                                             min_free=self.settings.snapshot_min_free)
                 self.snapshots = snapshots

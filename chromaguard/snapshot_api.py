@@ -32,7 +32,6 @@ from .archive import stream_tar
 from .auth import Denial
 from .credentials import digest
 from .snapshot import Snapshot, SnapshotError, estimated_size, take_online
-from .upstream import UpstreamPool
 from .writegate import HoldBusy, HoldTimeout, WriteGate
 
 if TYPE_CHECKING:
@@ -134,12 +133,11 @@ def _mib(n: int) -> str:
 
 
 class SnapshotService:
-    def __init__(self, gate: WriteGate, data_dir: Path, pool: UpstreamPool, *, hold_timeout: float = 30.0,
+    def __init__(self, gate: WriteGate, data_dir: Path, *, hold_timeout: float = 30.0,
                  staging_root: str | Path | None = None, max_kept: int = DEFAULT_MAX_KEPT,
                  min_free: int = DEFAULT_MIN_FREE) -> None:
         self.gate = gate
         self.data_dir = data_dir
-        self.pool = pool
         self.hold_timeout = hold_timeout
         self.staging_root = str(staging_root) if staging_root is not None else None
         self.max_kept = max(1, max_kept)

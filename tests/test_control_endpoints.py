@@ -97,7 +97,7 @@ def test_the_control_access_rules() -> None:
 
 
 async def test_kept_snapshots_being_downloaded_are_never_dropped(tmp_path: Path) -> None:
-    service = SnapshotService(WriteGate(), tmp_path, None, staging_root=tmp_path / "staging",  # type: ignore[arg-type]
+    service = SnapshotService(WriteGate(), tmp_path, staging_root=tmp_path / "staging",
                               max_kept=1, min_free=0)
     (tmp_path / "staging").mkdir()
     root = tmp_path / "staging" / "one"
@@ -346,7 +346,7 @@ class _Answer:
 async def test_downloads_are_capped(tmp_path: Path) -> None:
     from chromaguard.snapshot_api import MAX_STREAMS
 
-    service = SnapshotService(WriteGate(), tmp_path, None, staging_root=tmp_path, max_kept=5)  # type: ignore[arg-type]
+    service = SnapshotService(WriteGate(), tmp_path, staging_root=tmp_path, max_kept=5)
     (tmp_path / "s" / "data").mkdir(parents=True)
     service.snapshots["s"] = Snapshot("s", tmp_path / "s", {"files": []})
     service._downloads["s"] = MAX_STREAMS  # that many streams running
