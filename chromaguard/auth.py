@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -60,6 +61,10 @@ _NOT_CANONICAL = Denial(400, "InvalidArgumentError",
 _INVALID = Denial(403, "AuthorizationError", "chromaguard: the credentials are not valid")
 
 
+# Uncached password checks (bcrypt, on purpose slow) per client address: online guessing stays slow.
+PASSWORD_CHECKS_PER_SECOND = 5.0
+
+
 class RateLimiter:
     """A token bucket per caller: ``rate`` requests a second, bursts up to one second's worth."""
 
@@ -89,7 +94,7 @@ class Authenticator:
         self.transport = transport
         self.open_paths = frozenset(open_paths)
         self.limiter = RateLimiter(rate_limit) if rate_limit > 0 else None
-        self.guessing = RateLimiter(5.0)  # uncached password checks per client address
+        self.guessing = RateLimiter(PASSWORD_CHECKS_PER_SECOND)  # per client address
         scheme = b"Bearer" if provider == "token" else b"Basic"
         self._challenge = ((b"www-authenticate", scheme + b' realm="chromaguard"'),)
 
@@ -109,7 +114,7 @@ class Authenticator:
         return self._decide(route, found)
 
     async def check(self, route: Route | None, headers: Iterable[tuple[bytes, bytes]],
-                    client: str = "") -> Grant | Denial:
+                    client: str) -> Grant | Denial:
         """Decide on a request whose route (None: non-canonical path) is already known."""
         decided = self.check_now(route, headers)
         if decided is not None:
@@ -120,8 +125,7 @@ class Authenticator:
         # bcrypt takes its time on purpose: off the event loop, and bounded per client.
         wait = self.guessing.allow(client)
         if wait:
-            return Denial(429, "RateLimitError", "chromaguard: too many password attempts",
-                          ((b"retry-after", str(max(1, round(wait + 0.5))).encode()),))
+            return Denial(429, "RateLimitError", "chromaguard: too many password attempts", _retry_after(wait))
         principal = await asyncio.to_thread(self.store.check_password, found.user, found.password)
         if principal is None:
             log.info("rejected unknown credentials")
@@ -144,7 +148,7 @@ class Authenticator:
             wait = self.limiter.allow(principal.name)
             if wait:
                 return Denial(429, "RateLimitError", f"chromaguard: rate limit reached for {principal.name}",
-                              ((b"retry-after", str(max(1, round(wait + 0.5))).encode()),))
+                              _retry_after(wait))
         return Grant(principal, route)
 
     def _credentials(self, headers: Iterable[tuple[bytes, bytes]]) -> Principal | Denial | _Password:
@@ -204,6 +208,11 @@ class Authenticator:
         return ""
 
 
+def _retry_after(wait: float) -> tuple[tuple[bytes, bytes]]:
+    """Whole seconds, rounded up with half a second's margin: a client that waits that long gets in."""
+    return ((b"retry-after", str(max(1, math.ceil(wait + 0.5))).encode()),)
+
+
 def _client_bootstrap(route: Route) -> bool:
     if route.operation == "identity":
         return True
@@ -213,7 +222,7 @@ def _client_bootstrap(route: Route) -> bool:
 
 def _basic(encoded: bytes) -> tuple[str, str] | None:
     try:
-        decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
+        decoded = base64.b64decode(encoded, validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
         return None
     user, sep, password = decoded.partition(":")

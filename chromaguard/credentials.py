@@ -300,13 +300,15 @@ def parse_tokens(text: str, where: str, fmt: str | None = None) -> CredentialSto
 
 def parse_htpasswd(text: str, where: str) -> CredentialStore:
     users: dict[str, tuple[bytes, Principal]] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
+    for number, line in enumerate(_lines(text.removeprefix(_BOM)), 1):
+        line = line.strip(" \t")
         if not line or line.startswith("#"):
             continue
         user, sep, hashed = line.partition(":")
         if not sep or not user:
             raise CredentialsError(f"{where}: line {number}: expected user:hash")
+        if user in users:  # which one counts would be a guess (Apache takes the first, a dict the last)
+            raise CredentialsError(f"{where}: line {number}: the user {user!r} appears twice")
         if not _BCRYPT.match(hashed):
             raise CredentialsError(f"{where}: line {number}: only bcrypt hashes are supported "
                                    "(create them with htpasswd -B)")

@@ -32,7 +32,7 @@ from .spanattrs import (COUNTED_OPS, RESPONSE_PARSE_LIMIT, RESULT_OPS, Collectio
 from .upstream import Response, UpstreamError, UpstreamPool, UpstreamTimeout, UpstreamUnavailable
 
 if TYPE_CHECKING:
-    from .readiness import Dependencies
+    from .readiness import Dependencies, DiskFloor
     from .snapshot_api import ControlAccess, SnapshotService
     from .writegate import WriteGate
     from .telemetry import Telemetry
@@ -108,7 +108,8 @@ class FrontDoor:
                  auth: Authenticator | None = None, cors: CorsPolicy | None = None,
                  telemetry: Telemetry | None = None, deps: Dependencies | None = None,
                  gate: WriteGate | None = None, snapshots: SnapshotService | None = None,
-                 config_policy: ConfigPolicy = ConfigPolicy(), control: ControlAccess | None = None) -> None:
+                 config_policy: ConfigPolicy = ConfigPolicy(), control: ControlAccess | None = None,
+                 disk_floor: DiskFloor | None = None) -> None:
         from .snapshot_api import ControlAccess
 
         self.pool = pool
@@ -124,6 +125,7 @@ class FrontDoor:
         self.telemetry = telemetry
         self.deps = deps
         self.gate = gate
+        self.disk_floor = disk_floor
         self.snapshots = snapshots
         self.config_policy = config_policy
         self.metrics = telemetry.metrics if telemetry else None
@@ -396,6 +398,8 @@ class FrontDoor:
             return True
         route = call.route
         gated = self.gate is not None and (route is None or route.access != READ)
+        if gated and self._no_room(route) is not None:
+            return False
         if gated and not self.gate.try_enter():  # type: ignore[union-attr]
             return False
         conn = self.pool.idle()
@@ -409,6 +413,11 @@ class FrontDoor:
         target = exchange.raw_path + b"?" + exchange.query if exchange.query else exchange.raw_path
         Relay(self, call, self.pool, conn, gated).send(exchange.method, target, headers, body)
         return True
+
+    def _no_room(self, route: Route | None) -> str | None:
+        if self.disk_floor is None:
+            return None
+        return self.disk_floor.refusal(route.operation if route is not None else None)
 
     def _relayed(self, call: _Call, tap: list[bytes] | None) -> None:
         """A relay is over (answered, failed, or the client left)."""
@@ -475,6 +484,10 @@ class FrontDoor:
                 return
             if call.span is not None and route is not None and body:
                 call.facts = request_attributes(route.operation, b"".join(body))
+        refusal = self._no_room(route) if gated else None
+        if refusal is not None:
+            exchange.respond_error(507, "InsufficientStorage", refusal, _RETRY_AFTER)
+            return
         if gated:
             await self.gate.enter()  # type: ignore[union-attr]
         try:

@@ -26,7 +26,7 @@ UNCHECKABLE = Denial(503, "ServiceUnavailable", "chromaguard: cannot check where
                      ((b"retry-after", b"1"),))
 LOOK_UP = object()  # the cached listing cannot decide: fetch it (``check``)
 _FRESH_FOR = 1.0  # an id missing from a listing this young is missing
-_MAX_LISTINGS = 10_000
+MAX_LISTINGS = 10_000  # databases whose listings are cached; then the cache starts afresh
 
 # The engine's listing of a database: (status, body); raises what the transport raises.
 Fetch = Callable[[str, str], Awaitable[tuple[int, bytes]]]
@@ -63,7 +63,7 @@ class Ownership:
         """Decide from the cache: None (allowed), a Denial, or LOOK_UP (``check`` must fetch)."""
         if not self.applies(principal, route):
             return None
-        wanted = engine_collection_id(route.collection or "")
+        wanted = engine_collection_id(_place(route)[2])
         if wanted is None:
             return NOT_AN_ID
         listed = self._listings.get((route.tenant, route.database))
@@ -76,15 +76,16 @@ class Ownership:
         decided = self.now(principal, route)
         if decided is not LOOK_UP:
             return decided  # type: ignore[return-value]
-        wanted = engine_collection_id(route.collection or "")
+        tenant, database, collection = _place(route)
+        wanted = engine_collection_id(collection)
         try:
-            status, body = await self.fetch(route.tenant or "", route.database or "")
+            status, body = await self.fetch(tenant, database)
             ids = listed_ids(body) if status == 200 else None
         except Exception:  # noqa: BLE001 - whatever failed, the answer is no
             ids = None
         if ids is None:
             return UNCHECKABLE
-        if len(self._listings) >= _MAX_LISTINGS:
+        if len(self._listings) >= MAX_LISTINGS:
             self._listings.clear()
         self._listings[(route.tenant, route.database)] = (self.clock(), ids)
         return None if wanted in ids else _not_owner(principal, route)
@@ -92,6 +93,13 @@ class Ownership:
     def forget(self, tenant: str | None, database: str | None) -> None:
         """A collection was made, deleted or renamed there: list it afresh next time."""
         self._listings.pop((tenant, database), None)
+
+
+def _place(route: Route) -> tuple[str, str, str]:
+    """(tenant, database, collection) of an id route: ``routes`` names all three on each."""
+    if route.tenant is None or route.database is None or route.collection is None:
+        raise ValueError(f"not an id route: {route}")
+    return route.tenant, route.database, route.collection
 
 
 def _not_owner(principal: Principal, route: Route) -> Denial:

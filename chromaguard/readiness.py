@@ -94,6 +94,44 @@ def _write_test(data_dir: Path) -> None:
             os.unlink(path)
 
 
+def room_floor(total: int) -> int:
+    """Free bytes below which the disk counts as full for the engine's writes."""
+    return min(_FULL_BELOW, total // 20)
+
+
+# Deletes still go on below the floor: they are how an operator makes room.
+_ALLOWED_ON_A_FULL_DISK = frozenset({"delete", "delete_collection", "delete_database"})
+
+
+class DiskFloor:
+    """Refuses writes before the engine runs out of room under its data dir.
+
+    chromadb 1.5.9 rewrites its index files in place: a write that meets a full disk can leave
+    a collection's index unreadable (an empty ``index_metadata.pickle``) or the engine stuck. Like
+    a database's flood-stage watermark, writes get a 507 from here while free space is under
+    :func:`room_floor`; reads and deletes go on. One ``statvfs`` per write: a few microseconds.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    def refusal(self, operation: str | None) -> str | None:
+        """Why this write may not go to the engine now, or None."""
+        if operation in _ALLOWED_ON_A_FULL_DISK:
+            return None
+        try:
+            usage = os.statvfs(self.data_dir)
+        except OSError:
+            return None  # the readiness check says what is wrong with the data dir
+        free, total = usage.f_bavail * usage.f_frsize, usage.f_blocks * usage.f_frsize
+        floor = room_floor(total)
+        if free >= floor:
+            return None
+        return (f"chromaguard: the data dir's disk has {_mib(free)} free, less than the {_mib(floor)} the engine's "
+                f"writes need; writes are refused until there is room (reads and deletes still work): "
+                f"free space under the data dir")
+
+
 async def disk_room(data_dir: Path, timeout: float = _CHECK_TIMEOUT) -> tuple[bool, int, str]:
     """(room, free bytes, detail): whether the engine's writes can find room under ``data_dir``.
 
@@ -106,7 +144,7 @@ async def disk_room(data_dir: Path, timeout: float = _CHECK_TIMEOUT) -> tuple[bo
         return False, 0, f"cannot read the data dir's disk usage ({exc.strerror})"
     free = usage.free
     shown = f"{_mib(free)} free under the data dir"
-    floor = min(_FULL_BELOW, usage.total // 20)
+    floor = room_floor(usage.total)
     if free < floor:
         return False, free, f"{shown}, less than the {_mib(floor)} the engine's writes need"
     key = str(data_dir)

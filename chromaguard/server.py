@@ -33,7 +33,7 @@ from .errors import ConfigError, StartupError
 from .fastpath import FastPath
 from .frontdoor import AlwaysAvailable, Backend, FrontDoor
 from .httpserver import HttpServer
-from .readiness import Dependencies
+from .readiness import Dependencies, DiskFloor
 from .snapshot_api import ControlAccess, SnapshotService
 from .writegate import WriteGate
 from .supervisor import HealthPolicy, Supervisor
@@ -245,7 +245,8 @@ class Service:
                             cors=CorsPolicy(self.settings.cors_allow_origins) if self.settings.cors_allow_origins
                             else None,
                             config_policy=ConfigPolicy(self.settings.allowed_embedding_functions),
-                            control=ControlAccess(self.settings.control_token))
+                            control=ControlAccess(self.settings.control_token),
+                            disk_floor=DiskFloor(self.data_dir) if self.data_dir is not None else None)
             fast = FastPath.for_door(app)
             self.server = HttpServer(app, keep_alive=75.0, drain_timeout=self.settings.drain_timeout,
                                      head_timeout=self.settings.head_timeout,

@@ -13,6 +13,7 @@ import logging
 import time
 
 log = logging.getLogger("chromaguard.backup")
+LEAVE_WITHOUT_ENTER = "write gate: leave() without a matching enter(); ignored"
 
 
 class HoldTimeout(Exception):
@@ -27,33 +28,37 @@ class Hold:
     """One hold on the gate, from ``WriteGate.hold``: ``release`` it exactly when done (a
     second release, or one after the gate moved on to another hold, does nothing)."""
 
-    __slots__ = ("_gate", "_generation")
+    __slots__ = ("_gate", "since")
 
-    def __init__(self, gate: WriteGate, generation: int) -> None:
+    def __init__(self, gate: WriteGate) -> None:
         self._gate = gate
-        self._generation = generation
+        self.since = time.monotonic()
 
     @property
     def active(self) -> bool:
-        return self._gate.held and self._gate._generation == self._generation
+        return self._gate.current is self
 
     def release(self) -> float:
         """Let writes go again; returns how long they were held, in seconds (0 if already released)."""
         if not self.active:
             return 0.0
-        return self._gate._open_again()
+        self._gate.current = None
+        self._gate._open.set()
+        return time.monotonic() - self.since
 
 
 class WriteGate:
     def __init__(self) -> None:
         self.in_flight = 0
-        self.held = False
-        self.held_since: float | None = None
-        self._generation = 0
+        self.current: Hold | None = None  # the hold that is on
         self._open = asyncio.Event()
         self._open.set()
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def held(self) -> bool:
+        return self.current is not None
 
     async def enter(self) -> None:
         """Before a write goes to the engine: wait while a hold is on."""
@@ -73,7 +78,7 @@ class WriteGate:
     def leave(self) -> None:
         """A write that entered has been answered (or failed)."""
         if self.in_flight <= 0:  # a bug elsewhere; going negative would make every later hold wait forever
-            log.error("write gate: leave() without a matching enter(); ignored")
+            log.error(LEAVE_WITHOUT_ENTER)
             return
         self.in_flight -= 1
         if self.in_flight == 0:
@@ -84,12 +89,9 @@ class WriteGate:
 
         Raises HoldBusy while another hold is on, HoldTimeout (gate open again) when the
         writes in flight take longer than ``timeout``; cancelled, it opens the gate too."""
-        if self.held:
+        if self.current is not None:
             raise HoldBusy("another snapshot is holding writes; try again in a moment")
-        self.held = True
-        self._generation += 1
-        handle = Hold(self, self._generation)
-        self.held_since = time.monotonic()
+        handle = self.current = Hold(self)
         self._open.clear()
         try:
             if self.in_flight:
@@ -103,10 +105,3 @@ class WriteGate:
             handle.release()
             raise
         return handle
-
-    def _open_again(self) -> float:
-        held_for = time.monotonic() - self.held_since if self.held_since is not None else 0.0
-        self.held = False
-        self.held_since = None
-        self._open.set()
-        return held_for

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 
 import bcrypt
 import pytest
 
-from chromaguard.auth import Authenticator, Denial, Grant, RateLimiter
+from chromaguard.auth import ANONYMOUS, PASSWORD_CHECKS_PER_SECOND, Authenticator, Denial, Grant, RateLimiter
 from chromaguard.credentials import CredentialStore, Principal, parse_htpasswd, parse_tokens
 from chromaguard.routes import canonical_segments, classify
 
@@ -154,3 +155,92 @@ def test_open_paths_are_for_get_and_head_only() -> None:
 def test_a_principal_without_credentials_file_entries_is_never_made() -> None:
     assert TOKENS.check_token("") is None and TOKENS.check_token(b"w-tok") == Principal(
         "writer", "write", None, None, "role from its record")
+
+
+def test_password_checks_are_five_a_second_per_address_and_the_refusal_says_when_to_retry() -> None:
+    assert PASSWORD_CHECKS_PER_SECOND == 5.0
+    auth = Authenticator("basic", fresh_store())
+    now = [0.0]
+    auth.guessing = RateLimiter(PASSWORD_CHECKS_PER_SECOND, clock=lambda: now[0])
+    for i in range(5):
+        assert asyncio.run(auth.check(LIST, [_basic("alice", f"g{i}")], "9.9.9.9")).status == 403  # type: ignore[union-attr]
+    limited = asyncio.run(auth.check(LIST, [_basic("alice", "g5")], "9.9.9.9"))
+    assert limited == Denial(429, "RateLimitError", "chromaguard: too many password attempts",
+                             ((b"retry-after", b"1"),))  # 0.2 s to wait
+    now[0] += 0.2  # one check's worth has come back
+    assert asyncio.run(auth.check(LIST, [_basic("alice", "g6")], "9.9.9.9")).status == 403  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("wait, header", [(0.01, b"1"), (0.5, b"1"), (0.51, b"2"), (1.0, b"2"), (2.0, b"3"),
+                                          (2.6, b"4")])
+def test_retry_after_is_whole_seconds_rounded_up_with_a_margin(wait: float, header: bytes) -> None:
+    auth = Authenticator("token", TOKENS, rate_limit=min(1.0, 1.0 / wait))  # a bucket of one
+    now = [0.0]
+    assert auth.limiter is not None
+    auth.limiter.clock = lambda: now[0]
+    assert isinstance(decide(auth, (b"x-chroma-token", b"w-tok")), Grant)
+    now[0] += max(0.0, 1.0 - wait)  # part of the next one has come back: ``wait`` seconds are left
+    limited = decide(auth, (b"x-chroma-token", b"w-tok"))
+    assert isinstance(limited, Denial) and limited.headers == ((b"retry-after", header),), (wait, limited)
+
+
+def test_the_client_bootstrap_is_answered_without_credentials_and_carries_its_route() -> None:
+    auth = Authenticator("token", TOKENS)
+    for method, path in (("GET", b"/api/v2/auth/identity"), ("GET", b"/api/v2/tenants/default_tenant"),
+                         ("GET", b"/api/v2/tenants/default_tenant/databases/default_database")):
+        route = classify(method, canonical_segments(path) or [])
+        granted = decide(auth, route=route)
+        assert isinstance(granted, Grant) and granted.route == route and granted.principal == ANONYMOUS, path
+    for path in (b"/api/v2/tenants/other", b"/api/v2/tenants/default_tenant/databases/other"):
+        denied = decide(auth, route=classify("GET", canonical_segments(path) or []))
+        assert isinstance(denied, Denial) and denied.status == 401, path
+
+
+def test_refusals_are_logged_with_who_and_what(caplog: pytest.LogCaptureFixture) -> None:
+    auth = Authenticator("token", TOKENS)
+    delete = classify("DELETE", canonical_segments(b"/api/v2/tenants/t/databases/d/collections/c") or [])
+    with caplog.at_level(logging.INFO, logger="chromaguard.auth"):
+        assert decide(auth, (b"x-chroma-token", b"r-tok"), route=delete) == Denial(
+            403, "AuthorizationError", "chromaguard: reader may not delete collection (role read)")
+        decide(auth, (b"x-chroma-token", b"nope"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "denied delete_collection to reader: delete collection (role read)", "rejected unknown credentials"]
+    caplog.clear()
+    basic = Authenticator("basic", fresh_store())
+    with caplog.at_level(logging.INFO, logger="chromaguard.auth"):
+        assert asyncio.run(basic.check(LIST, [_basic("alice", "wrong")], "1.1.1.1")).status == 403  # type: ignore[union-attr]
+    assert [r.getMessage() for r in caplog.records] == ["rejected unknown credentials"]
+
+
+@pytest.mark.parametrize("value", [b"w-tok\x0b", b"\x0cw-tok", b"w-tok\r", b"w-tok\n", b"\xa0w-tok"])
+def test_only_spaces_and_tabs_are_trimmed_from_a_token(value: bytes) -> None:
+    auth = Authenticator("token", TOKENS)
+    assert decide(auth, (b"x-chroma-token", value)) == Denial(403, "AuthorizationError",
+                                                              "chromaguard: the credentials are not valid")
+    denied = decide(auth, (b"authorization", b"Bearer " + value))
+    assert isinstance(denied, Denial) and denied.status == 403, value
+    assert isinstance(decide(auth, (b"authorization", b"Bearer\x0bw-tok")), Denial)
+
+
+def test_each_provider_reads_only_its_own_scheme() -> None:
+    token = Authenticator("token", TOKENS)
+    missing = decide(token, _basic("alice", "pw"))  # a Basic header is no token, and never a password check
+    assert isinstance(missing, Denial) and missing.status == 401
+    basic = Authenticator("basic", fresh_store())
+    for header in ((b"authorization", b"Bearer w-tok"), (b"authorization", b"Bearer " + _basic("alice", "pw")[1][6:])):
+        missing = decide(basic, header)
+        assert isinstance(missing, Denial) and missing.status == 401, header
+
+
+def test_basic_credentials_are_strict_base64_and_split_at_the_first_colon() -> None:
+    store = parse_htpasswd(f"bob:{bcrypt.hashpw(b'p:w:d', bcrypt.gensalt(rounds=4)).decode()}\n", "h")
+    auth = Authenticator("basic", store)
+    granted = asyncio.run(auth.check(LIST, [_basic("bob", "p:w:d")], "1.1.1.1"))
+    assert isinstance(granted, Grant) and granted.principal.name == "bob"  # a password may hold colons
+    good = base64.b64encode(b"bob:p:w:d")
+    for junk in (b"!" + good, good[:4] + b"*" + good[4:], good + b"$"):  # not base64: never decoded leniently
+        missing = decide(auth, (b"authorization", b"Basic " + junk))
+        assert isinstance(missing, Denial) and missing.status == 401, junk
+    for bad in (base64.b64encode(b":pw"), base64.b64encode("bob:\udcff".encode("utf-8", "surrogateescape"))):
+        missing = decide(auth, (b"authorization", b"Basic " + bad))
+        assert isinstance(missing, Denial) and missing.status == 401, bad

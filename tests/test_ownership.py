@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 
 from chromaguard.auth import Denial
 from chromaguard.credentials import Principal
-from chromaguard.ownership import LOOK_UP, NOT_AN_ID, UNCHECKABLE, Ownership, listed_ids
+from chromaguard.ownership import LOOK_UP, MAX_LISTINGS, NOT_AN_ID, UNCHECKABLE, Ownership, listed_ids
 from chromaguard.routes import Route, canonical_segments, classify
 
 MINE = "0b5e8f3c-6d1a-4c2e-9f7a-1d2c3b4a5e6f"
@@ -153,3 +154,48 @@ def test_listed_ids_reads_the_engine_spelling() -> None:
     assert listed_ids(b"[1]") is None and listed_ids(b'["' + MINE.encode() + b'"]') is None  # items must be objects
     with pytest.raises(ValueError):
         listed_ids(b"nope")
+
+
+def test_a_refusal_names_the_collection_and_the_database_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    own = Ownership(Listing(ids(MINE)), clock=Clock())
+    theirs = route("POST", f"/api/v2/tenants/acme/databases/main/collections/{THEIRS}/add")
+    with caplog.at_level(logging.INFO, logger="chromaguard.auth"):
+        denied = check(own, SCOPED, theirs)
+    assert denied == Denial(403, "AuthorizationError",
+                            f"chromaguard: a may not use collection {THEIRS}: it is not in acme/main")
+    assert [r.getMessage() for r in caplog.records] == [f"denied add to a: collection {THEIRS} is not in acme/main"]
+
+
+def test_the_listing_asked_for_is_the_path_s_tenant_and_database() -> None:
+    listing = Listing(ids(MINE))
+    own = Ownership(listing, clock=Clock())
+    assert check(own, TENANT_ONLY, route("GET", f"/api/v2/tenants/acme/databases/db2/collections/{MINE}/count")) \
+        is None
+    assert listing.asked == [("acme", "db2")]
+
+
+def test_the_cache_starts_afresh_once_it_holds_max_listings_databases() -> None:
+    listing = Listing(*[ids(MINE)] * (MAX_LISTINGS + 2))
+    own = Ownership(listing, clock=Clock())
+
+    def count_in(database: str) -> Route:
+        return route("GET", f"/api/v2/tenants/acme/databases/{database}/collections/{MINE}/count")
+
+    for n in range(MAX_LISTINGS):
+        assert check(own, TENANT_ONLY, count_in(f"db{n}")) is None
+    assert own.now(TENANT_ONLY, count_in("db0")) is None, "all of them cached"
+    assert check(own, TENANT_ONLY, count_in("one-more")) is None  # the cache was full: cleared, then this one
+    assert own.now(TENANT_ONLY, count_in("one-more")) is None
+    assert own.now(TENANT_ONLY, count_in("db0")) is LOOK_UP
+
+
+def test_forgetting_a_database_never_listed_is_harmless() -> None:
+    own = Ownership(Listing(), clock=Clock())
+    own.forget("acme", "never-listed")
+    own.forget(None, None)
+
+
+def test_a_route_without_its_place_is_a_bug_not_a_pass() -> None:
+    own = Ownership(Listing(), clock=Clock())
+    with pytest.raises(ValueError, match="not an id route"):
+        own.now(SCOPED, Route("get", "read", "acme", None, MINE, by_id=True))

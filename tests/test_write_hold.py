@@ -8,6 +8,7 @@ real engine: the hold covers the copy only, whatever the number of collections.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 from chromaguard import archive, snapshot as snapshots
 from chromaguard.restore import restore, verify
 from chromaguard.snapshot import SnapshotError, copy_data_dir, take_online
-from chromaguard.writegate import HoldBusy, HoldTimeout, WriteGate
+from chromaguard.writegate import LEAVE_WITHOUT_ENTER, HoldBusy, HoldTimeout, WriteGate
 from conftest import http_client
 from procs import Guard, clean_env
 
@@ -155,7 +156,7 @@ async def test_a_cancelled_hold_opens_the_gate() -> None:
     assert gate.try_enter() and gate.in_flight == 2
 
 
-async def test_the_in_flight_count_is_exact() -> None:
+async def test_the_in_flight_count_is_exact(caplog: pytest.LogCaptureFixture) -> None:
     gate = WriteGate()
     await gate.enter()
     assert gate.try_enter()
@@ -166,8 +167,11 @@ async def test_the_in_flight_count_is_exact() -> None:
     assert gate.in_flight == 1 and not gate._idle.is_set()
     gate.leave()
     assert gate.in_flight == 0 and gate._idle.is_set()
-    gate.leave()  # one leave too many (a bug elsewhere): logged, never negative
+    with caplog.at_level(logging.ERROR, logger="chromaguard.backup"):
+        gate.leave()  # one leave too many (a bug elsewhere): logged, never negative
     assert gate.in_flight == 0
+    assert [r.getMessage() for r in caplog.records] == [LEAVE_WITHOUT_ENTER]
+    assert LEAVE_WITHOUT_ENTER == "write gate: leave() without a matching enter(); ignored"
     hold = await asyncio.wait_for(gate.hold(30), 1)  # and a hold is not stuck waiting for "-1" writes
     assert not gate.try_enter() and gate.in_flight == 0  # a refused try_enter counts nothing
     hold.release()
