@@ -59,9 +59,9 @@ class ConfigPolicy:
             # The engine also takes a struct as an array of its fields in order: only objects say
             # plainly which field is which.
             return "the request body must be a JSON object"
-        return self.refusal_in(data, "")
+        return self.refusal_in(data)
 
-    def refusal_in(self, data: Any, root: str, *, typed: bool = False, free: bool = False,
+    def refusal_in(self, data: Any, root: str = "", *, typed: bool = False, free: bool = False,
                    depth: int = 0) -> str | None:
         """Why ``data`` (a decoded body, or a stored collection) holds a configuration that
         would be refused; the field is named from ``root``. Where a value sits is decided by

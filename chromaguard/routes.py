@@ -68,8 +68,9 @@ def template(route: Route, segments: list[str]) -> str:
     """The path with tenant, database and collection replaced by placeholders (``http.route``)."""
     if not segments:
         return "/"
-    if route.operation == "unknown" and route.tenant is None:
-        return "/" + "/".join(segments[:3]) + ("/..." if len(segments) > 3 else "")
+    if route.operation in ("unknown", "snapshot") and route.tenant is None:  # no ids in span names
+        kept = 2 if route.operation == "snapshot" else 3
+        return "/" + "/".join(segments[:kept]) + ("/..." if len(segments) > kept else "")
     out = []
     for index, segment in enumerate(segments):
         before = segments[index - 1] if index else ""
@@ -108,14 +109,12 @@ def canonical_segments(raw_path: bytes) -> list[str] | None:
         return None
     if raw_path == b"/":
         return []
-    try:
-        parts = raw_path[1:].decode("ascii").split("/")
-    except UnicodeDecodeError:
+    if not raw_path.isascii():
         return None
     segments = []
-    for part in parts:
+    for part in raw_path[1:].decode().split("/"):
         try:
-            decoded = unquote(part, errors="strict") if "%" in part else part
+            decoded = unquote(part, errors="strict")
         except UnicodeDecodeError:
             return None
         if decoded in ("", ".", "..") or "/" in decoded or "\\" in decoded or "\x00" in decoded:

@@ -244,3 +244,33 @@ def test_basic_credentials_are_strict_base64_and_split_at_the_first_colon() -> N
     for bad in (base64.b64encode(b":pw"), base64.b64encode("bob:\udcff".encode("utf-8", "surrogateescape"))):
         missing = decide(auth, (b"authorization", b"Basic " + bad))
         assert isinstance(missing, Denial) and missing.status == 401, bad
+
+
+def test_check_decides_tokens_at_once_too() -> None:
+    auth = Authenticator("token", TOKENS)
+    granted = asyncio.run(auth.check(ADD, [(b"x-chroma-token", b"w-tok")], "1.1.1.1"))
+    assert granted == Grant(TOKENS.check_token("w-tok"), ADD)
+
+
+def test_scope_refusals_name_the_operation_in_words() -> None:
+    scoped = parse_tokens(json.dumps([{"token": "s", "name": "acme", "role": "admin", "tenant": "acme",
+                                       "databases": ["main"]}]), "t")
+    auth = Authenticator("token", scoped)
+    reset = classify("POST", canonical_segments(b"/api/v2/reset") or [])
+    assert decide(auth, (b"x-chroma-token", b"s"), route=reset) == Denial(
+        403, "AuthorizationError", "chromaguard: acme may not reset outside its tenant")
+    tenant_update = classify("PATCH", canonical_segments(b"/api/v2/tenants/acme") or [])
+    assert decide(auth, (b"x-chroma-token", b"s"), route=tenant_update) == Denial(
+        403, "AuthorizationError", "chromaguard: acme may not update tenant across databases")
+    create_tenant = classify("POST", canonical_segments(b"/api/v2/tenants") or [])
+    assert decide(auth, (b"x-chroma-token", b"s"), route=create_tenant) == Denial(
+        403, "AuthorizationError", "chromaguard: acme may not create tenant outside its tenant")
+
+
+@pytest.mark.parametrize("value", [b"Xw-tok", b"w-tokX"])
+def test_only_blanks_are_trimmed_not_other_characters(value: bytes) -> None:
+    tokens = parse_tokens(json.dumps([{"token": "w-tok", "role": "write"}]), "t")
+    auth = Authenticator("token", tokens)
+    for header in ((b"x-chroma-token", value), (b"authorization", b"Bearer " + value)):
+        assert isinstance(decide(auth, header), Denial), header
+    assert isinstance(decide(auth, (b"authorization", b"XBearer w-tok")), Denial)

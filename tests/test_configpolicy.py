@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -149,3 +150,96 @@ def test_key_names_cannot_pass_for_structure() -> None:
     data = {"name": "c", "configuration": {"embedding_function": {"type": "known", "name": "openai", "config": {
         "extra": {"type": "known", "name": "whatever"}, "list": [[1], [2]]}}}}
     assert ConfigPolicy(("openai",)).refusal(CREATE, json.dumps(data).encode()) is None
+
+
+# ---- each rule's words and edges, in-process ---------------------------------------------------
+
+_RUN = "asks clients to run a model repository's code; chromaguard never stores that (remove it, or set it to false)"
+_ARRAY = "is an array where the engine expects an object (its fields by position); write it as a JSON object"
+
+
+def _nest(levels: int, leaf: Any) -> Any:
+    for _ in range(levels):
+        leaf = {"a": leaf}
+    return leaf
+
+
+def _refusal(body: Any, policy: ConfigPolicy = ConfigPolicy()) -> str | None:
+    return policy.refusal(None, body if isinstance(body, bytes) else json.dumps(body).encode())
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"configuration": {"embedding_function": {"type": "known", "name": "x",
+                                               "config": {"kwargs": {"trust_remote_code": True}}}}},
+     f"configuration.embedding_function.config.kwargs.trust_remote_code {_RUN}"),
+    ({"configuration": {"hnsw": [1, 2]}}, f"configuration.hnsw {_ARRAY}"),
+    ({"configuration": {"embedding_function": "x"}}, "configuration.embedding_function must be a JSON object"),
+    ({"config": {"embedding_function": "x"}}, "config.embedding_function must be a JSON object"),
+    ({"configuration": {"a": json.dumps({"b": [1]})}}, f"configuration.a.b {_ARRAY}"),  # typed inside a string
+    ({"metadata": {"configuration_json": json.dumps({"x": [1]})}}, f"metadata.configuration_json.x {_ARRAY}"),
+    ({"metadata": {"x": " " + json.dumps({"trust_remote_code": True})}}, f"metadata.x.trust_remote_code {_RUN}"),
+    ({"metadata": {"x": json.dumps([{"trust_remote_code": True}])}}, f"metadata.x[0].trust_remote_code {_RUN}"),
+    ({"metadata": {"a": "{not json", "b": json.dumps({"trust_remote_code": 1})}}, f"metadata.b.trust_remote_code {_RUN}"),
+    (b'{"a": 1, "a": 2}', "the request body is ambiguous: the key 'a' appears twice in one object"),
+    (b"[1]", "the request body must be a JSON object"),
+    (b"\xff", "the request body is not valid JSON (UTF-8, numbers under 4,300 digits)"),
+    ({"metadata": _nest(64, 1)}, "the request body is nested too deeply"),
+    ({"metadata": _nest(62, json.dumps({"b": {"c": 1}}))}, "metadata" + ".a" * 62 + " is nested too deeply"),
+])
+def test_each_refusal_names_the_field_and_the_fix(body: Any, message: str) -> None:
+    assert _refusal(body) == message
+
+
+@pytest.mark.parametrize("body", [
+    {"metadata": _nest(63, 1)},  # the deepest a body may be
+    {"metadata": _nest(61, json.dumps({"b": {"c": 1}}))},  # and a JSON string inside counts its own levels
+    {"configuration": {"embedding_function": {"type": "known", "name": "x", "config": {"list": [1, 2]}}}},
+    {"metadata": {"a": "[not json"}}, b"   ", b"",
+])
+def test_what_passes(body: Any) -> None:
+    assert _refusal(body) is None
+
+
+def test_the_allow_list_names_every_allowed_function() -> None:
+    policy = ConfigPolicy(("default", "openai"))
+    assert _refusal({"configuration": {"embedding_function": {"type": "known", "name": "x"}}}, policy) == \
+        "configuration.embedding_function.name 'x' is not an allowed embedding function " \
+        "(CHROMAGUARD_ALLOWED_EMBEDDING_FUNCTIONS=default,openai)"
+    assert _refusal({"configuration": {"embedding_function": {"type": "known", "name": "openai"}}}, policy) is None
+
+
+def test_only_bodies_that_may_be_stored_are_checked() -> None:
+    create = classify("POST", canonical_segments(b"/api/v2/tenants/t/databases/d/collections") or [])
+    query = classify("POST", canonical_segments(b"/api/v2/tenants/t/databases/d/collections/"
+                                                b"0b5e8f3c-6d1a-4c2e-9f7a-1d2c3b4a5e6f/query") or [])
+    assert checks("POST", create) and checks("PUT", None) and checks("DELETE", None)
+    assert not checks("GET", None) and not checks("HEAD", None) and not checks("POST", query)
+
+
+def _lists(levels: int, leaf: Any) -> Any:
+    for _ in range(levels):
+        leaf = [leaf]
+    return leaf
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"metadata": {"a": _lists(63, 1)}}, "the request body is nested too deeply"),  # lists count like objects
+    (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "the request body is nested too deeply"),  # the parser's limit
+    ({"configuration": {"a": json.dumps([{"b": [1]}])}}, f"configuration.a[0].b {_ARRAY}"),
+    ({"metadata": {"x": [json.dumps({"trust_remote_code": True})]}}, f"metadata.x[0].trust_remote_code {_RUN}"),
+])
+def test_arrays_are_walked_like_objects(body: Any, message: str) -> None:
+    assert _refusal(body) == message
+
+
+def test_arrays_are_data_outside_typed_fields_and_anywhere_in_a_function_s_config() -> None:
+    assert _refusal({"metadata": {"a": _lists(62, 1)}}) is None
+    assert _refusal({"ids": ["a", "b"], "metadata": {"tags": [1, 2]}}) is None
+    config = {"s": json.dumps({"l": [1]}), "l": [{"m": [1]}, [2]]}
+    assert _refusal({"configuration": {"embedding_function": {"type": "known", "name": "x", "config": config}}}) is None
+
+
+def test_the_allow_list_applies_to_an_embedding_function_anywhere() -> None:
+    assert _refusal({"embedding_function": {"type": "known", "name": "x"}}, ConfigPolicy(("default", "openai"))) == \
+        "embedding_function.name 'x' is not an allowed embedding function " \
+        "(CHROMAGUARD_ALLOWED_EMBEDDING_FUNCTIONS=default,openai)"
