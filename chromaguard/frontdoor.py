@@ -47,6 +47,7 @@ _HOP_BY_HOP = frozenset({
 })
 _TRACE_HEADERS = frozenset({b"traceparent", b"tracestate", b"user-agent"})
 _RETRY_AFTER = [(b"retry-after", b"1")]
+_RETRY_LATER = [(b"retry-after", b"10")]  # room comes back when someone makes it, not in a second
 _NO_TRACE = "0" * 32
 _HEX = re.compile(r"[0-9a-f]{32}")
 _DENIAL_REASONS = {400: "bad_request", 401: "missing_credentials", 403: "forbidden", 429: "rate_limited",
@@ -419,6 +420,14 @@ class FrontDoor:
             return None
         return self.disk_floor.refusal(route.operation if route is not None else None)
 
+    def _refused_for_room(self, exchange: Exchange, route: Route | None) -> bool:
+        refusal = self._no_room(route)
+        if refusal is None:
+            return False
+        # "ChromaError": a name the official client knows, so it raises with this message.
+        exchange.respond_error(507, "ChromaError", refusal, _RETRY_LATER)
+        return True
+
     def _relayed(self, call: _Call, tap: list[bytes] | None) -> None:
         """A relay is over (answered, failed, or the client left)."""
         self._learn_from_response(call, tap)
@@ -484,12 +493,13 @@ class FrontDoor:
                 return
             if call.span is not None and route is not None and body:
                 call.facts = request_attributes(route.operation, b"".join(body))
-        refusal = self._no_room(route) if gated else None
-        if refusal is not None:
-            exchange.respond_error(507, "InsufficientStorage", refusal, _RETRY_AFTER)
+        if gated and self._refused_for_room(exchange, route):
             return
         if gated:
             await self.gate.enter()  # type: ignore[union-attr]
+            if self._refused_for_room(exchange, route):  # a snapshot's hold may have lasted while the disk filled
+                self.gate.leave()  # type: ignore[union-attr]
+                return
         try:
             response = await self._send(exchange, exchange.method, target, headers, body, length)
         finally:

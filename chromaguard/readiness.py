@@ -99,8 +99,9 @@ def room_floor(total: int) -> int:
     return min(_FULL_BELOW, total // 20)
 
 
-# Deletes still go on below the floor: they are how an operator makes room.
-_ALLOWED_ON_A_FULL_DISK = frozenset({"delete", "delete_collection", "delete_database"})
+# Below the floor these still go on: one SQLite transaction each (a full disk rolls it back),
+# and no index file is rewritten. A record delete is logged and indexed like an add: refused.
+_ALLOWED_ON_A_FULL_DISK = frozenset({"delete_collection", "delete_database"})
 
 
 class DiskFloor:
@@ -109,7 +110,8 @@ class DiskFloor:
     chromadb 1.5.9 rewrites its index files in place: a write that meets a full disk can leave
     a collection's index unreadable (an empty ``index_metadata.pickle``) or the engine stuck. Like
     a database's flood-stage watermark, writes get a 507 from here while free space is under
-    :func:`room_floor`; reads and deletes go on. One ``statvfs`` per write: a few microseconds.
+    :func:`room_floor`; reads and dropping collections go on. One ``statvfs`` per write: a few
+    microseconds on a local disk.
     """
 
     def __init__(self, data_dir: Path) -> None:
@@ -128,8 +130,8 @@ class DiskFloor:
         if free >= floor:
             return None
         return (f"chromaguard: the data dir's disk has {_mib(free)} free, less than the {_mib(floor)} the engine's "
-                f"writes need; writes are refused until there is room (reads and deletes still work): "
-                f"free space under the data dir")
+                f"writes need; writes are refused until there is room (reads, and deleting collections, still "
+                f"work): free space under the data dir")
 
 
 async def disk_room(data_dir: Path, timeout: float = _CHECK_TIMEOUT) -> tuple[bool, int, str]:

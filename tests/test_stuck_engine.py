@@ -546,13 +546,14 @@ def test_writes_are_refused_before_the_disk_fills_and_nothing_acknowledged_is_lo
             assert set(answers) == {201, 507}, answers  # the engine never answered an error of its own
             message = r.json()["message"]
             assert "free, less than the" in message and "free space under the data dir" in message, message
-            assert r.headers["retry-after"] == "1"
+            assert r.headers["retry-after"] == "10" and r.json()["error"] == "ChromaError"
             assert http.post(f"{BASE}/collections", json={"name": "another"}).status_code == 507
-            # Reads go on, and so do deletes (they are how an operator makes room).
+            # A record delete is logged and indexed like an add: refused too.
+            assert http.post(f"{BASE}/collections/{spare}/delete", json={"ids": ["s1"]}).status_code == 507
+            # Reads go on, and so does dropping a collection (one SQLite transaction, no index file).
             assert http.get(f"{BASE}/collections/{cid}/count").json() == len(acked)
             assert http.post(f"{BASE}/collections/{cid}/query", json={
                 "query_embeddings": [[1.0] * 64], "n_results": 3, "include": []}).status_code == 200
-            assert http.post(f"{BASE}/collections/{spare}/delete", json={"ids": ["s1"]}).status_code == 200
             assert http.delete(f"{BASE}/collections/spare").status_code == 200
             ready = http.get("/readyz")
             assert ready.status_code == 503 and not ready.json()["checks"]["disk"]["ok"], ready.text
