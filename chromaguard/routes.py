@@ -80,7 +80,7 @@ def template(route: Route, segments: list[str]) -> str:
             out.append("{database}")
         elif route.operation == "get_collection_by_id" and before == "collections":
             out.append(segment)  # the literal "by-id"
-        elif before in ("collections", "by-id") and route.collection is not None and index >= 6:
+        elif before in ("collections", "by-id") and route.collection is not None:
             out.append("{collection_id}" if route.by_id else "{collection_name}")
         elif before == "collections" and route.operation == "get_collection_by_crn":
             out.append("{crn}")
