@@ -102,7 +102,7 @@ class CredentialStore:
         a reload must not send every logged-in user back through bcrypt at once."""
         for key, principal in before._verified.items():
             kept = self._users.get(principal.name)
-            if kept is not None and kept[0] == before._users.get(principal.name, (None,))[0]:
+            if kept is not None and kept[0] == before._users[principal.name][0]:
                 self._verified[key] = kept[1]
 
     def principals(self) -> list[Principal]:
@@ -145,6 +145,7 @@ class CredentialStore:
 
 
 _BOM = "\ufeff"
+_BLANKS = " \t"  # all that is trimmed around a token or a line: other blanks are part of it
 MAX_FILE_BYTES = 16 * 1024 * 1024  # a credentials file larger than this is a mistake, not a file
 _STRUCTURED_SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".txt": "lines", ".tokens": "lines"}
 # A line that YAML reads as structure: a list item, a document marker, or a "key:" mapping entry.
@@ -161,8 +162,13 @@ def file_format(name: str, text: str) -> str:
     suffix = Path(name).suffix.lower()
     if suffix in _STRUCTURED_SUFFIXES:
         return _STRUCTURED_SUFFIXES[suffix]
+    return content_format(text)
+
+
+def content_format(text: str) -> str:
+    """``file_format`` for a file whose name says nothing: by its first meaningful line."""
     meaningful = [line for line in _lines(text.removeprefix(_BOM))
-                  if line.strip(" \t") and not line.lstrip(" \t").startswith("#")]
+                  if line.strip(_BLANKS) and not line.lstrip(_BLANKS).startswith("#")]
     if meaningful and meaningful[0].lstrip().startswith(("[", "{")):
         return "json"
     if any(_YAML_LINE.match(line) for line in meaningful):
@@ -195,13 +201,13 @@ def _read_structured(text: str, where: str, fmt: str) -> Any:
         try:
             return YAML(typ="safe", pure=True).load(text)
         except YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+            mark = getattr(exc, "problem_mark", None)
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             raise CredentialsError(f"{where}: not valid YAML{at}: {problem}") from None
     tokens = []
     for number, line in enumerate(_lines(text), 1):
-        token = line.strip(" \t")
+        token = line.strip(_BLANKS)
         if not token or token.startswith("#"):
             continue
         if _NOT_A_TOKEN.search(token):
@@ -222,7 +228,7 @@ def _token_records(data: Any, where: str) -> list[tuple[dict[str, Any], bool]]:
     records = []
     for index, item in enumerate(data, 1):
         if isinstance(item, str):
-            if _NOT_A_TOKEN.search(item.strip(" \t")):
+            if _NOT_A_TOKEN.search(item.strip(_BLANKS)):
                 raise CredentialsError(f"{where}: entry {index} is not a bare token (it has spaces, a colon or "
                                        "YAML/JSON syntax): write it as a record with token and role")
             records.append(({"token": item, "role": "admin"}, True))
@@ -250,8 +256,7 @@ def _principal(record: dict[str, Any], bare: bool, index: int, where: str) -> tu
             raise CredentialsError(f"{where}: entry {index}: a token must be non-empty without surrounding spaces")
         token_key = digest(token)
     else:
-        hex_digest = sha.removeprefix("sha256:") if isinstance(sha, str) else ""
-        if not _HEX64.match(hex_digest):
+        if not isinstance(sha, str) or not _HEX64.match(hex_digest := sha.removeprefix("sha256:")):
             raise CredentialsError(f"{where}: entry {index}: sha256 must be 64 hex digits (sha256sum of the token)")
         token_key = bytes.fromhex(hex_digest)
     tenant = record.get("tenant")
@@ -283,8 +288,12 @@ def _principal(record: dict[str, Any], bare: bool, index: int, where: str) -> tu
 
 
 def parse_tokens(text: str, where: str, fmt: str | None = None) -> CredentialStore:
-    """Tokens from ``text`` in format ``fmt`` (default: as ``file_format`` reads the content)."""
-    records = _token_records(_read_structured(text, where, fmt or file_format("", text)), where)
+    """Tokens from ``text`` in format ``fmt`` (default: as ``content_format`` reads it)."""
+    return _token_store(_read_structured(text, where, fmt or content_format(text)), where)
+
+
+def _token_store(data: Any, where: str) -> CredentialStore:
+    records = _token_records(data, where)
     tokens: dict[bytes, Principal] = {}
     names: set[str] = set()
     for index, (record, bare) in enumerate(records, 1):
@@ -301,7 +310,7 @@ def parse_tokens(text: str, where: str, fmt: str | None = None) -> CredentialSto
 def parse_htpasswd(text: str, where: str) -> CredentialStore:
     users: dict[str, tuple[bytes, Principal]] = {}
     for number, line in enumerate(_lines(text.removeprefix(_BOM)), 1):
-        line = line.strip(" \t")
+        line = line.strip(_BLANKS)
         if not line or line.startswith("#"):
             continue
         user, sep, hashed = line.partition(":")
@@ -312,7 +321,7 @@ def parse_htpasswd(text: str, where: str) -> CredentialStore:
         if not _BCRYPT.match(hashed):
             raise CredentialsError(f"{where}: line {number}: only bcrypt hashes are supported "
                                    "(create them with htpasswd -B)")
-        users[user] = (hashed.replace("$2y$", "$2b$", 1).encode(), Principal(user, how="htpasswd user: full access"))
+        users[user] = (hashed.encode(), Principal(user, how="htpasswd user: full access"))  # bcrypt reads $2y$ too
     if not users:
         raise CredentialsError(f"{where}: no users: add at least one user:hash line")
     return CredentialStore(users=users)
@@ -322,7 +331,7 @@ def parse_inline(provider: str, value: str, where: str) -> CredentialStore:
     """``CHROMA_SERVER_AUTH_CREDENTIALS``: tokens (comma-separated) or ``user:password`` pairs."""
     items = [item.strip() for item in value.split(",") if item.strip()]
     if provider == "token":
-        return parse_tokens(json.dumps(items), where, "json")
+        return _token_store(items, where)
     users: dict[str, tuple[bytes, Principal]] = {}
     for item in items:
         user, sep, password = item.partition(":")
@@ -330,22 +339,25 @@ def parse_inline(provider: str, value: str, where: str) -> CredentialStore:
             raise CredentialsError(f"{where}: expected user:password")
         if len(password.encode()) > 72:
             raise CredentialsError(f"{where}: the password of {user} is longer than bcrypt's 72 bytes")
-        users[user] = (_inline_hash(user, password), Principal(user, how="inline user: full access"))
+        users[user] = (_inline_hash(password), Principal(user, how="inline user: full access"))
     return CredentialStore(users=users)
 
 
 _INLINE_HASHES: dict[bytes, bytes] = {}
 
 
-def _inline_hash(user: str, password: str) -> bytes:
+def _inline_hash(password: str) -> bytes:
     """The same bcrypt hash for the same inline password at every reload: a fresh salt each
     time would make every reload look like a changed password (and wait for the hold)."""
     import bcrypt
 
-    key = digest(f"{user}\0{password}")
+    key = digest(password)
     if key not in _INLINE_HASHES:
         _INLINE_HASHES[key] = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10))
     return _INLINE_HASHES[key]
+
+
+_HEAD_BYTES = 4096  # enough of a file to tell its format
 
 
 def half_written(path: Path) -> str:
@@ -356,19 +368,15 @@ def half_written(path: Path) -> str:
     never parses, so it needs no such rule."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(4096)
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
+            head = fh.read(_HEAD_BYTES)
+            size = fh.seek(0, os.SEEK_END)
             fh.seek(max(0, size - 1))
-            last = fh.read(1)
+            last = fh.read()
     except OSError:
         return ""  # the load reports it
     if not size or last == b"\n" or b"\x00" in head:
         return ""  # whole, or not text at all: the load says what is wrong
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        text = head.decode("utf-8", "replace")  # cut inside a character, or not UTF-8 at all
+    text = head.decode(errors="replace")  # the head may be cut inside a character
     if file_format(path.name, text) == "json":
         return ""
     return "its last line has no newline at the end, so it may still be being written"
@@ -414,6 +422,6 @@ def _read_file(path: Path, where: str) -> str:
     if len(data) > MAX_FILE_BYTES:
         raise CredentialsError(f"{where}: larger than {MAX_FILE_BYTES // 2**20} MiB: not a credentials file")
     try:
-        return data.decode("utf-8")
+        return data.decode()
     except UnicodeDecodeError:
         raise CredentialsError(f"{where}: not UTF-8 text (is it a binary file?)") from None

@@ -29,6 +29,7 @@ from .credentials import CredentialsError, CredentialStore, half_written
 log = logging.getLogger("chromaguard.auth")
 
 Version = tuple[int, int, int, int, int]  # mtime_ns, ctime_ns, size, inode, device
+CHANGED = "the file changed"  # why a reload the watcher itself started happened
 
 
 class CredentialsWatcher:
@@ -45,7 +46,9 @@ class CredentialsWatcher:
         self.hold = max(hold, self.settle)
         self._applied = self._version()
         self._pending: tuple[Version | None, float] | None = None  # a new version, and since when it is so
-        self._reported: Version | None = None  # the version a refusal or a wait was already logged for
+        # The version a refusal or a wait was already logged for (a list: a deleted file's
+        # version is None, and its refusal must be logged too).
+        self._reported: list[Version | None] = []
         self._task: asyncio.Task[None] | None = None
 
     def _version(self) -> Version | None:
@@ -85,18 +88,18 @@ class CredentialsWatcher:
         still_for = now - self._pending[1]
         if still_for < self.settle:
             return
-        store = await self._load(version, "the file changed")
+        store = await self._load(version, CHANGED)
         if store is None or self._version() != version:
             return  # refused, or it changed while being read: looked at again next round
         doubt = half_written(self.path) or self.current.widened_by(store)
         if doubt and still_for < self.hold:
-            if self._reported != version:
+            if self._reported != [version]:
                 log.warning("credentials not reloaded yet: %s: %s; applied once the file has been unchanged "
                             "for %gs (send SIGHUP to apply a finished file at once)",
                             self.path, doubt, self.hold)
-                self._reported = version
+                self._reported = [version]
             return
-        self._use(store, version, "the file changed")
+        self._use(store, version, CHANGED)
 
     async def reload(self, why: str) -> bool:
         """Apply the file now (SIGHUP: the operator says it is finished), unless it is unfinished."""
@@ -116,9 +119,9 @@ class CredentialsWatcher:
         try:
             return await asyncio.to_thread(self.load)
         except CredentialsError as exc:
-            if self._reported != version or why != "the file changed":
+            if self._reported != [version] or why != CHANGED:
                 log.error("credentials not reloaded (%s): %s; the previous credentials stay in force", why, exc)
-                self._reported = version
+                self._reported = [version]
             return None
 
     def _use(self, store: CredentialStore, version: Version | None, why: str) -> None:

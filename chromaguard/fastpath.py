@@ -2,7 +2,7 @@
 
 Why: between an engine's searches the front door's code runs from cold caches, and what a
 request costs is how much code and data it touches. The general path (a parser callback
-per header, an ``Exchange``, a ``_Call``, a ``Relay``, their checks) touches a lot of it;
+per header, an ``Exchange``, a ``Call``, a ``Relay``, their checks) touches a lot of it;
 that was most of what chromaguard added to a query over a bare byte forwarder
 (BENCHMARKS.md). This path takes the common case and nothing else:
 
@@ -22,15 +22,15 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-from .frontdoor import _ANSWERED_HERE, OWN_PREFIX, FrontDoor, _Call
+from .frontdoor import ANSWERED_HERE, OWN_PREFIX, FrontDoor, Call
 from .httpserver import DISPATCH_WHOLE_BELOW, MAX_HEAD_BYTES, Exchange, parse_fields
 from .relay import Relay
 from .routes import READ, Route, route_of
-from .upstream import _NOT_RELAYED, UpstreamTimeout
+from .upstream import NOT_RELAYED, UpstreamTimeout
 
 if TYPE_CHECKING:
-    from .httpserver import _Connection as ClientConnection
-    from .upstream import _Connection as EngineConnection
+    from .httpserver import ClientConnection
+    from .upstream import EngineConnection
 
 # Origin-form targets only, no percent-encoding in the path (the general path decodes it), no
 # empty query (the general path drops its "?").
@@ -55,7 +55,7 @@ def _names(names: frozenset[bytes]) -> bytes:
 
 
 # Fields of an answer that the general path leaves out (framing, hop-by-hop), in lower-cased lines.
-_NOT_PASSED = re.compile(rb"\n(?:" + _names(_NOT_RELAYED - {b"content-length"}) + rb"):")
+_NOT_PASSED = re.compile(rb"\n(?:" + _names(NOT_RELAYED - {b"content-length"}) + rb"):")
 
 
 def _content_length(low: bytes) -> int | None:
@@ -128,7 +128,7 @@ class FastPath:
     def _eligible(self, method: bytes, raw_path: bytes, key: bytes) -> tuple[Route, str] | None:
         route, http_route = route_of(method.decode(), raw_path)
         path = raw_path.decode("latin-1")
-        found = (route, http_route) if (route is not None and route.access == READ and path not in _ANSWERED_HERE
+        found = (route, http_route) if (route is not None and route.access == READ and path not in ANSWERED_HERE
                                         and not path.startswith(OWN_PREFIX)) else None
         if len(key) <= _ROUTE_KEY_LIMIT:
             if len(self._routes) >= _ROUTE_CACHE:
@@ -270,7 +270,7 @@ class FastRequest:
                                      self.keep_alive)
         if self.gone:
             exchange._disconnect()
-        call = _Call(exchange, *self.route)
+        call = Call(exchange, *self.route)
         call.started = self.started
         relay = Relay(door, call, door.pool, up, False)
         relay.request = (exchange.method, self.target, door._request_headers(call)[0], self.body)

@@ -61,7 +61,7 @@ _FORWARDED_PROTO = (b"x-forwarded-proto", b"http")
 _COUNT_LATER_BELOW = 8 * 1024
 HEALTHZ, READYZ, METRICS, STATUS, OWN_PREFIX = "/healthz", "/readyz", "/metrics", "/chromaguard/status", "/chromaguard/"
 # Paths `_route` may answer itself: never relayed straight to the engine.
-_ANSWERED_HERE = HEARTBEAT_PATHS | {HEALTHZ, READYZ, METRICS}
+ANSWERED_HERE = HEARTBEAT_PATHS | {HEALTHZ, READYZ, METRICS}
 
 class Backend(Protocol):
     """What the front door needs to know about the engine behind it."""
@@ -80,7 +80,7 @@ class AlwaysAvailable:
     unavailable_reason = ""
 
 
-class _Call:
+class Call:
     """What the front door learns about one request on its way through."""
 
     __slots__ = ("exchange", "route", "http_route", "span", "trace", "traceparent", "user_agent", "principal",
@@ -142,7 +142,7 @@ class FrontDoor:
     def __call__(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
         """Answer now, or start a callback relay (None); else the coroutine to run as a task."""
         route, http_route = route_of(exchange.method, exchange.raw_path)
-        call = _Call(exchange, route, http_route)
+        call = Call(exchange, route, http_route)
         if self.spans is not None:
             self._start_span(call)
         self.in_flight += 1
@@ -158,7 +158,7 @@ class FrontDoor:
             raise
         return self._serve(call, admitted is None)
 
-    async def _serve(self, call: _Call, admit_first: bool) -> None:
+    async def _serve(self, call: Call, admit_first: bool) -> None:
         error: BaseException | None = None
         try:
             if admit_first and not await self._admit_waiting(call):
@@ -170,7 +170,7 @@ class FrontDoor:
         finally:
             self._finish(call, error)
 
-    def _finish(self, call: _Call, error: BaseException | None = None) -> None:
+    def _finish(self, call: Call, error: BaseException | None = None) -> None:
         self.in_flight -= 1
         route = call.route
         status = call.exchange.status
@@ -191,7 +191,7 @@ class FrontDoor:
 
     # ---- telemetry ---------------------------------------------------------------------------
 
-    def _start_span(self, call: _Call) -> None:
+    def _start_span(self, call: Call) -> None:
         """Ids and the parent now (the engine and our logs need them); attributes at the end,
         once the answer is out, so the request waits for no more than it must."""
         carrier: dict[str, str] | None = None
@@ -213,7 +213,7 @@ class FrontDoor:
         call.traceparent = f"00-{call.trace[0]}-{call.trace[1]}-{ctx.trace_flags:02x}".encode()
         current_trace.set(call.trace)
 
-    def _end_span(self, call: _Call) -> None:
+    def _end_span(self, call: Call) -> None:
         """Hand the span over with the request's last facts; its attributes are built from them
         in the export thread (``_span_details``), off the request's path."""
         exchange, route = call.exchange, call.route
@@ -225,7 +225,7 @@ class FrontDoor:
 
     # ---- CORS and auth -----------------------------------------------------------------------
 
-    def _admit(self, call: _Call) -> bool | None:
+    def _admit(self, call: Call) -> bool | None:
         """CORS and auth, decided before anything reaches the engine: True to go on, False when
         already answered, None when the decision must wait (a password for bcrypt, a listing)."""
         exchange, route = call.exchange, call.route
@@ -262,7 +262,7 @@ class FrontDoor:
         response = await self.pool.request("GET", path.encode(), timeout=self.heartbeat_timeout)
         return response.status, await response.read()
 
-    async def _admit_waiting(self, call: _Call) -> bool:
+    async def _admit_waiting(self, call: Call) -> bool:
         """The rest of ``_admit``: the password check (bcrypt) or the owner check (a listing)."""
         assert self.auth is not None
         result: Grant | Denial
@@ -276,7 +276,7 @@ class FrontDoor:
             owner = await self.ownership.check(result.principal, result.route)
         return self._granted(call, result, owner) is True
 
-    def _granted(self, call: _Call, result: Grant | Denial, owner: Denial | object | None) -> bool | None:
+    def _granted(self, call: Call, result: Grant | Denial, owner: Denial | object | None) -> bool | None:
         exchange = call.exchange
         if isinstance(result, Denial):
             self._deny(exchange, result)
@@ -300,7 +300,7 @@ class FrontDoor:
 
     # ---- answered here -----------------------------------------------------------------------
 
-    async def _route(self, call: _Call) -> None:
+    async def _route(self, call: Call) -> None:
         exchange = call.exchange
         path = exchange.path
         if self.auth is None and path.startswith(OWN_PREFIX):
@@ -384,11 +384,11 @@ class FrontDoor:
 
     # ---- forwarded ---------------------------------------------------------------------------
 
-    def _relay_now(self, call: _Call) -> bool:
+    def _relay_now(self, call: Call) -> bool:
         """Forward from this callback when nothing needs waiting for; False: take the async path."""
         exchange = call.exchange
         path = exchange.path
-        if (not exchange.body_complete or exchange.method == "HEAD" or path in _ANSWERED_HERE
+        if (not exchange.body_complete or exchange.method == "HEAD" or path in ANSWERED_HERE
                 or path.startswith(OWN_PREFIX) or not self.backend.available
                 or configpolicy.checks(exchange.method, call.route)):
             return False  # configpolicy: a body that may be stored is checked in ``forward``
@@ -428,12 +428,12 @@ class FrontDoor:
         exchange.respond_error(507, "ChromaError", refusal, _RETRY_LATER)
         return True
 
-    def _relayed(self, call: _Call, tap: list[bytes] | None) -> None:
+    def _relayed(self, call: Call, tap: list[bytes] | None) -> None:
         """A relay is over (answered, failed, or the client left)."""
         self._learn_from_response(call, tap)
         self._finish(call)
 
-    def _learn_from_response(self, call: _Call, tap: list[bytes] | None) -> None:
+    def _learn_from_response(self, call: Call, tap: list[bytes] | None) -> None:
         """Facts for the span from a successful answer's body (result counts, collection names)."""
         if tap is not None and call.route is not None and 200 <= call.exchange.status < 300:
             operation, body = call.route.operation, b"".join(tap)
@@ -442,7 +442,7 @@ class FrontDoor:
             else:
                 call.facts = {**(call.facts or {}), **response_attributes(operation, body, self.names)}
 
-    def retry(self, call: _Call, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
+    def retry(self, call: Call, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
               gated: bool) -> None:
         """Send a relayed request again on a fresh connection (the kept-alive one had closed)."""
         async def again() -> None:
@@ -463,7 +463,7 @@ class FrontDoor:
 
         call.exchange.continue_with(again())
 
-    async def forward(self, call: _Call) -> None:
+    async def forward(self, call: Call) -> None:
         exchange = call.exchange
         if not self.backend.available:
             exchange.respond_error(503, "ServiceUnavailable", self._down_message(), _RETRY_AFTER)
@@ -540,7 +540,7 @@ class FrontDoor:
             log.warning("upstream failed on %s %s: %s", exchange.method, exchange.path, exc)
             exchange.respond_error(502, "BadGateway", f"chromaguard: {exc}")
 
-    async def _relay(self, call: _Call, response: Response) -> None:
+    async def _relay(self, call: Call, response: Response) -> None:
         exchange = call.exchange
         tap = self._tap_for(call, response.headers) if call.span is not None else None
         exchange.start(response.status, response.relayed_headers, response.content_length)
@@ -566,7 +566,7 @@ class FrontDoor:
         exchange.end()
         self._learn_from_response(call, tap)
 
-    def _tap_for(self, call: _Call, headers: list[tuple[bytes, bytes]]) -> list[bytes] | None:
+    def _tap_for(self, call: Call, headers: list[tuple[bytes, bytes]]) -> list[bytes] | None:
         """Start collecting the response body if the span wants facts from it; note the engine's trace id."""
         for name, value in headers:
             if name == b"chroma-trace-id":
@@ -576,7 +576,7 @@ class FrontDoor:
         route = call.route
         return [] if route is not None and route.operation in RESULT_OPS else None
 
-    def _request_headers(self, call: _Call) -> tuple[list[tuple[bytes, bytes]], int | None]:
+    def _request_headers(self, call: Call) -> tuple[list[tuple[bytes, bytes]], int | None]:
         headers: list[tuple[bytes, bytes]] = []
         length: int | None = None
         strip = self._strip
@@ -603,7 +603,7 @@ class FrontDoor:
         headers.append(_FORWARDED_PROTO)
         return headers, length
 
-    def _refused_config(self, call: _Call, body: bytes) -> bool:
+    def _refused_config(self, call: Call, body: bytes) -> bool:
         """Answer 400 when the body would store a configuration that makes clients run code."""
         why = self.config_policy.refusal(call.route, body)
         if why is None:

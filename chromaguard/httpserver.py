@@ -56,7 +56,7 @@ Headers = list[tuple[bytes, bytes]]
 Handler = Callable[["Exchange"], "Coroutine[Any, Any, None] | None"]
 # Offered each read that starts a request on an idle connection: True when it took the
 # request (and became the connection's current request), False to leave it to the parser.
-FastPath = Callable[["_Connection", bytes], bool]
+FastPath = Callable[["ClientConnection", bytes], bool]
 
 MAX_HEAD_BYTES = 32 * 1024
 DISPATCH_WHOLE_BELOW = 1 << 20  # a request body up to this size is read whole before the handler runs
@@ -95,7 +95,7 @@ class Exchange:
                  "keep_alive", "status", "extra_headers", "_conn", "_chunks", "_buffered", "_body_done",
                  "_waiter", "_expect", "_head", "_chunked", "_started", "_finished", "_reject", "_gone", "_head_only")
 
-    def __init__(self, conn: "_Connection", method: str, url: bytes, headers: Headers, http_version: str,
+    def __init__(self, conn: "ClientConnection", method: str, url: bytes, headers: Headers, http_version: str,
                  keep_alive: bool, expect_continue: bool) -> None:
         raw_path, _, query = url.partition(b"?")
         self.method = method
@@ -129,7 +129,7 @@ class Exchange:
             self._reject = (400, "the request target must not contain # (a fragment is never sent to a server)")
 
     @classmethod
-    def received(cls, conn: "_Connection", method: str, url: bytes, headers: Headers, keep_alive: bool,
+    def received(cls, conn: "ClientConnection", method: str, url: bytes, headers: Headers, keep_alive: bool,
                  body: bytes = b"") -> "Exchange":
         """A request that was read whole without the parser (the front door's fast path)."""
         exchange = cls(conn, method, url, headers, "1.1", keep_alive, False)
@@ -355,7 +355,7 @@ def parse_fields(block: bytes) -> Headers:
     return fields
 
 
-class _Connection(asyncio.Protocol):
+class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, runs one at a time, in order."""
 
     def __init__(self, server: "HttpServer") -> None:
@@ -767,7 +767,7 @@ class HttpServer:
         self.head_timeout = head_timeout
         self.body_min_rate = body_min_rate
         self.max_connections_per_client = max_connections_per_client
-        self.connections: set[_Connection] = set()
+        self.connections: set[ClientConnection] = set()
         self.per_client: dict[object, int] = {}  # open connections by client (``_client_key``)
         self.descriptor_limit = 0  # RLIMIT_NOFILE's soft limit when serving began (0: none)
         self.max_clients = 0  # client connections allowed at once, below it (0: no limit)
@@ -806,7 +806,7 @@ class HttpServer:
         self.max_clients = max(soft - max(_FD_RESERVE, soft // 10), soft // 2)
         log.debug("at most %d client connections (the descriptor limit is %d)", self.max_clients, soft)
 
-    def admit(self, conn: _Connection, transport: asyncio.BaseTransport) -> bytes | None:
+    def admit(self, conn: ClientConnection, transport: asyncio.BaseTransport) -> bytes | None:
         """None when ``conn`` (just accepted) may be served; else the answer for it: it is over a limit."""
         if self.max_clients and self._over_descriptors(transport):
             return _SERVER_FULL
@@ -826,7 +826,7 @@ class HttpServer:
             conn._client_key = key
         return None
 
-    def release(self, conn: _Connection) -> None:
+    def release(self, conn: ClientConnection) -> None:
         """``conn`` has closed: one fewer for its client."""
         key, conn._client_key = conn._client_key, None
         count = self.per_client.get(key, 0) - 1
@@ -869,7 +869,7 @@ class HttpServer:
     async def serve(self, sock: object) -> None:
         self.limit_descriptors()
         loop = asyncio.get_running_loop()
-        listener = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=2048)  # type: ignore[arg-type]
+        listener = await loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=2048)  # type: ignore[arg-type]
         sweeper = loop.create_task(self._sweep())
         try:
             await self._stop.wait()

@@ -27,7 +27,7 @@ class Unhealthy(Exception):
     """The target answered, or failed to, in a way that means it is not healthy."""
 
 
-def _get(url: str, timeout: float, token: str | None = None) -> tuple[int, bytes]:
+def http_get(url: str, timeout: float, token: str | None = None) -> tuple[int, bytes]:
     """One HTTP GET over a plain socket (http.client alone would double the probe's start-up time)."""
     parts = urlsplit(url)
     host = parts.hostname or "127.0.0.1"
@@ -90,15 +90,15 @@ def _base(url: str) -> str:
 def check_chroma(url: str, *, ready: bool, timeout: float, token: str | None) -> str:
     base = _base(url)
     if ready:
-        status, body = _get(base + "/readyz", timeout, token)
+        status, body = http_get(base + "/readyz", timeout, token)
         if status == 404:  # a plain Chroma: its own readiness endpoint
-            status, body = _get(base + "/api/v2/healthcheck", timeout, token)
+            status, body = http_get(base + "/api/v2/healthcheck", timeout, token)
         if status != 200:
             raise Unhealthy(f"{base}: not ready ({status}): {_reason(body)}")
         return f"{base}: ready"
-    status, body = _get(base + "/api/v2/heartbeat", timeout, token)
+    status, body = http_get(base + "/api/v2/heartbeat", timeout, token)
     if status == 404:  # Chroma 0.x has only the v1 API
-        status, body = _get(base + "/api/v1/heartbeat", timeout, token)
+        status, body = http_get(base + "/api/v1/heartbeat", timeout, token)
     if status != 200:
         raise Unhealthy(f"{base}: heartbeat answered {status}: {_reason(body)}")
     try:
@@ -138,7 +138,7 @@ def model_present(wanted: str, models: list[str]) -> bool:
 
 def check_ollama(url: str, *, models: list[str], timeout: float) -> str:
     base = _base(url)
-    status, body = _get(base + "/api/tags", timeout)
+    status, body = http_get(base + "/api/tags", timeout)
     if status != 200:
         raise Unhealthy(f"{base}: Ollama answered {status} on /api/tags")
     present = ollama_models(body)
@@ -149,7 +149,7 @@ def check_ollama(url: str, *, models: list[str], timeout: float) -> str:
 
 
 def check_http(url: str, *, expect: int, timeout: float, token: str | None) -> str:
-    status, _ = _get(url, timeout, token)
+    status, _ = http_get(url, timeout, token)
     if status != expect:
         raise Unhealthy(f"{url}: answered {status}, expected {expect}")
     return f"{url}: {status}"

@@ -15,10 +15,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from .spanattrs import RESPONSE_PARSE_LIMIT
-from .upstream import UpstreamError, UpstreamPool, UpstreamTimeout, _Connection
+from .upstream import UpstreamError, UpstreamPool, UpstreamTimeout, EngineConnection
 
 if TYPE_CHECKING:
-    from .frontdoor import FrontDoor, _Call
+    from .frontdoor import FrontDoor, Call
 
 log = logging.getLogger("chromaguard.frontdoor")
 
@@ -65,7 +65,7 @@ class Relay:
     __slots__ = ("door", "call", "pool", "conn", "gated", "since", "progress", "tap", "tap_size",
                  "request", "paused", "done")
 
-    def __init__(self, door: FrontDoor, call: _Call, pool: UpstreamPool, conn: _Connection, gated: bool) -> None:
+    def __init__(self, door: FrontDoor, call: Call, pool: UpstreamPool, conn: EngineConnection, gated: bool) -> None:
         self.door = door
         self.call = call
         self.pool = pool
@@ -88,7 +88,7 @@ class Relay:
 
     # ---- upstream callbacks ------------------------------------------------------------------
 
-    def on_head(self, conn: _Connection) -> None:
+    def on_head(self, conn: EngineConnection) -> None:
         self._leave_gate()  # the engine has answered: this write is no longer in flight
         call = self.call
         if call.span is not None:

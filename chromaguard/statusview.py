@@ -9,12 +9,12 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
-from .probe import Unhealthy, _get
+from .probe import Unhealthy, http_get
 
 
 def fetch_status(url: str, token: str | None, timeout: float = 10.0) -> dict[str, Any]:
     """GET /chromaguard/status; raises Unhealthy with a one-line reason when it cannot."""
-    status, body = _get(url.rstrip("/") + "/chromaguard/status", timeout, token)
+    status, body = http_get(url.rstrip("/") + "/chromaguard/status", timeout, token)
     if status in (401, 403):
         raise Unhealthy(f"{url}: status needs an admin token (--token or CHROMAGUARD_TOKEN); answered {status}")
     if status == 404:

@@ -21,7 +21,7 @@ Headers = list[tuple[bytes, bytes]]
 
 _READ_HIGH_WATER = 1 << 20
 # Not relayed to our client: they describe one hop (our server writes its own framing).
-_NOT_RELAYED = frozenset({
+NOT_RELAYED = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
     b"content-length",
 })
@@ -73,13 +73,13 @@ class UpstreamTarget:
 class Sink(Protocol):
     """Takes a response straight from the parser's callbacks (the front door's relay)."""
 
-    def on_head(self, conn: "_Connection") -> None: ...
+    def on_head(self, conn: "EngineConnection") -> None: ...
     def on_body(self, chunk: bytes) -> None: ...
     def on_complete(self) -> None: ...
     def on_error(self, exc: BaseException) -> None: ...
 
 
-class _Connection(asyncio.Protocol):
+class EngineConnection(asyncio.Protocol):
     """One keep-alive connection; carries one request at a time."""
 
     def __init__(self) -> None:
@@ -145,7 +145,7 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         self.headers.append((name, value))
-        if name not in _NOT_RELAYED:
+        if name not in NOT_RELAYED:
             self.relayed.append((name, value))
         elif name == b"content-length":
             self.content_length = int(value)  # the parser refused a malformed one
@@ -257,7 +257,7 @@ class Response:
 
     __slots__ = ("status", "headers", "relayed_headers", "content_length", "_conn", "_pool", "_timeout", "_done")
 
-    def __init__(self, conn: _Connection, pool: "UpstreamPool", timeout: float | None) -> None:
+    def __init__(self, conn: EngineConnection, pool: "UpstreamPool", timeout: float | None) -> None:
         self.status = conn.status
         self.headers = conn.headers
         self.relayed_headers = conn.relayed
@@ -297,12 +297,12 @@ class UpstreamPool:
         self.target = UpstreamTarget.from_url(url)
         self.connect_timeout = connect_timeout
         self.extra_headers = extra_headers or []
-        self._idle: collections.deque[_Connection] = collections.deque()
+        self._idle: collections.deque[EngineConnection] = collections.deque()
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self.target.scheme == "https" else None
         self._host_line = b"host: " + self.target.host_header + b"\r\n"
         self._extra = b"".join(name + b": " + value + b"\r\n" for name, value in self.extra_headers)
         # Every connection opened (noted on connect only, nothing per request), for ``waiting``.
-        self._opened: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._opened: weakref.WeakSet[EngineConnection] = weakref.WeakSet()
 
     def retarget(self, url: str) -> None:
         """Point the pool at a new address (the engine came back on another port)."""
@@ -310,12 +310,12 @@ class UpstreamPool:
         self._host_line = b"host: " + self.target.host_header + b"\r\n"
         self.close()
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self) -> EngineConnection:
         loop = asyncio.get_running_loop()
         target = self.target
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(_Connection, target.host, target.port, ssl=self._ssl,
+                loop.create_connection(EngineConnection, target.host, target.port, ssl=self._ssl,
                                        server_hostname=target.host if self._ssl else None),
                 self.connect_timeout,
             )
@@ -326,7 +326,7 @@ class UpstreamPool:
         self._opened.add(conn)
         return conn
 
-    def idle(self) -> _Connection | None:
+    def idle(self) -> EngineConnection | None:
         """A kept-alive connection ready for a request, if there is one."""
         while self._idle:
             conn = self._idle.pop()
@@ -335,10 +335,10 @@ class UpstreamPool:
                 return conn
         return None
 
-    async def _acquire(self) -> _Connection:
+    async def _acquire(self) -> EngineConnection:
         return self.idle() or await self._connect()
 
-    def send_now(self, conn: _Connection, sink: Sink, method: str, path: bytes,
+    def send_now(self, conn: EngineConnection, sink: Sink, method: str, path: bytes,
                  headers: Iterable[tuple[bytes, bytes]], body: bytes) -> None:
         """Write a whole request on ``conn``; its response goes to ``sink`` as it is parsed."""
         length = len(body) if body else (0 if method in ("POST", "PUT", "PATCH") else None)
@@ -347,7 +347,7 @@ class UpstreamPool:
         head = self._head(method, path, headers, length)
         conn.transport.write(head + body if body else head)
 
-    def release(self, conn: _Connection) -> None:
+    def release(self, conn: EngineConnection) -> None:
         reading = conn.transport is not None and conn.transport.is_reading()
         if conn.alive and conn.complete and not conn.chunks and reading and len(self._idle) < _MAX_IDLE:
             conn.used = True
@@ -359,11 +359,11 @@ class UpstreamPool:
         while self._idle:
             self._idle.pop().close()
 
-    def waiting(self) -> list[tuple[_Connection, object]]:
+    def waiting(self) -> list[tuple[EngineConnection, object]]:
         """Requests sent with nothing of their answer back yet: (connection, an object that is the
         same for as long as that one request waits). For the supervisor, a few times a minute."""
         idle = set(self._idle)
-        out: list[tuple[_Connection, object]] = []
+        out: list[tuple[EngineConnection, object]] = []
         for conn in list(self._opened):
             request = conn.sink if conn.sink is not None else conn.head
             if conn.alive and request is not None and not conn.got_bytes and not conn.complete and conn not in idle:
@@ -371,7 +371,7 @@ class UpstreamPool:
         return out
 
     @staticmethod
-    def abort(conns: Iterable[_Connection], reason: str) -> int:
+    def abort(conns: Iterable[EngineConnection], reason: str) -> int:
         """Fail these requests now (``UpstreamAborted``: never retried); how many were still waiting."""
         failed = 0
         for conn in conns:

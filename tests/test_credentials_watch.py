@@ -214,3 +214,102 @@ def test_a_token_in_the_file_and_inline_is_refused(tmp_path: Path) -> None:
     path.write_text('[{"token": "shared", "name": "scoped", "role": "read", "tenant": "acme"}]')
     with pytest.raises(CredentialsError, match="is in the file too"):
         load_store("token", path, "shared", file_setting="F", inline_setting="I")
+
+
+# ---- what the log says, word for word ------------------------------------------------------
+
+
+def _messages(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records]
+
+
+def test_the_defaults_poll_every_second_settle_half_a_second_and_hold_five() -> None:
+    watcher = CredentialsWatcher(Path("/nonexistent"), CredentialStore, lambda store: None, CredentialStore())
+    assert (watcher.interval, watcher.settle, watcher.hold) == (1.0, 0.5, 5.0)
+    asyncio.run(watcher.stop())  # never started: nothing to stop
+
+
+def test_a_reload_is_logged_with_why_and_how_many_entries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    scene = Scene(tmp_path / "tokens.yaml", SCOPED)
+    with caplog.at_level(logging.INFO, "chromaguard.auth"):
+        scene.write_in_place(BASE)
+        scene.tick()
+        scene.tick(0.5)
+        assert asyncio.run(scene.watcher.reload("SIGHUP")) is True
+    assert _messages(caplog) == [(logging.INFO, "credentials reloaded (the file changed): 1 entries"),
+                                 (logging.INFO, "credentials reloaded (SIGHUP): 1 entries")]
+    assert len(scene.applied) == 2 and scene.applied[-1] is scene.watcher.current
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "chromaguard.auth"):
+        scene.tick(10)  # the version SIGHUP applied is not applied again
+        scene.tick(10)
+    assert _messages(caplog) == [] and len(scene.applied) == 2
+
+
+def test_an_applied_version_is_not_applied_again(tmp_path: Path) -> None:
+    scene = Scene(tmp_path / "tokens.yaml", SCOPED)
+    scene.tick(1.0)  # unchanged
+    scene.write_in_place(BASE)
+    scene.tick()
+    scene.tick(0.5)
+    for _ in range(3):
+        scene.tick(10)
+    assert len(scene.applied) == 1 and scene.principal("team") is None
+
+
+def test_each_broken_version_is_refused_once_whoever_asked(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    scene = Scene(tmp_path / "tokens.yaml", SCOPED)
+    with caplog.at_level(logging.ERROR, "chromaguard.auth"):
+        scene.write_in_place("tokens: [\n")
+        assert asyncio.run(scene.watcher.reload("SIGHUP")) is False  # logged
+        for _ in range(3):
+            scene.tick(1.0)  # the same version: not logged again
+        scene.write_in_place("tokens:\n\t- a\n")
+        for _ in range(3):
+            scene.tick(1.0)  # another broken version: logged once
+    tail = "; the previous credentials stay in force"
+    assert _messages(caplog) == [
+        (logging.ERROR, f"credentials not reloaded (SIGHUP): F={scene.path}: not valid YAML at line 2, column 1: "
+                        f"expected the node content, but found '<stream end>'{tail}"),
+        (logging.ERROR, f"credentials not reloaded (the file changed): F={scene.path}: not valid YAML at line 2, "
+                        f"column 1: found character '\\t' that cannot start any token{tail}")]
+
+
+def test_a_wait_is_logged_once_with_the_file_the_reason_and_the_hold(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    scene = Scene(tmp_path / "tokens.yaml", BASE)
+    with caplog.at_level(logging.INFO, "chromaguard.auth"):
+        scene.write_in_place(SCOPED)
+        for _ in range(4):
+            scene.tick(1.0)
+    assert _messages(caplog) == [(logging.WARNING, f"credentials not reloaded yet: {scene.path}: it adds the token "
+                                  "'team'; applied once the file has been unchanged for 5s (send SIGHUP to apply a "
+                                  "finished file at once)")]
+
+
+def test_refusals_are_logged_with_what_to_do(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    scene = Scene(tmp_path / "tokens.yaml", SCOPED)
+    with caplog.at_level(logging.INFO, "chromaguard.auth"):
+        scene.write_in_place(SCOPED + "  - token: cut")
+        assert asyncio.run(scene.watcher.reload("SIGHUP")) is False
+        scene.write_in_place("tokens: [\n")
+        assert asyncio.run(scene.watcher.reload("SIGHUP")) is False
+    where = f"F={scene.path}"
+    assert _messages(caplog) == [
+        (logging.ERROR, f"credentials not reloaded (SIGHUP): {scene.path}: its last line has no newline at the end, "
+                        "so it may still be being written; end the file with a newline"),
+        (logging.ERROR, f"credentials not reloaded (SIGHUP): {where}: not valid YAML at line 2, column 1: "
+                        "expected the node content, but found '<stream end>'; the previous credentials stay in force")]
+    assert scene.applied == []
+
+
+def test_a_deleted_file_is_refused_once_in_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    scene = Scene(tmp_path / "tokens.yaml", SCOPED)
+    with caplog.at_level(logging.ERROR, "chromaguard.auth"):
+        scene.path.unlink()
+        for _ in range(4):
+            scene.tick(1.0)
+    assert _messages(caplog) == [(logging.ERROR, f"credentials not reloaded (the file changed): F={scene.path}: "
+                                                 "cannot read (No such file or directory); the previous credentials "
+                                                 "stay in force")]
+    assert scene.principal("team") is not None

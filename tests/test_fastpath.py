@@ -20,8 +20,8 @@ import pytest
 from chromaguard.cors import CorsPolicy
 from chromaguard.fastpath import FastPath
 from chromaguard.frontdoor import AlwaysAvailable, FrontDoor
-from chromaguard.httpserver import HttpServer, _Connection
-from chromaguard.upstream import UpstreamPool, _Connection as EngineConnection
+from chromaguard.httpserver import HttpServer, ClientConnection
+from chromaguard.upstream import EngineConnection, UpstreamPool
 from socketless import Socketless
 
 QUERY = b"/api/v2/tenants/default_tenant/databases/default_database/collections/6f1c/query"
@@ -65,7 +65,7 @@ class Scene:
                               upstream_timeout=timeout, cors=cors)
         self.door.metrics = self.counted = _Counted()  # type: ignore[assignment]
         lane = FastPath.for_door(self.door) if fast else None
-        self.client = _Connection(HttpServer(self.door, fast=lane.take if lane else None))
+        self.client = ClientConnection(HttpServer(self.door, fast=lane.take if lane else None))
         self.client_side = Socketless("10.0.0.7", protocol=None)
         self.client.connection_made(self.client_side)  # type: ignore[arg-type]
 

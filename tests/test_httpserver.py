@@ -232,8 +232,8 @@ def test_request_on_a_connection_the_upstream_just_closed_goes_again(flaky_upstr
 def _relay_scene(timeout: float) -> tuple[object, _Socketless, object, _Socketless]:
     """A front door relaying from its callbacks: (client connection, its transport, engine connection, its transport)."""
     from chromaguard.frontdoor import AlwaysAvailable, FrontDoor
-    from chromaguard.httpserver import HttpServer, _Connection
-    from chromaguard.upstream import UpstreamPool, _Connection as EngineConnection
+    from chromaguard.httpserver import HttpServer, ClientConnection
+    from chromaguard.upstream import EngineConnection, UpstreamPool
 
     pool = UpstreamPool("http://127.0.0.1:9")
     engine = EngineConnection()
@@ -242,7 +242,7 @@ def _relay_scene(timeout: float) -> tuple[object, _Socketless, object, _Socketle
     engine.complete = True
     pool.release(engine)
     door = FrontDoor(pool, AlwaysAvailable(), max_payload_bytes=1 << 20, upstream_timeout=timeout)
-    client = _Connection(HttpServer(door))
+    client = ClientConnection(HttpServer(door))
     client_side = _Socketless()
     client.connection_made(client_side)  # type: ignore[arg-type]
     return client, client_side, engine, engine_side
@@ -287,15 +287,15 @@ def test_an_engine_that_stops_answering_gets_a_504_after_the_timeout() -> None:
 
 def _another_client(client: object) -> tuple[object, _Socketless]:
     """A second client of the same front door, with an engine connection of its own in the pool."""
-    from chromaguard.httpserver import _Connection
-    from chromaguard.upstream import _Connection as EngineConnection
+    from chromaguard.httpserver import ClientConnection
+    from chromaguard.upstream import EngineConnection
 
     server = client.server  # type: ignore[attr-defined]
     spare = EngineConnection()
     spare.connection_made(_Socketless())  # type: ignore[arg-type]
     spare.complete = True
     server.handler.pool.release(spare)
-    other, other_side = _Connection(server), _Socketless()
+    other, other_side = ClientConnection(server), _Socketless()
     other.connection_made(other_side)  # type: ignore[arg-type]
     return other, other_side
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import gzip
+import importlib.metadata
+import json
+import re
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +22,13 @@ import chromadb
 import pytest
 from chromadb.config import Settings
 
+import chromaguard
 from chromaguard import archive
+from chromaguard import snapshot as snapshots_module
 from chromaguard.restore import VerifyError, verify
-from chromaguard.snapshot import Snapshot, copy_data_dir, file_entries, take_offline
+from chromaguard.snapshot import Snapshot, SnapshotError, copy_data_dir, file_entries, take_offline, take_online
+from chromaguard.upstream import UpstreamUnavailable
+from chromaguard.writegate import HoldTimeout, WriteGate
 from procs import Guard
 
 
@@ -138,3 +146,80 @@ def test_a_file_that_changes_during_the_copy_makes_it_unusable(tmp_path: Path, m
     assert copied == [str(target)]
     monkeypatch.setattr(snapshot_module, "_copy_file", real)
     assert copy_data_dir(data, tmp_path / "again") is True  # nothing writes now: a good copy
+
+
+# ---- what a snapshot records, taken in-process -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stopped_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _data_dir(tmp_path_factory.mktemp("manifest"), 12)
+
+
+def _check_common(snapshot: Snapshot, staging: Path, mode: str) -> dict[str, Any]:
+    manifest = snapshot.manifest
+    assert re.fullmatch(r"[0-9a-f]{32}", snapshot.id)
+    assert snapshot.root.parent == staging and snapshot.root.name.startswith("chromaguard-snapshot-")
+    assert json.loads((snapshot.root / "manifest.json").read_text()) == manifest
+    assert (snapshot.root / "manifest.json").read_text() == json.dumps(manifest, indent=2)
+    assert manifest["format"] == "chromaguard-backup" and manifest["format_version"] == 1
+    assert manifest["mode"] == mode and manifest["chromaguard_version"] == chromaguard.__version__
+    assert manifest["chromadb_version"] == importlib.metadata.version("chromadb")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", manifest["created_at"])
+    [collection] = manifest["collections"]
+    assert collection["name"] == "proof" and collection["count"] == 12 and collection["dimension"] == 3
+    assert manifest["files"] == file_entries(snapshot.data) and manifest["files"]
+    assert any(f["path"] == "data/chroma.sqlite3" for f in manifest["files"])
+    return manifest
+
+
+def test_an_online_snapshot_records_its_hold_and_what_came_after(stopped_data_dir: Path, tmp_path: Path) -> None:
+    gate = WriteGate()
+    before = time.time()
+    snapshot = asyncio.run(take_online(gate, stopped_data_dir, staging_root=str(tmp_path)))
+    after = time.time()
+    manifest = _check_common(snapshot, tmp_path, "online")
+    assert not gate.held
+    held = manifest["write_hold"]
+    assert set(held) == {"from", "until", "copy_attempts", "waiting_for_writes_ms", "copy_ms"}
+    assert before <= held["from"] <= held["until"] <= after and held["copy_attempts"] == 1
+    span_ms = (held["until"] - held["from"]) * 1000
+    assert 0 <= manifest["write_hold_ms"] <= span_ms + 50 and manifest["write_hold_ms"] == round(
+        manifest["write_hold_ms"], 1)
+    assert 0 <= held["waiting_for_writes_ms"] < 1000 and 0 < held["copy_ms"] <= manifest["write_hold_ms"] + 1
+    assert set(manifest["after_hold_ms"]) == {"describe", "checksums"}
+    assert manifest["after_hold_ms"]["describe"] > held["copy_ms"] / 100  # the scratch engine takes its time
+    assert all(v >= 0 for v in manifest["after_hold_ms"].values())
+    assert (after - before) * 1000 >= manifest["write_hold_ms"] + manifest["after_hold_ms"]["describe"]
+
+
+def test_an_offline_snapshot_has_no_hold(stopped_data_dir: Path, tmp_path: Path) -> None:
+    snapshot = asyncio.run(take_offline(stopped_data_dir, staging_root=str(tmp_path)))
+    manifest = _check_common(snapshot, tmp_path, "offline")
+    assert manifest["write_hold_ms"] is None and "write_hold" not in manifest and "after_hold_ms" not in manifest
+
+
+def test_a_scratch_engine_that_does_not_answer_is_one_line_and_leaves_nothing(
+        stopped_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def silent(copy: Path) -> list[dict[str, Any]]:
+        raise UpstreamUnavailable("connection refused")
+
+    monkeypatch.setattr(snapshots_module, "describe_copy", silent)
+    gate = WriteGate()
+    with pytest.raises(SnapshotError) as error:
+        asyncio.run(take_online(gate, stopped_data_dir, staging_root=str(tmp_path)))
+    assert str(error.value) == ("the scratch engine did not answer while the copy was described: "
+                                "connection refused")
+    assert list(tmp_path.iterdir()) == [] and not gate.held
+
+
+def test_a_hold_that_times_out_takes_no_snapshot(stopped_data_dir: Path, tmp_path: Path) -> None:
+    async def run() -> None:
+        gate = WriteGate()
+        await gate.enter()  # a write that never finishes
+        with pytest.raises(HoldTimeout):
+            await take_online(gate, stopped_data_dir, staging_root=str(tmp_path), hold_timeout=0.05)
+        assert not gate.held and gate.try_enter()
+
+    asyncio.run(run())
+    assert list(tmp_path.iterdir()) == []
