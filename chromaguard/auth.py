@@ -61,7 +61,7 @@ _NOT_CANONICAL = Denial(400, "InvalidArgumentError",
 _INVALID = Denial(403, "AuthorizationError", "chromaguard: the credentials are not valid")
 
 
-_BLANKS = b" \t"  # what HTTP allows around a header value, and all that is trimmed from credentials
+HEADER_BLANKS = b" \t"  # what HTTP allows around a header value, and all that is trimmed from credentials
 
 # Uncached password checks (bcrypt, on purpose slow) per client address: online guessing stays slow.
 PASSWORD_CHECKS_PER_SECOND = 5.0
@@ -168,10 +168,10 @@ class Authenticator:
         # matches the token written in the (UTF-8) credentials file.
         name, value = offered[0]
         if name == b"x-chroma-token":
-            principal = self.store.check_token(value.strip(_BLANKS))
+            principal = self.store.check_token(value.strip(HEADER_BLANKS))
         else:
-            scheme, _, rest = value.strip(_BLANKS).partition(b" ")
-            rest = rest.strip(_BLANKS)
+            scheme, _, rest = value.strip(HEADER_BLANKS).partition(b" ")
+            rest = rest.strip(HEADER_BLANKS)
             if self.provider == "token" and scheme.lower() == b"bearer" and rest:
                 principal = self.store.check_token(rest)
             elif self.provider == "basic" and scheme.lower() == b"basic" and rest:

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -110,28 +111,54 @@ class DiskFloor:
     chromadb 1.5.9 rewrites its index files in place: a write that meets a full disk can leave
     a collection's index unreadable (an empty ``index_metadata.pickle``) or the engine stuck. Like
     a database's flood-stage watermark, writes get a 507 from here while free space is under
-    :func:`room_floor`; reads and dropping collections go on. One ``statvfs`` per write: a few
-    microseconds on a local disk.
+    :func:`room_floor`; reads and dropping collections go on.
+
+    Free space is sampled in a thread every ``every`` seconds (``run``): a write costs a look at
+    the last sample, and a disk that hangs (a network filesystem) stalls the sampler, never the
+    front door. A sample older than ``stale_after``, or one that failed, refuses writes: when
+    nobody can tell whether there is room, there may be none.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, every: float = 0.2, stale_after: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.data_dir = data_dir
+        self.every = every
+        self.stale_after = stale_after
+        self.clock = clock
+        self._sample: tuple[float, int, int, str] = (clock(), 0, 0, "")  # when, free, total, why it failed
+        self.sample()
+
+    def sample(self) -> None:
+        """Read free space now (blocking: ``run`` calls it in a thread)."""
+        try:
+            usage = os.statvfs(self.data_dir)
+        except OSError as exc:
+            self._sample = (self.clock(), 0, 0, exc.strerror or str(exc))
+            return
+        self._sample = (self.clock(), usage.f_bavail * usage.f_frsize, usage.f_blocks * usage.f_frsize, "")
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.to_thread(self.sample)
+            await asyncio.sleep(self.every)
 
     def refusal(self, operation: str | None) -> str | None:
         """Why this write may not go to the engine now, or None."""
         if operation in _ALLOWED_ON_A_FULL_DISK:
             return None
-        try:
-            usage = os.statvfs(self.data_dir)
-        except OSError:
-            return None  # the readiness check says what is wrong with the data dir
-        free, total = usage.f_bavail * usage.f_frsize, usage.f_blocks * usage.f_frsize
+        when, free, total, failed = self._sample
+        until = "writes are refused until there is room (reads, and deleting collections, still work)"
+        if failed:
+            return f"chromaguard: cannot read the data dir's free space ({failed}); {until}"
+        age = self.clock() - when
+        if age > self.stale_after:
+            return (f"chromaguard: the data dir's disk has not said how much space is free for {age:.0f}s (a hung "
+                    f"disk?); {until}")
         floor = room_floor(total)
         if free >= floor:
             return None
         return (f"chromaguard: the data dir's disk has {_mib(free)} free, less than the {_mib(floor)} the engine's "
-                f"writes need; writes are refused until there is room (reads, and deleting collections, still "
-                f"work): free space under the data dir")
+                f"writes need; {until}: free space under the data dir")
 
 
 async def disk_room(data_dir: Path, timeout: float = _CHECK_TIMEOUT) -> tuple[bool, int, str]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from .archive import stream_tar
-from .auth import Denial
+from .auth import HEADER_BLANKS, Denial
 from .credentials import digest
 from .snapshot import Snapshot, SnapshotError, estimated_size, take_online
 from .writegate import HoldBusy, HoldTimeout, WriteGate
@@ -54,7 +54,7 @@ def is_loopback(client: str) -> bool:
     """Whether a peer address (as the server saw it, never a header) is this host: 127.0.0.0/8,
     ::1, or either spelled as IPv4-mapped IPv6 (a dual-stack listener's ``::ffff:127.0.0.1``)."""
     try:
-        ip = ipaddress.ip_address(client.split("%", 1)[0])
+        ip = ipaddress.ip_address(client.partition("%")[0])
     except ValueError:  # "" (unknown) or not an address
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -96,24 +96,24 @@ class ControlAccess:
 
     def refusal(self, client: str, headers: Iterable[tuple[bytes, bytes]]) -> Denial | None:
         """None to let the request in, else the 403 to answer."""
-        local = is_loopback(client)
+        indirect = False  # through a proxy, from a browser, or for a name that is not this host
         offered: list[bytes] = []  # compared as the bytes sent, as client tokens are
         for name, value in headers:
             if name in _FORWARDING_HEADERS or name == b"origin":
-                local = False
+                indirect = True
             elif name == b"host" and not _local_host_header(value):
-                local = False
+                indirect = True
             elif name == b"sec-fetch-site" and value.strip().lower() not in (b"none", b"same-origin"):
-                local = False  # a browser sent it on a page's behalf
+                indirect = True  # a browser sent it on a page's behalf
             elif name == b"referer":
-                local = False  # only browsers send one; a local script does not
+                indirect = True  # only browsers send one; a local script does not
             elif name == b"authorization":
-                scheme, _, rest = value.strip(b" \t").partition(b" ")
-                if scheme.lower() == b"bearer" and rest.strip(b" \t"):
-                    offered.append(rest.strip(b" \t"))
+                scheme, _, rest = value.strip(HEADER_BLANKS).partition(b" ")
+                if scheme.lower() == b"bearer" and rest.strip(HEADER_BLANKS):
+                    offered.append(rest.strip(HEADER_BLANKS))
             elif name == b"x-chroma-token":
-                offered.append(value.strip(b" \t"))
-        if local:
+                offered.append(value.strip(HEADER_BLANKS))
+        if is_loopback(client) and not indirect:
             return None  # whatever token it sends along (CHROMAGUARD_TOKEN may be set for another server)
         if self._digest is not None and offered:
             if any(hmac.compare_digest(digest(token), self._digest) for token in offered):

@@ -78,3 +78,16 @@ def test_a_remote_caller_needs_the_control_token_and_it_must_match() -> None:
 
 def test_a_local_caller_may_send_any_token_along() -> None:
     assert ControlAccess("s3cret").refusal("127.0.0.1", [(b"authorization", b"Bearer for-another-server")]) is None
+
+
+@pytest.mark.parametrize("value", [b"s3cret\x0b", b"\xa0s3cret", b"Xs3cretX"])
+def test_only_spaces_and_tabs_are_trimmed_from_a_control_token(value: bytes) -> None:
+    access = ControlAccess("s3cret")
+    assert access.refusal("10.0.0.1", [(b"x-chroma-token", value)]) == WRONG_TOKEN
+    assert access.refusal("10.0.0.1", [(b"authorization", b"Bearer " + value)]) == WRONG_TOKEN
+    assert ControlAccess("Xs3cretX").refusal("10.0.0.1", [(b"authorization", b"Bearer Xs3cretX")]) is None
+
+
+def test_a_bracketed_host_may_carry_only_a_numeric_port() -> None:
+    for host in (b"[::1]:x8", b"[::1]:", b"[::1]]:80"):
+        assert ControlAccess().refusal("127.0.0.1", [(b"host", host)]) == LOCAL_ONLY, host

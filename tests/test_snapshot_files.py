@@ -10,7 +10,9 @@ import hashlib
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -193,3 +195,53 @@ def test_a_record_digest_is_canonical_and_covers_every_field() -> None:
     for other in (("id2", [0.5, 1.0], "doc", {"a": 1, "b": "x"}), ("id1", [0.5, 1.5], "doc", {"a": 1, "b": "x"}),
                   ("id1", [0.5, 1.0], "doc!", {"a": 1, "b": "x"}), ("id1", [0.5, 1.0], "doc", {"a": 2, "b": "x"})):
         assert record_digest(*other) != base, other
+
+
+def test_a_file_gone_while_listing_is_skipped_and_the_rest_still_listed(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.stat
+
+    def vanishing(path: str, *args: object, **kwargs: object) -> os.stat_result:
+        if str(path).endswith(os.path.join("seg-a", "data_level0.bin")):
+            raise FileNotFoundError(2, "gone")
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", vanishing)
+    assert sorted(snapshot._stat_all(data_dir)) == [SQLITE, "seg-b/nested/data_level0.bin"]
+
+
+def test_the_read_and_write_fallback_copies_exactly_size_bytes_too(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom((3 << 20) + 100))
+
+    def no_sendfile(*args: object) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "sendfile", no_sendfile)
+    size = (2 << 20) + 50  # not a whole number of chunks, and less than the file holds
+    snapshot._copy_file(str(src), str(tmp_path / "dst"), size)
+    assert (tmp_path / "dst").read_bytes() == src.read_bytes()[:size]
+
+
+def test_copy_consistent_gives_up_after_exactly_three_attempts(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Path] = []
+    monkeypatch.setattr(snapshot, "copy_data_dir", lambda src, to: calls.append(to) or False)
+    with pytest.raises(SnapshotError):
+        copy_consistent(tmp_path, tmp_path / "copy")
+    assert len(calls) == 3
+
+
+def test_a_manifest_s_time_is_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        manifest = snapshot.new_manifest([], [], 12.345, "online")
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    created = datetime.strptime(manifest["created_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    assert abs((datetime.now(timezone.utc) - created).total_seconds()) < 60
+    assert manifest["write_hold_ms"] == 12.3 and isinstance(manifest["write_hold_ms"], float)
+    assert snapshot.new_manifest([], [], None, "offline")["write_hold_ms"] is None
