@@ -100,7 +100,7 @@ class CredentialStore:
     def keep_verified(self, before: "CredentialStore") -> None:
         """Remember the passwords ``before`` had verified, for users whose hash is unchanged:
         a reload must not send every logged-in user back through bcrypt at once."""
-        for key, principal in before._verified.items():
+        for key, principal in list(before._verified.items()):  # bcrypt threads may add meanwhile
             kept = self._users.get(principal.name)
             if kept is not None and kept[0] == before._users[principal.name][0]:
                 self._verified[key] = kept[1]

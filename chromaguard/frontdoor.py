@@ -399,7 +399,7 @@ class FrontDoor:
             return True
         route = call.route
         gated = self.gate is not None and (route is None or route.access != READ)
-        if gated and self._no_room(route) is not None:
+        if gated and self._no_room(route, length or 0) is not None:
             return False
         if gated and not self.gate.try_enter():  # type: ignore[union-attr]
             return False
@@ -415,13 +415,13 @@ class FrontDoor:
         Relay(self, call, self.pool, conn, gated).send(exchange.method, target, headers, body)
         return True
 
-    def _no_room(self, route: Route | None) -> str | None:
+    def _no_room(self, route: Route | None, size: int) -> str | None:
         if self.disk_floor is None:
             return None
-        return self.disk_floor.refusal(route.operation if route is not None else None)
+        return self.disk_floor.refusal(route.operation if route is not None else None, size)
 
-    def _refused_for_room(self, exchange: Exchange, route: Route | None) -> bool:
-        refusal = self._no_room(route)
+    def _refused_for_room(self, exchange: Exchange, route: Route | None, size: int) -> bool:
+        refusal = self._no_room(route, size)
         if refusal is None:
             return False
         # "ChromaError": a name the official client knows, so it raises with this message.
@@ -493,11 +493,13 @@ class FrontDoor:
                 return
             if call.span is not None and route is not None and body:
                 call.facts = request_attributes(route.operation, b"".join(body))
-        if gated and self._refused_for_room(exchange, route):
+        size = length if body is None else sum(map(len, body))
+        if gated and self._refused_for_room(exchange, route, size or 0):
             return
         if gated:
             await self.gate.enter()  # type: ignore[union-attr]
-            if self._refused_for_room(exchange, route):  # a snapshot's hold may have lasted while the disk filled
+            # A snapshot's hold may have lasted while the disk filled (this write is counted once already).
+            if self._refused_for_room(exchange, route, 0):
                 self.gate.leave()  # type: ignore[union-attr]
                 return
         try:

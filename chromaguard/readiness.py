@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,13 +111,16 @@ class DiskFloor:
 
     chromadb 1.5.9 rewrites its index files in place: a write that meets a full disk can leave
     a collection's index unreadable (an empty ``index_metadata.pickle``) or the engine stuck. Like
-    a database's flood-stage watermark, writes get a 507 from here while free space is under
-    :func:`room_floor`; reads and dropping collections go on.
+    a database's flood-stage watermark, writes get a 507 from here while free space, less twice
+    the bytes of the writes let through since the last look and of this one (the engine writes
+    a record more than once: log, index, journal), is under :func:`room_floor`. Reads and
+    dropping collections go on.
 
-    Free space is sampled in a thread every ``every`` seconds (``run``): a write costs a look at
-    the last sample, and a disk that hangs (a network filesystem) stalls the sampler, never the
-    front door. A sample older than ``stale_after``, or one that failed, refuses writes: when
-    nobody can tell whether there is room, there may be none.
+    Free space is sampled by a thread of its own every ``every`` seconds (``start``): a write
+    costs a look at the last sample, and a disk that hangs (a network filesystem) stalls that
+    thread, never the front door nor the threads bcrypt uses. A sample older than
+    ``stale_after``, or one that failed, refuses writes: when nobody can tell whether there is
+    room, there may be none.
     """
 
     def __init__(self, data_dir: Path, *, every: float = 0.2, stale_after: float = 5.0,
@@ -125,25 +129,37 @@ class DiskFloor:
         self.every = every
         self.stale_after = stale_after
         self.clock = clock
-        self._sample: tuple[float, int, int, str] = (clock(), 0, 0, "")  # when, free, total, why it failed
-        self.sample()
+        self._sample: tuple[float, int, int, str] = (clock(), 0, 0, "not read yet")  # when, free, total, failure
+        self._let_through = 0  # bytes of writes allowed since that sample
+        self._stop = threading.Event()
+        self._first = threading.Event()
 
     def sample(self) -> None:
-        """Read free space now (blocking: ``run`` calls it in a thread)."""
+        """Read free space now (blocking: the sampling thread calls it)."""
         try:
             usage = os.statvfs(self.data_dir)
         except OSError as exc:
             self._sample = (self.clock(), 0, 0, exc.strerror or str(exc))
-            return
-        self._sample = (self.clock(), usage.f_bavail * usage.f_frsize, usage.f_blocks * usage.f_frsize, "")
+        else:
+            self._sample = (self.clock(), usage.f_bavail * usage.f_frsize, usage.f_blocks * usage.f_frsize, "")
+        self._let_through = 0
+        self._first.set()
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.to_thread(self.sample)
-            await asyncio.sleep(self.every)
+    def start(self) -> None:
+        """Sample from now on; waits up to a second for the first sample (writes are refused until it)."""
+        threading.Thread(target=self._sample_until_stopped, name="chromaguard-disk-floor", daemon=True).start()
+        self._first.wait(1.0)
 
-    def refusal(self, operation: str | None) -> str | None:
-        """Why this write may not go to the engine now, or None."""
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _sample_until_stopped(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.every)
+
+    def refusal(self, operation: str | None, size: int = 0) -> str | None:
+        """Why this write of ``size`` bytes may not go to the engine now, or None (it is counted)."""
         if operation in _ALLOWED_ON_A_FULL_DISK:
             return None
         when, free, total, failed = self._sample
@@ -155,10 +171,11 @@ class DiskFloor:
             return (f"chromaguard: the data dir's disk has not said how much space is free for {age:.0f}s (a hung "
                     f"disk?); {until}")
         floor = room_floor(total)
-        if free >= floor:
+        if free - 2 * (self._let_through + size) >= floor:
+            self._let_through += size
             return None
-        return (f"chromaguard: the data dir's disk has {_mib(free)} free, less than the {_mib(floor)} the engine's "
-                f"writes need; {until}: free space under the data dir")
+        return (f"chromaguard: the data dir's disk has {_mib(free)} free, and the engine's writes need "
+                f"{_mib(floor)} left after this one; {until}: free space under the data dir")
 
 
 async def disk_room(data_dir: Path, timeout: float = _CHECK_TIMEOUT) -> tuple[bool, int, str]:

@@ -188,7 +188,7 @@ class Service:
                                               interval=self.settings.auth_reload_interval)
             self.watcher.start()
         pool: UpstreamPool | None = None
-        floor_task: asyncio.Task[None] | None = None
+        disk_floor: DiskFloor | None = None
         telemetry = self.telemetry
         assert telemetry is not None
         if telemetry.enabled:
@@ -233,9 +233,9 @@ class Service:
                                             max_kept=self.settings.snapshot_max_kept,
                                             min_free=self.settings.snapshot_min_free)
                 self.snapshots = snapshots
-            disk_floor = DiskFloor(self.data_dir) if self.data_dir is not None else None
-            if disk_floor is not None:
-                floor_task = asyncio.create_task(disk_floor.run())
+            if self.data_dir is not None:
+                disk_floor = DiskFloor(self.data_dir)
+                disk_floor.start()
             app = FrontDoor(pool, backend, gate=gate, snapshots=snapshots, max_payload_bytes=self.settings.max_payload_bytes,
                             upstream_timeout=self.settings.upstream_timeout,
                             strip_request_headers=_CLIENT_AUTH_HEADERS
@@ -266,8 +266,8 @@ class Service:
             gc.freeze()
             await self.server.serve(sock)
         finally:
-            if floor_task is not None:
-                floor_task.cancel()
+            if disk_floor is not None:
+                disk_floor.stop()
             if self.watcher is not None:
                 await self.watcher.stop()
             if pool is not None:

@@ -116,7 +116,9 @@ class ControlAccess:
         if is_loopback(client) and not indirect:
             return None  # whatever token it sends along (CHROMAGUARD_TOKEN may be set for another server)
         if self._digest is not None and offered:
-            if any(hmac.compare_digest(digest(token), self._digest) for token in offered):
+            if len(offered) > 1:  # one guess per request, as for client tokens
+                return Denial(403, "AuthorizationError", "chromaguard: send the control token in exactly one header")
+            if hmac.compare_digest(digest(offered[0]), self._digest):
                 return None
             return Denial(403, "AuthorizationError", "chromaguard: the control token is not valid "
                           f"(it must equal {CONTROL_TOKEN_SETTING} on the server)")

@@ -71,8 +71,10 @@ def test_a_remote_caller_needs_the_control_token_and_it_must_match() -> None:
         assert access.refusal("10.0.0.1", [bad]) == WRONG_TOKEN, bad
     for unused in ((b"authorization", b"Basic s3cret"), (b"authorization", b"Bearer  "), (b"authorization", b"s3cret")):
         assert access.refusal("10.0.0.1", [unused]) == TOKEN_NEEDED, unused
-    # Any one of several offered tokens may be the right one; a forwarded local caller gets in by token only.
-    assert access.refusal("10.0.0.1", [(b"x-chroma-token", b"other"), (b"authorization", b"Bearer s3cret")]) is None
+    # One guess per request; a forwarded local caller gets in by token only.
+    one = Denial(403, "AuthorizationError", "chromaguard: send the control token in exactly one header")
+    assert access.refusal("10.0.0.1", [(b"x-chroma-token", b"other"), (b"authorization", b"Bearer s3cret")]) == one
+    assert access.refusal("10.0.0.1", [(b"x-chroma-token", b"s3cret"), (b"x-chroma-token", b"s3cret")]) == one
     assert access.refusal("127.0.0.1", [(b"x-forwarded-for", b"1.2.3.4"), (b"x-chroma-token", b"s3cret")]) is None
 
 

@@ -6,8 +6,8 @@ still goes through, a failed or stale sample, and that a write never waits on th
 
 from __future__ import annotations
 
-import asyncio
 import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -45,22 +45,39 @@ def test_the_floor_is_64_mib_or_a_twentieth_of_a_small_disk() -> None:
 def test_writes_go_on_at_the_floor_and_stop_below_it(disk: Disk) -> None:
     now = [0.0]
     floor = DiskFloor(Path("/data"), clock=lambda: now[0])
+    floor.sample()
     assert floor.refusal("add") is None
     disk.free = 64 * MiB
     floor.sample()
     assert floor.refusal("add") is None  # exactly the floor: room
     disk.free = 64 * MiB - 4096
     floor.sample()
-    assert floor.refusal("add") == ("chromaguard: the data dir's disk has 63 MiB free, less than the 64 MiB the "
-                                    f"engine's writes need; {UNTIL}: free space under the data dir")
+    assert floor.refusal("add") == ("chromaguard: the data dir's disk has 63 MiB free, and the engine's writes need "
+                                    f"64 MiB left after this one; {UNTIL}: free space under the data dir")
     for operation in ("upsert", "update", "delete", "create_collection", "modify_collection", "fork", "unknown",
                       None):
         assert floor.refusal(operation) is not None, operation
     assert floor.refusal("delete_collection") is None and floor.refusal("delete_database") is None
 
 
+def test_a_write_counts_twice_its_size_and_what_was_let_through_since_the_last_sample(disk: Disk) -> None:
+    floor = DiskFloor(Path("/data"))
+    disk.free = 100 * MiB
+    floor.sample()
+    assert floor.refusal("add", 18 * MiB - 1) is None  # 100 - 2 x 18 = 64: just enough, and counted
+    assert floor.refusal("add", 1) is None  # exactly the floor left
+    assert floor.refusal("add", 1) is not None  # nothing more until the next sample
+    assert floor.refusal("delete_collection", 10 * MiB) is None
+    floor.sample()  # the disk still says 100 MiB: what was let through is forgotten with the old sample
+    assert floor.refusal("upsert", 18 * MiB) is None
+    disk.free = 100 * MiB
+    floor.sample()
+    assert floor.refusal("add", 19 * MiB) is not None and floor.refusal("add", 18 * MiB) is None  # a refused one is not counted
+
+
 def test_a_write_looks_at_the_last_sample_and_never_at_the_disk(disk: Disk) -> None:
     floor = DiskFloor(Path("/data"))
+    floor.sample()
     calls = disk.calls
     for _ in range(100):
         floor.refusal("add")
@@ -69,6 +86,7 @@ def test_a_write_looks_at_the_last_sample_and_never_at_the_disk(disk: Disk) -> N
 
 def test_a_failed_sample_refuses_writes_and_says_why(disk: Disk) -> None:
     floor = DiskFloor(Path("/data"))
+    floor.sample()
     disk.error = OSError(5, "Input/output error")
     floor.sample()
     assert floor.refusal("add") == f"chromaguard: cannot read the data dir's free space (Input/output error); {UNTIL}"
@@ -81,6 +99,7 @@ def test_a_failed_sample_refuses_writes_and_says_why(disk: Disk) -> None:
 def test_a_sample_older_than_stale_after_refuses_writes(disk: Disk) -> None:
     now = [0.0]
     floor = DiskFloor(Path("/data"), stale_after=5.0, clock=lambda: now[0])
+    floor.sample()
     now[0] = 5.0
     assert floor.refusal("add") is None  # exactly the limit: still fresh
     now[0] = 12.4
@@ -95,17 +114,57 @@ def test_the_defaults_sample_five_times_a_second_and_give_up_after_five(disk: Di
     assert (floor.every, floor.stale_after) == (0.2, 5.0)
 
 
-def test_run_samples_in_a_thread_again_and_again(disk: Disk) -> None:
-    async def scene() -> int:
-        floor = DiskFloor(Path("/data"), every=0.01)
-        before = disk.calls
-        task = asyncio.create_task(floor.run())
-        await asyncio.sleep(0.2)
-        disk.free = 0
-        await asyncio.sleep(0.1)
-        refused = floor.refusal("add")
-        task.cancel()
-        assert refused is not None and "0.0 MiB free" in refused
-        return disk.calls - before
+def test_before_its_first_sample_writes_are_refused(disk: Disk) -> None:
+    floor = DiskFloor(Path("/data"))
+    assert disk.calls == 0  # never on the caller's thread
+    assert floor.refusal("add") == f"chromaguard: cannot read the data dir's free space (not read yet); {UNTIL}"
+    floor.start()  # waits for the first sample
+    try:
+        assert floor.refusal("add") is None
+    finally:
+        floor.stop()
 
-    assert asyncio.run(scene()) >= 5
+
+def test_its_own_thread_samples_again_and_again_until_stopped(disk: Disk) -> None:
+    floor = DiskFloor(Path("/data"), every=0.01)
+    floor.start()
+    try:
+        deadline = time.monotonic() + 5
+        while disk.calls < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert disk.calls >= 5
+        disk.free = 0
+        time.sleep(0.1)
+        refused = floor.refusal("add")
+        assert refused is not None and "0.0 MiB free" in refused
+    finally:
+        floor.stop()
+    time.sleep(0.05)
+    calls = disk.calls
+    time.sleep(0.1)
+    assert disk.calls == calls, "stopped"
+
+
+def test_a_hung_disk_stalls_only_the_sampling_thread(disk: Disk, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    release = threading.Event()
+
+    def hung(path: object) -> None:
+        release.wait(10)
+        raise OSError(5, "Input/output error")
+
+    floor = DiskFloor(Path("/data"), every=0.01, stale_after=0.2)
+    floor.sample()
+    monkeypatch.setattr(os, "statvfs", hung)
+    floor.start()
+    try:
+        started = time.monotonic()
+        assert floor.refusal("add") is None  # answered at once from the last sample
+        time.sleep(0.3)
+        refused = floor.refusal("add")
+        assert refused is not None and "has not said how much space is free" in refused
+        assert time.monotonic() - started < 2
+    finally:
+        floor.stop()
+        release.set()

@@ -183,21 +183,21 @@ async def test_the_in_flight_count_is_exact(caplog: pytest.LogCaptureFixture) ->
 # ---- take_online: the gate opens whatever happens ---------------------------------------------------
 
 
-def _tiny_data_dir(root: Path) -> Path:
+def _tiny_scene(root: Path) -> tuple[Path, Path, WriteGate]:
+    """A data dir with one segment and an empty SQLite, an empty staging dir, and a gate."""
     data = root / "data"
     data.mkdir()
     (data / "seg").mkdir()
     (data / "seg" / "header.bin").write_bytes(b"x" * 100)
     sqlite3.connect(data / "chroma.sqlite3").close()
-    return data
+    staging = root / "staging"
+    staging.mkdir()
+    return data, staging, WriteGate()
 
 
 async def test_a_snapshot_that_fails_mid_copy_opens_the_gate_and_leaves_nothing(tmp_path: Path,
                                                                                  monkeypatch) -> None:
-    data = _tiny_data_dir(tmp_path)
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    gate = WriteGate()
+    data, staging, gate = _tiny_scene(tmp_path)
 
     def broken_copy(src: Path, dest: Path, attempts: int = 3) -> int:
         (dest / "partial").mkdir(parents=True)
@@ -219,10 +219,7 @@ async def test_a_snapshot_that_fails_mid_copy_opens_the_gate_and_leaves_nothing(
 
 async def test_a_cancelled_snapshot_keeps_writes_held_until_its_copy_ends_then_opens(tmp_path: Path,
                                                                                       monkeypatch) -> None:
-    data = _tiny_data_dir(tmp_path)
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    gate = WriteGate()
+    data, staging, gate = _tiny_scene(tmp_path)
     started, finish = threading.Event(), threading.Event()
 
     def slow_copy(src: Path, dest: Path, attempts: int = 3) -> int:
