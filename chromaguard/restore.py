@@ -107,15 +107,24 @@ def _exchange(a: Path, b: Path) -> bool:
     return result == 0
 
 
+BEFORE_RESTORE = ".before-restore"  # the old data dir, renamed aside while the new one is renamed in
+ASIDE_PREFIX = ".chromaguard-before-restore-"  # in a mount point: its old contents, while the new ones move in
+
+
 def restore(path: Path, data_dir: Path, *, force: bool = False,
             progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Verify, unpack next to ``data_dir``, and swap it in: never a half-restored dir.
 
     The data dir's lock is held from the first check to the swap, so no service can start on
     it meanwhile. A data dir that is a mount point (a Docker volume) cannot be renamed: its
-    contents are swapped instead, the new ones unpacked and verified inside it first.
+    contents are swapped instead, the new ones unpacked and verified inside it first. A swap
+    that fails part way is undone; one cut by a kill leaves the old data where the next
+    restore refuses to touch it.
     """
     data_dir = data_dir.resolve()
+    old = data_dir.with_name(data_dir.name + BEFORE_RESTORE)
+    if old.exists():
+        raise _cut_short(old, data_dir)
     if data_dir.exists() and not data_dir.is_dir():
         raise VerifyError(f"{data_dir} is not a directory")
     created = not data_dir.exists()
@@ -126,6 +135,9 @@ def restore(path: Path, data_dir: Path, *, force: bool = False,
     except StartupError as exc:
         raise VerifyError(f"{exc}; stop it before restoring") from None
     try:
+        aside = sorted(data_dir.glob(ASIDE_PREFIX + "*"))
+        if aside:
+            raise _cut_short(aside[0], data_dir)
         if any(p.name != LOCK_NAME for p in data_dir.iterdir()) and not force:
             raise VerifyError(f"{data_dir} is not empty; restore into an empty dir or add --force to replace it")
         mounted = os.path.ismount(data_dir)
@@ -135,13 +147,9 @@ def restore(path: Path, data_dir: Path, *, force: bool = False,
             if mounted:
                 _swap_contents(staged, data_dir)
             elif not _exchange(staged, data_dir):
-                old = data_dir.with_name(data_dir.name + ".before-restore")
-                shutil.rmtree(old, ignore_errors=True)
-                data_dir.rename(old)
-                staged.rename(data_dir)
-                staged = old
+                _swap_by_renames(staged, data_dir, old)
         finally:
-            shutil.rmtree(staged, ignore_errors=True)  # after the swap: the old data
+            shutil.rmtree(staged, ignore_errors=True)  # after the swap: the old data; after a failure: the new
     except BaseException:
         lock.release()
         if created:  # refused or failed: leave no trace of a dir we made
@@ -151,13 +159,40 @@ def restore(path: Path, data_dir: Path, *, force: bool = False,
     return report
 
 
+def _cut_short(held: Path, data_dir: Path) -> VerifyError:
+    return VerifyError(f"{held} holds the data from before a restore into {data_dir} that was cut short; move it "
+                       f"back (or remove it once you are sure it is not needed), then restore again")
+
+
+def _swap_by_renames(staged: Path, data_dir: Path, old: Path) -> None:
+    """Where paths cannot be exchanged at once: the old dir aside to ``old``, the new one in (or
+    the old one back, if it cannot go), the old one removed."""
+    data_dir.rename(old)
+    try:
+        staged.rename(data_dir)
+    except BaseException:
+        old.rename(data_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _swap_contents(staged: Path, data_dir: Path) -> None:
-    """Replace a mount point's contents with ``staged`` (inside it): old entries aside, new ones in."""
-    aside = Path(tempfile.mkdtemp(prefix=".chromaguard-before-restore-", dir=data_dir))
+    """Replace a mount point's contents with ``staged`` (inside it): old entries aside, new ones
+    in, each move undone if one fails."""
+    aside = Path(tempfile.mkdtemp(prefix=ASIDE_PREFIX, dir=data_dir))
     keep = {staged.name, aside.name, LOCK_NAME}
-    for entry in list(data_dir.iterdir()):
-        if entry.name not in keep:
-            entry.rename(aside / entry.name)
-    for entry in list(staged.iterdir()):
-        entry.rename(data_dir / entry.name)
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for entry in sorted(data_dir.iterdir()):
+            if entry.name not in keep:
+                entry.rename(aside / entry.name)
+                moved.append((entry, aside / entry.name))
+        for entry in sorted(staged.iterdir()):
+            entry.rename(data_dir / entry.name)
+            moved.append((entry, data_dir / entry.name))
+    except BaseException:
+        for before, now in reversed(moved):
+            now.rename(before)
+        aside.rmdir()
+        raise
     shutil.rmtree(aside, ignore_errors=True)

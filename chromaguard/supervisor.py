@@ -84,9 +84,7 @@ class HealthJudge:
 
     def __init__(self, policy: HealthPolicy) -> None:
         self.policy = policy
-        self.failures = 0
-        self.passed_since_start = False
-        self.started_at = 0.0
+        self.started(0.0)
 
     def started(self, now: float) -> None:
         self.failures = 0
@@ -155,7 +153,6 @@ class Supervisor:
         self._sleep = sleep
         self._probe = probe or self.probe_now
         self._room = room or self._disk_room
-        self._stopping = False
         self._launched_at = 0.0
         self._woken = asyncio.Event()
         self._last_probe_at = -math.inf
@@ -235,10 +232,8 @@ class Supervisor:
         self.problem = problem
 
     async def _watch_engine(self) -> None:
-        while not self._stopping:
+        while True:  # until stop() cancels it
             code = await self.engine.wait()
-            if self._stopping:
-                return
             up_for = self._clock() - self._launched_at
             if self.state != "restarting":  # not killed by the health check, which said why already
                 self._record_failure(f"engine exited with code {code} after {up_for:.1f}s")
@@ -247,7 +242,7 @@ class Supervisor:
 
     async def _restart(self) -> None:
         self.state = "restarting"
-        while not self._stopping:
+        while True:
             delay = self.backoff.next_delay()
             if delay:
                 log.warning("restarting the engine in %.0fs (failure %d in a row)", delay,
@@ -267,7 +262,6 @@ class Supervisor:
             return
 
     async def stop(self, timeout: float = 10.0) -> None:
-        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -286,7 +280,7 @@ class Supervisor:
     # ---- probing -------------------------------------------------------------------------------
 
     async def _probe_engine(self) -> None:
-        while not self._stopping:
+        while True:  # until stop() cancels it
             await self._pause(self.policy.interval)
             if self.state != "running" or not self.engine.running:
                 continue
@@ -339,22 +333,21 @@ class Supervisor:
         verdict = self.judge.judge(probe.ok, now)
         stalled = self._waited_too_long(now)
         read_stuck = not probe.ok and probe.data_path
-        room, disk = True, ""
-        if read_stuck or stalled or self.disk_full:
+        if read_stuck or stalled or self.disk_full:  # is the disk to blame?
             room, disk = await self._room()
             if self.state != "running":  # it exited meanwhile: the watcher has it
                 return
-        beat_failed = not probe.ok and not probe.data_path  # the whole engine is stuck: not the disk's doing
-        if not room and not beat_failed and (read_stuck or stalled or self.disk_full):
-            self._stuck_on_full_disk(disk, stalled, reads_hang=read_stuck)
-            return
-        if self.disk_full and room:
-            self.disk_full = False
-            self._record_failure(f"the disk has room again ({disk}); restarting the engine, stuck since it was "
-                                 "full (its stuck writes do not come loose by themselves)")
-            self.state = "restarting"
-            self.engine.kill()  # the watcher sees it exit and restarts it
-            return
+            beat_failed = not probe.ok and not probe.data_path  # the whole engine is stuck: not the disk's doing
+            if not room and not beat_failed:
+                self._stuck_on_full_disk(disk, stalled, reads_hang=read_stuck)
+                return
+            if self.disk_full:  # and now there is room
+                self.disk_full = False
+                self._record_failure(f"the disk has room again ({disk}); restarting the engine, stuck since it "
+                                     "was full (its stuck writes do not come loose by themselves)")
+                self.state = "restarting"
+                self.engine.kill()  # the watcher sees it exit and restarts it
+                return
         if verdict == PASS:
             if not self.responsive:
                 log.warning("engine answers its health check again")
@@ -387,13 +380,10 @@ class Supervisor:
                                  + "; not restarting it (that frees no space): requests waiting on it get 503; "
                                  "it is restarted once there is room")
         self.problem = reason
-        if reads_hang:
-            self.responsive = False
-        else:  # reads answer: they may go on
-            self.responsive = True
+        self.responsive = not reads_hang  # reads that answer may go on
         if reads_hang:  # nothing will be answered: fail all that waits, not only the long waits
             stalled = list(self._waiting)
-        if stalled and self.pool is not None:
+        if stalled:  # only a pool's requests are ever waiting
             failed = self.pool.abort(stalled, f"the Chroma engine is unavailable ({reason}); this request may "
                                               "not have been applied")
             if failed:
@@ -442,7 +432,6 @@ class Supervisor:
             pool.close()
         if response.status == 404 and target is not None:
             self._target = None  # deleted meanwhile: pick another next time
-            self._target_checked = -math.inf
         if response.status >= 500:
             return Probe(True, f"{what} answered {response.status}: {answer[:200].decode(errors='replace')}")
         return Probe(True, f"heartbeat and {what} answered")

@@ -35,7 +35,7 @@ def test_seed_main_block_every_defect_with_its_line() -> None:
     assert found(FIXTURES / "seed-main.yml") == {
         ("CG107", 4),                      # chromadb/chroma:latest
         ("CG301", 9),                      # volume at /chroma/chroma
-        ("CG201", 11), ("CG201", 12), ("CG201", 13),  # CHROMA_SERVER_HOST / HTTP_PORT / CORS ignored
+        ("CG201", 11), ("CG201", 12), ("CG208", 13),  # HOST / HTTP_PORT ignored; CORS: renaming opens it
         ("CG206", 13),                     # CORS ["*"]
         ("CG201", 14),                     # ANONYMIZED_TELEMETRY
         ("CG201", 16), ("CG201", 17), ("CG201", 18),  # CHROMA_SERVER_OTEL_* never existed
@@ -50,7 +50,7 @@ def test_seed_main_block_every_defect_with_its_line() -> None:
 def test_seed_llm_tuning_block() -> None:
     assert found(FIXTURES / "seed-llm-tuning.yml") == {
         ("CG302", 2), ("CG107", 3), ("CG303", 7),
-        ("CG201", 9), ("CG201", 10), ("CG201", 11), ("CG206", 11), ("CG201", 12),
+        ("CG201", 9), ("CG201", 10), ("CG208", 11), ("CG206", 11), ("CG201", 12),
         ("CG201", 14), ("CG201", 15), ("CG201", 16),
         ("CG202", 17),                     # token auth configured: Chroma 1.x has none
         ("CG203", 18),                     # chromadb.auth.token.TokenAuthServer never existed
@@ -266,6 +266,32 @@ services:
     image: chromaguard:0.1.0
     volumes: ["d:/data"]
     environment: ['CHROMA_SERVER_CORS_ALLOW_ORIGINS=["https://app.example.com"]']
+"""),
+    ("CG207", """
+services:
+  c:
+    image: chromadb/chroma:0.5.23
+    volumes: ["d:/chroma/chroma"]
+    environment: ['CHROMA_OTEL_EXPORTER_HEADERS={"x": "1"}']
+""", """
+services:
+  c:
+    image: chromadb/chroma:0.5.23
+    volumes: ["d:/chroma/chroma"]
+    environment: ['CHROMA_OTEL_COLLECTION_HEADERS={"x": "1"}', chroma_server_nofile=65536]
+"""),
+    ("CG208", """
+services:
+  c:
+    image: chromadb/chroma:1.5.9
+    volumes: ["d:/data"]
+    environment: [ALLOW_RESET=TRUE]
+""", """
+services:
+  c:
+    image: chromadb/chroma:1.5.9
+    volumes: ["d:/data"]
+    environment: [ALLOW_RESET=FALSE]
 """),
     ("CG301", """
 services:

@@ -8,7 +8,6 @@ a real (tmpfs) disk under a writer.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import os
 import shutil
@@ -22,11 +21,10 @@ from typing import Any, Callable, Iterator
 import httpx
 import pytest
 
-from chromaguard.errors import StartupError
-from chromaguard.supervisor import (FAIL, GRACE, PASS, UNHEALTHY, Backoff, HealthJudge, HealthPolicy, Probe,
-                                    Supervisor)
+from chromaguard.supervisor import (FAIL, GRACE, PASS, UNHEALTHY, Backoff, HealthJudge, HealthPolicy)
 from chromaguard.upstream import UpstreamTimeout
 from procs import Guard, Workers
+from supervised import NO_BEAT, NO_READ, OK, FakePool, Scripted, supervised
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 
@@ -65,125 +63,10 @@ def test_backoff_doubles_to_its_cap_and_restarts_the_series_after_a_stable_run()
 # ---- the supervisor on a virtual clock -------------------------------------------------------
 
 
-class FakeTime:
-    """Virtual time: ``sleep`` waits for ``advance``; ``run_until`` moves time to the next sleeper
-    whenever the event loop has nothing else to do."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.now + seconds, next(self._seq), future))
-        await future
-
-    async def run_until(self, condition: Callable[[], bool], *, before: float = 10_000.0) -> None:
-        while True:
-            for _ in range(50):  # let everything that is ready run first
-                if condition():
-                    return
-                await asyncio.sleep(0)
-            while self._sleepers and self._sleepers[0][2].done():  # cancelled sleeps
-                heapq.heappop(self._sleepers)
-            assert self._sleepers, "nothing left to wait for"
-            due, _, future = heapq.heappop(self._sleepers)
-            assert due <= before, f"not reached by t={before}"
-            self.now = max(self.now, due)
-            future.set_result(None)
-
-
-class FakeEngine:
-    def __init__(self, now: Callable[[], float]) -> None:
-        self.url = "http://127.0.0.1:9"
-        self.data_dir = Path(".")
-        self.pid = 1
-        self.started_at: float | None = None
-        self.starts = 0
-        self.kills: list[float] = []
-        self.fail_ready = 0  # this many starts in a row fail
-        self._now = now
-        self._exit: asyncio.Future[int] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._exit is not None and not self._exit.done()
-
-    async def start(self) -> None:
-        self.starts += 1
-        self.pid += 1
-        self._exit = asyncio.get_running_loop().create_future()
-
-    async def wait_ready(self, timeout: float) -> None:
-        if self.fail_ready:
-            self.fail_ready -= 1
-            self.exit(1)
-            raise StartupError("the Chroma engine exited during start-up (code 1)")
-
-    async def wait(self) -> int:
-        while True:
-            assert self._exit is not None
-            exit_ = self._exit
-            code = await exit_
-            if exit_ is self._exit:
-                return code
-
-    def exit(self, code: int) -> None:
-        if self.running:
-            assert self._exit is not None
-            self._exit.set_result(code)
-
-    def kill(self) -> None:
-        if self.running:
-            self.kills.append(self._now())
-            self.exit(-9)
-
-    async def stop(self, timeout: float = 10.0) -> None:
-        self.exit(0)
-
-
-class Scripted:
-    """Probe results in order, then the last one forever."""
-
-    def __init__(self, *results: Probe) -> None:
-        self.results = list(results)
-        self.calls = 0
-
-    async def __call__(self) -> Probe:
-        self.calls += 1
-        return self.results.pop(0) if len(self.results) > 1 else self.results[0]
-
-
-OK = Probe(True, "heartbeat and a read of a collection answered")
-NO_BEAT = Probe(False, "no heartbeat within 2s", stuck=True)
-NO_READ = Probe(False, "a read of a collection got no answer within 8s (the heartbeat did)", stuck=True,
-                data_path=True)
-
-
-def _supervised(probe: Scripted, *, policy: HealthPolicy, room: list[bool] | None = None,
-                ) -> tuple[Supervisor, FakeEngine, FakeTime]:
-    fake = FakeTime()
-    engine = FakeEngine(fake.clock)
-    rooms = room if room is not None else [True]
-
-    async def has_room() -> tuple[bool, str]:
-        return (True, "500 MiB free under the data dir") if rooms[0] else (False, "0.2 MiB free under the data dir")
-
-    sup = Supervisor(engine, policy=policy, clock=fake.clock, sleep=fake.sleep, probe=probe,  # type: ignore[arg-type]
-                     room=has_room)
-    return sup, engine, fake
-
-
 def test_stuck_engine_unavailable_at_the_first_failure_killed_after_retries() -> None:
     async def scenario() -> None:
         probe = Scripted(OK, NO_BEAT)
-        sup, engine, fake = _supervised(probe, policy=HealthPolicy(interval=2, retries=3, start_period=60))
+        sup, engine, fake = supervised(probe, policy=HealthPolicy(interval=2, retries=3, start_period=60))
         await sup.start()
         await fake.run_until(lambda: probe.calls == 1)
         await fake.run_until(lambda: probe.calls == 2)
@@ -202,7 +85,7 @@ def test_stuck_engine_unavailable_at_the_first_failure_killed_after_retries() ->
 def test_failures_in_the_start_period_do_not_count_until_a_probe_passed() -> None:
     async def scenario() -> None:
         probe = Scripted(NO_BEAT)
-        sup, engine, fake = _supervised(probe, policy=HealthPolicy(interval=2, retries=3, start_period=60))
+        sup, engine, fake = supervised(probe, policy=HealthPolicy(interval=2, retries=3, start_period=60))
         await sup.start()
         await fake.run_until(lambda: fake.now >= 58)
         assert not engine.kills and not sup.available, "failing, so unavailable, but not counted"
@@ -213,31 +96,11 @@ def test_failures_in_the_start_period_do_not_count_until_a_probe_passed() -> Non
     asyncio.run(scenario())
 
 
-class FakePool:
-    """The data path's pool as the supervisor sees it: requests waiting on the engine."""
-
-    def __init__(self) -> None:
-        self.requests: dict[str, object] = {}
-        self.aborted: list[tuple[str, str]] = []
-
-    def wait_on_engine(self, name: str) -> None:
-        self.requests[name] = object()
-
-    def waiting(self) -> list[tuple[str, object]]:
-        return list(self.requests.items())
-
-    def abort(self, conns: list[str], reason: str) -> int:
-        for conn in conns:
-            del self.requests[conn]
-            self.aborted.append((conn, reason))
-        return len(conns)
-
-
 def test_stuck_on_a_full_disk_reads_hang_too_reported_no_restart_until_there_is_room() -> None:
     async def scenario() -> None:
         probe = Scripted(OK, NO_READ)
         room = [False]
-        sup, engine, fake = _supervised(probe, policy=HealthPolicy(interval=2, timeout=10, retries=3,
+        sup, engine, fake = supervised(probe, policy=HealthPolicy(interval=2, timeout=10, retries=3,
                                                                    start_period=0), room=room)
         sup.pool = pool = FakePool()
         await sup.start()
@@ -267,7 +130,7 @@ def test_stuck_on_a_full_disk_writes_hang_reads_answer_waiting_requests_failed()
     async def scenario() -> None:
         probe = Scripted(OK)
         room = [False]
-        sup, engine, fake = _supervised(probe, policy=HealthPolicy(interval=2, timeout=10, retries=3,
+        sup, engine, fake = supervised(probe, policy=HealthPolicy(interval=2, timeout=10, retries=3,
                                                                    start_period=0), room=room)
         sup.pool = pool = FakePool()
         await sup.start()
@@ -290,7 +153,7 @@ def test_stuck_on_a_full_disk_writes_hang_reads_answer_waiting_requests_failed()
 
 def test_a_slow_request_on_a_disk_with_room_is_left_alone() -> None:
     async def scenario() -> None:
-        sup, engine, fake = _supervised(Scripted(OK), policy=HealthPolicy(interval=2, timeout=10, retries=3,
+        sup, engine, fake = supervised(Scripted(OK), policy=HealthPolicy(interval=2, timeout=10, retries=3,
                                                                           start_period=0))
         sup.pool = pool = FakePool()
         await sup.start()
@@ -306,7 +169,7 @@ def test_a_slow_request_on_a_disk_with_room_is_left_alone() -> None:
 def test_failing_requests_mark_the_engine_unavailable_at_once_and_ask_for_a_probe_now() -> None:
     async def scenario() -> None:
         probe = Scripted(OK)
-        sup, engine, fake = _supervised(probe, policy=HealthPolicy(interval=1000, retries=3, start_period=0))
+        sup, engine, fake = supervised(probe, policy=HealthPolicy(interval=1000, retries=3, start_period=0))
         await sup.start()
         timeout = UpstreamTimeout("upstream did not answer in time")
         sup.request_failed(timeout)
@@ -327,7 +190,7 @@ def test_failing_requests_mark_the_engine_unavailable_at_once_and_ask_for_a_prob
 def test_restart_back_off_is_capped_and_a_stable_run_restarts_at_once() -> None:
     async def scenario() -> None:
         probe = Scripted(OK)
-        sup, engine, fake = _supervised(probe, policy=HealthPolicy(interval=500, retries=3, start_period=0))
+        sup, engine, fake = supervised(probe, policy=HealthPolicy(interval=500, retries=3, start_period=0))
         await sup.start()
         engine.fail_ready = 7
         fake.slept.clear()

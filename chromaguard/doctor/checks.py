@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import shlex
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -11,7 +12,8 @@ from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from .compose import ComposeFile, Entry, EnvVar, Service, merged_services
 from .knowledge import (CHROMA, CHROMAGUARD, IGNORED_ON_1X, NEVER_IN_0X, NONEXISTENT_AUTH_CLASSES, OLLAMA, Image,
-                        auth_rename_for_line, container_port, identify, is_auth_var)
+                        auth_rename_for_line, container_port, identify, is_auth_var, widens_access)
+from .lines import LINES
 from .model import Finding, Location
 from .rules import RULES
 
@@ -131,7 +133,7 @@ def healthcheck_findings(service: Service, image: Image) -> list[Finding]:
             "image does not have", test.location,
             f"the image has only {', '.join(sorted(image.binaries())) or 'no shell tools'} of the usual tools: "
             "the check can never pass", f"test: {replacement}", _replace_test(service, image)))
-    if form == "CMD-SHELL" and "/dev/tcp" in text:
+    if form == "CMD-SHELL" and "/dev/tcp" in text and "bash" not in _programs(text):  # `bash -c` has it
         found.append(_finding("CG102", service, "the CMD-SHELL health check uses /dev/tcp, which sh does not have",
                               test.location, "CMD-SHELL runs /bin/sh (dash); /dev/tcp is a bash feature",
                               f"test: {replacement}", _replace_test(service, image)))
@@ -178,10 +180,19 @@ def env_findings(service: Service, image: Image) -> list[Finding]:
                 continue
             new, why = fix
             line = f"Chroma {image.line}" + (" (the `latest` tag)" if image.floating else "")
+            opens = widens_access(new, var.value) if new else None
+            if opens is not None:
+                found.append(_finding(
+                    "CG208", service, f"{name} is ignored by {line}; renaming it to {new} would open access: "
+                    f"{opens}", var.location, f"{why}; today the file runs without it",
+                    f"decide: remove {name} (what runs today), or rename it to {new} on purpose with the narrowest "
+                    "value that works"))
+                continue
             found.append(_finding(
                 "CG201", service, f"{name} is ignored by {line}", var.location, why,
                 f"rename it to {new}" if new else "remove it (it has no effect)",
                 _rename(var, new, env) if new else var.remove))
+        found += unknown_setting_findings(service, image, env, {f.location for f in found})
         auth = {n: v for n, v in env.items() if is_auth_var(n) and (v.value or "").strip().lower() not in ("", "none")}
         if image.is_1x and auth:
             first = next(iter(auth.values()))
@@ -217,6 +228,22 @@ def env_findings(service: Service, image: Image) -> list[Finding]:
     return found
 
 
+def unknown_setting_findings(service: Service, image: Image, env: dict[str, EnvVar],
+                             reported: set[Location]) -> list[Finding]:
+    """``CHROMA_*`` names the line does not read (and not already reported as renamed there)."""
+    line = LINES[image.line]
+    found = []
+    for name, var in env.items():
+        if not name.upper().startswith("CHROMA_") or line.reads(name) or is_auth_var(name) \
+                or var.location in reported:  # auth names have rules of their own
+            continue
+        close = difflib.get_close_matches(name.upper(), sorted(line.settings.value), n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]}?" if close else "remove it, or use a name the line reads"
+        found.append(_finding("CG207", service, f"{name} is not a setting of Chroma {image.line}: it is ignored",
+                              var.location, "the server ignores names it does not know", hint))
+    return found
+
+
 def _volume_target(value: Any) -> str:
     if isinstance(value, CommentedMap):
         return str(value.get("target", ""))
@@ -239,10 +266,13 @@ def _move_volume(entry: Entry, new_target: str) -> Callable[[], None]:
 
 def volume_findings(service: Service, image: Image) -> list[Finding]:
     volumes = list(service.items("volumes"))
+    data_path = LINES[image.line].data_path.value if image.kind == CHROMA else "/data"
     if not volumes and image.kind in (CHROMA, CHROMAGUARD):
+        if _tmpfs_at(service, data_path):
+            return []  # a tmpfs at the data path: ephemeral on purpose
         return [_finding("CG302", service, f"{service.name} has no volume: its data dies with the container",
                          service.location, "the data dir is inside the container's own layer",
-                         f"volumes: [chroma_data:{'/data' if image.is_1x or image.kind == CHROMAGUARD else '/chroma/chroma'}]")]
+                         f"volumes: [chroma_data:{data_path}]")]
     found = []
     if image.is_1x:
         for entry in volumes:
@@ -253,6 +283,12 @@ def volume_findings(service: Service, image: Image) -> list[Finding]:
                                       "the data lives in the container layer and is lost when it is recreated",
                                       "mount it at /data", _move_volume(entry, "/data")))
     return found
+
+
+def _tmpfs_at(service: Service, path: str) -> bool:
+    entry = service.get("tmpfs")
+    mounts = [] if entry is None else entry.value if isinstance(entry.value, list) else [entry.value]
+    return any(str(m).split(":")[0].rstrip("/") == path for m in mounts)
 
 
 def _healthy(entry: Entry, names: list[str]) -> Callable[[], None]:

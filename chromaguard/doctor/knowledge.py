@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from .compose import Service
+from .lines import LINES
 
 CHROMA = "chroma"
 CHROMAGUARD = "chromaguard"
@@ -21,6 +22,7 @@ class Image:
     version: tuple[int, int, int] | None
     floating: bool  # `latest` or no tag: whatever was pulled last
     reference: str
+    built: bool = False  # built from source (`build:`): the line is read from its Dockerfile
 
     @property
     def is_1x(self) -> bool:
@@ -29,9 +31,7 @@ class Image:
     def binaries(self) -> frozenset[str]:
         """Programs a health check can call inside this image."""
         if self.kind == CHROMA:
-            if self.line == "1.x":
-                return frozenset({"bash", "perl", "chroma"})  # no curl, wget, nc or python
-            return frozenset({"bash", "python", "python3", "uvicorn"})  # python:3.11-slim: no curl
+            return LINES[self.line].tools.value
         if self.kind == OLLAMA:
             return frozenset({"bash", "ollama"})
         if self.kind == CHROMAGUARD:
@@ -45,11 +45,41 @@ def _tag(reference: str) -> str:
     return last.split(":", 1)[1] if ":" in last else ""
 
 
+def _built_line(service: Service) -> tuple[str, tuple[int, int, int] | None] | None:
+    """The Chroma line a ``build:`` makes: Chroma's own Rust Dockerfile is 1.x; a Dockerfile that
+    starts ``FROM chromadb/chroma:TAG`` is that tag's line; anything else is not known to be Chroma."""
+    entry = service.get("build")
+    if entry is None:
+        return None
+    build = entry.value
+    context = str(build.get("context", ".")) if hasattr(build, "get") else str(build)
+    dockerfile = str(build.get("dockerfile", "Dockerfile")) if hasattr(build, "get") else "Dockerfile"
+    if dockerfile.startswith("rust/") or "/rust/" in dockerfile:
+        return "1.x", None
+    path = entry.file.path.parent / context / dockerfile
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")[:65536]
+    except OSError:
+        return None
+    for line in text.splitlines():
+        match = re.match(r"\s*FROM\s+(?:--\S+\s+)*(\S+)", line, re.IGNORECASE)
+        if match and re.search(r"chromadb/chroma|chroma-core/chroma", match.group(1), re.IGNORECASE):
+            version = _TAG_VERSION.match(_tag(match.group(1)))
+            if version is None:
+                return "1.x", None
+            numbers = (int(version.group(1)), int(version.group(2)), int(version.group(3) or 0))
+            return ("1.x" if numbers[0] >= 1 else f"0.{numbers[1]}"), numbers
+    return None
+
+
 def identify(service: Service) -> Image | None:
     reference = service.image()
     command = service.command()
     lowered = reference.lower()
     tag = _tag(reference)
+    built = _built_line(service)
+    if built is not None:
+        return Image(CHROMA, built[0], built[1], False, reference or "(built from source)", built=True)
     if "chromaguard" in lowered or command.strip().startswith("chromaguard"):
         return Image(CHROMAGUARD, "", None, tag in ("", "latest"), reference)
     if "ollama/ollama" in lowered:
@@ -106,6 +136,19 @@ NEVER_IN_0X: dict[str, tuple[str | None, str]] = {
     "CHROMA_SERVER_OTEL_SERVICE_NAME": ("CHROMA_OTEL_SERVICE_NAME", "never existed in any Chroma; Chroma 0.x "
                                                                     "reads CHROMA_OTEL_SERVICE_NAME"),
 }
+
+def widens_access(name: str, value: str | None) -> str | None:
+    """Why turning on ``name=value`` (by renaming an ignored setting to it) would open access
+    beyond what runs today; None when it would not."""
+    value = (value or "").strip().strip("'\"")
+    if name in ("CHROMA_CORS_ALLOW_ORIGINS", "CHROMA_SERVER_CORS_ALLOW_ORIGINS") and value not in ("", "[]"):
+        return f"it would let the web pages of {value} call the database from a user's browser"
+    if name in ("CHROMA_ALLOW_RESET", "ALLOW_RESET") and value.lower() in ("true", "1", "yes", "on"):
+        return "it would let any client wipe the whole database with one call (reset)"
+    # CHROMA_LISTEN_ADDRESS is not here: the 1.x image listens on 0.0.0.0 already
+    # (rust/frontend/src/config.rs default_listen_address), so no value of it opens more.
+    return None
+
 
 AUTH_PREFIXES = ("CHROMA_SERVER_AUTH", "CHROMA_SERVER_AUTHN", "CHROMA_AUTH_TOKEN_TRANSPORT_HEADER")
 NONEXISTENT_AUTH_CLASSES = {"chromadb.auth.token.tokenauthserver"}

@@ -109,6 +109,24 @@ the collector's name is yours.
 Any web page a user opens can call the database from their browser. List the origins that need
 it, for example `["https://app.example.com"]`. Not fixed automatically.
 """),
+    _rule("CG207", "env-unknown", "warning",
+          "A `CHROMA_*` variable that no setting of this Chroma line has.",
+          """
+The server reads only the names it knows and ignores the rest without a word, so a misspelled or
+invented name (for example `CHROMA_OTEL_EXPORTER_HEADERS`: the 0.x name is
+`CHROMA_OTEL_COLLECTION_HEADERS`) leaves the setting off. The finding names the closest real name
+of the line, when one is close. Not fixed automatically: only you know what was meant. The names
+each line reads are listed, with their sources, in `chromaguard/doctor/lines.py`.
+"""),
+    _rule("CG208", "rename-would-open-access", "warning",
+          "An ignored setting whose rename to the real name would open access: a decision for you.",
+          """
+Renaming an ignored setting to the name the engine reads turns its value on. When that value
+opens access (a CORS origin list, `ALLOW_RESET=TRUE`, a listen address other than loopback), the
+file today runs without it, and `--fix` does not switch it on behind your back: the file is left
+as it is for that setting. Decide: remove the line (the behaviour you have today), or rename it
+on purpose, with the narrowest value that works (your own origins, reset off).
+"""),
     _rule("CG301", "volume-path-lost-on-recreate", "error",
           "The data volume is mounted where Chroma 1.x does not write: data is lost when the container is recreated.",
           """

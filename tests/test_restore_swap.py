@@ -1,0 +1,195 @@
+"""Restore's swap, in-process, with a failure at every step: the data dir holds either all of the
+old data or all of the new, never a mix, and nothing is left beside it.
+
+The archive's verification (which starts a real engine, and is tested with one in
+``test_backup.py`` and ``test_verify_tampered.py``) is replaced by one that stages a dir as
+verify does; the renames are the real ones, failed one at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from chromaguard import restore as restore_module
+from chromaguard.datalock import LOCK_NAME, DataDirLock
+from chromaguard.restore import VerifyError, VerifyReport, restore
+
+OLD = {"chroma.sqlite3": b"old catalogue", "seg-1/data.bin": b"old vectors", "seg-1/nested/x": b"old x"}
+NEW = {"chroma.sqlite3": b"new catalogue", "seg-2/data.bin": b"new vectors", "seg-3/y": b"new y"}
+
+
+def _write(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def _contents(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and p.name != LOCK_NAME}
+
+
+@pytest.fixture
+def verified(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """``verify`` as restore calls it: the new data unpacked in a fresh dir under ``keep_in``."""
+    staged: list[Path] = []
+
+    def fake_verify(path: Path, *, progress: Any = None, keep_in: Path | None = None) -> VerifyReport:
+        assert keep_in is not None
+        scratch = _write(Path(tempfile.mkdtemp(prefix=".chromaguard-restore-", dir=keep_in)), NEW)
+        staged.append(scratch)
+        return VerifyReport({"collections": [], "_verified_dir": str(scratch)}, 0, 0, 0)
+
+    monkeypatch.setattr(restore_module, "verify", fake_verify)
+    return staged
+
+
+def _failing_rename(monkeypatch: pytest.MonkeyPatch, at: int) -> Callable[[], int]:
+    """``os.rename`` (which ``Path.rename`` calls) failing at its ``at``-th call, only then."""
+    real = os.rename
+    calls = [0]
+
+    def rename(src: Any, dst: Any) -> None:
+        calls[0] += 1
+        if calls[0] == at:
+            raise OSError(5, "Input/output error (injected)")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    return lambda: calls[0]
+
+
+def _lock_is_free(data_dir: Path) -> bool:
+    lock = DataDirLock(data_dir)
+    lock.acquire()
+    lock.release()
+    return True
+
+
+def _beside(data_dir: Path) -> list[str]:
+    return sorted(p.name for p in data_dir.parent.iterdir() if p != data_dir)
+
+
+def test_the_new_data_replaces_the_old_in_one_exchange(tmp_path: Path, verified: list[Path]) -> None:
+    data_dir = _write(tmp_path / "data", OLD)
+    report = restore(tmp_path / "backup.tar.gz", data_dir, force=True)
+    assert _contents(data_dir) == NEW and "_verified_dir" not in report.manifest
+    assert _beside(data_dir) == [] and _lock_is_free(data_dir)
+    assert verified[0].parent == tmp_path, "staged next to the data dir: the same filesystem, one rename"
+
+
+def test_exchange_swaps_two_paths_and_says_when_it_cannot(tmp_path: Path) -> None:
+    a, b = _write(tmp_path / "a", {"f": b"a"}), _write(tmp_path / "b", {"f": b"b"})
+    assert restore_module._exchange(a, b) is True
+    assert (a / "f").read_bytes() == b"b" and (b / "f").read_bytes() == b"a"
+    assert restore_module._exchange(a, tmp_path / "missing") is False and (a / "f").read_bytes() == b"b"
+
+
+@pytest.mark.parametrize("at", [1, 2])
+def test_without_an_exchange_a_failed_rename_leaves_the_old_data_in_place(
+        tmp_path: Path, verified: list[Path], monkeypatch: pytest.MonkeyPatch, at: int) -> None:
+    data_dir = _write(tmp_path / "data", OLD)
+    monkeypatch.setattr(restore_module, "_exchange", lambda a, b: False)
+    calls = _failing_rename(monkeypatch, at)
+    with pytest.raises(OSError, match="injected"):
+        restore(tmp_path / "backup.tar.gz", data_dir, force=True)
+    assert _contents(data_dir) == OLD, "the old data, whole"
+    assert _beside(data_dir) == [] and _lock_is_free(data_dir)
+    assert calls() == at + (at == 2), "the old dir renamed back after the new one could not go in"
+
+
+def test_without_an_exchange_every_rename_succeeding_swaps_and_leaves_nothing(
+        tmp_path: Path, verified: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    data_dir = _write(tmp_path / "data", OLD)
+    monkeypatch.setattr(restore_module, "_exchange", lambda a, b: False)
+    calls = _failing_rename(monkeypatch, 0)
+    restore(tmp_path / "backup.tar.gz", data_dir, force=True)
+    assert _contents(data_dir) == NEW and _beside(data_dir) == [] and calls() == 2
+
+
+@pytest.mark.parametrize("at", range(1, 6))
+def test_in_a_mount_point_a_failed_move_is_undone(tmp_path: Path, verified: list[Path],
+                                                  monkeypatch: pytest.MonkeyPatch, at: int) -> None:
+    volume = _write(tmp_path / "volume", OLD)
+    monkeypatch.setattr(restore_module.os.path, "ismount", lambda p: Path(p) == volume)
+    _failing_rename(monkeypatch, at)  # 2 old entries aside, then 3 new ones in: 5 moves
+    with pytest.raises(OSError, match="injected"):
+        restore(tmp_path / "backup.tar.gz", volume, force=True)
+    assert _contents(volume) == OLD
+    assert sorted(p.name for p in volume.iterdir()) == sorted({"chroma.sqlite3", "seg-1", LOCK_NAME}), \
+        "no staged or set-aside dir is left inside"
+    assert _lock_is_free(volume)
+
+
+def test_in_a_mount_point_the_contents_are_swapped(tmp_path: Path, verified: list[Path],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    volume = _write(tmp_path / "volume", OLD)
+    monkeypatch.setattr(restore_module.os.path, "ismount", lambda p: Path(p) == volume)
+    calls = _failing_rename(monkeypatch, 0)
+    restore(tmp_path / "backup.tar.gz", volume, force=True)
+    assert _contents(volume) == NEW and calls() == 5
+    assert verified[0].parent == volume, "staged inside the mount point: the same filesystem"
+    assert sorted(p.name for p in volume.iterdir()) == sorted({"chroma.sqlite3", "seg-2", "seg-3", LOCK_NAME})
+
+
+def test_a_restore_cut_short_is_never_built_upon(tmp_path: Path, verified: list[Path]) -> None:
+    data_dir = _write(tmp_path / "data", NEW)
+    held = _write(tmp_path / "data.before-restore", OLD)
+    with pytest.raises(VerifyError) as error:
+        restore(tmp_path / "backup.tar.gz", data_dir, force=True)
+    assert str(error.value) == (f"{held} holds the data from before a restore into {data_dir} that was cut short; "
+                                "move it back (or remove it once you are sure it is not needed), then restore again")
+    assert _contents(held) == OLD and _contents(data_dir) == NEW and not verified
+
+    volume = _write(tmp_path / "volume", NEW)
+    aside = _write(volume / ".chromaguard-before-restore-abc", OLD)
+    with pytest.raises(VerifyError) as error:
+        restore(tmp_path / "backup.tar.gz", volume, force=True)
+    assert str(error.value).startswith(f"{aside} holds the data from before a restore into {volume} that was cut")
+    assert _contents(aside) == OLD and not verified and _lock_is_free(volume)
+
+
+def test_what_restore_refuses_and_that_it_leaves_no_dir_it_made(tmp_path: Path, verified: list[Path],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    busy = _write(tmp_path / "busy", OLD)
+    with pytest.raises(VerifyError) as error:
+        restore(tmp_path / "b.tar.gz", busy)
+    assert str(error.value) == f"{busy} is not empty; restore into an empty dir or add --force to replace it"
+    assert _contents(busy) == OLD and _lock_is_free(busy)
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(VerifyError, match=f"^{a_file} is not a directory$"):
+        restore(tmp_path / "b.tar.gz", a_file)
+
+    lock = DataDirLock(busy)
+    lock.acquire()
+    try:
+        with pytest.raises(VerifyError, match="; stop it before restoring$"):
+            restore(tmp_path / "b.tar.gz", busy, force=True)
+    finally:
+        lock.release()
+    assert _contents(busy) == OLD and not verified
+
+    fresh = tmp_path / "new" / "data"
+    monkeypatch.setattr(restore_module, "_exchange", lambda a, b: False)
+    _failing_rename(monkeypatch, 2)
+    with pytest.raises(OSError):
+        restore(tmp_path / "b.tar.gz", fresh)
+    assert not fresh.exists() and sorted(p.name for p in fresh.parent.iterdir()) == [], "nothing left of it"
+
+
+def test_into_an_empty_dir_no_force_is_needed(tmp_path: Path, verified: list[Path]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    restore(tmp_path / "b.tar.gz", empty)
+    assert _contents(empty) == NEW
+    fresh = tmp_path / "fresh"
+    restore(tmp_path / "b.tar.gz", fresh)
+    assert _contents(fresh) == NEW
