@@ -353,7 +353,7 @@ def doctor(files: tuple[Path, ...], fix: bool, show_diff: bool, fmt: str, fail_o
                 click.echo(doc.unified_diff(changes), nl=False)
                 return
             for path, (_, after) in changes.items():
-                path.write_text(after, encoding="utf-8")
+                doc.write_atomically(path, after)
                 click.echo(f"fixed: {path}", err=True)
             findings = doc.check_files([f.path for f in report.files]).findings
     output = {"text": render.text, "json": render.as_json, "sarif": render.sarif}[fmt](findings)

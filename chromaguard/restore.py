@@ -93,18 +93,17 @@ def verify(path: Path, *, progress: Callable[[int], None] | None = None, keep_in
 
 
 _RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
 
 
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths atomically (Linux renameat2); False where the system cannot."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
+        renameat2 = ctypes.CDLL(None).renameat2
     except (OSError, AttributeError):
         return False
-    at_fdcwd = -100
-    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
-    return result == 0
+    a, b = a.resolve(), b.resolve()  # absolute: the directory descriptors (AT_FDCWD) are not used
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
 BEFORE_RESTORE = ".before-restore"  # the old data dir, renamed aside while the new one is renamed in

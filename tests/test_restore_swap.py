@@ -19,6 +19,7 @@ from chromaguard import restore as restore_module
 from chromaguard.datalock import LOCK_NAME, DataDirLock
 from chromaguard.restore import VerifyError, VerifyReport, restore
 
+PROGRESS = print  # passed on to verify as given
 OLD = {"chroma.sqlite3": b"old catalogue", "seg-1/data.bin": b"old vectors", "seg-1/nested/x": b"old x"}
 NEW = {"chroma.sqlite3": b"new catalogue", "seg-2/data.bin": b"new vectors", "seg-3/y": b"new y"}
 
@@ -41,7 +42,7 @@ def verified(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     staged: list[Path] = []
 
     def fake_verify(path: Path, *, progress: Any = None, keep_in: Path | None = None) -> VerifyReport:
-        assert keep_in is not None
+        assert keep_in is not None and path.name == "backup.tar.gz" and progress is PROGRESS
         scratch = _write(Path(tempfile.mkdtemp(prefix=".chromaguard-restore-", dir=keep_in)), NEW)
         staged.append(scratch)
         return VerifyReport({"collections": [], "_verified_dir": str(scratch)}, 0, 0, 0)
@@ -78,7 +79,7 @@ def _beside(data_dir: Path) -> list[str]:
 
 def test_the_new_data_replaces_the_old_in_one_exchange(tmp_path: Path, verified: list[Path]) -> None:
     data_dir = _write(tmp_path / "data", OLD)
-    report = restore(tmp_path / "backup.tar.gz", data_dir, force=True)
+    report = restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=data_dir, force=True)
     assert _contents(data_dir) == NEW and "_verified_dir" not in report.manifest
     assert _beside(data_dir) == [] and _lock_is_free(data_dir)
     assert verified[0].parent == tmp_path, "staged next to the data dir: the same filesystem, one rename"
@@ -98,7 +99,7 @@ def test_without_an_exchange_a_failed_rename_leaves_the_old_data_in_place(
     monkeypatch.setattr(restore_module, "_exchange", lambda a, b: False)
     calls = _failing_rename(monkeypatch, at)
     with pytest.raises(OSError, match="injected"):
-        restore(tmp_path / "backup.tar.gz", data_dir, force=True)
+        restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=data_dir, force=True)
     assert _contents(data_dir) == OLD, "the old data, whole"
     assert _beside(data_dir) == [] and _lock_is_free(data_dir)
     assert calls() == at + (at == 2), "the old dir renamed back after the new one could not go in"
@@ -109,7 +110,7 @@ def test_without_an_exchange_every_rename_succeeding_swaps_and_leaves_nothing(
     data_dir = _write(tmp_path / "data", OLD)
     monkeypatch.setattr(restore_module, "_exchange", lambda a, b: False)
     calls = _failing_rename(monkeypatch, 0)
-    restore(tmp_path / "backup.tar.gz", data_dir, force=True)
+    restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=data_dir, force=True)
     assert _contents(data_dir) == NEW and _beside(data_dir) == [] and calls() == 2
 
 
@@ -120,7 +121,7 @@ def test_in_a_mount_point_a_failed_move_is_undone(tmp_path: Path, verified: list
     monkeypatch.setattr(restore_module.os.path, "ismount", lambda p: Path(p) == volume)
     _failing_rename(monkeypatch, at)  # 2 old entries aside, then 3 new ones in: 5 moves
     with pytest.raises(OSError, match="injected"):
-        restore(tmp_path / "backup.tar.gz", volume, force=True)
+        restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=volume, force=True)
     assert _contents(volume) == OLD
     assert sorted(p.name for p in volume.iterdir()) == sorted({"chroma.sqlite3", "seg-1", LOCK_NAME}), \
         "no staged or set-aside dir is left inside"
@@ -132,7 +133,7 @@ def test_in_a_mount_point_the_contents_are_swapped(tmp_path: Path, verified: lis
     volume = _write(tmp_path / "volume", OLD)
     monkeypatch.setattr(restore_module.os.path, "ismount", lambda p: Path(p) == volume)
     calls = _failing_rename(monkeypatch, 0)
-    restore(tmp_path / "backup.tar.gz", volume, force=True)
+    restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=volume, force=True)
     assert _contents(volume) == NEW and calls() == 5
     assert verified[0].parent == volume, "staged inside the mount point: the same filesystem"
     assert sorted(p.name for p in volume.iterdir()) == sorted({"chroma.sqlite3", "seg-2", "seg-3", LOCK_NAME})
@@ -142,7 +143,7 @@ def test_a_restore_cut_short_is_never_built_upon(tmp_path: Path, verified: list[
     data_dir = _write(tmp_path / "data", NEW)
     held = _write(tmp_path / "data.before-restore", OLD)
     with pytest.raises(VerifyError) as error:
-        restore(tmp_path / "backup.tar.gz", data_dir, force=True)
+        restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=data_dir, force=True)
     assert str(error.value) == (f"{held} holds the data from before a restore into {data_dir} that was cut short; "
                                 "move it back (or remove it once you are sure it is not needed), then restore again")
     assert _contents(held) == OLD and _contents(data_dir) == NEW and not verified
@@ -150,7 +151,7 @@ def test_a_restore_cut_short_is_never_built_upon(tmp_path: Path, verified: list[
     volume = _write(tmp_path / "volume", NEW)
     aside = _write(volume / ".chromaguard-before-restore-abc", OLD)
     with pytest.raises(VerifyError) as error:
-        restore(tmp_path / "backup.tar.gz", volume, force=True)
+        restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=volume, force=True)
     assert str(error.value).startswith(f"{aside} holds the data from before a restore into {volume} that was cut")
     assert _contents(aside) == OLD and not verified and _lock_is_free(volume)
 
@@ -159,20 +160,20 @@ def test_what_restore_refuses_and_that_it_leaves_no_dir_it_made(tmp_path: Path, 
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     busy = _write(tmp_path / "busy", OLD)
     with pytest.raises(VerifyError) as error:
-        restore(tmp_path / "b.tar.gz", busy)
+        restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=busy)
     assert str(error.value) == f"{busy} is not empty; restore into an empty dir or add --force to replace it"
     assert _contents(busy) == OLD and _lock_is_free(busy)
 
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(VerifyError, match=f"^{a_file} is not a directory$"):
-        restore(tmp_path / "b.tar.gz", a_file)
+        restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=a_file)
 
     lock = DataDirLock(busy)
     lock.acquire()
     try:
         with pytest.raises(VerifyError, match="; stop it before restoring$"):
-            restore(tmp_path / "b.tar.gz", busy, force=True)
+            restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=busy, force=True)
     finally:
         lock.release()
     assert _contents(busy) == OLD and not verified
@@ -181,15 +182,40 @@ def test_what_restore_refuses_and_that_it_leaves_no_dir_it_made(tmp_path: Path, 
     monkeypatch.setattr(restore_module, "_exchange", lambda a, b: False)
     _failing_rename(monkeypatch, 2)
     with pytest.raises(OSError):
-        restore(tmp_path / "b.tar.gz", fresh)
+        restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=fresh)
     assert not fresh.exists() and sorted(p.name for p in fresh.parent.iterdir()) == [], "nothing left of it"
 
 
 def test_into_an_empty_dir_no_force_is_needed(tmp_path: Path, verified: list[Path]) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    restore(tmp_path / "b.tar.gz", empty)
+    restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=empty)
     assert _contents(empty) == NEW
     fresh = tmp_path / "fresh"
-    restore(tmp_path / "b.tar.gz", fresh)
+    restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=fresh)
     assert _contents(fresh) == NEW
+
+
+def test_a_swap_that_cannot_be_undone_leaves_the_old_data_aside_where_the_next_restore_finds_it(
+        tmp_path: Path, verified: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    volume = _write(tmp_path / "volume", OLD)
+    monkeypatch.setattr(restore_module.os.path, "ismount", lambda p: Path(p) == volume)
+    real = os.rename
+    calls = [0]
+
+    def rename(src: Any, dst: Any) -> None:  # the disk turns read-only after the first move
+        calls[0] += 1
+        if calls[0] > 1:
+            raise OSError(30, "Read-only file system (injected)")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="Read-only"):
+        restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=volume, force=True)
+    [aside] = [p for p in volume.iterdir() if p.name.startswith(".chromaguard-before-restore-")]
+    in_place = {k: v for k, v in _contents(volume).items() if not k.startswith(aside.name)}
+    assert in_place | _contents(aside) == OLD and _contents(aside), "all the old data, part of it set aside"
+    monkeypatch.setattr(os, "rename", real)
+    with pytest.raises(VerifyError, match="that was cut short"):
+        restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=volume, force=True)
+    assert len(verified) == 1, "refused before anything was unpacked"

@@ -48,6 +48,7 @@ class Taker:
                        hold_timeout: float = 30.0) -> Snapshot:
         self.calls += 1
         assert staging_root is not None and hold_timeout == 7.5, "the service's own settings are passed on"
+        assert isinstance(gate, WriteGate) and (data_dir / "chroma.sqlite3").read_bytes() == b"d" * 4000
         if self.release is not None:
             await self.release.wait()
         if self.fail is not None:
@@ -136,11 +137,11 @@ def test_a_snapshot_is_described_in_its_answer_and_kept_for_download(
         assert answer.json() == {"id": f"{1:032x}", "write_hold_ms": 1.5, "write_hold": {"copy_attempts": 1},
                                  "after_hold_ms": {"describe": 3.0}, "collections": 2, "files": 2,
                                  "bytes": 1024}
-        assert list(s.service.snapshots) == [f"{1:032x}"] and not s.service.taking
-        assert (tmp_path / "staging").is_dir(), "the staging dir is made when missing"
+        assert list(s.service.snapshots) == [f"{1:032x}"] and s.service.taking is False
+        assert (tmp_path / "deep" / "staging").is_dir(), "the staging dir is made when missing, parents too"
 
     with caplog.at_level(logging.INFO, "chromaguard.backup"):
-        _serving(tmp_path, taker, Disk(10**12), monkeypatch)(scenario)
+        _serving(tmp_path, taker, Disk(10**12), monkeypatch, staging_root=tmp_path / "deep" / "staging")(scenario)
     assert (f"snapshot {1:032x} taken: writes held for 1.5 ms, 2 collection(s), 2 file(s); described in 3 ms "
             "after the hold") in [r.getMessage() for r in caplog.records]
 
@@ -256,6 +257,7 @@ def test_when_every_kept_snapshot_is_being_downloaded_a_new_one_waits(
             s.service._downloads[key] = 1
         answer = await s.post()
         assert answer.status_code == 503 and answer.headers["retry-after"] == "30"
+        assert answer.json()["error"] == "ServiceUnavailable"
         assert answer.json()["message"] == ("chromaguard: all 2 kept snapshot(s) are being downloaded "
                                             "(CHROMAGUARD_SNAPSHOT_MAX_KEPT); retry when one is done")
         del s.service._downloads[f"{1:032x}"]
@@ -333,6 +335,9 @@ def test_downloads_at_once_are_limited(tmp_path: Path, taker: Taker, monkeypatch
         s.service._downloads[sid] = MAX_STREAMS
         answer = await s.http.get(f"/chromaguard/snapshots/{sid}/archive")
         assert answer.status_code == 429 and answer.headers["retry-after"] == "10"
+        assert (await s.http.head(f"/chromaguard/snapshots/{sid}/archive")).status_code == 200, \
+            "asking whether it exists is not a download"
+        assert answer.json()["error"] == "RateLimitError"
         assert answer.json()["message"] == (f"chromaguard: {MAX_STREAMS} snapshot downloads are running; retry "
                                             "when one is done")
         assert s.service._downloads == {sid: MAX_STREAMS}, "a refused download is not counted"
@@ -394,3 +399,32 @@ def test_close_removes_every_kept_snapshot(tmp_path: Path, taker: Taker, monkeyp
 
     _serving(tmp_path, taker, Disk(10**12), monkeypatch, max_kept=3)(scenario)
 
+
+def test_a_snapshot_taken_while_the_kept_one_began_downloading_is_kept(
+        tmp_path: Path, taker: Taker, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario(s: Served) -> None:
+        first = (await s.post()).json()["id"]
+        taker.release = asyncio.Event()
+        second = asyncio.create_task(s.post())
+        while taker.calls < 2:
+            await asyncio.sleep(0.01)
+        s.service._downloads[first] = 1  # a download of the kept one began meanwhile
+        taker.release.set()
+        answer = await second
+        assert answer.status_code == 201
+        assert list(s.service.snapshots) == [first, answer.json()["id"]], \
+            "over the limit for a while: the new one is never the one dropped"
+
+    _serving(tmp_path, taker, Disk(10**12), monkeypatch, max_kept=1)(scenario)
+
+
+def test_a_snapshot_nobody_fetches_is_dropped_after_its_time(
+        tmp_path: Path, taker: Taker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(snapshot_api, "_MAX_AGE", 0.3)
+
+    async def scenario(s: Served) -> None:
+        await s.post()
+        await asyncio.sleep(0.6)  # no request comes: the timer alone drops it
+        assert s.service.snapshots == {} and not taker.taken[0].root.exists()
+
+    _serving(tmp_path, taker, Disk(10**12), monkeypatch)(scenario)

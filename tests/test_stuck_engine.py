@@ -53,8 +53,8 @@ def test_judge_start_period_until_a_probe_passes() -> None:
 def test_backoff_doubles_to_its_cap_and_restarts_the_series_after_a_stable_run() -> None:
     backoff = Backoff(cap=30, stable_after=60)
     assert [backoff.next_delay() for _ in range(9)] == [0, 1, 2, 4, 8, 16, 30, 30, 30]
-    backoff.exited(up_for=59)
-    assert backoff.next_delay() == 30, "up less than stable_after: still crashing"
+    backoff.exited(up_for=60)
+    assert backoff.next_delay() == 30, "up no longer than stable_after: still crashing"
     backoff.exited(up_for=61)
     assert backoff.next_delay() == 0, "up longer than stable_after: recovered, restarted at once"
     assert backoff.next_delay() == 1
@@ -175,6 +175,7 @@ def test_failing_requests_mark_the_engine_unavailable_at_once_and_ask_for_a_prob
         sup.request_failed(timeout)
         await fake.run_until(lambda: probe.calls == 1)
         assert fake.now == 0 and sup.available, "one failure: a probe now (not at t=1000), still available"
+        fake.now = 0.25
         for _ in range(2):
             sup.request_failed(timeout)
         sup.request_failed(timeout)

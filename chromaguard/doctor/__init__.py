@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .checks import examine
-from .compose import ComposeFile, default_files, load
+from .compose import ComposeFile, default_files, emptied_by, filled, load
 from .model import DoctorError, Finding, at_least
+from .patch import carry
 from .rules import RULES, reference_markdown
 
 __all__ = ["DoctorError", "Finding", "RULES", "Report", "check_files", "apply_fixes", "at_least",
-           "reference_markdown", "default_files"]
+           "reference_markdown", "default_files", "write_atomically"]
 
 
 @dataclass
@@ -29,16 +31,31 @@ def check_files(paths: list[Path]) -> Report:
 
 
 def apply_fixes(report: Report) -> dict[Path, tuple[str, str]]:
-    """Apply every safe fix to the loaded documents; returns {path: (before, after)} for changed files."""
+    """Apply every safe fix to the loaded documents; returns {path: (before, after)} for changed
+    files, ``after`` being the original text changed only where the fixes change it."""
+    bases = {file.path: (file.dump(), filled(file)) for file in report.files}
     for finding in report.findings:
         if finding.apply is not None:
             finding.apply()
     changed = {}
     for file in report.files:
-        after = file.dump()
+        base, envs = bases[file.path]
+        emptied_by(file, envs)
+        after = carry(file.text, base, file.dump())
         if after != file.text:
             changed[file.path] = (file.text, after)
     return changed
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """The fixed file replaces the old one whole (a crash leaves one or the other, never half)."""
+    tmp = path.with_name(f".{path.name}.chromaguard-fix")
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, path.stat().st_mode & 0o7777)
+    os.replace(tmp, path)
 
 
 def unified_diff(changes: dict[Path, tuple[str, str]]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import shlex
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -193,7 +194,8 @@ def env_findings(service: Service, image: Image) -> list[Finding]:
                 f"rename it to {new}" if new else "remove it (it has no effect)",
                 _rename(var, new, env) if new else var.remove))
         found += unknown_setting_findings(service, image, env, {f.location for f in found})
-        auth = {n: v for n, v in env.items() if is_auth_var(n) and (v.value or "").strip().lower() not in ("", "none")}
+        auth = {n: v for n, v in env.items()  # a bare NAME passes the host's value on: configured
+                if is_auth_var(n) and (v.value is None or v.value.strip().lower() not in ("", "none"))}
         if image.is_1x and auth:
             first = next(iter(auth.values()))
             found.append(_finding(
@@ -221,6 +223,13 @@ def env_findings(service: Service, image: Image) -> list[Finding]:
             found.append(_finding("CG205", service, f"{name}={value} points at the container itself", var.location,
                                   "inside a container, localhost is that container",
                                   "use the collector's service name, e.g. http://otel-collector:4317"))
+        if image.is_1x and name == "CHROMA_OPEN_TELEMETRY__ENDPOINT" and _empty_unless_set(value):
+            found.append(_finding("CG209", service, f"{name} is {'empty' if not value else value}: Chroma 1.x "
+                                  "panics at start-up on an empty endpoint" + (f" (whenever {value} is unset on "
+                                  "the host)" if value else ""), var.location,
+                                  "a present endpoint turns tracing on; an empty one is not a valid URI",
+                                  "remove it if tracing is not wanted, or give the variable a default: "
+                                  "${NAME:-http://otel-collector:4317}"))
         if name in _CORS and "*" in value:
             found.append(_finding("CG206", service, f"{name}={value} allows every origin", var.location,
                                   "any web page can call the API from a user's browser",
@@ -242,6 +251,11 @@ def unknown_setting_findings(service: Service, image: Image, env: dict[str, EnvV
         found.append(_finding("CG207", service, f"{name} is not a setting of Chroma {image.line}: it is ignored",
                               var.location, "the server ignores names it does not know", hint))
     return found
+
+
+def _empty_unless_set(value: str) -> bool:
+    """An empty value, or only host variables with no default (``${NAME}``, ``$NAME``)."""
+    return not re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}|\$[A-Za-z_][A-Za-z0-9_]*", "", value).strip()
 
 
 def _volume_target(value: Any) -> str:

@@ -49,7 +49,7 @@ class ComposeFile:
 
 def load(path: Path) -> ComposeFile:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")  # as written: CRLF line ends stay
     except (OSError, UnicodeDecodeError) as exc:
         raise DoctorError(f"{path}: cannot read ({exc})") from None
     try:
@@ -69,6 +69,21 @@ def load(path: Path) -> ComposeFile:
             indent = candidate
             break
     return ComposeFile(path, text, doc, indent)
+
+
+def emptied_by(file: ComposeFile, before: set[int]) -> None:
+    """Drop the ``environment`` keys a fix left empty (``before``: the ids of those that were not)."""
+    for node in file.services().values():
+        if isinstance(node, CommentedMap):
+            env = node.get("environment")
+            if id(env) in before and isinstance(env, (CommentedMap, CommentedSeq)) and not env:
+                del node["environment"]
+
+
+def filled(file: ComposeFile) -> set[int]:
+    """The ids of the non-empty ``environment`` nodes, for ``emptied_by``."""
+    return {id(node["environment"]) for node in file.services().values()
+            if isinstance(node, CommentedMap) and node.get("environment")}
 
 
 def default_files(directory: Path) -> list[Path]:

@@ -18,7 +18,7 @@ _TAG_VERSION = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?")
 @dataclass(frozen=True)
 class Image:
     kind: str
-    line: str  # "0.4", "0.5", "0.6", "1.x" for Chroma; "" otherwise
+    line: str  # "0.4", "0.5", "0.6", "1.x" for Chroma ("0.x": built from source, version unknown); "" otherwise
     version: tuple[int, int, int] | None
     floating: bool  # `latest` or no tag: whatever was pulled last
     reference: str
@@ -59,8 +59,8 @@ def _built_line(service: Service) -> tuple[str, tuple[int, int, int] | None] | N
     path = entry.file.path.parent / context / dockerfile
     try:
         text = path.read_text(encoding="utf-8", errors="replace")[:65536]
-    except OSError:
-        return None
+    except OSError:  # not here: Chroma's own 0.x Dockerfile shows in the arguments its entrypoint takes
+        return ("0.x", None) if re.search(r"chromadb/log_config\.yml|chromadb\.app:app", service.command()) else None
     for line in text.splitlines():
         match = re.match(r"\s*FROM\s+(?:--\S+\s+)*(\S+)", line, re.IGNORECASE)
         if match and re.search(r"chromadb/chroma|chroma-core/chroma", match.group(1), re.IGNORECASE):
@@ -79,7 +79,9 @@ def identify(service: Service) -> Image | None:
     tag = _tag(reference)
     built = _built_line(service)
     if built is not None:
-        return Image(CHROMA, built[0], built[1], False, reference or "(built from source)", built=True)
+        source = f"Chroma {built[0]} built from source"
+        return Image(CHROMA, built[0], built[1], False, f"{reference} ({source})" if reference else source,
+                     built=True)
     if "chromaguard" in lowered or command.strip().startswith("chromaguard"):
         return Image(CHROMAGUARD, "", None, tag in ("", "latest"), reference)
     if "ollama/ollama" in lowered:

@@ -127,6 +127,16 @@ file today runs without it, and `--fix` does not switch it on behind your back: 
 as it is for that setting. Decide: remove the line (the behaviour you have today), or rename it
 on purpose, with the narrowest value that works (your own origins, reset off).
 """),
+    _rule("CG209", "otel-endpoint-empty", "error",
+          "Chroma 1.x's OpenTelemetry endpoint is empty (or empty whenever a host variable is unset).",
+          """
+Chroma 1.x treats a present `CHROMA_OPEN_TELEMETRY__ENDPOINT` as "trace to this endpoint" and
+panics at start-up when it is empty (`could not build span exporter for tracing:
+InvalidUri(Empty)`): the container exits and restarts in a loop. `- NAME=${NAME}` is empty whenever
+the host has no `NAME`, as in Chroma's own compose file. Remove the line when tracing is not
+wanted, or give the variable a default (`${NAME:-http://otel-collector:4317}`). Not fixed
+automatically: the collector's address is yours.
+"""),
     _rule("CG301", "volume-path-lost-on-recreate", "error",
           "The data volume is mounted where Chroma 1.x does not write: data is lost when the container is recreated.",
           """
