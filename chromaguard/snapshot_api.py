@@ -54,7 +54,7 @@ def is_loopback(client: str) -> bool:
     """Whether a peer address (as the server saw it, never a header) is this host: 127.0.0.0/8,
     ::1, or either spelled as IPv4-mapped IPv6 (a dual-stack listener's ``::ffff:127.0.0.1``)."""
     try:
-        ip = ipaddress.ip_address(client.partition("%")[0])
+        ip = ipaddress.ip_address(client)  # a scope (``::1%lo``) is part of the address
     except ValueError:  # "" (unknown) or not an address
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:

@@ -67,7 +67,8 @@ def test_a_remote_caller_needs_the_control_token_and_it_must_match() -> None:
                  (b"x-chroma-token", b" s3cret\t")):
         assert access.refusal("10.0.0.1", [good]) is None, good
     for bad in ((b"authorization", b"Bearer s3cre"), (b"authorization", b"Bearer S3CRET"),
-                (b"x-chroma-token", b"s3cret!"), (b"authorization", b"Bearer s3cret extra")):
+                (b"x-chroma-token", b"s3cret!"), (b"authorization", b"Bearer s3cret extra"),
+                (b"authorization", b"Bearer \x0b")):  # not a blank: a (wrong) token
         assert access.refusal("10.0.0.1", [bad]) == WRONG_TOKEN, bad
     for unused in ((b"authorization", b"Basic s3cret"), (b"authorization", b"Bearer  "), (b"authorization", b"s3cret")):
         assert access.refusal("10.0.0.1", [unused]) == TOKEN_NEEDED, unused

@@ -192,6 +192,19 @@ services:
     image: chromadb/chroma
     volumes: ["d:/data"]
 """, GOOD_CHROMA),
+    ("CG108", """
+services:
+  c:
+    image: chromadb/chroma:0.5.15
+    volumes: ["d:/chroma/chroma"]
+    healthcheck: {test: ["CMD", "curl", "-f", "http://localhost:8000/api/v2/heartbeat"], start_period: 60s}
+""", """
+services:
+  c:
+    image: chromadb/chroma:0.5.16
+    volumes: ["d:/chroma/chroma"]
+    healthcheck: {test: ["CMD", "curl", "-f", "http://localhost:8000/api/v2/heartbeat"], start_period: 60s}
+"""),
     ("CG201", """
 services:
   c:

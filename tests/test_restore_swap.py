@@ -219,3 +219,14 @@ def test_a_swap_that_cannot_be_undone_leaves_the_old_data_aside_where_the_next_r
     with pytest.raises(VerifyError, match="that was cut short"):
         restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=volume, force=True)
     assert len(verified) == 1, "refused before anything was unpacked"
+
+
+def test_where_paths_cannot_be_exchanged_at_once_the_renames_do_it(
+        tmp_path: Path, verified: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_renameat2(*_: Any) -> Any:
+        raise OSError("no such library")
+
+    monkeypatch.setattr(restore_module.ctypes, "CDLL", no_renameat2)
+    data_dir = _write(tmp_path / "data", OLD)
+    restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=data_dir, force=True)
+    assert _contents(data_dir) == NEW and _beside(data_dir) == []

@@ -17,6 +17,7 @@ import logging
 import socket
 import sqlite3
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -39,6 +40,7 @@ class Taker:
 
     def __init__(self, size: int = 1000) -> None:
         self.size = size
+        self.hold_timeout = 7.5
         self.fail: BaseException | None = None
         self.calls = 0
         self.release: asyncio.Event | None = None
@@ -47,14 +49,15 @@ class Taker:
     async def __call__(self, gate: WriteGate, data_dir: Path, *, staging_root: str | None = None,
                        hold_timeout: float = 30.0) -> Snapshot:
         self.calls += 1
-        assert staging_root is not None and hold_timeout == 7.5, "the service's own settings are passed on"
+        assert hold_timeout == self.hold_timeout, "the service's own settings are passed on"
+        staging_root = staging_root if staging_root is not None else tempfile.gettempdir()
         assert isinstance(gate, WriteGate) and (data_dir / "chroma.sqlite3").read_bytes() == b"d" * 4000
         if self.release is not None:
             await self.release.wait()
         if self.fail is not None:
             raise self.fail
-        root = Path(staging_root) / f"snap-{self.calls}"
-        (root / "data").mkdir(parents=True)
+        root = Path(tempfile.mkdtemp(prefix=f"snap-{self.calls}-", dir=staging_root))
+        (root / "data").mkdir()
         (root / "data" / "chroma.sqlite3").write_bytes(b"s" * self.size)
         (root / "data" / "x").write_bytes(b"x" * 24)
         manifest = {"write_hold_ms": 1.5, "write_hold": {"copy_attempts": 1}, "after_hold_ms": {"describe": 3.0},
@@ -223,6 +226,33 @@ def test_at_most_max_kept_are_kept_the_oldest_idle_one_goes(
 def test_max_kept_below_one_keeps_one_and_negative_min_free_is_none(tmp_path: Path) -> None:
     service = SnapshotService(WriteGate(), tmp_path, max_kept=0, min_free=-5)
     assert service.max_kept == 1 and service.min_free == 0
+
+
+def test_by_default_writes_are_held_30_s_at_most_and_snapshots_staged_in_the_temp_dir(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    taker = Taker()
+    taker.hold_timeout = 30.0
+    taker.fail = OSError(errno.ENOSPC, "No space left on device")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "chroma.sqlite3").write_bytes(b"d" * 4000)
+    monkeypatch.setattr(snapshot_api, "take_online", taker)
+
+    async def run() -> dict[str, Any]:
+        service = SnapshotService(WriteGate(), data_dir)
+        server = HttpServer(lambda exchange: _handle(service, exchange))
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        serving = asyncio.create_task(server.serve(sock))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as http:
+            answer = (await http.post("/chromaguard/snapshots")).json()
+        server.stop(force=True)
+        await serving
+        return answer
+
+    answer = asyncio.run(run())
+    assert taker.calls == 1 and f"filled its filesystem ({tempfile.gettempdir()})" in answer["message"]
 
 
 def test_a_snapshot_needs_room_for_itself_and_min_free_dropping_idle_ones_first(

@@ -138,6 +138,12 @@ def healthcheck_findings(service: Service, image: Image) -> list[Finding]:
         found.append(_finding("CG102", service, "the CMD-SHELL health check uses /dev/tcp, which sh does not have",
                               test.location, "CMD-SHELL runs /bin/sh (dash); /dev/tcp is a bash feature",
                               f"test: {replacement}", _replace_test(service, image)))
+    if image.kind == CHROMA and not image.is_1x and "/api/v2/" in text \
+            and LINES[image.line].serves("v2", image.version) is False:
+        found.append(_finding("CG108", service, f"the health check calls the v2 API, which Chroma "
+                              f"{image.reference or image.line} does not serve (it answers 404)", test.location,
+                              "the v2 API came with Chroma 0.5.16", "test: " + str(replacement),
+                              _replace_test(service, image)))
     if image.is_1x and "/api/v1/" in text:
         found.append(_finding("CG103", service, "the health check calls the v1 API, which Chroma 1.x answers with "
                               "410 Gone", test.location, "Chroma 1.x removed every /api/v1 endpoint",

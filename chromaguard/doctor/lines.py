@@ -26,7 +26,18 @@ class ImageLine:
     data_path: Fact[str]
     heartbeat: Fact[str]  # the heartbeat path every version of the line serves
     settings: Fact[frozenset[str]]  # every environment name the server reads
+    apis: Fact[dict[str, tuple[int, int, int]]]  # API prefix -> the first version that serves it
     setting_prefixes: tuple[str, ...] = ()  # whole subtrees read (1.x: nested config keys)
+
+    def serves(self, api: str, version: tuple[int, int, int] | None) -> bool | None:
+        """Whether this line (at ``version``, when known) answers ``api`` ("v1", "v2"); None
+        when it depends on a version that is not known."""
+        since = self.apis.value.get(api)
+        if since is None:
+            return False
+        if version is not None:
+            return version >= since
+        return True if since == (0, 0, 0) else None
 
     def reads(self, name: str) -> bool:
         key = name if self.line == "1.x" else name.upper()  # 0.x matches case-insensitively (pydantic v1)
@@ -95,7 +106,8 @@ LINES: dict[str, ImageLine] = {line.line: line for line in (
              f"Dockerfile @ 0.4.0:14, 0.4.24:19 (final stage FROM {_PYTHON_SLIM}; no apt-get install: no curl)"),
         Fact("/chroma/chroma", "chromadb/config.py @ 0.4.24 persist_directory './chroma'; Dockerfile WORKDIR /chroma"),
         Fact("/api/v1/heartbeat", "chromadb/server/fastapi/__init__.py @ 0.4.24:168 (no /api/v2 in any 0.4 tag)"),
-        Fact(_SETTINGS_0_4, _SETTINGS_SOURCE.format(tags="0.4.0, 0.4.24") + "; Dockerfile @ 0.4.24 ENV")),
+        Fact(_SETTINGS_0_4, _SETTINGS_SOURCE.format(tags="0.4.0, 0.4.24") + "; Dockerfile @ 0.4.24 ENV"),
+        Fact({"v1": (0, 0, 0)}, "chromadb/server/fastapi/__init__.py @ 0.4.24:165 (no /api/v2 route in any 0.4 tag)")),
     ImageLine(
         "0.5",
         Fact(frozenset({"bash", "sh", "perl", "python", "python3", "uvicorn", "curl"}),
@@ -103,14 +115,17 @@ LINES: dict[str, ImageLine] = {line.line: line for line in (
         Fact("/chroma/chroma", "chromadb/config.py @ 0.5.23:141-142; Dockerfile @ 0.5.23:22 WORKDIR /chroma"),
         Fact("/api/v1/heartbeat", "chromadb/server/fastapi/__init__.py @ 0.5.0 (v1 only until 0.5.15; "
                                   "/api/v2/heartbeat too from 0.5.16, @ 0.5.23:227)"),
-        Fact(_SETTINGS_0_5, _SETTINGS_SOURCE.format(tags="0.5.0, 0.5.23") + "; Dockerfile @ 0.5.23:33-37 ENV")),
+        Fact(_SETTINGS_0_5, _SETTINGS_SOURCE.format(tags="0.5.0, 0.5.23") + "; Dockerfile @ 0.5.23:33-37 ENV"),
+        Fact({"v1": (0, 0, 0), "v2": (0, 5, 16)}, "chromadb/server/fastapi/__init__.py: v2 routes from 0.5.16 "
+                                                  "(commit bc26b0a4, #2954)")),
     ImageLine(
         "0.6",
         Fact(frozenset({"bash", "sh", "perl", "python", "python3", "uvicorn", "curl"}),
              "Dockerfile @ 0.6.0:50, 0.6.3:50: `apt-get install -y curl`"),
         Fact("/chroma/chroma", "chromadb/config.py @ 0.6.3:142-143; Dockerfile @ 0.6.3:45 WORKDIR /chroma"),
         Fact("/api/v2/heartbeat", "chromadb/server/fastapi/__init__.py @ 0.6.3:276 (and v1, :1253)"),
-        Fact(_SETTINGS_0_6, _SETTINGS_SOURCE.format(tags="0.6.0, 0.6.3") + "; Dockerfile @ 0.6.3:58-62 ENV")),
+        Fact(_SETTINGS_0_6, _SETTINGS_SOURCE.format(tags="0.6.0, 0.6.3") + "; Dockerfile @ 0.6.3:58-62 ENV"),
+        Fact({"v1": (0, 0, 0), "v2": (0, 0, 0)}, "chromadb/server/fastapi/__init__.py @ 0.6.3:231-234")),
     ImageLine(
         "1.x",
         Fact(frozenset({"bash", "sh", "perl", "chroma"}),
@@ -120,6 +135,7 @@ LINES: dict[str, ImageLine] = {line.line: line for line in (
         Fact("/api/v2/heartbeat", "rust/frontend/src/server.rs @ 1.5.9:290-295 (every /api/v1 path answers 410)"),
         Fact(_SETTINGS_1X, "rust/frontend/src/config.rs @ 1.0.0, 1.5.9 (figment Env::prefixed(\"CHROMA_\"), "
                            "'__' nests); opentelemetry-otlp reads OTEL_EXPORTER_OTLP_*"),
+        Fact({"v2": (0, 0, 0)}, "rust/frontend/src/server.rs @ 1.5.9:290-295 (/api/v1/* answers 410 Gone)"),
         ("CHROMA_SYSDB__", "CHROMA_LOG__", "CHROMA_EXECUTOR__", "CHROMA_SEGMENT_MANAGER__",
          "CHROMA_COLLECTIONS_WITH_SEGMENTS_PROVIDER__", "CHROMA_MCMR_SYSDB__")),
 )}
@@ -132,7 +148,8 @@ def _any_0x() -> ImageLine:
     return ImageLine(
         "0.x", Fact(frozenset().union(*(x.tools.value for x in lines)), "the 0.4, 0.5 and 0.6 lines together"),
         LINES["0.6"].data_path, LINES["0.4"].heartbeat,
-        Fact(frozenset().union(*(x.settings.value for x in lines)), "the 0.4, 0.5 and 0.6 lines together"))
+        Fact(frozenset().union(*(x.settings.value for x in lines)), "the 0.4, 0.5 and 0.6 lines together"),
+        Fact({"v1": (0, 0, 0), "v2": (0, 5, 16)}, "the 0.4, 0.5 and 0.6 lines together"))
 
 
 LINES["0.x"] = _any_0x()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .lines import LINES
 from .model import Rule
 
 
@@ -66,6 +67,13 @@ compose file. That is what broke setups like this one. Pin a version (for exampl
 `chromadb/chroma:1.5.9`) and upgrade on purpose. Not fixed automatically: choosing the version is
 yours.
 """),
+    _rule("CG108", "v2-api-before-0.5.16", "error",
+          "The health check calls the v2 API, which Chroma before 0.5.16 does not serve.",
+          """
+Chroma added the `/api/v2` routes in 0.5.16 (0.6 serves v1 and v2, 1.x only v2). On 0.4 and
+0.5.0-0.5.15 `/api/v2/heartbeat` answers 404, so the check never passes. Fix (applied by
+`--fix`): a check on `/api/v1/heartbeat` built from what the image has.
+""", True),
     _rule("CG201", "env-ignored", "warning",
           "An environment variable that this Chroma line ignores.",
           """
@@ -227,4 +235,16 @@ def reference_markdown() -> str:
     for rule in RULES.values():
         lines += ["", f"## {rule.id}", "", f"**{rule.name}** ({rule.severity}): {rule.summary}", "",
                   rule.explanation]
+    lines += ["", "## What each Chroma line has", "",
+              "From `chromaguard/doctor/lines.py`, the one table the checks read. Sources are paths in "
+              "github.com/chroma-core/chroma at the tag named.", "",
+              "| line | tools a health check can call | data path | heartbeat | APIs | setting names |",
+              "|---|---|---|---|---|---|"]
+    for line in LINES.values():
+        lines.append(f"| {line.line} | {', '.join(sorted(line.tools.value))} ({line.tools.source}) | "
+                     f"`{line.data_path.value}` ({line.data_path.source}) | `{line.heartbeat.value}` "
+                     f"({line.heartbeat.source}) | "
+                     + ", ".join(f"{api} from {'.'.join(map(str, since))}" if since != (0, 0, 0) else api
+                                 for api, since in line.apis.value.items())
+                     + f" ({line.apis.source}) | {len(line.settings.value)} names ({line.settings.source}) |")
     return "\n".join(lines) + "\n"
