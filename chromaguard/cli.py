@@ -354,7 +354,9 @@ def doctor(files: tuple[Path, ...], fix: bool, show_diff: bool, fmt: str, fail_o
                 return
             for path, (_, after) in changes.items():
                 doc.write_atomically(path, after)
-                click.echo(f"fixed: {path}", err=True)
+                click.echo(f"fixed: {path}" + (" (its layout could not be kept line for line: rewritten in "
+                                               "a standard one; the meaning is only the fixes')"
+                                               if path in report.relaid else ""), err=True)
             findings = doc.check_files([f.path for f in report.files]).findings
     output = {"text": render.text, "json": render.as_json, "sarif": render.sarif}[fmt](findings)
     click.echo(output)

@@ -7,6 +7,7 @@ import ctypes
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -16,6 +17,12 @@ from .datalock import LOCK_NAME, DataDirLock
 from .errors import ChromaguardError, StartupError
 from .scratchengine import engine_on
 from .snapshot import describe_collections, sample_digests
+
+
+BEFORE_RESTORE = ".before-restore"  # the old data dir, renamed aside while the new one is renamed in
+ASIDE_PREFIX = ".chromaguard-before-restore-"  # in a mount point: its old contents, while the new ones move in
+STAGED_PREFIX = ".chromaguard-restore-"  # the new data, unpacked and verified before the swap
+DISCARD_PREFIX = ".chromaguard-discard-"  # data a finished swap put out of the way, being removed
 
 
 class VerifyError(ChromaguardError):
@@ -66,14 +73,14 @@ async def _verify_extracted(data: Path, manifest: dict[str, Any]) -> int:
         raise VerifyError(f"the Chroma engine cannot open the backed-up data: {exc}") from None
 
 
-def verify(path: Path, *, progress: Callable[[int], None] | None = None, keep_in: Path | None = None) -> VerifyReport:
+def verify(path: Path, *, progress: Callable[[int], None] | None = None, keep_in: Path | None = None,
+           prefix: str = STAGED_PREFIX) -> VerifyReport:
     """Checksums first, then the data opened by the real engine in a temporary dir."""
     try:
         manifest = archive.check(path, progress)
     except archive.ArchiveError as exc:
         raise VerifyError(str(exc)) from None
-    scratch = Path(tempfile.mkdtemp(prefix=".chromaguard-restore-" if keep_in else "chromaguard-verify-",
-                                    dir=keep_in))
+    scratch = Path(tempfile.mkdtemp(prefix=prefix if keep_in else "chromaguard-verify-", dir=keep_in))
     scratch.chmod(0o755)  # a data dir, not a secret: the service may run as another user
     try:
         archive.extract(path, scratch)
@@ -106,8 +113,6 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
-BEFORE_RESTORE = ".before-restore"  # the old data dir, renamed aside while the new one is renamed in
-ASIDE_PREFIX = ".chromaguard-before-restore-"  # in a mount point: its old contents, while the new ones move in
 
 
 def restore(path: Path, data_dir: Path, *, force: bool = False,
@@ -118,12 +123,13 @@ def restore(path: Path, data_dir: Path, *, force: bool = False,
     it meanwhile. A data dir that is a mount point (a Docker volume) cannot be renamed: its
     contents are swapped instead, the new ones unpacked and verified inside it first. A swap
     that fails part way is undone; one cut by a kill leaves the old data where the next
-    restore refuses to touch it.
+    restore refuses to touch it. What a finished swap puts out of the way is renamed to a
+    discard name first, so that a kill while it is being removed is never mistaken for that.
     """
     data_dir = data_dir.resolve()
     old = data_dir.with_name(data_dir.name + BEFORE_RESTORE)
     if old.exists():
-        raise _cut_short(old, data_dir)
+        raise _cut_short_between_renames(old, data_dir)
     if data_dir.exists() and not data_dir.is_dir():
         raise VerifyError(f"{data_dir} is not a directory")
     created = not data_dir.exists()
@@ -133,51 +139,96 @@ def restore(path: Path, data_dir: Path, *, force: bool = False,
         lock.acquire()  # refuses while a service runs on it; held until the swap is done
     except StartupError as exc:
         raise VerifyError(f"{exc}; stop it before restoring") from None
+    swapped = False
     try:
-        aside = sorted(data_dir.glob(ASIDE_PREFIX + "*"))
+        aside = sorted(p for p in data_dir.iterdir() if p.name.startswith(ASIDE_PREFIX))
         if aside:
-            raise _cut_short(aside[0], data_dir)
+            raise _cut_short_in_place(aside[0], data_dir)
+        _remove_leftovers(data_dir)
         if any(p.name != LOCK_NAME for p in data_dir.iterdir()) and not force:
             raise VerifyError(f"{data_dir} is not empty; restore into an empty dir or add --force to replace it")
         mounted = os.path.ismount(data_dir)
-        report = verify(path, progress=progress, keep_in=data_dir if mounted else data_dir.parent)
+        report = verify(path, progress=progress, keep_in=data_dir if mounted else data_dir.parent,
+                        prefix=_staged_prefix(data_dir, mounted))
         staged = Path(report.manifest.pop("_verified_dir"))
         try:
             if mounted:
                 _swap_contents(staged, data_dir)
             elif not _exchange(staged, data_dir):
                 _swap_by_renames(staged, data_dir, old)
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)  # after the swap: the old data; after a failure: the new
+            swapped = True
+        finally:  # after the swap: the old data; after a failure: the new
+            _discard(staged, data_dir.name)
     except BaseException:
         lock.release()
-        if created:  # refused or failed: leave no trace of a dir we made
+        if created and not swapped:  # refused or failed: leave no trace of a dir we made
             shutil.rmtree(data_dir, ignore_errors=True)
         raise
     lock.release()
     return report
 
 
-def _cut_short(held: Path, data_dir: Path) -> VerifyError:
-    return VerifyError(f"{held} holds the data from before a restore into {data_dir} that was cut short; move it "
-                       f"back (or remove it once you are sure it is not needed), then restore again")
+def _staged_prefix(data_dir: Path, mounted: bool) -> str:
+    """Named for its data dir when it sits beside it: another data dir's restore may share the parent."""
+    return STAGED_PREFIX if mounted else f"{STAGED_PREFIX}{data_dir.name}-"
+
+
+def _remove_leftovers(data_dir: Path) -> None:
+    """What a killed restore of this data dir left that holds nothing to keep: a partial or
+    verified new copy, and data a finished swap had put out of the way."""
+    mine = (_staged_prefix(data_dir, False), f"{DISCARD_PREFIX}{data_dir.name}-")
+    for folder, prefixes in ((data_dir, (STAGED_PREFIX, DISCARD_PREFIX)), (data_dir.parent, mine)):
+        for entry in list(folder.iterdir()):
+            if entry.is_dir() and not entry.is_symlink() and entry.name.startswith(prefixes):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _discard(folder: Path, owner: str) -> None:
+    """Rename, then remove: a kill during the removal leaves a name that says it is garbage."""
+    if not folder.exists():
+        return
+    target = folder.with_name(f"{DISCARD_PREFIX}{owner}-{uuid.uuid4().hex[:12]}")
+    folder.rename(target)
+    shutil.rmtree(target, ignore_errors=True)
+
+
+def _cut_short_between_renames(old: Path, data_dir: Path) -> VerifyError:
+    restored = data_dir.is_dir() and any(p.name != LOCK_NAME for p in data_dir.iterdir())
+    if restored:
+        return VerifyError(f"a restore into {data_dir} was cut short just after its swap: {data_dir} holds the "
+                           f"restored data and {old} the data from before it; check {data_dir}, then remove {old} "
+                           "(or move it back in place of the restored data)")
+    return VerifyError(f"a restore into {data_dir} was cut short: {old} holds the data from before it; move it "
+                       f"back to {data_dir} (mv {old} {data_dir}), then restore again")
+
+
+def _cut_short_in_place(aside: Path, data_dir: Path) -> VerifyError:
+    staged = [p for p in data_dir.iterdir() if p.name.startswith(STAGED_PREFIX) and any(p.iterdir())]
+    if not staged:  # every new entry had moved in
+        return VerifyError(f"a restore into {data_dir} was cut short just after its swap: {data_dir} holds the "
+                           f"restored data and {aside} the data from before it; check {data_dir}, then remove "
+                           f"{aside}")
+    return VerifyError(f"a restore into {data_dir} was cut short while swapping its contents: {aside} holds the "
+                       f"data from before it (or part of it, the rest still in {data_dir}); remove the restore's "
+                       f"entries ({staged[0]} lists what was still to come), move {aside}'s entries back into "
+                       f"{data_dir}, then restore again")
 
 
 def _swap_by_renames(staged: Path, data_dir: Path, old: Path) -> None:
     """Where paths cannot be exchanged at once: the old dir aside to ``old``, the new one in (or
-    the old one back, if it cannot go), the old one removed."""
+    the old one back, if it cannot go); ``old`` then becomes ``staged``, which the caller discards."""
     data_dir.rename(old)
     try:
         staged.rename(data_dir)
     except BaseException:
         old.rename(data_dir)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    old.rename(staged)
 
 
 def _swap_contents(staged: Path, data_dir: Path) -> None:
     """Replace a mount point's contents with ``staged`` (inside it): old entries aside, new ones
-    in, each move undone if one fails."""
+    in, each move undone if one fails; the old entries end in ``staged``, which the caller discards."""
     aside = Path(tempfile.mkdtemp(prefix=ASIDE_PREFIX, dir=data_dir))
     keep = {staged.name, aside.name, LOCK_NAME}
     moved: list[tuple[Path, Path]] = []
@@ -194,4 +245,5 @@ def _swap_contents(staged: Path, data_dir: Path) -> None:
             now.rename(before)
         aside.rmdir()
         raise
-    shutil.rmtree(aside, ignore_errors=True)
+    staged.rmdir()  # emptied: every new entry is in place
+    aside.rename(staged)

@@ -25,13 +25,12 @@ def survivors(root: pathlib.Path) -> list[str]:
 
 
 def recheck(root: pathlib.Path, name: str, tests: list[str]) -> str:
-    files = sorted({test.split("::")[0] for test in tests})
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:randomly", "--timeout=20",
-                             *files], cwd=root, env={**os.environ, "MUTANT_UNDER_TEST": name},
+                             *sorted(tests)], cwd=root, env={**os.environ, "MUTANT_UNDER_TEST": name},
                             capture_output=True, text=True, timeout=600, check=False)
     if result.returncode == 0:
         return "survives"
-    return "hangs" if "Timeout" in result.stdout else "killed"
+    return "hangs" if "Timeout (>20.0s) from pytest-timeout" in result.stdout else "killed"
 
 
 def main() -> None:

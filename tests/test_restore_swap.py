@@ -41,9 +41,11 @@ def verified(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """``verify`` as restore calls it: the new data unpacked in a fresh dir under ``keep_in``."""
     staged: list[Path] = []
 
-    def fake_verify(path: Path, *, progress: Any = None, keep_in: Path | None = None) -> VerifyReport:
+    def fake_verify(path: Path, *, progress: Any = None, keep_in: Path | None = None,
+                    prefix: str = "") -> VerifyReport:
         assert keep_in is not None and path.name == "backup.tar.gz" and progress is PROGRESS
-        scratch = _write(Path(tempfile.mkdtemp(prefix=".chromaguard-restore-", dir=keep_in)), NEW)
+        assert prefix.startswith(".chromaguard-restore-")
+        scratch = _write(Path(tempfile.mkdtemp(prefix=prefix, dir=keep_in)), NEW)
         staged.append(scratch)
         return VerifyReport({"collections": [], "_verified_dir": str(scratch)}, 0, 0, 0)
 
@@ -102,7 +104,8 @@ def test_without_an_exchange_a_failed_rename_leaves_the_old_data_in_place(
         restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=data_dir, force=True)
     assert _contents(data_dir) == OLD, "the old data, whole"
     assert _beside(data_dir) == [] and _lock_is_free(data_dir)
-    assert calls() == at + (at == 2), "the old dir renamed back after the new one could not go in"
+    assert calls() == {1: 2, 2: 4}[at], "(the old dir renamed back after the new one could not go in) and the " \
+        "new copy renamed to a discard name before it is removed"
 
 
 def test_without_an_exchange_every_rename_succeeding_swaps_and_leaves_nothing(
@@ -111,7 +114,8 @@ def test_without_an_exchange_every_rename_succeeding_swaps_and_leaves_nothing(
     monkeypatch.setattr(restore_module, "_exchange", lambda a, b: False)
     calls = _failing_rename(monkeypatch, 0)
     restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=data_dir, force=True)
-    assert _contents(data_dir) == NEW and _beside(data_dir) == [] and calls() == 2
+    assert _contents(data_dir) == NEW and _beside(data_dir) == [] and calls() == 4, \
+        "aside, in, the old one to the staged name, and that renamed to a discard name before it is removed"
 
 
 @pytest.mark.parametrize("at", range(1, 6))
@@ -134,26 +138,50 @@ def test_in_a_mount_point_the_contents_are_swapped(tmp_path: Path, verified: lis
     monkeypatch.setattr(restore_module.os.path, "ismount", lambda p: Path(p) == volume)
     calls = _failing_rename(monkeypatch, 0)
     restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=volume, force=True)
-    assert _contents(volume) == NEW and calls() == 5
+    assert _contents(volume) == NEW and calls() == 7, "2 aside, 3 in, the old ones to the staged name, discarded"
     assert verified[0].parent == volume, "staged inside the mount point: the same filesystem"
     assert sorted(p.name for p in volume.iterdir()) == sorted({"chroma.sqlite3", "seg-2", "seg-3", LOCK_NAME})
 
 
 def test_a_restore_cut_short_is_never_built_upon(tmp_path: Path, verified: list[Path]) -> None:
-    data_dir = _write(tmp_path / "data", NEW)
+    data_dir = tmp_path / "data"  # cut between the two renames: the old data aside, none in place
     held = _write(tmp_path / "data.before-restore", OLD)
     with pytest.raises(VerifyError) as error:
         restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=data_dir, force=True)
-    assert str(error.value) == (f"{held} holds the data from before a restore into {data_dir} that was cut short; "
-                                "move it back (or remove it once you are sure it is not needed), then restore again")
+    assert str(error.value) == (f"a restore into {data_dir} was cut short: {held} holds the data from before it; "
+                                f"move it back to {data_dir} (mv {held} {data_dir}), then restore again")
+    assert _contents(held) == OLD and not data_dir.exists() and not verified
+
+    _write(data_dir, NEW)  # cut just after the swap: the new data in place
+    with pytest.raises(VerifyError) as error:
+        restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=data_dir, force=True)
+    assert str(error.value).startswith(f"a restore into {data_dir} was cut short just after its swap: {data_dir} "
+                                       "holds the restored data")
     assert _contents(held) == OLD and _contents(data_dir) == NEW and not verified
 
-    volume = _write(tmp_path / "volume", NEW)
+    volume = _write(tmp_path / "volume", NEW)  # in a mount point, cut just after the swap
     aside = _write(volume / ".chromaguard-before-restore-abc", OLD)
     with pytest.raises(VerifyError) as error:
         restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=volume, force=True)
-    assert str(error.value).startswith(f"{aside} holds the data from before a restore into {volume} that was cut")
+    assert "was cut short just after its swap" in str(error.value) and str(aside) in str(error.value)
+    _write(volume / ".chromaguard-restore-xyz", {"seg-9/z": b"still to come"})  # ... or during it
+    with pytest.raises(VerifyError) as error:
+        restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=volume, force=True)
+    assert "was cut short while swapping its contents" in str(error.value)
     assert _contents(aside) == OLD and not verified and _lock_is_free(volume)
+
+
+def test_what_a_killed_restore_leaves_that_holds_nothing_to_keep_is_removed_by_the_next(
+        tmp_path: Path, verified: list[Path]) -> None:
+    data_dir = _write(tmp_path / "data", OLD)
+    leftovers = [_write(tmp_path / ".chromaguard-restore-data-1", {"partial": b"x"}),
+                 _write(tmp_path / ".chromaguard-discard-data-2", {"old": b"x"})]
+    others = [_write(tmp_path / ".chromaguard-restore-other-3", {"theirs": b"x"}),
+              _write(tmp_path / ".chromaguard-discard-other-4", {"theirs": b"x"})]
+    restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=data_dir, force=True)
+    assert not any(p.exists() for p in leftovers) and all(p.exists() for p in others), \
+        "another data dir's restore may be running beside it: its dirs are not touched"
+    assert _contents(data_dir) == NEW
 
 
 def test_what_restore_refuses_and_that_it_leaves_no_dir_it_made(tmp_path: Path, verified: list[Path],
@@ -213,10 +241,11 @@ def test_a_swap_that_cannot_be_undone_leaves_the_old_data_aside_where_the_next_r
     with pytest.raises(OSError, match="Read-only"):
         restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=volume, force=True)
     [aside] = [p for p in volume.iterdir() if p.name.startswith(".chromaguard-before-restore-")]
-    in_place = {k: v for k, v in _contents(volume).items() if not k.startswith(aside.name)}
+    in_place = {k: v for k, v in _contents(volume).items()
+                if not k.startswith((aside.name, ".chromaguard-restore-"))}  # the new copy: removed next time
     assert in_place | _contents(aside) == OLD and _contents(aside), "all the old data, part of it set aside"
     monkeypatch.setattr(os, "rename", real)
-    with pytest.raises(VerifyError, match="that was cut short"):
+    with pytest.raises(VerifyError, match="was cut short while swapping its contents"):
         restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=volume, force=True)
     assert len(verified) == 1, "refused before anything was unpacked"
 

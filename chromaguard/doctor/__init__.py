@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from .checks import examine
 from .compose import ComposeFile, default_files, emptied_by, filled, load
@@ -21,6 +24,14 @@ __all__ = ["DoctorError", "Finding", "RULES", "Report", "check_files", "apply_fi
 class Report:
     files: list[ComposeFile]
     findings: list[Finding]
+    relaid: list[Path] = field(default_factory=list)  # fixed files whose own layout could not be kept
+
+
+def _meaning(text: str) -> object:
+    try:
+        return YAML(typ="safe", pure=True).load(text)
+    except YAMLError:
+        return YAMLError
 
 
 def check_files(paths: list[Path]) -> Report:
@@ -41,7 +52,11 @@ def apply_fixes(report: Report) -> dict[Path, tuple[str, str]]:
     for file in report.files:
         base, envs = bases[file.path]
         emptied_by(file, envs)
-        after = carry(file.text, base, file.dump())
+        fixed = file.dump()
+        after = carry(file.text, base, fixed)
+        if _meaning(after) != _meaning(fixed):  # never write a text that means anything else
+            after = fixed
+            report.relaid.append(file.path)
         if after != file.text:
             changed[file.path] = (file.text, after)
     return changed

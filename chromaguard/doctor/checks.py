@@ -5,15 +5,17 @@ from __future__ import annotations
 import difflib
 import re
 import shlex
+from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
-from .compose import ComposeFile, Entry, EnvVar, Service, merged_services
+from .compose import ComposeFile, Entry, EnvVar, Service, merged_maps, merged_services
 from .knowledge import (CHROMA, CHROMAGUARD, IGNORED_ON_1X, NEVER_IN_0X, NONEXISTENT_AUTH_CLASSES, OLLAMA, Image,
-                        auth_rename_for_line, container_port, identify, is_auth_var, widens_access)
+                        auth_rename_for_line, change_on_rename, container_port, identify, is_auth_var,
+                        widens_access)
 from .lines import LINES
 from .model import Finding, Location
 from .rules import RULES
@@ -28,6 +30,46 @@ _START_PERIOD = {CHROMA: "60s", CHROMAGUARD: "60s", OLLAMA: "120s"}
 def _finding(rule: str, service: Service, message: str, where: Location, why: str, fix: str,
              apply: Callable[[], None] | None = None) -> Finding:
     return Finding(RULES[rule], service.name, message, where, why, fix, apply)
+
+
+@dataclass(frozen=True)
+class Fix:
+    """A fix and the YAML nodes it changes (one another service shares is fixed by hand)."""
+
+    targets: tuple[Any, ...]
+    run: Callable[[], None]
+
+    def __call__(self) -> None:
+        self.run()
+
+
+def shared_nodes(services: list[Service]) -> set[int]:
+    """Ids of the nodes more than one service reaches (aliases, merge keys) or that carry an anchor."""
+    seen: dict[int, set[str]] = {}
+    anchored: set[int] = set()
+
+    def walk(node: Any, owner: str) -> None:
+        if not isinstance(node, (CommentedMap, CommentedSeq)) or owner in seen.setdefault(id(node), set()):
+            return
+        seen[id(node)].add(owner)
+        if node.anchor.value is not None:
+            anchored.add(id(node))
+        children = [*node.values(), *merged_maps(node)] if isinstance(node, CommentedMap) else node
+        for child in children:
+            walk(child, owner)
+
+    for service in services:
+        for _, node in service.parts:
+            walk(node, service.name)
+    return anchored | {key for key, owners in seen.items() if len(owners) > 1}
+
+
+def _by_hand_if_shared(findings: list[Finding], shared: set[int]) -> None:
+    for finding in findings:
+        if isinstance(finding.apply, Fix) and any(id(t) in shared for t in finding.apply.targets):
+            finding.apply = None
+            finding.fix += " (by hand: it is in an anchor or alias other services or blocks share, " \
+                           "so --fix would change them too)"
 
 
 def _flow(items: list[str]) -> CommentedSeq:
@@ -87,7 +129,7 @@ def _replace_test(service: Service, image: Image) -> Callable[[], None]:
         else:
             file, node = service.first
             target = node.setdefault("healthcheck", CommentedMap())
-        target["test"] = _flow(working_test(image, container_port(service)))
+        target["test"] = _flow(working_test(image, container_port(service, image)))
 
     return apply
 
@@ -96,7 +138,7 @@ def _add_healthcheck(service: Service, image: Image) -> Callable[[], None]:
     def apply() -> None:
         _, node = service.first
         check = CommentedMap()
-        check["test"] = _flow(working_test(image, container_port(service)))
+        check["test"] = _flow(working_test(image, container_port(service, image)))
         check["interval"] = "30s"
         check["timeout"] = "10s"
         check["retries"] = 3
@@ -121,11 +163,12 @@ def healthcheck_findings(service: Service, image: Image) -> list[Finding]:
         where = test.location if test is not None else service.location
         return [_finding("CG104", service, f"{service.name} has no health check", where,
                          "Docker cannot tell a starting, hung or crash-looping server from a healthy one",
-                         f"healthcheck: test: {working_test(image, container_port(service))}",
-                         _add_healthcheck(service, image))]
+                         f"healthcheck: test: {working_test(image, container_port(service, image))}",
+                         Fix((service.first[1],), _add_healthcheck(service, image)))]
     found: list[Finding] = []
     form, text = _test_text(test.value)
-    replacement = working_test(image, container_port(service))
+    replacement = working_test(image, container_port(service, image))
+    replace = Fix((test.parent,), _replace_test(service, image))
     missing = sorted((_programs(text) & {"curl", "wget", "nc", "ncat", "netcat", "python", "python3"})
                      - image.binaries())
     if missing:
@@ -133,35 +176,36 @@ def healthcheck_findings(service: Service, image: Image) -> list[Finding]:
             "CG101", service, f"the health check calls {', '.join(missing)}, which the {image.reference or image.kind} "
             "image does not have", test.location,
             f"the image has only {', '.join(sorted(image.binaries())) or 'no shell tools'} of the usual tools: "
-            "the check can never pass", f"test: {replacement}", _replace_test(service, image)))
+            "the check can never pass", f"test: {replacement}", replace))
     if form == "CMD-SHELL" and "/dev/tcp" in text and "bash" not in _programs(text):  # `bash -c` has it
         found.append(_finding("CG102", service, "the CMD-SHELL health check uses /dev/tcp, which sh does not have",
                               test.location, "CMD-SHELL runs /bin/sh (dash); /dev/tcp is a bash feature",
-                              f"test: {replacement}", _replace_test(service, image)))
+                              f"test: {replacement}", replace))
     if image.kind == CHROMA and not image.is_1x and "/api/v2/" in text \
             and LINES[image.line].serves("v2", image.version) is False:
         found.append(_finding("CG108", service, f"the health check calls the v2 API, which Chroma "
                               f"{image.reference or image.line} does not serve (it answers 404)", test.location,
                               "the v2 API came with Chroma 0.5.16", "test: " + str(replacement),
-                              _replace_test(service, image)))
+                              replace))
     if image.is_1x and "/api/v1/" in text:
         found.append(_finding("CG103", service, "the health check calls the v1 API, which Chroma 1.x answers with "
                               "410 Gone", test.location, "Chroma 1.x removed every /api/v1 endpoint",
-                              "use /api/v2/heartbeat; test: " + str(replacement), _replace_test(service, image)))
+                              "use /api/v2/heartbeat; test: " + str(replacement), replace))
     if image.kind == OLLAMA and ("ollama --version" in text or "ollama -v" in text):
         found.append(_finding("CG106", service, "`ollama --version` succeeds even when the Ollama server is down",
                               test.location, "it only prints the client's version", "test: [CMD, ollama, list]",
-                              _replace_test(service, image)))
+                              replace))
     if "start_period" not in check:
         found.append(_finding("CG105", service, "the health check has no start_period", test.location,
                               "failures while the server starts count against retries",
-                              f"start_period: {_START_PERIOD[image.kind]}", _add_start_period(test, image)))
+                              f"start_period: {_START_PERIOD[image.kind]}",
+                              Fix((test.parent,), _add_start_period(test, image))))
     return found
 
 
-def _rename(var: EnvVar, new: str, env: dict[str, EnvVar]) -> Callable[[], None]:
+def _rename(var: EnvVar, new: str, service: Service) -> Callable[[], None]:
     def apply() -> None:
-        if new in env:  # the real name is set too: the ignored one only misleads
+        if new in service.environment():  # set already (or renamed to just now), to this value: one is enough
             var.remove()
         else:
             var.rename(new)
@@ -173,6 +217,7 @@ def env_findings(service: Service, image: Image) -> list[Finding]:
     env = service.environment()
     found: list[Finding] = []
     if image.kind == CHROMA:
+        renamed_to: dict[str, tuple[str, str | None]] = {}  # a name two ignored ones would become
         for name, var in env.items():
             fix: tuple[str | None, str] | None = None
             if image.is_1x and name in IGNORED_ON_1X:
@@ -188,6 +233,14 @@ def env_findings(service: Service, image: Image) -> list[Finding]:
             new, why = fix
             line = f"Chroma {image.line}" + (" (the `latest` tag)" if image.floating else "")
             opens = widens_access(new, var.value) if new else None
+            changes = change_on_rename(new, var.value) if new and image.is_1x else None
+            if new and opens is None and changes is None and new in renamed_to and new not in env and \
+                    renamed_to[new][1] != var.value:
+                changes = f"{renamed_to[new][0]} becomes {new} too, with another value: keep one"
+            if changes is not None:
+                found.append(_finding("CG201", service, f"{name} is ignored by {line}", var.location, why,
+                                      f"decide: {changes}; or remove {name} (what runs today)"))
+                continue
             if opens is not None:
                 found.append(_finding(
                     "CG208", service, f"{name} is ignored by {line}; renaming it to {new} would open access: "
@@ -198,7 +251,9 @@ def env_findings(service: Service, image: Image) -> list[Finding]:
             found.append(_finding(
                 "CG201", service, f"{name} is ignored by {line}", var.location, why,
                 f"rename it to {new}" if new else "remove it (it has no effect)",
-                _rename(var, new, env) if new else var.remove))
+                Fix((var.node,), _rename(var, new, service) if new else var.remove)))
+            if new:
+                renamed_to.setdefault(new, (name, var.value))
         found += unknown_setting_findings(service, image, env, {f.location for f in found})
         auth = {n: v for n, v in env.items()  # a bare NAME passes the host's value on: configured
                 if is_auth_var(n) and (v.value is None or v.value.strip().lower() not in ("", "none"))}
@@ -223,7 +278,8 @@ def env_findings(service: Service, image: Image) -> list[Finding]:
                                   "chromadb.auth.token_authn.TokenAuthenticationServerProvider (0.5/0.6)"))
         if is_auth_var(name) and value.lower() == "none":
             found.append(_finding("CG204", service, f"{name}=none: `none` is a value, not 'unset'", var.location,
-                                  "Chroma 0.x reads it as a class path and fails", "remove it", var.remove))
+                                  "Chroma 0.x reads it as a class path and fails", "remove it",
+                                  Fix((var.node,), var.remove)))
         if name in _OTEL_ENDPOINTS and urlsplit(value if "://" in value else f"http://{value}").hostname in (
                 "localhost", "127.0.0.1", "::1"):
             found.append(_finding("CG205", service, f"{name}={value} points at the container itself", var.location,
@@ -249,8 +305,8 @@ def unknown_setting_findings(service: Service, image: Image, env: dict[str, EnvV
     line = LINES[image.line]
     found = []
     for name, var in env.items():
-        if not name.upper().startswith("CHROMA_") or line.reads(name) or is_auth_var(name) \
-                or var.location in reported:  # auth names have rules of their own
+        if not name.upper().startswith("CHROMA_") or line.reads(name) or var.location in reported \
+                or (image.is_1x and is_auth_var(name)):  # 1.x reads no auth name at all: CG202 says so
             continue
         close = difflib.get_close_matches(name.upper(), sorted(line.settings.value), n=1, cutoff=0.75)
         hint = f"did you mean {close[0]}?" if close else "remove it, or use a name the line reads"
@@ -301,7 +357,7 @@ def volume_findings(service: Service, image: Image) -> list[Finding]:
                 found.append(_finding("CG301", service, f"volume {entry.value} is mounted at /chroma/chroma, but "
                                       "Chroma 1.x writes to /data", entry.location,
                                       "the data lives in the container layer and is lost when it is recreated",
-                                      "mount it at /data", _move_volume(entry, "/data")))
+                                      "mount it at /data", Fix((entry.parent,), _move_volume(entry, "/data"))))
     return found
 
 
@@ -351,7 +407,7 @@ def depends_findings(service: Service, kinds: dict[str, Image | None]) -> list[F
     return [_finding("CG304", service, f"{service.name} starts before {', '.join(waiting)} is ready",
                      entry.location, "plain depends_on waits for the container to start, not for the server to answer",
                      "depends_on: {" + ", ".join(f"{w}: {{condition: service_healthy}}" for w in waiting) + "}",
-                     _healthy(entry, waiting))]
+                     Fix((entry.parent, entry.value), _healthy(entry, waiting)))]
 
 
 def chromaguard_findings(service: Service) -> list[Finding]:
@@ -395,4 +451,5 @@ def examine(files: list[ComposeFile]) -> list[Finding]:
         if image.kind == CHROMAGUARD:
             found += chromaguard_findings(service)
         found += depends_findings(service, kinds)
+    _by_hand_if_shared(found, shared_nodes(services))
     return sorted(found, key=lambda f: (f.location.file, f.location.line, f.location.column, f.rule.id))

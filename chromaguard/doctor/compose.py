@@ -214,8 +214,11 @@ class Service:
                     name, sep, value = str(item).partition("=")
                     merged[name.strip()] = EnvVar(name.strip(), value if sep else None, file, env, index, True)
             elif isinstance(env, CommentedMap):
-                for key, value in env.items():
-                    merged[str(key)] = EnvVar(str(key), None if value is None else str(value), file, env, key, False)
+                own = {key for key, _ in env.non_merged_items()}
+                for key, value in env.items():  # a merged key (`<<: *x`) lives in the map merged in
+                    home = env if key in own else next((m for m in merged_maps(env) if key in m), env)
+                    merged[str(key)] = EnvVar(str(key), None if value is None else str(value), file, home, key,
+                                              False)
         return merged
 
     def items(self, key: str) -> Iterator[Entry]:
@@ -234,6 +237,11 @@ class Service:
                 for key, value in check.items():
                     merged[str(key)] = Entry(value, file, check, key)
         return merged
+
+
+def merged_maps(node: CommentedMap) -> list[CommentedMap]:
+    merge = getattr(node, "merge", None) or []
+    return [m[1] if isinstance(m, tuple) else m for m in merge]
 
 
 def merged_services(files: list[ComposeFile]) -> list[Service]:

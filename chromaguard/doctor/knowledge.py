@@ -99,9 +99,13 @@ def identify(service: Service) -> Image | None:
     return Image(CHROMA, "1.x", None, True, reference)
 
 
-def container_port(service: Service) -> int:
+def container_port(service: Service, image: Image | None = None) -> int:
+    """The port the server listens on inside its container: the name the line reads (1.x
+    CHROMA_PORT; the 0.x image's CHROMA_HOST_PORT; chromaguard CHROMA_SERVER_HTTP_PORT), else 8000."""
+    names = {"1.x": ("CHROMA_PORT",)}.get(image.line, ("CHROMA_HOST_PORT",)) \
+        if image is not None and image.kind == CHROMA else ("CHROMA_PORT", "CHROMA_SERVER_HTTP_PORT")
     env = service.environment()
-    for name in ("CHROMA_PORT", "CHROMA_SERVER_HTTP_PORT"):
+    for name in names:
         var = env.get(name)
         if var is not None and var.value and var.value.strip().isdigit():
             return int(var.value)
@@ -139,16 +143,45 @@ NEVER_IN_0X: dict[str, tuple[str | None, str]] = {
                                                                     "reads CHROMA_OTEL_SERVICE_NAME"),
 }
 
+_FALSE = ("", "false", "0", "no", "off", "n", "f")
+
+
+def _literal(value: str | None) -> str | None:
+    """The value as the engine would read it, or None when the host decides (a bare NAME, or
+    ``${VAR}`` in it)."""
+    if value is None or "$" in value:
+        return None
+    return value.strip().strip("'\"").strip()
+
+
 def widens_access(name: str, value: str | None) -> str | None:
-    """Why turning on ``name=value`` (by renaming an ignored setting to it) would open access
-    beyond what runs today; None when it would not."""
-    value = (value or "").strip().strip("'\"")
-    if name in ("CHROMA_CORS_ALLOW_ORIGINS", "CHROMA_SERVER_CORS_ALLOW_ORIGINS") and value not in ("", "[]"):
-        return f"it would let the web pages of {value} call the database from a user's browser"
-    if name in ("CHROMA_ALLOW_RESET", "ALLOW_RESET") and value.lower() in ("true", "1", "yes", "on"):
-        return "it would let any client wipe the whole database with one call (reset)"
+    """Why turning on ``name=value`` (by renaming an ignored setting to it) would or could open
+    access beyond what runs today; None only when it surely would not (deny by default)."""
+    literal = _literal(value)
+    if name in ("CHROMA_CORS_ALLOW_ORIGINS", "CHROMA_SERVER_CORS_ALLOW_ORIGINS") and literal not in ("", "[]"):
+        return (f"it would let the web pages of {literal} call the database from a user's browser" if literal
+                else "its origins would come from the host's environment, which may allow any web page")
+    if name in ("CHROMA_ALLOW_RESET", "ALLOW_RESET") and (literal is None or literal.lower() not in _FALSE):
+        return "it would let any client wipe the whole database with one call (reset)" if literal else \
+            "reset would be on whenever the host's environment says so: any client could wipe the database"
     # CHROMA_LISTEN_ADDRESS is not here: the 1.x image listens on 0.0.0.0 already
-    # (rust/frontend/src/config.rs default_listen_address), so no value of it opens more.
+    # (rust/frontend/src/config.rs default_listen_address); a different address is a change_on_rename.
+    return None
+
+
+def change_on_rename(name: str, value: str | None) -> str | None:
+    """Why turning on ``name=value`` would change what runs today in a way that can break it;
+    None when the renamed setting means what the server does today anyway."""
+    literal = _literal(value)
+    if name == "CHROMA_PORT" and literal != "8000":
+        return (f"the server listens on 8000 today; renamed, it would listen on {value}: the published port and "
+                "the health check must follow")
+    if name == "CHROMA_LISTEN_ADDRESS" and literal != "0.0.0.0":
+        return f"the server listens on 0.0.0.0 today; renamed, it would listen on {value}"
+    if name == "CHROMA_OPEN_TELEMETRY__ENDPOINT" and (literal == "" or literal is None and not re.search(
+            r"\$\{[^}]*:-[^}]+\}", value or "")):
+        return ("Chroma 1.x panics at start-up on an empty endpoint, which this is" + ("" if literal == "" else
+                " whenever the host does not set it") + ": give it a default first (${NAME:-http://collector:4317})")
     return None
 
 
@@ -160,11 +193,22 @@ def is_auth_var(name: str) -> bool:
     return name.startswith(AUTH_PREFIXES)
 
 
+_AUTH_SPELLINGS = {  # an auth name of one 0.x line -> the same setting's name in the other lines
+    "CHROMA_SERVER_AUTHN_": "CHROMA_SERVER_AUTH_", "CHROMA_SERVER_AUTH_": "CHROMA_SERVER_AUTHN_",
+}
+_TRANSPORT_HEADERS = ("CHROMA_SERVER_AUTH_TOKEN_TRANSPORT_HEADER", "CHROMA_AUTH_TOKEN_TRANSPORT_HEADER")
+
+
 def auth_rename_for_line(name: str, line: str) -> tuple[str | None, str] | None:
-    """0.4 reads CHROMA_SERVER_AUTH_*, 0.5/0.6 read CHROMA_SERVER_AUTHN_*: the other spelling is ignored."""
-    if line == "0.4" and name.startswith("CHROMA_SERVER_AUTHN_"):
-        return name.replace("CHROMA_SERVER_AUTHN_", "CHROMA_SERVER_AUTH_"), "Chroma 0.4 reads CHROMA_SERVER_AUTH_*"
-    if line in ("0.5", "0.6") and name.startswith("CHROMA_SERVER_AUTH_"):
-        return (name.replace("CHROMA_SERVER_AUTH_", "CHROMA_SERVER_AUTHN_", 1),
-                f"Chroma {line} reads CHROMA_SERVER_AUTHN_*")
+    """The name this 0.x line reads for an auth setting spelled as another line spells it (0.4
+    reads CHROMA_SERVER_AUTH_*, 0.5 and 0.6 CHROMA_SERVER_AUTHN_*); None when the line reads the
+    name as it is, or reads no spelling of it."""
+    reads = LINES[line].reads
+    if line not in ("0.4", "0.5", "0.6") or reads(name):
+        return None
+    candidates = [other for other in _TRANSPORT_HEADERS if other != name] if name in _TRANSPORT_HEADERS else \
+        [name.replace(old, new, 1) for old, new in _AUTH_SPELLINGS.items() if name.startswith(old)]
+    for candidate in candidates:
+        if reads(candidate):
+            return candidate, f"Chroma {line} reads {candidate}"
     return None

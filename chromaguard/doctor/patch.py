@@ -19,7 +19,8 @@ from difflib import SequenceMatcher
 
 
 def _bare(line: str) -> str:
-    return line.rstrip("\r\n").rstrip()
+    """A line as compared: its indentation is layout (the dumper's may differ from the file's)."""
+    return line.strip()
 
 
 def _indent(line: str) -> int:
@@ -69,12 +70,29 @@ def carry(original: str, base: str, after: str) -> str:
         mapped = [where[k] for k in range(i, len(b)) if k in where][:1]
         return mapped[0] if mapped else len(o)
 
+    opcodes = SequenceMatcher(None, b, a, autojunk=False).get_opcodes()
+    a_in_o = {j1 + k: where[i1 + k] for tag, i1, i2, j1, _ in opcodes if tag == "equal"
+              for k in range(i2 - i1) if i1 + k in where}
+    map_step, seq_step = _steps(o)
+    depths: dict[int, int] = {}
+
+    def depth_in_o(j: int) -> int:  # how the file would indent line j of the dump
+        if j in a_in_o:
+            return _indent(o[a_in_o[j]])
+        if j not in depths:
+            item = a[j].lstrip().startswith("- ")
+            parent = next((k for k in range(j - 1, -1, -1) if _is_content(a[k]) and (
+                _indent(a[k]) < _indent(a[j]) or (item and _indent(a[k]) == _indent(a[j])
+                                                  and not a[k].lstrip().startswith("- ")))), None)
+            depths[j] = 0 if parent is None else depth_in_o(parent) + (seq_step if item else map_step)
+        return depths[j]
+
     out: list[str] = []
     copied = 0
-    for tag, i1, i2, j1, j2 in SequenceMatcher(None, b, a, autojunk=False).get_opcodes():
+    for tag, i1, i2, j1, j2 in opcodes:
         if tag == "equal":
             continue
-        new = [line.rstrip("\r\n") + newline for line in a[j1:j2] if _is_content(line)]
+        new = [" " * depth_in_o(j) + a[j].strip() + newline for j in range(j1, j2) if _is_content(a[j])]
         if tag == "insert":
             start = end = at_line(i1)
         else:  # the changed lines themselves, where the original has them as base does, else their neighbours'
@@ -100,12 +118,32 @@ def carry(original: str, base: str, after: str) -> str:
     return text if original.endswith("\n") or not text.endswith("\n") else text.rstrip("\r\n")
 
 
+def _steps(o: list[str]) -> tuple[int, int]:
+    """How the file indents a mapping under its key, and a list under its key (the most usual)."""
+    maps: dict[int, int] = defaultdict(int)
+    seqs: dict[int, int] = defaultdict(int)
+    lines = [line for line in o if _is_content(line)]
+    for key, child in zip(lines, lines[1:]):
+        if not key.rstrip().endswith(":"):
+            continue
+        step = _indent(child) - _indent(key)
+        if child.lstrip().startswith("- ") and step >= 0:
+            seqs[step] += 1
+        elif step > 0:
+            maps[step] += 1
+    return (max(maps, key=maps.__getitem__) if maps else 2), (max(seqs, key=seqs.__getitem__) if seqs else 2)
+
+
 def _insertion_point(o: list[str], at: int, depth: int, floor: int) -> int:
     """Lines added before ``at`` go above the blank lines and the less indented comments there
     (they belong to the next block), and above a document's end marker."""
-    while at > floor and (not o[at - 1].strip() or o[at - 1].strip() == "..."
+    start = at
+    while at > floor and (not o[at - 1].strip() or o[at - 1].rstrip("\r\n") == "..."
                           or (_is_comment(o[at - 1]) and _indent(o[at - 1]) < depth)):
         at -= 1
+    content = next((line for line in reversed(o[:at]) if _is_content(line)), "")
+    if _indent(content) > depth and any(not line.strip() for line in o[at:start]):
+        return start  # blank lines after deeper lines may be a block scalar's (`|+`): left as they are
     return at
 
 
@@ -121,7 +159,9 @@ def _edit(region: list[str], new: list[str], following: str) -> list[str]:
             result[i] = None
             continue
         before[i] = new[taken:match]
-        result[i] = region[i] if _bare(region[i]) == _bare(new[match]) else new[match]
+        same_kind = region[i].lstrip().startswith("- ") == new[match].lstrip().startswith("- ")
+        result[i] = region[i] if _bare(region[i]) == _bare(new[match]) else \
+            region[i][:_indent(region[i])] + new[match].lstrip(" ") if same_kind else new[match]
         taken = match + 1
     tail = new[taken:]
     owner = _comment_owners(region)
