@@ -45,6 +45,16 @@ services:
 """
 
 
+HEALTHY = """
+services:
+  chroma:
+    image: chromadb/chroma:1.5.9
+    volumes: ["d:/data"]
+    healthcheck: {test: ["CMD", "bash", "-c", "</dev/tcp/127.0.0.1/8000"], start_period: 60s}
+    environment:
+"""  # a Chroma service with nothing to fix but its environment, which each test adds
+
+
 def test_flow_lists_anchors_and_document_markers_elsewhere_are_left_as_written(tmp_path: Path) -> None:
     before = textwrap.dedent(UNRELATED).lstrip("\n")
     after = _fixed(tmp_path, UNRELATED)
@@ -53,35 +63,16 @@ def test_flow_lists_anchors_and_document_markers_elsewhere_are_left_as_written(t
 
 
 def test_a_comment_above_a_removed_setting_goes_with_it_one_above_a_group_stays(tmp_path: Path) -> None:
-    after = _fixed(tmp_path, """
-        services:
-          chroma:
-            image: chromadb/chroma:1.5.9
-            volumes: ["d:/data"]
-            healthcheck: {test: ["CMD", "bash", "-c", "</dev/tcp/127.0.0.1/8000"], start_period: 60s}
-            environment:
-              # telemetry off
-              - ANONYMIZED_TELEMETRY=False
-
-              # the server
-              - IS_PERSISTENT=TRUE
-              - CHROMA_PORT=8000
-        """)
+    after = _fixed(tmp_path, HEALTHY + (
+        "      # telemetry off\n      - ANONYMIZED_TELEMETRY=False\n\n"
+        "      # the server\n      - IS_PERSISTENT=TRUE\n      - CHROMA_PORT=8000\n"))
     assert "# telemetry off" not in after and "ANONYMIZED_TELEMETRY" not in after
     assert "      # the server\n      - CHROMA_PORT=8000\n" in after, "its group lives on: the comment stays"
 
 
 def test_a_comment_naming_a_renamed_setting_is_updated(tmp_path: Path) -> None:
-    after = _fixed(tmp_path, """
-        services:
-          chroma:
-            image: chromadb/chroma:1.5.9
-            volumes: ["d:/data"]
-            healthcheck: {test: ["CMD", "bash", "-c", "</dev/tcp/127.0.0.1/8000"], start_period: 60s}
-            environment:
-              # CHROMA_SERVER_HTTP_PORT: where it listens
-              - CHROMA_SERVER_HTTP_PORT=8000
-        """)
+    after = _fixed(tmp_path, HEALTHY + "      # CHROMA_SERVER_HTTP_PORT: where it listens\n"
+                                       "      - CHROMA_SERVER_HTTP_PORT=8000\n")
     assert "      # CHROMA_PORT: where it listens\n      - CHROMA_PORT=8000\n" in after
 
 

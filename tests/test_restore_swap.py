@@ -20,6 +20,7 @@ from chromaguard.datalock import LOCK_NAME, DataDirLock
 from chromaguard.restore import VerifyError, VerifyReport, restore
 
 PROGRESS = print  # passed on to verify as given
+prefixes: list[str] = []  # the staging prefix each verify was given
 OLD = {"chroma.sqlite3": b"old catalogue", "seg-1/data.bin": b"old vectors", "seg-1/nested/x": b"old x"}
 NEW = {"chroma.sqlite3": b"new catalogue", "seg-2/data.bin": b"new vectors", "seg-3/y": b"new y"}
 
@@ -40,13 +41,14 @@ def _contents(root: Path) -> dict[str, bytes]:
 def verified(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """``verify`` as restore calls it: the new data unpacked in a fresh dir under ``keep_in``."""
     staged: list[Path] = []
+    prefixes.clear()
 
     def fake_verify(path: Path, *, progress: Any = None, keep_in: Path | None = None,
                     prefix: str = "") -> VerifyReport:
         assert keep_in is not None and path.name == "backup.tar.gz" and progress is PROGRESS
-        assert prefix.startswith(".chromaguard-restore-")
         scratch = _write(Path(tempfile.mkdtemp(prefix=prefix, dir=keep_in)), NEW)
         staged.append(scratch)
+        prefixes.append(prefix)
         return VerifyReport({"collections": [], "_verified_dir": str(scratch)}, 0, 0, 0)
 
     monkeypatch.setattr(restore_module, "verify", fake_verify)
@@ -85,6 +87,7 @@ def test_the_new_data_replaces_the_old_in_one_exchange(tmp_path: Path, verified:
     assert _contents(data_dir) == NEW and "_verified_dir" not in report.manifest
     assert _beside(data_dir) == [] and _lock_is_free(data_dir)
     assert verified[0].parent == tmp_path, "staged next to the data dir: the same filesystem, one rename"
+    assert prefixes == [".chromaguard-restore-data-"], "named for its data dir: another's may be beside it"
 
 
 def test_exchange_swaps_two_paths_and_says_when_it_cannot(tmp_path: Path) -> None:
@@ -140,6 +143,7 @@ def test_in_a_mount_point_the_contents_are_swapped(tmp_path: Path, verified: lis
     restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=volume, force=True)
     assert _contents(volume) == NEW and calls() == 7, "2 aside, 3 in, the old ones to the staged name, discarded"
     assert verified[0].parent == volume, "staged inside the mount point: the same filesystem"
+    assert prefixes == [".chromaguard-restore-"]
     assert sorted(p.name for p in volume.iterdir()) == sorted({"chroma.sqlite3", "seg-2", "seg-3", LOCK_NAME})
 
 
@@ -155,8 +159,9 @@ def test_a_restore_cut_short_is_never_built_upon(tmp_path: Path, verified: list[
     _write(data_dir, NEW)  # cut just after the swap: the new data in place
     with pytest.raises(VerifyError) as error:
         restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=data_dir, force=True)
-    assert str(error.value).startswith(f"a restore into {data_dir} was cut short just after its swap: {data_dir} "
-                                       "holds the restored data")
+    assert str(error.value) == (f"a restore into {data_dir} was cut short just after its swap: {data_dir} holds "
+                                f"the restored data and {held} the data from before it; check {data_dir}, then "
+                                f"remove {held} (or move it back in place of the restored data)")
     assert _contents(held) == OLD and _contents(data_dir) == NEW and not verified
 
     volume = _write(tmp_path / "volume", NEW)  # in a mount point, cut just after the swap
@@ -259,3 +264,25 @@ def test_where_paths_cannot_be_exchanged_at_once_the_renames_do_it(
     data_dir = _write(tmp_path / "data", OLD)
     restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=data_dir, force=True)
     assert _contents(data_dir) == NEW and _beside(data_dir) == []
+
+
+def test_a_failure_after_the_swap_keeps_the_new_data_even_in_a_dir_restore_made(
+        tmp_path: Path, verified: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh = tmp_path / "fresh"
+    _failing_rename(monkeypatch, 1)  # the exchange is done; renaming the old (empty) dir away fails
+    with pytest.raises(OSError, match="injected"):
+        restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=fresh)
+    assert _contents(fresh) == NEW
+
+
+def test_old_data_being_removed_is_named_for_its_data_dir_so_the_next_restore_finds_it(
+        tmp_path: Path, verified: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    data_dir = _write(tmp_path / "data", OLD)
+    real = restore_module.shutil.rmtree
+    monkeypatch.setattr(restore_module.shutil, "rmtree", lambda path, **_: None)  # killed before it removed
+    restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=data_dir, force=True)
+    [left] = _beside(data_dir)
+    assert left.startswith(".chromaguard-discard-data-") and _contents(tmp_path / left) == OLD
+    monkeypatch.setattr(restore_module.shutil, "rmtree", real)
+    restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=data_dir, force=True)
+    assert _beside(data_dir) == [] and _contents(data_dir) == NEW
