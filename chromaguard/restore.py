@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -175,11 +176,16 @@ def _staged_prefix(data_dir: Path, mounted: bool) -> str:
 
 def _remove_leftovers(data_dir: Path) -> None:
     """What a killed restore of this data dir left that holds nothing to keep: a partial or
-    verified new copy, and data a finished swap had put out of the way."""
-    mine = (_staged_prefix(data_dir, False), f"{DISCARD_PREFIX}{data_dir.name}-")
-    for folder, prefixes in ((data_dir, (STAGED_PREFIX, DISCARD_PREFIX)), (data_dir.parent, mine)):
+    verified new copy, and data a finished swap had put out of the way. Matched by the whole
+    name, so that another data dir's (``data-2`` beside ``data``) are never taken for ours."""
+    staged = r"[a-z0-9_]{8}"  # what tempfile.mkdtemp adds
+    discard = r"[0-9a-f]{12}"  # what _discard adds
+    inside = re.compile(rf"({re.escape(STAGED_PREFIX)}{staged}|{re.escape(DISCARD_PREFIX)}.*-{discard})")
+    beside = re.compile(rf"({re.escape(_staged_prefix(data_dir, False))}{staged}"
+                        rf"|{re.escape(DISCARD_PREFIX + data_dir.name)}-{discard})")
+    for folder, pattern in ((data_dir, inside), (data_dir.parent, beside)):
         for entry in list(folder.iterdir()):
-            if entry.is_dir() and not entry.is_symlink() and entry.name.startswith(prefixes):
+            if pattern.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
 
 

@@ -179,13 +179,15 @@ def test_a_restore_cut_short_is_never_built_upon(tmp_path: Path, verified: list[
 def test_what_a_killed_restore_leaves_that_holds_nothing_to_keep_is_removed_by_the_next(
         tmp_path: Path, verified: list[Path]) -> None:
     data_dir = _write(tmp_path / "data", OLD)
-    leftovers = [_write(tmp_path / ".chromaguard-restore-data-1", {"partial": b"x"}),
-                 _write(tmp_path / ".chromaguard-discard-data-2", {"old": b"x"})]
-    others = [_write(tmp_path / ".chromaguard-restore-other-3", {"theirs": b"x"}),
-              _write(tmp_path / ".chromaguard-discard-other-4", {"theirs": b"x"})]
+    leftovers = [_write(tmp_path / ".chromaguard-restore-data-a1b2c3d_", {"partial": b"x"}),
+                 _write(tmp_path / ".chromaguard-discard-data-0123456789ab", {"old": b"x"})]
+    others = [_write(tmp_path / ".chromaguard-restore-other-a1b2c3d_", {"theirs": b"x"}),
+              _write(tmp_path / ".chromaguard-discard-other-0123456789ab", {"theirs": b"x"}),
+              _write(tmp_path / ".chromaguard-restore-data-2-a1b2c3d_", {"data-2's": b"x"}),
+              _write(tmp_path / ".chromaguard-discard-data-2-0123456789ab", {"data-2's": b"x"})]
     restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=data_dir, force=True)
     assert not any(p.exists() for p in leftovers) and all(p.exists() for p in others), \
-        "another data dir's restore may be running beside it: its dirs are not touched"
+        "another data dir's restore may be running beside it (even one named data-2): its dirs are not touched"
     assert _contents(data_dir) == NEW
 
 
