@@ -154,12 +154,16 @@ def restore(path: Path, data_dir: Path, *, force: bool = False,
         staged = Path(report.manifest.pop("_verified_dir"))
         try:
             if mounted:
-                _swap_contents(staged, data_dir)
-            elif not _exchange(staged, data_dir):
+                aside = _swap_contents(staged, data_dir)
+            elif _exchange(staged, data_dir):
+                aside = staged
+            else:
                 _swap_by_renames(staged, data_dir, old)
+                aside = old
             swapped = True
-        finally:  # after the swap: the old data; after a failure: the new
-            _discard(staged, data_dir.name)
+            _discard(aside, data_dir.name)  # the old data
+        finally:
+            _discard(staged, data_dir.name)  # the new data, if the swap failed (else gone already)
     except BaseException:
         lock.release()
         if created and not swapped:  # refused or failed: leave no trace of a dir we made
@@ -222,19 +226,18 @@ def _cut_short_in_place(aside: Path, data_dir: Path) -> VerifyError:
 
 def _swap_by_renames(staged: Path, data_dir: Path, old: Path) -> None:
     """Where paths cannot be exchanged at once: the old dir aside to ``old``, the new one in (or
-    the old one back, if it cannot go); ``old`` then becomes ``staged``, which the caller discards."""
+    the old one back, if it cannot go)."""
     data_dir.rename(old)
     try:
         staged.rename(data_dir)
     except BaseException:
         old.rename(data_dir)
         raise
-    old.rename(staged)
 
 
-def _swap_contents(staged: Path, data_dir: Path) -> None:
+def _swap_contents(staged: Path, data_dir: Path) -> Path:
     """Replace a mount point's contents with ``staged`` (inside it): old entries aside, new ones
-    in, each move undone if one fails; the old entries end in ``staged``, which the caller discards."""
+    in, each move undone if one fails. Returns the dir the old entries are in."""
     aside = Path(tempfile.mkdtemp(prefix=ASIDE_PREFIX, dir=data_dir))
     keep = {staged.name, aside.name, LOCK_NAME}
     moved: list[tuple[Path, Path]] = []
@@ -252,4 +255,4 @@ def _swap_contents(staged: Path, data_dir: Path) -> None:
         aside.rmdir()
         raise
     staged.rmdir()  # emptied: every new entry is in place
-    aside.rename(staged)
+    return aside

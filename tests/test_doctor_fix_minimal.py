@@ -262,7 +262,7 @@ def test_what_an_anchor_shares_is_fixed_by_hand_never_behind_the_other_users_bac
     path = tmp_path / "compose.yml"
     path.write_text(textwrap.dedent(text).lstrip("\n"))
     report = check_files([path])
-    shared = [f for f in report.findings if "anchor or alias" in f.fix]
+    shared = [f for f in report.findings if "an anchor, alias or merge key shares" in f.fix]
     assert shared and not any(f.fixable for f in shared)
     changes = apply_fixes(report)
     before = path.read_text()
@@ -318,3 +318,63 @@ def test_two_ignored_names_that_would_become_one(tmp_path: Path) -> None:
     differ = _env_findings(tmp_path, "1.5.9", "CHROMA_SERVER_OTEL_ENDPOINT=http://a:4317",
                            "CHROMA_OTEL_COLLECTION_ENDPOINT=http://b:4317")
     assert [fixable for _, fixable, _ in differ] == [True, False] and "keep one" in differ[1][2]
+
+
+def test_removing_a_key_that_shadows_a_merged_one_is_by_hand(tmp_path: Path) -> None:
+    path = tmp_path / "compose.yml"
+    path.write_text(textwrap.dedent("""
+        x-auth: &auth
+          CHROMA_SERVER_AUTHN_PROVIDER: chromadb.auth.token_authn.TokenAuthenticationServerProvider
+        services:
+          chroma:
+            image: chromadb/chroma:0.5.20
+            volumes: ["d:/chroma/chroma"]
+            environment:
+              <<: *auth
+              CHROMA_SERVER_AUTHN_PROVIDER: none
+            healthcheck: {test: ["CMD", "bash", "-c", "</dev/tcp/127.0.0.1/8000"], start_period: 60s}
+        """).lstrip("\n"))
+    report = check_files([path])
+    [none] = [f for f in report.findings if f.rule.id == "CG204"]
+    assert not none.fixable and "merge key" in none.fix, "removing it would switch the merged provider on"
+    assert apply_fixes(report) == {}
+
+
+@pytest.mark.parametrize("settings", [["IS_PERSISTENT=TRUE", "IS_PERSISTENT=TRUE"],
+                                      ["IS_PERSISTENT=TRUE", "IS_PERSISTENT=FALSE"]])
+def test_a_name_listed_twice_is_fixed_at_once(tmp_path: Path, settings: list[str]) -> None:
+    after = _fixed(tmp_path, HEALTHY + "".join(f"      - {s}\n" for s in settings) + "      - CHROMA_PORT=8000\n")
+    assert "IS_PERSISTENT" not in after and "CHROMA_PORT=8000" in after
+    path = tmp_path / "compose.yml"
+    path.write_text(after)
+    assert not [f for f in check_files([path]).findings if f.fixable], "nothing left for a second run"
+
+
+def test_a_name_with_spaces_around_its_equals_sign_is_another_name_as_compose_reads_it(tmp_path: Path) -> None:
+    path = tmp_path / "compose.yml"
+    path.write_text(textwrap.dedent(HEALTHY).lstrip("\n") + "      - IS_PERSISTENT = TRUE\n")
+    assert [f.rule.id for f in check_files([path]).findings] == [], "'IS_PERSISTENT ' is not IS_PERSISTENT"
+
+
+@pytest.mark.parametrize("image, setting", [
+    ("0.5.23", "CHROMA_SERVER_AUTH_PROVIDER=chromadb.auth.token.TokenAuthServerProvider"),
+    ("0.4.24", "CHROMA_SERVER_AUTHN_PROVIDER=chromadb.auth.token_authn.TokenAuthenticationServerProvider"),
+    ("1.5.9", "ALLOW_RESET=no"), ("1.5.9", "ALLOW_RESET=0"), ("1.5.9", "CHROMA_SERVER_CORS_ALLOW_ORIGINS="),
+    ("1.5.9", "CHROMA_OTEL_COLLECTION_ENDPOINT=${E:- }"), ("1.5.9", 'CHROMA_OTEL_COLLECTION_ENDPOINT=${E:-""}'),
+])
+def test_a_rename_to_a_value_that_may_not_start_is_a_decision(tmp_path: Path, image: str, setting: str) -> None:
+    [(rule, fixable, text)] = [f for f in _env_findings(tmp_path, image, setting) if f[0] == "CG201"]
+    assert not fixable and "decide:" in text
+
+
+def test_a_new_key_is_indented_like_its_siblings_where_they_differ_from_the_file(tmp_path: Path) -> None:
+    after = _fixed(tmp_path, """
+        services:
+          chroma:
+            image: chromadb/chroma:1.5.9
+            volumes: ["d:/data"]
+            healthcheck:
+                test: ["CMD", "bash", "-c", "</dev/tcp/127.0.0.1/8000"]
+                interval: 30s
+        """)
+    assert "        interval: 30s\n        start_period: 60s\n" in after

@@ -117,8 +117,8 @@ def test_without_an_exchange_every_rename_succeeding_swaps_and_leaves_nothing(
     monkeypatch.setattr(restore_module, "_exchange", lambda a, b: False)
     calls = _failing_rename(monkeypatch, 0)
     restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=data_dir, force=True)
-    assert _contents(data_dir) == NEW and _beside(data_dir) == [] and calls() == 4, \
-        "aside, in, the old one to the staged name, and that renamed to a discard name before it is removed"
+    assert _contents(data_dir) == NEW and _beside(data_dir) == [] and calls() == 3, \
+        "aside, in, and the old one renamed to a discard name before it is removed"
 
 
 @pytest.mark.parametrize("at", range(1, 6))
@@ -141,7 +141,7 @@ def test_in_a_mount_point_the_contents_are_swapped(tmp_path: Path, verified: lis
     monkeypatch.setattr(restore_module.os.path, "ismount", lambda p: Path(p) == volume)
     calls = _failing_rename(monkeypatch, 0)
     restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=volume, force=True)
-    assert _contents(volume) == NEW and calls() == 7, "2 aside, 3 in, the old ones to the staged name, discarded"
+    assert _contents(volume) == NEW and calls() == 6, "2 aside, 3 in, the old ones renamed to a discard name"
     assert verified[0].parent == volume, "staged inside the mount point: the same filesystem"
     assert prefixes == [".chromaguard-restore-"]
     assert sorted(p.name for p in volume.iterdir()) == sorted({"chroma.sqlite3", "seg-2", "seg-3", LOCK_NAME})
@@ -288,3 +288,25 @@ def test_old_data_being_removed_is_named_for_its_data_dir_so_the_next_restore_fi
     monkeypatch.setattr(restore_module.shutil, "rmtree", real)
     restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=data_dir, force=True)
     assert _beside(data_dir) == [] and _contents(data_dir) == NEW
+
+
+@pytest.mark.parametrize("mounted", [False, True])
+def test_ctrl_c_once_the_new_data_is_in_place_keeps_it_even_in_a_dir_restore_made(
+        tmp_path: Path, verified: list[Path], monkeypatch: pytest.MonkeyPatch, mounted: bool) -> None:
+    target = tmp_path / "fresh"
+    if mounted:
+        _write(target, OLD)
+        monkeypatch.setattr(restore_module.os.path, "ismount", lambda p: Path(p) == target)
+    else:
+        monkeypatch.setattr(restore_module, "_exchange", lambda a, b: False)
+    real = restore_module._discard
+
+    def interrupted(folder: Path, owner: str) -> None:  # Ctrl-C as the old data is put out of the way
+        if folder.exists() and ".chromaguard-restore-" not in folder.name:
+            raise KeyboardInterrupt
+        real(folder, owner)
+
+    monkeypatch.setattr(restore_module, "_discard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=target, force=True)
+    assert {k: v for k, v in _contents(target).items() if not k.startswith(".chromaguard-")} == NEW

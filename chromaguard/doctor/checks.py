@@ -68,8 +68,8 @@ def _by_hand_if_shared(findings: list[Finding], shared: set[int]) -> None:
     for finding in findings:
         if isinstance(finding.apply, Fix) and any(id(t) in shared for t in finding.apply.targets):
             finding.apply = None
-            finding.fix += " (by hand: it is in an anchor or alias other services or blocks share, " \
-                           "so --fix would change them too)"
+            finding.fix += " (by hand: it touches YAML an anchor, alias or merge key shares, so --fix would " \
+                           "change more than this)"
 
 
 def _flow(items: list[str]) -> CommentedSeq:
@@ -203,6 +203,14 @@ def healthcheck_findings(service: Service, image: Image) -> list[Finding]:
     return found
 
 
+def _env_targets(var: EnvVar) -> tuple[Any, ...]:
+    """What a change of ``var`` touches: its map, and a merged map whose same key it shadows
+    (removing it would bring that value back: a change only a human can weigh)."""
+    if isinstance(var.node, CommentedMap):
+        return (var.node, *(m for m in merged_maps(var.node) if var.key in m and m is not var.node))
+    return (var.node,)
+
+
 def _rename(var: EnvVar, new: str, service: Service) -> Callable[[], None]:
     def apply() -> None:
         if new in service.environment():  # set already (or renamed to just now), to this value: one is enough
@@ -233,7 +241,7 @@ def env_findings(service: Service, image: Image) -> list[Finding]:
             new, why = fix
             line = f"Chroma {image.line}" + (" (the `latest` tag)" if image.floating else "")
             opens = widens_access(new, var.value) if new else None
-            changes = change_on_rename(new, var.value) if new and image.is_1x else None
+            changes = change_on_rename(new, var.value, image.line) if new and opens is None else None
             if new and opens is None and changes is None and new in renamed_to and new not in env and \
                     renamed_to[new][1] != var.value:
                 changes = f"{renamed_to[new][0]} becomes {new} too, with another value: keep one"
@@ -251,7 +259,7 @@ def env_findings(service: Service, image: Image) -> list[Finding]:
             found.append(_finding(
                 "CG201", service, f"{name} is ignored by {line}", var.location, why,
                 f"rename it to {new}" if new else "remove it (it has no effect)",
-                Fix((var.node,), _rename(var, new, service) if new else var.remove)))
+                Fix(_env_targets(var), _rename(var, new, service) if new else var.remove)))
             if new:
                 renamed_to.setdefault(new, (name, var.value))
         found += unknown_setting_findings(service, image, env, {f.location for f in found})
@@ -279,7 +287,7 @@ def env_findings(service: Service, image: Image) -> list[Finding]:
         if is_auth_var(name) and value.lower() == "none":
             found.append(_finding("CG204", service, f"{name}=none: `none` is a value, not 'unset'", var.location,
                                   "Chroma 0.x reads it as a class path and fails", "remove it",
-                                  Fix((var.node,), var.remove)))
+                                  Fix(_env_targets(var), var.remove)))
         if name in _OTEL_ENDPOINTS and urlsplit(value if "://" in value else f"http://{value}").hostname in (
                 "localhost", "127.0.0.1", "::1"):
             found.append(_finding("CG205", service, f"{name}={value} points at the container itself", var.location,

@@ -72,11 +72,13 @@ def load(path: Path) -> ComposeFile:
 
 
 def emptied_by(file: ComposeFile, before: set[int]) -> None:
-    """Drop the ``environment`` keys a fix left empty (``before``: the ids of those that were not)."""
+    """Drop the ``environment`` keys a fix left empty (``before``: the ids of those that were not);
+    one that merges another map (``<<: *x``) is never empty."""
     for node in file.services().values():
         if isinstance(node, CommentedMap):
             env = node.get("environment")
-            if id(env) in before and isinstance(env, (CommentedMap, CommentedSeq)) and not env:
+            if id(env) in before and isinstance(env, (CommentedMap, CommentedSeq)) and not env \
+                    and not (isinstance(env, CommentedMap) and merged_maps(env)):
                 del node["environment"]
 
 
@@ -122,22 +124,19 @@ class EnvVar:
             return location(self.file, self.node, index=self.key)
         return location(self.file, self.node, key=self.key)
 
-    def _item(self) -> str:
-        return f"{self.name}={self.value}" if self.value is not None else self.name
-
-    def _index(self) -> int | None:
-        """Where the item is now (earlier fixes may have removed items before it)."""
-        for i, existing in enumerate(self.node):
-            if str(existing) == self._item():
-                return i
-        return None
+    def _indexes(self) -> list[int]:
+        """Where the items of this name are now (earlier fixes may have removed items before
+        them; a name listed twice is one variable, the last value winning)."""
+        return [i for i, existing in enumerate(self.node) if str(existing).partition("=")[0] == self.name]
 
     def rename(self, new: str) -> None:
         if self.list_form:
-            index = self._index()
-            if index is not None:
-                old = self.node[index]
-                self.node[index] = type(old)(f"{new}={self.value}" if self.value is not None else new)
+            *earlier, last = self._indexes() or [None]
+            if last is not None:
+                old = self.node[last]
+                self.node[last] = type(old)(f"{new}={self.value}" if self.value is not None else new)
+            for index in reversed(earlier):
+                self._delete(index)
         else:
             position = list(self.node.keys()).index(self.key)
             value = self.node.pop(self.key)
@@ -145,15 +144,16 @@ class EnvVar:
 
     def remove(self) -> None:
         if self.list_form:
-            index = self._index()
-            if index is None:
-                return
-            comments = self.node.ca.items
-            if index in comments and index > 0 and index - 1 not in comments:
-                comments[index - 1] = comments.pop(index)  # keep the comment lines that followed it
-            del self.node[index]
+            for index in reversed(self._indexes()):
+                self._delete(index)
         else:
             self.node.pop(self.key, None)
+
+    def _delete(self, index: int) -> None:
+        comments = self.node.ca.items
+        if index in comments and index > 0 and index - 1 not in comments:
+            comments[index - 1] = comments.pop(index)  # keep the comment lines that followed it
+        del self.node[index]
 
 
 @dataclass
@@ -211,8 +211,8 @@ class Service:
             env = node.get("environment")
             if isinstance(env, CommentedSeq):
                 for index, item in enumerate(env):
-                    name, sep, value = str(item).partition("=")
-                    merged[name.strip()] = EnvVar(name.strip(), value if sep else None, file, env, index, True)
+                    name, sep, value = str(item).partition("=")  # "NAME = v" names "NAME ", as compose reads it
+                    merged[name] = EnvVar(name, value if sep else None, file, env, index, True)
             elif isinstance(env, CommentedMap):
                 own = {key for key, _ in env.non_merged_items()}
                 for key, value in env.items():  # a merged key (`<<: *x`) lives in the map merged in

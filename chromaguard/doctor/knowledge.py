@@ -1,4 +1,8 @@
-"""What each image and Chroma line really does (checked facts; see DESIGN.md and the README)."""
+"""How a compose service is recognised (which image, which Chroma line) and the rules about its settings.
+
+The facts of each line (tools, data path, APIs, setting names, with their sources) are in
+`lines.py`; this module decides with them.
+"""
 
 from __future__ import annotations
 
@@ -169,19 +173,37 @@ def widens_access(name: str, value: str | None) -> str | None:
     return None
 
 
-def change_on_rename(name: str, value: str | None) -> str | None:
-    """Why turning on ``name=value`` would change what runs today in a way that can break it;
-    None when the renamed setting means what the server does today anyway."""
+_CLASSES_OF_0_4 = ("chromadb.auth.token.", "chromadb.auth.basic.", "chromadb.auth.providers.")
+_CLASSES_SINCE_0_5 = ("chromadb.auth.token_authn.", "chromadb.auth.basic_authn.", "chromadb.auth.simple_rbac_authz.")
+
+
+def _default_of(value: str) -> str | None:
+    """The default of a ``${VAR:-default}`` value, unquoted; None when it has none."""
+    match = re.fullmatch(r"\s*\$\{[A-Za-z_][A-Za-z0-9_]*:?-(.*)\}\s*", value)
+    return match.group(1).strip().strip("'\"").strip() if match else None
+
+
+def change_on_rename(name: str, value: str | None, line: str) -> str | None:
+    """Why turning on ``name=value`` on ``line`` would change what runs today in a way that can
+    break it; None when the renamed setting means what the server does today anyway."""
     literal = _literal(value)
-    if name == "CHROMA_PORT" and literal != "8000":
+    if line == "1.x" and name == "CHROMA_PORT" and literal != "8000":
         return (f"the server listens on 8000 today; renamed, it would listen on {value}: the published port and "
                 "the health check must follow")
-    if name == "CHROMA_LISTEN_ADDRESS" and literal != "0.0.0.0":
+    if line == "1.x" and name == "CHROMA_LISTEN_ADDRESS" and literal != "0.0.0.0":
         return f"the server listens on 0.0.0.0 today; renamed, it would listen on {value}"
-    if name == "CHROMA_OPEN_TELEMETRY__ENDPOINT" and (literal == "" or literal is None and not re.search(
-            r"\$\{[^}]*:-[^}]+\}", value or "")):
+    if line == "1.x" and name == "CHROMA_OPEN_TELEMETRY__ENDPOINT" and (
+            literal == "" or literal is None and not _default_of(value or "")):
         return ("Chroma 1.x panics at start-up on an empty endpoint, which this is" + ("" if literal == "" else
                 " whenever the host does not set it") + ": give it a default first (${NAME:-http://collector:4317})")
+    if line == "1.x" and name == "CHROMA_ALLOW_RESET" and (literal or "").lower() != "false":
+        return f"Chroma 1.x reads true or false here: {value or 'an empty value'} may keep it from starting"
+    if line == "1.x" and name == "CHROMA_CORS_ALLOW_ORIGINS" and literal == "":
+        return "Chroma 1.x reads a list of origins here: an empty value may keep it from starting"
+    foreign = _CLASSES_OF_0_4 if line in ("0.5", "0.6") else _CLASSES_SINCE_0_5 if line == "0.4" else ()
+    if name.endswith("_PROVIDER") and (literal or "").lower().startswith(foreign):
+        return (f"{value} is a class of another Chroma line: renamed, Chroma {line} would fail to start; name "
+                "this line's class (chromaguard doctor --explain CG203)")
     return None
 
 

@@ -80,7 +80,12 @@ Chroma added the `/api/v2` routes in 0.5.16 (0.6 serves v1 and v2, 1.x only v2).
 The server silently ignores the name, so the setting does not do what the file says. The finding
 names the variable the line really reads. Fix (applied by `--fix`): renamed where a real name
 exists, removed where the setting has no effect (for example `ANONYMIZED_TELEMETRY` since 1.5.4,
-`IS_PERSISTENT` on 1.x).
+`IS_PERSISTENT` on 1.x). A rename that would change what runs today is reported as a decision and
+not applied: a port or listen address other than the one the server uses now, an OpenTelemetry
+endpoint that is empty (or empty when a host variable is unset), a value Chroma 1.x may not parse,
+another line's auth class, two ignored names that would become one with different values. So is
+one whose value sits in an anchor or merge key others share. Renames that would open access are
+CG208.
 """, True),
     _rule("CG202", "auth-not-enforced-on-chroma-1x", "error",
           "Auth is configured, but Chroma 1.x has no server auth: every request is let in.",
