@@ -37,7 +37,8 @@ def run(records: int, dim: int) -> dict[str, Any]:
         batch = 5000
         for start in range(0, records, batch):
             col.add(ids=[f"r{i}" for i in range(start, min(records, start + batch))],
-                    embeddings=vectors[start:start + batch], documents=[f"doc {i}" for i in range(start, min(records, start + batch))])
+                    embeddings=vectors[start:start + batch],
+                    documents=[f"doc {i}" for i in range(start, min(records, start + batch))])
         size = directory_size(data)
         out["data_dir_mb"] = size / 1e6
         result = backups.online(guard.url, work / "bk")

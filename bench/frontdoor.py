@@ -30,8 +30,9 @@ from chromadb.config import Settings
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
+from nginxproxy import NginxProxy  # noqa: E402
+from nginxproxy import available as nginx_available  # noqa: E402
 from procs import BareEngine, Guard  # noqa: E402
-from nginxproxy import NginxProxy, available as nginx_available  # noqa: E402
 from tcpforward import TcpForwarder  # noqa: E402
 
 TOKEN = "bench-token"
@@ -244,7 +245,8 @@ def run(records: int, dim: int, queries: int, batch: int = 1000, traced: bool = 
                             f"{cols[key].id}/query")
                     stop = threading.Event()
                     if key not in ("bare", NGINX, TRACED_BARE):  # nginx's master is not the process that works
-                        def sample(pid: int = server.proc.pid, into: list[float] = rss[key]) -> None:
+                        def sample(pid: int = server.proc.pid, into: list[float] = rss[key],
+                                   stop: threading.Event = stop) -> None:
                             while not stop.is_set():
                                 into.append(_rss_mb(pid))
                                 time.sleep(0.2)

@@ -74,7 +74,8 @@ class _Written:
         pass
 
 
-async def _measure(requests: int, env: dict[str, str], auth: bool, fast_path: bool = True) -> tuple[float, float, float]:
+async def _measure(requests: int, env: dict[str, str], auth: bool,
+                   fast_path: bool = True) -> tuple[float, float, float]:
     """µs per relayed request: of the event-loop thread, of the whole process, and of the
     event-loop thread with cold caches (the median request)."""
     from chromaguard.auth import Authenticator
@@ -82,9 +83,11 @@ async def _measure(requests: int, env: dict[str, str], auth: bool, fast_path: bo
     from chromaguard.credentials import load_store
     from chromaguard.fastpath import FastPath
     from chromaguard.frontdoor import AlwaysAvailable, FrontDoor
-    from chromaguard.httpserver import HttpServer, _Connection as ClientConnection
+    from chromaguard.httpserver import HttpServer
+    from chromaguard.httpserver import _Connection as ClientConnection
     from chromaguard.telemetry import Telemetry
-    from chromaguard.upstream import UpstreamPool, _Connection as EngineConnection
+    from chromaguard.upstream import UpstreamPool
+    from chromaguard.upstream import _Connection as EngineConnection
 
     telemetry = Telemetry(load_settings({}, env))
     pool = UpstreamPool("http://127.0.0.1:9")
@@ -174,7 +177,8 @@ def run(requests: int = 40_000, repeats: int = 3) -> dict[str, Any]:
 
 def report(result: dict[str, Any]) -> str:
     lines = [f"Python per relayed request, no sockets: hot caches ({result['requests']} requests), and cold "
-             f"(the median of {result['requests'] // 10}, each after a 64 MiB walk); median of {result['repeats']} processes",
+             f"(the median of {result['requests'] // 10}, each after a 64 MiB walk); "
+             f"median of {result['repeats']} processes",
              f"{'':16}{'loop thread us':>16}{'process us':>12}{'x plain':>9}{'cold us':>10}{'x plain':>9}"]
     for variant, row in result["variants"].items():
         lines.append(f"{variant:16}{row['loop_thread_us']:>16.2f}{row['process_us']:>12.2f}{row['ratio_to_plain']:>9.2f}"

@@ -96,7 +96,8 @@ def _case(work: Path, collections: int, records: int, dim: int, runs: int) -> di
                 created.raise_for_status()
                 info = created.json()
                 holds.append(info["write_hold_ms"])
-                describes.append(info.get("after_hold_ms", {}).get("describe", float("nan")))  # nan: before it was reported
+                # nan: before it was reported
+                describes.append(info.get("after_hold_ms", {}).get("describe", float("nan")))
                 http.delete(f"/chromaguard/snapshots/{info['id']}")
         finally:
             writer.stop.set()

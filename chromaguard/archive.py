@@ -15,8 +15,9 @@ import json
 import os
 import tarfile
 import threading
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, BinaryIO, Callable
+from typing import IO, Any, BinaryIO
 
 from .snapshot import FORMAT, SQLITE, Snapshot
 
@@ -123,7 +124,7 @@ def zlib_error() -> type[Exception]:
     return zlib.error
 
 
-def _load_manifest(archive: Path, fh: BinaryIO | None) -> dict[str, Any]:
+def _load_manifest(archive: Path, fh: IO[bytes] | None) -> dict[str, Any]:
     try:
         manifest = json.loads(fh.read() if fh else b"")
     except ValueError:

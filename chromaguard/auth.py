@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .credentials import CredentialStore, Principal
+from .routes import ADMIN, READ, WRITE, Route
 
 ANONYMOUS = Principal("", "read", "default_tenant", ("default_database",))
-from .routes import ADMIN, READ, WRITE, Route
 
 log = logging.getLogger("chromaguard.auth")
 
@@ -198,7 +198,9 @@ class Authenticator:
         if principal.tenant is None:
             return ""
         if route.tenant is None:
-            return "" if route.operation in _TENANTLESS_OK else f"{route.operation.replace('_', ' ')} outside its tenant"
+            if route.operation in _TENANTLESS_OK:
+                return ""
+            return f"{route.operation.replace('_', ' ')} outside its tenant"
         if route.tenant != principal.tenant:
             return f"use tenant {route.tenant}"
         if principal.databases is None:

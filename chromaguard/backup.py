@@ -7,9 +7,10 @@ import contextlib
 import gzip
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 
@@ -136,7 +137,8 @@ def offline(data_dir: Path, output: Path, *, level: int = 3,
         total = sum(f["size"] for f in snapshot.manifest["files"])
         with _partial(path) as partial:
             with gzip.open(partial, "wb", compresslevel=level) as out:
-                archive.write_tar(snapshot, _Counting(out, (lambda n: progress("write", n, total)) if progress else None))
+                counted = (lambda n: progress("write", n, total)) if progress else None
+                archive.write_tar(snapshot, _Counting(out, counted))  # type: ignore[arg-type]  # write and flush
             manifest = _finish(partial, path, (lambda n: progress("check", n, total)) if progress else None)
     finally:
         snapshot.remove()

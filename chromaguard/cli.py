@@ -7,8 +7,9 @@ import functools
 import json
 import logging
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, NoReturn
 
 import click
 
@@ -17,7 +18,7 @@ from .config import OPTIONS, load_settings
 from .errors import ChromaguardError
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"chromaguard: error: {message}", err=True)
     sys.exit(code)
 

@@ -7,9 +7,10 @@ own, chromaguard's), where its value came from, and a valid example for errors.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from . import legacy, parsing
 from .errors import ConfigError
@@ -81,14 +82,16 @@ OPTIONS: tuple[Option, ...] = (
          env=("CHROMA_OTEL_COLLECTION_HEADERS",), secret=True),
     _opt("auth_provider", legacy.auth_provider, "none", "token", "client auth: none, token or basic",
          env=("CHROMA_SERVER_AUTH_PROVIDER", "CHROMA_SERVER_AUTHN_PROVIDER"), flag="--auth-provider"),
-    _opt("auth_credentials_provider", parsing.parse_text, "", "chromadb.auth.token.TokenConfigServerAuthCredentialsProvider",
+    _opt("auth_credentials_provider", parsing.parse_text, "",
+         "chromadb.auth.token.TokenConfigServerAuthCredentialsProvider",
          "Chroma 0.4 credentials provider class (mapped to an auth mode)",
          env=("CHROMA_SERVER_AUTH_CREDENTIALS_PROVIDER",)),
     _opt("auth_credentials_file", parsing.parse_optional_path, None, "/etc/chromaguard/tokens.json",
          "file with tokens (JSON/YAML) or an htpasswd file for basic auth",
          env=("CHROMA_SERVER_AUTH_CREDENTIALS_FILE", "CHROMA_SERVER_AUTHN_CREDENTIALS_FILE"),
          flag="--auth-credentials-file"),
-    _opt("auth_credentials", parsing.parse_text, "", "my-secret-token", "inline credentials (a token, or user:password)",
+    _opt("auth_credentials", parsing.parse_text, "", "my-secret-token",
+         "inline credentials (a token, or user:password)",
          env=("CHROMA_SERVER_AUTH_CREDENTIALS", "CHROMA_SERVER_AUTHN_CREDENTIALS"), secret=True),
     _opt("auth_token_transport_header", parsing.choice("authorization", "x-chroma-token", "any"), "any",
          "Authorization", "which header carries the token (any accepts both)",

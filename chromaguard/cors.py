@@ -6,7 +6,7 @@ without credentials, since browsers never send credentials on a preflight.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 _METHODS = b"GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
 _EXPOSE = b"chroma-trace-id, retry-after, www-authenticate"

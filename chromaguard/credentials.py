@@ -50,7 +50,7 @@ class Principal:
     databases: tuple[str, ...] | None = None
     how: str = ""  # how the role was decided, for ``chromaguard config``
 
-    def covers(self, other: "Principal") -> bool:
+    def covers(self, other: Principal) -> bool:
         """Whether this principal may do everything ``other`` may."""
         if ROLES.index(other.role) < ROLES.index(self.role):
             return False  # ROLES runs from most to least
@@ -83,7 +83,7 @@ class CredentialStore:
     def __len__(self) -> int:
         return len(self._tokens) + len(self._users)
 
-    def widened_by(self, other: "CredentialStore") -> str:
+    def widened_by(self, other: CredentialStore) -> str:
         """What ``other`` lets in that these credentials do not ("" when nothing): a new token
         or user, a higher role, a wider scope. Revoking and narrowing say nothing."""
         for key, principal in other._tokens.items():
@@ -92,12 +92,12 @@ class CredentialStore:
                 return f"it adds the token {principal.name!r}"
             if not before.covers(principal):
                 return f"it gives {principal.name!r} more access than before"
-        for user, (hashed, principal) in other._users.items():
+        for user, (hashed, _principal) in other._users.items():
             if self._users.get(user, (None,))[0] != hashed:
                 return f"it adds or changes the password of {user!r}"
         return ""
 
-    def keep_verified(self, before: "CredentialStore") -> None:
+    def keep_verified(self, before: CredentialStore) -> None:
         """Remember the passwords ``before`` had verified, for users whose hash is unchanged:
         a reload must not send every logged-in user back through bcrypt at once."""
         for key, principal in list(before._verified.items()):  # bcrypt threads may add meanwhile
@@ -382,7 +382,8 @@ def half_written(path: Path) -> str:
     return "its last line has no newline at the end, so it may still be being written"
 
 
-def load_store(provider: str, path: Path | None, inline: str, *, file_setting: str, inline_setting: str) -> CredentialStore:
+def load_store(provider: str, path: Path | None, inline: str, *, file_setting: str,
+               inline_setting: str) -> CredentialStore:
     """The credentials for ``provider`` from the file and/or the inline value (both may be given)."""
     stores = []
     if path is not None:

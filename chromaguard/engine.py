@@ -240,7 +240,7 @@ class EngineProcess:
         if self._pump is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._pump), 2.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -255,7 +255,7 @@ class EngineProcess:
             pass
         try:
             await asyncio.wait_for(process.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("engine did not stop within %.0fs; killing it", timeout)
             self.kill()
             await process.wait()

@@ -22,7 +22,7 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-from .frontdoor import ANSWERED_HERE, OWN_PREFIX, FrontDoor, Call
+from .frontdoor import ANSWERED_HERE, OWN_PREFIX, Call, FrontDoor
 from .httpserver import DISPATCH_WHOLE_BELOW, MAX_HEAD_BYTES, Exchange, parse_fields
 from .relay import Relay
 from .routes import READ, Route, route_of
@@ -75,7 +75,8 @@ class FastPath:
 
     def __init__(self, door: FrontDoor) -> None:
         self.door = door
-        self.strip = re.compile(rb"\r\n(?:" + _names(door._strip) + rb"):[^\r\n]*(?=\r\n)", re.I)  # the line, less its CRLF
+        # the line, less its CRLF
+        self.strip = re.compile(rb"\r\n(?:" + _names(door._strip) + rb"):[^\r\n]*(?=\r\n)", re.I)
         self._routes: dict[bytes, tuple[Route, str] | None] = {}
 
     @classmethod

@@ -12,7 +12,8 @@ import json
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any, Coroutine, Protocol
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
@@ -23,19 +24,26 @@ from .configpolicy import ConfigPolicy
 from .cors import CorsPolicy
 from .httpserver import DISPATCH_WHOLE_BELOW, ClientDisconnected, Exchange
 from .logs import current_trace
-from .relay import Relay, RelayWatch
 from .ownership import LOOK_UP, Ownership
+from .relay import Relay, RelayWatch
 from .routes import READ, Route, canonical_segments, route_of
 from .serverspans import SpanDetails
-from .spanattrs import (COUNTED_OPS, RESPONSE_PARSE_LIMIT, RESULT_OPS, CollectionNames, request_attributes,
-                        response_attributes, result_attributes)
+from .spanattrs import (
+    COUNTED_OPS,
+    RESPONSE_PARSE_LIMIT,
+    RESULT_OPS,
+    CollectionNames,
+    request_attributes,
+    response_attributes,
+    result_attributes,
+)
 from .upstream import Response, UpstreamError, UpstreamPool, UpstreamTimeout, UpstreamUnavailable
 
 if TYPE_CHECKING:
     from .readiness import Dependencies, DiskFloor
     from .snapshot_api import ControlAccess, SnapshotService
-    from .writegate import WriteGate
     from .telemetry import Telemetry
+    from .writegate import WriteGate
 
 log = logging.getLogger("chromaguard.frontdoor")
 
@@ -109,7 +117,7 @@ class FrontDoor:
                  auth: Authenticator | None = None, cors: CorsPolicy | None = None,
                  telemetry: Telemetry | None = None, deps: Dependencies | None = None,
                  gate: WriteGate | None = None, snapshots: SnapshotService | None = None,
-                 config_policy: ConfigPolicy = ConfigPolicy(), control: ControlAccess | None = None,
+                 config_policy: ConfigPolicy | None = None, control: ControlAccess | None = None,
                  disk_floor: DiskFloor | None = None) -> None:
         from .snapshot_api import ControlAccess
 
@@ -128,7 +136,7 @@ class FrontDoor:
         self.gate = gate
         self.disk_floor = disk_floor
         self.snapshots = snapshots
-        self.config_policy = config_policy
+        self.config_policy = config_policy or ConfigPolicy()
         self.metrics = telemetry.metrics if telemetry else None
         self.spans = telemetry.spans if telemetry else None
         self.names = CollectionNames()

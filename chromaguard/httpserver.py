@@ -38,7 +38,8 @@ import json
 import logging
 import math
 import time
-from typing import Any, AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from typing import Any
 from urllib.parse import unquote
 
 import httptools
@@ -95,7 +96,7 @@ class Exchange:
                  "keep_alive", "status", "extra_headers", "_conn", "_chunks", "_buffered", "_body_done",
                  "_waiter", "_expect", "_head", "_chunked", "_started", "_finished", "_reject", "_gone", "_head_only")
 
-    def __init__(self, conn: "ClientConnection", method: str, url: bytes, headers: Headers, http_version: str,
+    def __init__(self, conn: ClientConnection, method: str, url: bytes, headers: Headers, http_version: str,
                  keep_alive: bool, expect_continue: bool) -> None:
         raw_path, _, query = url.partition(b"?")
         self.method = method
@@ -129,8 +130,8 @@ class Exchange:
             self._reject = (400, "the request target must not contain # (a fragment is never sent to a server)")
 
     @classmethod
-    def received(cls, conn: "ClientConnection", method: str, url: bytes, headers: Headers, keep_alive: bool,
-                 body: bytes = b"") -> "Exchange":
+    def received(cls, conn: ClientConnection, method: str, url: bytes, headers: Headers, keep_alive: bool,
+                 body: bytes = b"") -> Exchange:
         """A request that was read whole without the parser (the front door's fast path)."""
         exchange = cls(conn, method, url, headers, "1.1", keep_alive, False)
         if body:
@@ -358,7 +359,7 @@ def parse_fields(block: bytes) -> Headers:
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, runs one at a time, in order."""
 
-    def __init__(self, server: "HttpServer") -> None:
+    def __init__(self, server: HttpServer) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpRequestParser(self)
@@ -869,7 +870,8 @@ class HttpServer:
     async def serve(self, sock: object) -> None:
         self.limit_descriptors()
         loop = asyncio.get_running_loop()
-        listener = await loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=2048)  # type: ignore[arg-type]
+        listener = await loop.create_server(lambda: ClientConnection(self), sock=sock,  # type: ignore[call-overload]
+                                            backlog=2048)
         sweeper = loop.create_task(self._sweep())
         try:
             await self._stop.wait()

@@ -54,7 +54,8 @@ IGNORED_BY_CHROMA_1: dict[str, str] = {
     "ANONYMIZED_TELEMETRY": "a no-op since Chroma 1.5.4; chromaguard sends no product telemetry at all",
     "CHROMA_SERVER_OTEL_ENABLED": "never existed in any Chroma; Chroma 1.x reads CHROMA_OPEN_TELEMETRY__ENDPOINT",
     "CHROMA_SERVER_OTEL_ENDPOINT": "never existed in any Chroma; Chroma 1.x reads CHROMA_OPEN_TELEMETRY__ENDPOINT",
-    "CHROMA_SERVER_OTEL_SERVICE_NAME": "never existed in any Chroma; Chroma 1.x reads CHROMA_OPEN_TELEMETRY__SERVICE_NAME",
+    "CHROMA_SERVER_OTEL_SERVICE_NAME": "never existed in any Chroma; Chroma 1.x reads "
+                                       "CHROMA_OPEN_TELEMETRY__SERVICE_NAME",
     "CHROMA_OTEL_COLLECTION_ENDPOINT": "Chroma 0.x name; Chroma 1.x reads CHROMA_OPEN_TELEMETRY__ENDPOINT",
     "CHROMA_OTEL_SERVICE_NAME": "Chroma 0.x name; Chroma 1.x reads CHROMA_OPEN_TELEMETRY__SERVICE_NAME",
     "CHROMA_SERVER_AUTH_PROVIDER": "Chroma 1.x has no server auth at all",

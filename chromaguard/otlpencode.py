@@ -152,6 +152,7 @@ class SpanEncoder:
 
     def _span(self, span: ReadableSpan) -> bytes:
         context = span.get_span_context()
+        assert context is not None  # a span the SDK ended always has one
         parent = span.parent
         flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent is not None and parent.is_remote else 0)
         parts = [

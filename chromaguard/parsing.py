@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -151,7 +152,7 @@ def parse_url(raw: Any, *, schemes: tuple[str, ...] = ("http", "https")) -> str:
     if parts.scheme not in schemes or not parts.hostname:
         raise ValueError(f"not a URL ({'/'.join(schemes)}://host:port)")
     try:
-        parts.port
+        _ = parts.port  # reading it validates it
     except ValueError:
         raise ValueError("the URL has an invalid port") from None
     return text.rstrip("/")

@@ -52,7 +52,7 @@ def http_get(url: str, timeout: float, token: str | None = None) -> tuple[int, b
                 if not chunk:
                     break
                 data += chunk
-    except socket.timeout:
+    except TimeoutError:
         raise Unhealthy(f"{url}: no answer within {timeout:g}s") from None
     except OSError as exc:
         raise Unhealthy(f"{url}: {exc.strerror or exc}") from None

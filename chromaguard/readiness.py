@@ -200,7 +200,7 @@ async def disk_room(data_dir: Path, timeout: float = _CHECK_TIMEOUT) -> tuple[bo
         test.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen, even if late
     try:
         await asyncio.wait_for(asyncio.shield(test), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False, free, f"{shown}, but a {_WRITE_TEST_BYTES // 1024} KiB test write there has not finished " \
                             f"within {timeout:g}s: the disk hangs"
     except OSError as exc:

@@ -15,10 +15,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from .spanattrs import RESPONSE_PARSE_LIMIT
-from .upstream import UpstreamError, UpstreamPool, UpstreamTimeout, EngineConnection
+from .upstream import EngineConnection, UpstreamError, UpstreamPool, UpstreamTimeout
 
 if TYPE_CHECKING:
-    from .frontdoor import FrontDoor, Call
+    from .frontdoor import Call, FrontDoor
 
 log = logging.getLogger("chromaguard.frontdoor")
 

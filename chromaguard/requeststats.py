@@ -13,7 +13,8 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -112,7 +113,7 @@ class RequestStats:
         counts: list[NumberDataPoint] = []
         latencies: list[HistogramDataPoint] = []
         for operation, status, series in self.snapshot():
-            attributes = {"operation": operation, "status": status}
+            attributes: dict[str, str | int] = {"operation": operation, "status": status}
             buckets = series[_BUCKETS:]
             total = sum(buckets)
             counts.append(NumberDataPoint(attributes, self.started_ns, now, total, []))

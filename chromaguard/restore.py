@@ -9,16 +9,16 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import archive
 from .datalock import LOCK_NAME, DataDirLock
 from .errors import ChromaguardError, StartupError
 from .scratchengine import engine_on
 from .snapshot import describe_collections, sample_digests
-
 
 BEFORE_RESTORE = ".before-restore"  # the old data dir, renamed aside while the new one is renamed in
 ASIDE_PREFIX = ".chromaguard-before-restore-"  # in a mount point: its old contents, while the new ones move in
@@ -142,9 +142,9 @@ def restore(path: Path, data_dir: Path, *, force: bool = False,
         raise VerifyError(f"{exc}; stop it before restoring") from None
     swapped = False
     try:
-        aside = sorted(p for p in data_dir.iterdir() if p.name.startswith(ASIDE_PREFIX))
-        if aside:
-            raise _cut_short_in_place(aside[0], data_dir)
+        set_aside = sorted(p for p in data_dir.iterdir() if p.name.startswith(ASIDE_PREFIX))
+        if set_aside:
+            raise _cut_short_in_place(set_aside[0], data_dir)
         _remove_leftovers(data_dir)
         if any(p.name != LOCK_NAME for p in data_dir.iterdir()) and not force:
             raise VerifyError(f"{data_dir} is not empty; restore into an empty dir or add --force to replace it")

@@ -123,7 +123,8 @@ def canonical_segments(raw_path: bytes) -> list[str] | None:
     return segments
 
 
-_GUARD_PATHS = {("metrics",): "metrics", ("healthz",): "healthz", ("readyz",): "readyz"}
+_GUARD_PATHS: dict[tuple[str, ...], str] = {("metrics",): "metrics", ("healthz",): "healthz",
+                                             ("readyz",): "readyz"}
 
 
 def classify(method: str, segments: list[str]) -> Route:

@@ -16,15 +16,17 @@ import shutil
 import signal
 import socket
 import tempfile
+from collections.abc import Callable, Coroutine
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Coroutine
+from typing import Any
 
 from . import __version__
 from .auth import Authenticator
+from .catalog import count_collections
 from .config import Settings
-from .cors import CorsPolicy
 from .configpolicy import ConfigPolicy
+from .cors import CorsPolicy
 from .credentials import CredentialsError, CredentialStore, load_store
 from .credentials_watch import CredentialsWatcher
 from .datalock import DataDirLock
@@ -35,11 +37,10 @@ from .frontdoor import AlwaysAvailable, Backend, FrontDoor
 from .httpserver import HttpServer
 from .readiness import Dependencies, DiskFloor
 from .snapshot_api import ControlAccess, SnapshotService
-from .writegate import WriteGate
 from .supervisor import HealthPolicy, Supervisor
-from .catalog import count_collections
 from .telemetry import Telemetry, engine_log_filter, engine_telemetry
 from .upstream import UpstreamPool
+from .writegate import WriteGate
 
 log = logging.getLogger("chromaguard")
 
@@ -236,7 +237,8 @@ class Service:
             if self.data_dir is not None:
                 disk_floor = DiskFloor(self.data_dir)
                 disk_floor.start()
-            app = FrontDoor(pool, backend, gate=gate, snapshots=snapshots, max_payload_bytes=self.settings.max_payload_bytes,
+            app = FrontDoor(pool, backend, gate=gate, snapshots=snapshots,
+                            max_payload_bytes=self.settings.max_payload_bytes,
                             upstream_timeout=self.settings.upstream_timeout,
                             strip_request_headers=_CLIENT_AUTH_HEADERS
                             if self.settings.upstream_token or self.auth else frozenset(),
@@ -315,7 +317,7 @@ def serve(settings: Settings) -> None:
     try:
         import uvloop
 
-        runner = uvloop.run
+        runner: Callable[[Coroutine[Any, Any, None]], None] = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.run
     try:

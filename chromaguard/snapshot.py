@@ -22,15 +22,16 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 import sqlite3
+import stat
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import __version__, catalog
 from .upstream import UpstreamError, UpstreamPool

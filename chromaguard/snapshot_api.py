@@ -25,8 +25,9 @@ import shutil
 import sqlite3
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from .archive import stream_tar
 from .auth import HEADER_BLANKS, Denial
@@ -265,7 +266,7 @@ class SnapshotService:
                 exchange.write(chunk)
                 try:
                     await asyncio.wait_for(exchange.drain(), STALLED_AFTER)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     log.warning("snapshot %s: a download read nothing for %gs; cut", snapshot_id, STALLED_AFTER)
                     exchange.abort()
                     return

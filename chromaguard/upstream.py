@@ -11,8 +11,9 @@ import asyncio
 import collections
 import ssl
 import weakref
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Iterable, Protocol, Sequence
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import httptools
@@ -54,7 +55,7 @@ class UpstreamTarget:
     host_header: bytes
 
     @classmethod
-    def from_url(cls, url: str) -> "UpstreamTarget":
+    def from_url(cls, url: str) -> UpstreamTarget:
         parts = urlsplit(url)
         scheme = parts.scheme or "http"
         port = parts.port or (443 if scheme == "https" else 80)
@@ -73,7 +74,7 @@ class UpstreamTarget:
 class Sink(Protocol):
     """Takes a response straight from the parser's callbacks (the front door's relay)."""
 
-    def on_head(self, conn: "EngineConnection") -> None: ...
+    def on_head(self, conn: EngineConnection) -> None: ...
     def on_body(self, chunk: bytes) -> None: ...
     def on_complete(self) -> None: ...
     def on_error(self, exc: BaseException) -> None: ...
@@ -257,7 +258,7 @@ class Response:
 
     __slots__ = ("status", "headers", "relayed_headers", "content_length", "_conn", "_pool", "_timeout", "_done")
 
-    def __init__(self, conn: EngineConnection, pool: "UpstreamPool", timeout: float | None) -> None:
+    def __init__(self, conn: EngineConnection, pool: UpstreamPool, timeout: float | None) -> None:
         self.status = conn.status
         self.headers = conn.headers
         self.relayed_headers = conn.relayed
@@ -319,7 +320,7 @@ class UpstreamPool:
                                        server_hostname=target.host if self._ssl else None),
                 self.connect_timeout,
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamUnavailable(f"connecting to {target.url} timed out") from None
         except OSError as exc:
             raise UpstreamUnavailable(f"cannot connect to {target.url}: {exc.strerror or exc}") from None

@@ -96,7 +96,7 @@ class WriteGate:
         try:
             if self.in_flight:
                 await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             waiting = self.in_flight
             handle.release()
             raise HoldTimeout(f"{waiting} write(s) still in flight after {timeout:g}s; "

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import chromadb
 import pytest
 from chromadb.config import Settings
-
 from procs import BareEngine, Guard
 
 

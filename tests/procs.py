@@ -90,7 +90,7 @@ class Guard:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait: bool = True) -> "Guard":
+    def start(self, wait: bool = True) -> Guard:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "chromaguard", "serve", *self.args],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
@@ -125,7 +125,7 @@ class Guard:
             self.proc.wait(10)
         self.tmp.cleanup()
 
-    def __enter__(self) -> "Guard":
+    def __enter__(self) -> Guard:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -191,7 +191,7 @@ class NetnsPeer:
     def _ip(*args: str) -> None:
         subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
-    def __enter__(self) -> "NetnsPeer":
+    def __enter__(self) -> NetnsPeer:
         try:
             self._ip("netns", "add", self.name)
             self._ip("link", "add", self._ours, "type", "veth", "peer", "name", self._theirs)
@@ -210,7 +210,8 @@ class NetnsPeer:
         subprocess.run(["ip", "link", "del", self._ours], capture_output=True, timeout=30)
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=30)
 
-    def run(self, *argv: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def run(self, *argv: str, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """``argv`` run on the peer host."""
         return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True,
                               env=env, timeout=timeout)

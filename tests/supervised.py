@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from chromaguard.errors import StartupError
 from chromaguard.supervisor import HealthPolicy, Probe, Supervisor

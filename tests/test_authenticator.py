@@ -71,7 +71,8 @@ def test_the_refusals_say_what_to_do() -> None:
     assert role == Denial(403, "AuthorizationError", "chromaguard: reader may not add (role read)")
     basic = Authenticator("basic", CredentialStore())
     assert decide(basic) == Denial(401, "AuthError", "chromaguard: authentication required: send Authorization: "
-                                   "Basic <user:password in base64>", ((b"www-authenticate", b'Basic realm="chromaguard"'),))
+                                   "Basic <user:password in base64>",
+                                   ((b"www-authenticate", b'Basic realm="chromaguard"'),))
 
 
 def test_a_grant_carries_the_principal_and_the_route() -> None:

@@ -16,11 +16,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-
-from chromaguard import archive, backup as backups
-from chromaguard.restore import VerifyError, restore, verify
 from conftest import http_client
 from procs import BareEngine, Guard, Workers, clean_env
+
+from chromaguard import archive
+from chromaguard import backup as backups
+from chromaguard.restore import VerifyError, restore, verify
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 DIM = 8
@@ -228,7 +229,8 @@ def test_restore_refuses_busy_or_non_empty_dirs_and_swaps_atomically(tmp_path: P
 def test_offline_backup_and_retention(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with Guard(data_dir=data) as g:
-        http_client(g.port).create_collection("offline", embedding_function=None).add(ids=["a"], embeddings=[[1.0, 2.0]])
+        collection = http_client(g.port).create_collection("offline", embedding_function=None)
+        collection.add(ids=["a"], embeddings=[[1.0, 2.0]])
         busy = _cli("backup", "--data-dir", str(data), "--output", str(tmp_path / "bk"))
         assert busy.returncode == 1 and "in use by chromaguard" in busy.stderr
     for _ in range(3):

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import chromadb
 import numpy as np
 import pytest
 from chromadb.config import Settings
-
 from conftest import http_client
 from procs import BareEngine, Guard
 
@@ -77,7 +76,8 @@ def exercise(client: chromadb.ClientAPI, tag: str) -> dict[str, Any]:
     out["add_wrong_dimension"] = _outcome(lambda: col.add(ids=["bad"], embeddings=[[0.1, 0.2]]))
     out["upsert"] = _outcome(lambda: col.upsert(ids=ids[45:60], embeddings=vectors[45:60],
                                                 metadatas=[{"n": i, "color": "green"} for i in range(45, 60)]))
-    out["update"] = _outcome(lambda: col.update(ids=["id-1"], embeddings=[vectors[59]], documents=["updated red document"],
+    out["update"] = _outcome(lambda: col.update(ids=["id-1"], embeddings=[vectors[59]],
+                                                documents=["updated red document"],
                                                 metadatas=[{"n": 1, "color": "red", "updated": True}]))
     out["count"] = _outcome(col.count)
     out["peek"] = _outcome(lambda: col.peek(5)["ids"])

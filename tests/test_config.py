@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from procs import clean_env
 
 from chromaguard.config import load_settings
 from chromaguard.errors import ConfigError
-from procs import clean_env
 
 SEED_MAIN = {
     "CHROMA_SERVER_HOST": "0.0.0.0",
@@ -45,7 +45,8 @@ def test_seed_main_block_means_what_the_seed_expects() -> None:
     assert s.anonymized_telemetry is False
     assert s.source_of("host") == "env CHROMA_SERVER_HOST"
     warned = " ".join(s.notes)
-    for name in ("CHROMA_SERVER_HOST", "CHROMA_SERVER_HTTP_PORT", "CHROMA_SERVER_OTEL_ENDPOINT", "ANONYMIZED_TELEMETRY"):
+    for name in ("CHROMA_SERVER_HOST", "CHROMA_SERVER_HTTP_PORT", "CHROMA_SERVER_OTEL_ENDPOINT",
+                 "ANONYMIZED_TELEMETRY"):
         assert name in warned
 
 
@@ -72,7 +73,8 @@ def test_seed_llm_tuning_auth_block(tmp_path: Path) -> None:
 def test_auth_provider_aliases(tmp_path: Path, provider: str, expected: str) -> None:
     creds = tmp_path / "creds"
     creds.write_text("x")
-    s = load_settings(env={"CHROMA_SERVER_AUTHN_PROVIDER": provider, "CHROMA_SERVER_AUTHN_CREDENTIALS_FILE": str(creds)})
+    s = load_settings(env={"CHROMA_SERVER_AUTHN_PROVIDER": provider,
+                           "CHROMA_SERVER_AUTHN_CREDENTIALS_FILE": str(creds)})
     assert s.auth_provider == expected
 
 

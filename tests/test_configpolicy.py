@@ -164,8 +164,8 @@ def _nest(levels: int, leaf: Any) -> Any:
     return leaf
 
 
-def _refusal(body: Any, policy: ConfigPolicy = ConfigPolicy()) -> str | None:
-    return policy.refusal(None, body if isinstance(body, bytes) else json.dumps(body).encode())
+def _refusal(body: Any, policy: ConfigPolicy | None = None) -> str | None:
+    return (policy or ConfigPolicy()).refusal(None, body if isinstance(body, bytes) else json.dumps(body).encode())
 
 
 @pytest.mark.parametrize("body, message", [
@@ -179,7 +179,8 @@ def _refusal(body: Any, policy: ConfigPolicy = ConfigPolicy()) -> str | None:
     ({"metadata": {"configuration_json": json.dumps({"x": [1]})}}, f"metadata.configuration_json.x {_ARRAY}"),
     ({"metadata": {"x": " " + json.dumps({"trust_remote_code": True})}}, f"metadata.x.trust_remote_code {_RUN}"),
     ({"metadata": {"x": json.dumps([{"trust_remote_code": True}])}}, f"metadata.x[0].trust_remote_code {_RUN}"),
-    ({"metadata": {"a": "{not json", "b": json.dumps({"trust_remote_code": 1})}}, f"metadata.b.trust_remote_code {_RUN}"),
+    ({"metadata": {"a": "{not json", "b": json.dumps({"trust_remote_code": 1})}},
+     f"metadata.b.trust_remote_code {_RUN}"),
     (b'{"a": 1, "a": 2}', "the request body is ambiguous: the key 'a' appears twice in one object"),
     (b"[1]", "the request body must be a JSON object"),
     (b"\xff", "the request body is not valid JSON (UTF-8, numbers under 4,300 digits)"),

@@ -8,7 +8,6 @@ made those tests skip, and the decision function's tests (every address form) st
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import json
 import sqlite3
 import subprocess
@@ -16,18 +15,19 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from conftest import http_client
+from procs import Guard, NetnsPeer, clean_env
 
 from chromaguard.restore import verify
 from chromaguard.snapshot import Snapshot
 from chromaguard.snapshot_api import ControlAccess, SnapshotService, is_loopback
 from chromaguard.writegate import WriteGate
-from conftest import http_client
-from procs import Guard, NetnsPeer, clean_env
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 TOKEN = f"control-{uuid.uuid4().hex}"

@@ -8,12 +8,11 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 import httpx
 import pytest
-
 from procs import Guard
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"

@@ -24,7 +24,8 @@ REFUSED = [
     ('t.yaml', 'yaml', 'tokens:\n\t- a\n',
      "t.yaml: not valid YAML at line 2, column 1: found character '\\t' that cannot start any token"),
     ('t.txt', 'lines', 'good\nbad token\n',
-     't.txt: line 2 is not a bare token (it has spaces, a colon or YAML/JSON syntax): name the file .yaml or .json, or put one token on each line'),
+     't.txt: line 2 is not a bare token (it has spaces, a colon or YAML/JSON syntax): name the file .yaml or .json, '
+     'or put one token on each line'),
     ('t.txt', 'lines', 'good\nx\x00y\n',
      't.txt: contains NUL bytes: not a text file'),
     ('t.json', 'json', '{"other": []}',
@@ -32,7 +33,8 @@ REFUSED = [
     ('t.json', 'json', '"just a string"',
      't.json: expected a list of tokens or of token records'),
     ('t.json', 'json', '["has space"]',
-     't.json: entry 1 is not a bare token (it has spaces, a colon or YAML/JSON syntax): write it as a record with token and role'),
+     't.json: entry 1 is not a bare token (it has spaces, a colon or YAML/JSON syntax): write it as a record with '
+     'token and role'),
     ('t.json', 'json', '[12]',
      't.json: entry 1 must be a token string (quote it) or a record'),
     ('t.json', 'json', '[true]',
@@ -43,7 +45,7 @@ REFUSED = [
      "t.json: entry 1: unknown field 'scope' (use token, sha256, name, role, tenant, databases)"),
     ('t.json', 'json', '[{"role": "read"}]',
      't.json: entry 1: give exactly one of token or sha256'),
-    ('t.json', 'json', '[{"token": "a", "sha256": "0000000000000000000000000000000000000000000000000000000000000000", "role": "read"}]',
+    ('t.json', 'json', '[{"token": "a", "sha256": "' + "0" * 64 + '", "role": "read"}]',
      't.json: entry 1: give exactly one of token or sha256'),
     ('t.json', 'json', '[{"token": 5, "role": "read"}]',
      't.json: entry 1: the token must be a string (quote it)'),

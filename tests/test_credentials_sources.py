@@ -14,8 +14,19 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from chromaguard.credentials import (MAX_FILE_BYTES, CredentialsError, CredentialStore, Principal, digest, file_format, half_written,
-                                     load_store, parse_htpasswd, parse_inline, parse_tokens)
+from chromaguard.credentials import (
+    MAX_FILE_BYTES,
+    CredentialsError,
+    CredentialStore,
+    Principal,
+    digest,
+    file_format,
+    half_written,
+    load_store,
+    parse_htpasswd,
+    parse_inline,
+    parse_tokens,
+)
 
 HASH = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
 
@@ -196,7 +207,8 @@ def test_yaml_is_read_safely() -> None:
 def test_a_yaml_error_without_a_position_is_one_line_too() -> None:
     with pytest.raises(CredentialsError) as error:
         parse_tokens("tokens:\n  - a\x07b\n", "t.yaml", "yaml")
-    assert str(error.value) == "t.yaml: not valid YAML: unacceptable character #x0007: special characters are not allowed"
+    assert str(error.value) == ("t.yaml: not valid YAML: unacceptable character #x0007: special characters are not "
+                                "allowed")
 
 
 def test_a_bom_opens_a_file_it_does_not_end_one() -> None:

@@ -65,9 +65,9 @@ def test_health_checks_use_binaries_the_images_have() -> None:
 
 def test_dockerfile_healthcheck_and_signals() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
-    healthcheck = next(l for l in text.replace("\\\n", " ").splitlines() if l.startswith("HEALTHCHECK"))
+    healthcheck = next(x for x in text.replace("\\\n", " ").splitlines() if x.startswith("HEALTHCHECK"))
     assert "--start-period=60s" in healthcheck and '"chromaguard.probe"' in healthcheck
-    cmd = next(l for l in text.splitlines() if l.startswith("CMD"))
+    cmd = next(x for x in text.splitlines() if x.startswith("CMD"))
     assert json.loads(cmd[4:]) == ["chromaguard", "serve"], "exec form, so chromaguard gets SIGTERM itself"
     assert "VOLUME" in text and "/data" in text
 

@@ -72,7 +72,8 @@ def test_a_write_counts_twice_its_size_and_what_was_let_through_since_the_last_s
     assert floor.refusal("upsert", 18 * MiB) is None
     disk.free = 100 * MiB
     floor.sample()
-    assert floor.refusal("add", 19 * MiB) is not None and floor.refusal("add", 18 * MiB) is None  # a refused one is not counted
+    # a refused one is not counted
+    assert floor.refusal("add", 19 * MiB) is not None and floor.refusal("add", 18 * MiB) is None
 
 
 def test_a_write_looks_at_the_last_sample_and_never_at_the_disk(disk: Disk) -> None:

@@ -11,12 +11,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from fake_ollama import FakeOllama
+from procs import BareEngine, Guard, clean_env, free_port
 
 from chromaguard.doctor import RULES, check_files, reference_markdown
 from chromaguard.doctor.checks import working_test
 from chromaguard.doctor.knowledge import CHROMA, Image
-from fake_ollama import FakeOllama
-from procs import BareEngine, Guard, clean_env, free_port
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +100,8 @@ def test_diff_prints_without_writing(tmp_path: Path) -> None:
     before = copy.read_text()
     result = doctor("--diff", str(copy))
     assert result.returncode == 0
-    assert "-      - CHROMA_SERVER_HOST=0.0.0.0" in result.stdout and "+      - CHROMA_LISTEN_ADDRESS=0.0.0.0" in result.stdout
+    assert "-      - CHROMA_SERVER_HOST=0.0.0.0" in result.stdout
+    assert "+      - CHROMA_LISTEN_ADDRESS=0.0.0.0" in result.stdout
     assert copy.read_text() == before
 
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import httptools
 import pytest
+from socketless import Socketless
 
 from chromaguard.cors import CorsPolicy
 from chromaguard.fastpath import FastPath
 from chromaguard.frontdoor import AlwaysAvailable, FrontDoor
-from chromaguard.httpserver import HttpServer, ClientConnection
+from chromaguard.httpserver import ClientConnection, HttpServer
 from chromaguard.upstream import EngineConnection, UpstreamPool
-from socketless import Socketless
 
 QUERY = b"/api/v2/tenants/default_tenant/databases/default_database/collections/6f1c/query"
 BODY = json.dumps({"query_embeddings": [[0.25, 0.5]], "n_results": 2}).encode()

@@ -10,13 +10,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
-
 from conftest import http_client
 from fake_ollama import FakeOllama
 from procs import BareEngine, Guard, clean_env, free_port
@@ -292,7 +291,7 @@ def test_status_table(guard: Guard) -> None:
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "engine (embedded)" in out and "running" in out and "front door" in out
-    line = next(l for l in out.splitlines() if "status-shown" in l)
+    line = next(x for x in out.splitlines() if "status-shown" in x)
     assert " 3 " in line and "free disk" in out
 
 

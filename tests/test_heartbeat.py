@@ -10,7 +10,6 @@ import time
 
 import httpx
 import pytest
-
 from conftest import http_client
 from procs import Guard
 

@@ -7,11 +7,10 @@ import json
 import socket
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
-
 from procs import Guard, read_head
 from socketless import Socketless as _Socketless
 
@@ -24,7 +23,8 @@ def _connect(port: int) -> socket.socket:
     return sock
 
 
-def _read_response(sock: socket.socket, buffer: bytearray, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
+def _read_response(sock: socket.socket, buffer: bytearray,
+                   head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
     """One response off the socket (content-length or chunked); the rest stays in ``buffer``."""
     while b"\r\n\r\n" not in buffer:
         data = sock.recv(65536)
@@ -230,9 +230,10 @@ def test_request_on_a_connection_the_upstream_just_closed_goes_again(flaky_upstr
 
 
 def _relay_scene(timeout: float) -> tuple[object, _Socketless, object, _Socketless]:
-    """A front door relaying from its callbacks: (client connection, its transport, engine connection, its transport)."""
+    """A front door relaying from its callbacks: (client connection, its transport, engine connection, its
+    transport)."""
     from chromaguard.frontdoor import AlwaysAvailable, FrontDoor
-    from chromaguard.httpserver import HttpServer, ClientConnection
+    from chromaguard.httpserver import ClientConnection, HttpServer
     from chromaguard.upstream import EngineConnection, UpstreamPool
 
     pool = UpstreamPool("http://127.0.0.1:9")

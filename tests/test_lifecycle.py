@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import http_client
 from procs import Guard, pid_alive
 
@@ -39,7 +38,7 @@ def test_engine_listens_on_loopback_only_and_not_on_the_public_port() -> None:
 
 def test_start_prints_where_it_listens_and_where_data_lives() -> None:
     with Guard() as service:
-        line = next(l for l in service.log.splitlines() if "serving Chroma" in l)
+        line = next(x for x in service.log.splitlines() if "serving Chroma" in x)
         assert f"http://127.0.0.1:{service.port}" in line and str(service.data_dir) in line
 
 
@@ -125,7 +124,7 @@ def test_sigint_stops_cleanly() -> None:
 def test_ephemeral_mode_removes_its_data(tmp_path: Path) -> None:
     with Guard(env={"IS_PERSISTENT": "FALSE"}) as service:
         http_client(service.port).create_collection("temp", embedding_function=None)
-        line = next(l for l in service.log.splitlines() if "serving Chroma" in l)
+        line = next(x for x in service.log.splitlines() if "serving Chroma" in x)
         where = Path(line.split("data in ")[1].split(" (ephemeral)")[0])
         assert (where / "chroma.sqlite3").exists()
         assert service.stop() == 0

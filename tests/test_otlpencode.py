@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import pytest
-
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from opentelemetry.trace import TraceState, set_span_in_context
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
 
 from chromaguard.otlpencode import FastOTLPSpanExporter, SpanEncoder
 
@@ -121,7 +129,8 @@ def test_names_and_statuses_reused_only_where_they_are_the_same() -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(memory))
     tracer = provider.get_tracer("chromaguard")
-    for name, status in (("GET /a", Status(StatusCode.ERROR, "HTTP 502")), ("GET /a", Status(StatusCode.ERROR, "HTTP 503")),
+    for name, status in (("GET /a", Status(StatusCode.ERROR, "HTTP 502")),
+                         ("GET /a", Status(StatusCode.ERROR, "HTTP 503")),
                          ("GET /b", Status(StatusCode.OK)), ("GET /b", Status(StatusCode.ERROR)),
                          ("GET /a", Status(StatusCode.UNSET)), ("GET /c", Status(StatusCode.ERROR, "HTTP 502"))):
         with tracer.start_as_current_span(name) as span:

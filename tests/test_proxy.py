@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 import httpx
 import numpy as np
 import pytest
-
 from conftest import http_client
 from procs import BareEngine, Guard
 

@@ -14,13 +14,12 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import chromadb
 import httpx
 import pytest
 from chromadb.config import Settings
-
 from procs import Guard, wait_http
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
@@ -55,7 +54,7 @@ def _read_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
             chunk = sock.recv(65536)
         except ConnectionResetError:
             return data
-        except socket.timeout:
+        except TimeoutError:
             break
         if not chunk:
             return data
@@ -224,7 +223,7 @@ def test_a_thousand_slow_clients_do_not_keep_a_good_one_waiting(tmp_path) -> Non
         wait_http(service.url + "/api/v2/heartbeat", proc=service.proc, log=service.log_path)
         slow: list[socket.socket] = []
         try:
-            for i in range(count):  # each a request head begun, never finished
+            for _ in range(count):  # each a request head begun, never finished
                 sock = _connect(service.port)
                 sock.sendall(b"POST /api/v2/tenants/default_tenant/databases/default_database/coll")
                 slow.append(sock)
@@ -300,7 +299,7 @@ class _LimitedGuard(Guard):
         super().__init__(*args, **kwargs)
         self.nofile = nofile
 
-    def start(self, wait: bool = True) -> "Guard":
+    def start(self, wait: bool = True) -> Guard:
         nofile = self.nofile
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(

@@ -12,14 +12,22 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from chromaguard import snapshot
-from chromaguard.snapshot import (SQLITE, SnapshotError, copy_consistent, copy_data_dir, estimated_size,
-                                  file_entries, record_digest, sha256_file)
+from chromaguard.snapshot import (
+    SQLITE,
+    SnapshotError,
+    copy_consistent,
+    copy_data_dir,
+    estimated_size,
+    file_entries,
+    record_digest,
+    sha256_file,
+)
 
 
 @pytest.fixture
@@ -241,7 +249,7 @@ def test_a_manifest_s_time_is_utc_whatever_the_local_zone(monkeypatch: pytest.Mo
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
-    created = datetime.strptime(manifest["created_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    assert abs((datetime.now(timezone.utc) - created).total_seconds()) < 60
+    created = datetime.strptime(manifest["created_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert abs((datetime.now(UTC) - created).total_seconds()) < 60
     assert manifest["write_hold_ms"] == 12.3 and isinstance(manifest["write_hold_ms"], float)
     assert snapshot.new_manifest([], [], None, "offline")["write_hold_ms"] is None

@@ -18,8 +18,9 @@ import socket
 import sqlite3
 import tarfile
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest

@@ -15,16 +15,17 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
-
-from chromaguard.supervisor import (FAIL, GRACE, PASS, UNHEALTHY, Backoff, HealthJudge, HealthPolicy)
-from chromaguard.upstream import UpstreamTimeout
 from procs import Guard, Workers
 from supervised import NO_BEAT, NO_READ, OK, FakePool, Scripted, supervised
+
+from chromaguard.supervisor import FAIL, GRACE, PASS, UNHEALTHY, Backoff, HealthJudge, HealthPolicy
+from chromaguard.upstream import UpstreamTimeout
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 
@@ -260,9 +261,9 @@ class Load(Workers):
                 if self.stop.is_set():
                     return
                 ids = [f"load-{worker}-{n}-{i}" for i in range(5)]
-                self._record(lambda: http.post(f"{BASE}/collections/{self.cid}/add",
-                                               json={"ids": ids, "embeddings": [[float(worker), float(n)]] * 5}),
-                             lambda: self.acknowledged.extend(ids))
+                body = {"ids": ids, "embeddings": [[float(worker), float(n)]] * 5}
+                self._record(lambda body=body: http.post(f"{BASE}/collections/{self.cid}/add", json=body),
+                             lambda ids=ids: self.acknowledged.extend(ids))
 
     def _read(self) -> None:
         with httpx.Client(base_url=self.g.url, timeout=120) as http:

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from supervised import NO_BEAT, NO_READ, OK, FakeEngine, FakePool, FakeTime, Scripted, supervised
 
 from chromaguard.supervisor import HealthPolicy, Probe, Supervisor
 from chromaguard.upstream import UpstreamTimeout
-from supervised import NO_BEAT, NO_READ, OK, FakeEngine, FakePool, FakeTime, Scripted, supervised
 
 # ---- what it reports -------------------------------------------------------------------------
 
@@ -407,7 +407,10 @@ async def _probing(engine: ScriptedEngine, policy: HealthPolicy) -> tuple[Superv
     return Supervisor(engine, policy=policy), server  # type: ignore[arg-type]
 
 
-def _probe(engine: ScriptedEngine, policy: HealthPolicy = HealthPolicy(timeout=3, heartbeat_timeout=1)) -> Probe:
+PROBE_POLICY = HealthPolicy(timeout=3, heartbeat_timeout=1)
+
+
+def _probe(engine: ScriptedEngine, policy: HealthPolicy = PROBE_POLICY) -> Probe:
     async def run() -> Probe:
         sup, server = await _probing(engine, policy)
         async with server:

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import chromadb
 import httpx
 import pytest
 from chromadb.config import Settings
-from prometheus_client.parser import text_string_to_metric_families
-
 from otlp_receiver import Receiver, Span
 from procs import Guard
+from prometheus_client.parser import text_string_to_metric_families
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 SERVER_KIND = 2  # SPAN_KIND_SERVER in OTLP

@@ -21,6 +21,7 @@ from typing import Any
 import chromadb
 import pytest
 from chromadb.config import Settings
+from procs import Guard
 
 import chromaguard
 from chromaguard import archive
@@ -29,7 +30,6 @@ from chromaguard.restore import VerifyError, verify
 from chromaguard.snapshot import Snapshot, SnapshotError, copy_data_dir, file_entries, take_offline, take_online
 from chromaguard.upstream import UpstreamUnavailable
 from chromaguard.writegate import HoldTimeout, WriteGate
-from procs import Guard
 
 
 def _data_dir(tmp: Path, records: int) -> Path:

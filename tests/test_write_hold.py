@@ -18,13 +18,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import http_client
+from procs import Guard, clean_env
 
-from chromaguard import archive, snapshot as snapshots
+from chromaguard import archive
+from chromaguard import snapshot as snapshots
 from chromaguard.restore import restore, verify
 from chromaguard.snapshot import SnapshotError, copy_data_dir, take_online
 from chromaguard.writegate import LEAVE_WITHOUT_ENTER, HoldBusy, HoldTimeout, WriteGate
-from conftest import http_client
-from procs import Guard, clean_env
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 
@@ -264,7 +265,8 @@ def test_the_hold_does_not_grow_with_the_number_of_collections(tmp_path: Path) -
                 size = i % 7  # some empty
                 if size:
                     r = http.post(f"{BASE}/collections/{cid}/add", json={
-                        "ids": [f"x{j}" for j in range(size)], "embeddings": [[float(i), float(j)] for j in range(size)],
+                        "ids": [f"x{j}" for j in range(size)],
+                        "embeddings": [[float(i), float(j)] for j in range(size)],
                         "documents": [f"d{i}-{j}" for j in range(size)],
                         "metadatas": [{"i": i, "j": j, "half": j / 2, "odd": bool(j % 2)} for j in range(size)]})
                     assert r.status_code == 201, r.text

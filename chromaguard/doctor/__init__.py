@@ -74,7 +74,7 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def unified_diff(changes: dict[Path, tuple[str, str]]) -> str:
-    out = []
+    out: list[str] = []
     for path, (before, after) in changes.items():
         out.extend(difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
                                         fromfile=f"a/{path}", tofile=f"b/{path}"))

@@ -5,17 +5,30 @@ from __future__ import annotations
 import difflib
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from .compose import ComposeFile, Entry, EnvVar, Service, merged_maps, merged_services
-from .knowledge import (CHROMA, CHROMAGUARD, IGNORED_ON_1X, NEVER_IN_0X, NONEXISTENT_AUTH_CLASSES, OLLAMA, Image,
-                        auth_rename_for_line, change_on_rename, container_port, identify, is_auth_var,
-                        widens_access)
+from .knowledge import (
+    CHROMA,
+    CHROMAGUARD,
+    IGNORED_ON_1X,
+    NEVER_IN_0X,
+    NONEXISTENT_AUTH_CLASSES,
+    OLLAMA,
+    Image,
+    auth_rename_for_line,
+    change_on_rename,
+    container_port,
+    identify,
+    is_auth_var,
+    widens_access,
+)
 from .lines import LINES
 from .model import Finding, Location
 from .rules import RULES

@@ -7,9 +7,10 @@ files back changing only what it fixes.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -131,22 +132,24 @@ class EnvVar:
 
     def rename(self, new: str) -> None:
         if self.list_form:
-            *earlier, last = self._indexes() or [None]
-            if last is not None:
-                old = self.node[last]
-                self.node[last] = type(old)(f"{new}={self.value}" if self.value is not None else new)
-            for index in reversed(earlier):
+            indexes = self._indexes()
+            if indexes:
+                old = self.node[indexes[-1]]
+                self.node[indexes[-1]] = type(old)(f"{new}={self.value}" if self.value is not None else new)
+            for index in reversed(indexes[:-1]):
                 self._delete(index)
         else:
-            position = list(self.node.keys()).index(self.key)
-            value = self.node.pop(self.key)
-            self.node.insert(position, new, value)
+            mapping = self.node
+            assert isinstance(mapping, CommentedMap)
+            position = list(mapping.keys()).index(self.key)
+            value = mapping.pop(self.key)
+            mapping.insert(position, new, value)
 
     def remove(self) -> None:
         if self.list_form:
             for index in reversed(self._indexes()):
                 self._delete(index)
-        else:
+        elif isinstance(self.node, CommentedMap):
             self.node.pop(self.key, None)
 
     def _delete(self, index: int) -> None:

@@ -84,14 +84,16 @@ def carry(original: str, base: str, after: str) -> str:
             parent = next((k for k in range(j - 1, -1, -1) if _is_content(a[k]) and (
                 _indent(a[k]) < _indent(a[j]) or (item and _indent(a[k]) == _indent(a[j])
                                                   and not a[k].lstrip().startswith("- ")))), None)
-            sibling = None if parent is None else next(  # a child of the same parent the file already has
+            sibling = None if parent is None else next(  # a child of the same parent the file has already
                 (k for k in range(parent + 1, len(a)) if k in a_in_o and _is_content(a[k])
                  and _indent(a[k]) == _indent(a[j]) and a[k].lstrip().startswith("- ") == item), None)
-            if sibling is not None and all(_indent(a[k]) >= _indent(a[j]) or not _is_content(a[k])
-                                           for k in range(parent + 1, sibling)):
+            if parent is None:
+                depths[j] = 0
+            elif sibling is not None and all(_indent(a[k]) >= _indent(a[j]) or not _is_content(a[k])
+                                             for k in range(parent + 1, sibling)):
                 depths[j] = _indent(o[a_in_o[sibling]])
             else:
-                depths[j] = 0 if parent is None else depth_in_o(parent) + (seq_step if item else map_step)
+                depths[j] = depth_in_o(parent) + (seq_step if item else map_step)
         return depths[j]
 
     out: list[str] = []
