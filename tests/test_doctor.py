@@ -479,8 +479,9 @@ def test_init_writes_the_deploy_compose_and_doctor_finds_nothing(tmp_path: Path)
     assert result.returncode == 0, result.stderr
     assert doctor(str(tmp_path / "docker-compose.yml")).stdout.strip() == "no findings"
     assert doctor(str(ROOT / "deploy" / "docker-compose.yml")).stdout.strip() == "no findings"
-    for name in ("docker-compose.yml", "otel-collector.yaml", "chroma_tokens.example.json"):
-        assert (ROOT / "chromaguard" / "templates" / name).read_text() == (ROOT / "deploy" / name).read_text()
+    for name in ("docker-compose.yml", "otel-collector.yaml", "chroma_tokens.example.json"):  # one copy of each
+        deployed = ROOT / "deploy" / name
+        assert deployed.is_symlink() and deployed.resolve() == (ROOT / "chromaguard" / "templates" / name).resolve()
     again = subprocess.run([sys.executable, "-m", "chromaguard", "init", "--dir", str(tmp_path)],
                            capture_output=True, text=True, env=clean_env(), timeout=60)
     assert again.returncode == 1 and "--force" in again.stderr
