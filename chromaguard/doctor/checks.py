@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from .knowledge import (
     auth_rename_for_line,
     change_on_rename,
     container_port,
+    empty_unless_set,
     identify,
     is_auth_var,
     widens_access,
@@ -306,7 +306,7 @@ def env_findings(service: Service, image: Image) -> list[Finding]:
             found.append(_finding("CG205", service, f"{name}={value} points at the container itself", var.location,
                                   "inside a container, localhost is that container",
                                   "use the collector's service name, e.g. http://otel-collector:4317"))
-        if image.is_1x and name == "CHROMA_OPEN_TELEMETRY__ENDPOINT" and _empty_unless_set(value):
+        if image.is_1x and name == "CHROMA_OPEN_TELEMETRY__ENDPOINT" and empty_unless_set(var.value):
             found.append(_finding("CG209", service, f"{name} is {'empty' if not value else value}: Chroma 1.x "
                                   "panics at start-up on an empty endpoint" + (f" (whenever {value} is unset on "
                                   "the host)" if value else ""), var.location,
@@ -334,11 +334,6 @@ def unknown_setting_findings(service: Service, image: Image, env: dict[str, EnvV
         found.append(_finding("CG207", service, f"{name} is not a setting of Chroma {image.line}: it is ignored",
                               var.location, "the server ignores names it does not know", hint))
     return found
-
-
-def _empty_unless_set(value: str) -> bool:
-    """An empty value, or only host variables with no default (``${NAME}``, ``$NAME``)."""
-    return not re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}|\$[A-Za-z_][A-Za-z0-9_]*", "", value).strip()
 
 
 def _volume_target(value: Any) -> str:

@@ -183,6 +183,12 @@ def _default_of(value: str) -> str | None:
     return match.group(1).strip().strip("'\"").strip() if match else None
 
 
+def empty_unless_set(value: str | None) -> bool:
+    """An empty value, or one only the host fills (``${NAME}``, or a default that is blank)."""
+    literal = _literal(value)
+    return literal == "" or (literal is None and not _default_of(value or ""))
+
+
 def change_on_rename(name: str, value: str | None, line: str) -> str | None:
     """Why turning on ``name=value`` on ``line`` would change what runs today in a way that can
     break it; None when the renamed setting means what the server does today anyway."""
@@ -192,8 +198,7 @@ def change_on_rename(name: str, value: str | None, line: str) -> str | None:
                 "the health check must follow")
     if line == "1.x" and name == "CHROMA_LISTEN_ADDRESS" and literal != "0.0.0.0":
         return f"the server listens on 0.0.0.0 today; renamed, it would listen on {value}"
-    if line == "1.x" and name == "CHROMA_OPEN_TELEMETRY__ENDPOINT" and (
-            literal == "" or literal is None and not _default_of(value or "")):
+    if line == "1.x" and name == "CHROMA_OPEN_TELEMETRY__ENDPOINT" and empty_unless_set(value):
         return ("Chroma 1.x panics at start-up on an empty endpoint, which this is" + ("" if literal == "" else
                 " whenever the host does not set it") + ": give it a default first (${NAME:-http://collector:4317})")
     if line == "1.x" and name == "CHROMA_ALLOW_RESET" and (literal or "").lower() != "false":
