@@ -3,7 +3,7 @@
 A request goes through the real code (HTTP server parser, front door, relay, engine-side
 parser, response writer, metrics, spans) with transports that only keep what is written,
 so neither the kernel nor the engine is in the figure. Hot caches make it a lower bound:
-the same code run between an engine's searches costs several times more (BENCHMARKS.md).
+the same code run between an engine's searches costs several times more (docs/performance.md).
 So each variant is also measured cold: before each request a 64 MiB buffer is walked, as a
 search walks the index, and only the request's own CPU time counts (the event-loop
 thread's; the span exporter's batches are not in it). Printed per variant, and as a ratio
@@ -74,32 +74,28 @@ class _Written:
         pass
 
 
-async def _measure(requests: int, env: dict[str, str], auth: bool,
-                   fast_path: bool = True) -> tuple[float, float, float]:
+async def _measure(requests: int, env: dict[str, str], auth: bool) -> tuple[float, float, float]:
     """µs per relayed request: of the event-loop thread, of the whole process, and of the
     event-loop thread with cold caches (the median request)."""
     from chromaguard.auth import Authenticator
     from chromaguard.config import load_settings
     from chromaguard.credentials import load_store
-    from chromaguard.fastpath import FastPath
     from chromaguard.frontdoor import AlwaysAvailable, FrontDoor
-    from chromaguard.httpserver import HttpServer
-    from chromaguard.httpserver import _Connection as ClientConnection
+    from chromaguard.httpserver import ClientConnection, HttpServer
     from chromaguard.telemetry import Telemetry
-    from chromaguard.upstream import UpstreamPool
-    from chromaguard.upstream import _Connection as EngineConnection
+    from chromaguard.upstream import EngineConnection, UpstreamPool
 
     telemetry = Telemetry(load_settings({}, env))
     pool = UpstreamPool("http://127.0.0.1:9")
     engine, engine_side = EngineConnection(), _Written()
     engine.connection_made(engine_side)  # type: ignore[arg-type]
-    pool._idle.append(engine)
+    engine.complete = True
+    pool.release(engine)
     authenticator = Authenticator("token", load_store("token", None, TOKEN, file_setting="-", inline_setting="-")) \
         if auth else None
     door = FrontDoor(pool, AlwaysAvailable(), max_payload_bytes=1 << 24, upstream_timeout=60.0,
                      telemetry=telemetry, auth=authenticator)
-    fast = FastPath.for_door(door) if fast_path else None
-    client, client_side = ClientConnection(HttpServer(door, fast=fast.take if fast else None)), _Written()
+    client, client_side = ClientConnection(HttpServer(door)), _Written()
     client.connection_made(client_side)  # type: ignore[arg-type]
     data = request(auth)
 
@@ -140,11 +136,10 @@ def _child(variant: str, requests: int) -> None:
     env = {"CHROMA_ANONYMIZED_TELEMETRY": "false"}
     if "tracing" in variant:
         env.update({"CHROMA_SERVER_OTEL_ENDPOINT": os.environ["CG_OTLP"], "CHROMA_SERVER_OTEL_SERVICE_NAME": "hot"})
-    print(json.dumps(uvloop.run(_measure(requests, env, "auth" in variant, variant != GENERAL))))
+    print(json.dumps(uvloop.run(_measure(requests, env, "auth" in variant))))
 
 
-GENERAL = "plain, general"  # the fast path off: what a plain read costs on the general path
-VARIANTS = ("plain", GENERAL, "auth", "tracing", "auth+tracing")
+VARIANTS = ("plain", "auth", "tracing", "auth+tracing")
 
 
 def run(requests: int = 40_000, repeats: int = 3) -> dict[str, Any]:

@@ -41,7 +41,7 @@ class Denial:
 
 class Grant(NamedTuple):
     """Who may do what was asked. A tuple: one is made for every authorised request, and a
-    frozen dataclass costs twice as much to build from cold caches (BENCHMARKS.md)."""
+    frozen dataclass costs twice as much to build from cold caches (docs/performance.md)."""
 
     principal: Principal
     route: Route

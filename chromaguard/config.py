@@ -22,150 +22,182 @@ class Option:
     parse: Callable[[Any], Any]
     default: Any
     env: tuple[str, ...] = ()
-    flag: str | None = None
+    flag: str | None = None  # as cli.py declares it: "--persistent/--ephemeral" for a switch
     keys: tuple[str, ...] = ()  # config-file keys; dotted for nested ones
     example: str = ""
     secret: bool = False
-    help: str = ""
+    help: str = ""  # markdown: the meaning column of docs/configuration.md
+    shown_default: str = ""  # markdown: the default as docs/configuration.md shows it
 
 
-def _opt(name: str, parse: Callable[[Any], Any], default: Any, example: str, help: str, *,
+def _opt(name: str, parse: Callable[[Any], Any], default: Any, example: str, help: str, *, shown_default: str,
          env: tuple[str, ...] = (), flag: str | None = None, keys: tuple[str, ...] | None = None,
          secret: bool = False) -> Option:
-    return Option(name, parse, default, env, flag, (name,) if keys is None else keys, example, secret, help)
+    return Option(name, parse, default, env, flag, (name,) if keys is None else keys, example, secret, help,
+                  shown_default)
 
 
+# docs/configuration.md is generated from this table (chromaguard/config_docs.py).
 OPTIONS: tuple[Option, ...] = (
     _opt("host", parsing.parse_host, "127.0.0.1", "0.0.0.0", "address the front door listens on",
+         shown_default="`127.0.0.1`",
          env=("CHROMA_SERVER_HOST", "CHROMA_LISTEN_ADDRESS"), flag="--host", keys=("host", "listen_address")),
-    _opt("port", parsing.parse_port, 8000, "8000", "port the front door listens on",
+    _opt("port", parsing.parse_port, 8000, "8000", "port the front door listens on", shown_default="`8000`",
          env=("CHROMA_SERVER_HTTP_PORT", "CHROMA_PORT"), flag="--port", keys=("port",)),
     _opt("data_dir", parsing.parse_path, Path("chroma-data"), "./chroma-data",
-         "where the engine keeps its data (chroma.sqlite3 and index segments)",
+         "where the engine keeps its data (chroma.sqlite3 and index segments)", shown_default="`./chroma-data`",
          env=("CHROMAGUARD_DATA_DIR", "PERSIST_DIRECTORY", "CHROMA_PERSIST_PATH"), flag="--data-dir",
          keys=("data_dir", "persist_path", "persist_directory")),
     _opt("persistent", parsing.parse_bool, True, "true",
-         "false keeps data in a temporary directory that is deleted at shutdown",
-         env=("IS_PERSISTENT",), flag="--persistent", keys=("persistent", "is_persistent")),
+         "`false` keeps data in a temporary directory that is deleted at shutdown", shown_default="`true`",
+         env=("IS_PERSISTENT",), flag="--persistent/--ephemeral", keys=("persistent", "is_persistent")),
     _opt("allow_reset", parsing.parse_bool, False, "false", "allow the destructive reset API",
-         env=("ALLOW_RESET", "CHROMA_ALLOW_RESET"), flag="--allow-reset"),
+         shown_default="`false`", env=("ALLOW_RESET", "CHROMA_ALLOW_RESET"), flag="--allow-reset/--no-allow-reset"),
     _opt("cors_allow_origins", parsing.parse_origin_list, (), '["https://app.example.com"]',
-         "origins allowed to call the API from a browser (JSON list or comma list)",
+         'origins allowed to call the API from a browser: a JSON list (`["https://app.example.com"]`) or a '
+         "comma list", shown_default="none",
          env=("CHROMA_SERVER_CORS_ALLOW_ORIGINS", "CHROMA_CORS_ALLOW_ORIGINS"), flag="--cors-allow-origins"),
     _opt("anonymized_telemetry", parsing.parse_bool, False, "false",
-         "accepted for compatibility; chromaguard never sends product telemetry",
+         "accepted for compatibility; chromaguard never sends product telemetry", shown_default="`false`",
          env=("ANONYMIZED_TELEMETRY",)),
     _opt("max_payload_bytes", parsing.parse_positive_int, 41943040, "41943040",
-         "largest request body accepted (the engine's limit too)",
+         "largest request body accepted (also the engine's limit)", shown_default="`41943040`",
          env=("CHROMA_MAX_PAYLOAD_SIZE_BYTES",), keys=("max_payload_bytes", "max_payload_size_bytes")),
     _opt("otel_enabled", parsing.parse_bool, False, "true", "send OpenTelemetry traces and metrics",
-         env=("CHROMA_SERVER_OTEL_ENABLED",)),
+         shown_default="`false` (on when an endpoint is set)", env=("CHROMA_SERVER_OTEL_ENABLED",)),
     _opt("otel_endpoint", parsing.parse_otlp_endpoint, None, "http://otel-collector:4317",
-         "OTLP collector endpoint (4317 gRPC, 4318 HTTP)",
+         "OTLP collector endpoint (4317 gRPC, 4318 HTTP)", shown_default="`http://localhost:4317` when enabled",
          env=("CHROMA_SERVER_OTEL_ENDPOINT", "CHROMA_OTEL_COLLECTION_ENDPOINT",
               "CHROMA_OPEN_TELEMETRY__ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
          keys=("otel_endpoint", "open_telemetry.endpoint")),
     _opt("otel_service_name", parsing.parse_text, "chromaguard", "relink-chromadb",
-         "service name on traces and metrics",
+         "service name on traces and metrics", shown_default="`chromaguard`",
          env=("CHROMA_SERVER_OTEL_SERVICE_NAME", "CHROMA_OTEL_SERVICE_NAME",
               "CHROMA_OPEN_TELEMETRY__SERVICE_NAME", "OTEL_SERVICE_NAME"),
          keys=("otel_service_name", "open_telemetry.service_name")),
     _opt("otel_engine_spans", parsing.parse_engine_spans, "requests", "requests",
-         "the engine's own spans to the same collector: requests (one span per request), all "
-         "(its internal spans and per-request log lines too), off",
+         "the engine's own spans to the same collector: `requests` (one span per request), `all` "
+         "(its internal spans and per-request log lines too), `off`", shown_default="`requests`",
          env=("CHROMAGUARD_OTEL_ENGINE_SPANS",)),
     _opt("otel_protocol", parsing.choice("grpc", "http/protobuf", "auto"), "auto", "grpc",
-         "OTLP transport: grpc, http/protobuf, or auto (4318 or a /v1/ path means HTTP)",
-         env=("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")),
+         "OTLP transport: `grpc`, `http/protobuf`, or `auto` (4318 or a `/v1/` path means HTTP)",
+         shown_default="`auto`", env=("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")),
     _opt("otel_headers", parsing.parse_headers, (), "x-api-key=secret",
-         "headers sent to the collector (JSON object or k=v,k=v)",
+         "headers sent to the collector: a JSON object or `k=v,k=v`", shown_default="none",
          env=("CHROMA_OTEL_COLLECTION_HEADERS",), secret=True),
-    _opt("auth_provider", legacy.auth_provider, "none", "token", "client auth: none, token or basic",
+    _opt("auth_provider", legacy.auth_provider, "none", "token",
+         "client auth: `none`, `token` or `basic`; Chroma 0.4/0.5 class names are accepted as aliases",
+         shown_default="`none`",
          env=("CHROMA_SERVER_AUTH_PROVIDER", "CHROMA_SERVER_AUTHN_PROVIDER"), flag="--auth-provider"),
     _opt("auth_credentials_provider", parsing.parse_text, "",
          "chromadb.auth.token.TokenConfigServerAuthCredentialsProvider",
-         "Chroma 0.4 credentials provider class (mapped to an auth mode)",
-         env=("CHROMA_SERVER_AUTH_CREDENTIALS_PROVIDER",)),
+         "Chroma 0.4 credentials provider class, mapped to an auth mode (`chromaguard config` says which)",
+         shown_default="none", env=("CHROMA_SERVER_AUTH_CREDENTIALS_PROVIDER",)),
     _opt("auth_credentials_file", parsing.parse_optional_path, None, "/etc/chromaguard/tokens.json",
-         "file with tokens (JSON/YAML) or an htpasswd file for basic auth",
+         "tokens file (`.json`, `.yaml`, `.txt`: read in the format its name says) or htpasswd file for basic auth",
+         shown_default="none (`none` means none)",
          env=("CHROMA_SERVER_AUTH_CREDENTIALS_FILE", "CHROMA_SERVER_AUTHN_CREDENTIALS_FILE"),
          flag="--auth-credentials-file"),
     _opt("auth_credentials", parsing.parse_text, "", "my-secret-token",
-         "inline credentials (a token, or user:password)",
+         "inline credentials (a token, or `user:password`)", shown_default="none",
          env=("CHROMA_SERVER_AUTH_CREDENTIALS", "CHROMA_SERVER_AUTHN_CREDENTIALS"), secret=True),
     _opt("auth_token_transport_header", parsing.choice("authorization", "x-chroma-token", "any"), "any",
-         "Authorization", "which header carries the token (any accepts both)",
+         "Authorization",
+         "which header carries the token: `authorization`, `x-chroma-token` or `any` (either)",
+         shown_default="`any`",
          env=("CHROMA_AUTH_TOKEN_TRANSPORT_HEADER", "CHROMA_SERVER_AUTH_TOKEN_TRANSPORT_HEADER")),
     _opt("auth_open_paths", parsing.parse_path_list,
          ("/api/v1/heartbeat", "/api/v2/heartbeat", "/healthz", "/readyz"), "/api/v2/heartbeat,/healthz",
-         "paths that need no credentials (GET/HEAD only)", env=("CHROMAGUARD_AUTH_OPEN_PATHS",)),
+         "paths that need no credentials (GET/HEAD only)",
+         shown_default="`/api/v1/heartbeat,/api/v2/heartbeat,/healthz,/readyz`",
+         env=("CHROMAGUARD_AUTH_OPEN_PATHS",)),
     _opt("auth_reload_interval", parsing.parse_duration, 1.0, "1s",
-         "how often the credentials file is checked for changes", env=("CHROMAGUARD_AUTH_RELOAD_INTERVAL",)),
-    _opt("rate_limit", parsing.parse_rate, 0.0, "20/s", "requests per second per token (0 = no limit)",
+         "how often the credentials file is checked for changes", shown_default="`1s`",
+         env=("CHROMAGUARD_AUTH_RELOAD_INTERVAL",)),
+    _opt("rate_limit", parsing.parse_rate, 0.0, "20/s",
+         "requests per token: `20/s`, `600/m` (a bare number is per second)", shown_default="`0` (off)",
          env=("CHROMAGUARD_RATE_LIMIT",)),
     _opt("allowed_embedding_functions", parsing.parse_name_list, (), "openai,ollama,default",
-         "embedding-function names a collection configuration may name (empty: any); remote model "
-         "code (trust_remote_code) is refused whatever this says", env=("CHROMAGUARD_ALLOWED_EMBEDDING_FUNCTIONS",)),
+         "embedding-function names a collection configuration may name (comma list); remote model code "
+         "(`trust_remote_code`) is refused whatever this says", shown_default="none (any name)",
+         env=("CHROMAGUARD_ALLOWED_EMBEDDING_FUNCTIONS",)),
     _opt("health_interval", parsing.parse_duration, 2.0, "2s",
          "how often the supervisor probes the engine (its heartbeat, then a read through its storage)",
-         env=("CHROMAGUARD_HEALTH_INTERVAL",)),
+         shown_default="`2s`", env=("CHROMAGUARD_HEALTH_INTERVAL",)),
     _opt("health_timeout", parsing.parse_duration, 10.0, "10s", "how long one engine probe may take",
-         env=("CHROMAGUARD_HEALTH_TIMEOUT",)),
+         shown_default="`10s`", env=("CHROMAGUARD_HEALTH_TIMEOUT",)),
     _opt("health_retries", parsing.parse_positive_int, 3, "3",
-         "failed probes in a row before the engine is restarted", env=("CHROMAGUARD_HEALTH_RETRIES",)),
+         "failed probes in a row before the engine is restarted", shown_default="`3`",
+         env=("CHROMAGUARD_HEALTH_RETRIES",)),
     _opt("health_start_period", parsing.parse_duration, 60.0, "60s",
-         "after a (re)start, failed probes do not count for this long", env=("CHROMAGUARD_HEALTH_START_PERIOD",)),
+         "after a (re)start, failed probes do not count for this long", shown_default="`60s`",
+         env=("CHROMAGUARD_HEALTH_START_PERIOD",)),
     _opt("health_heartbeat_timeout", parsing.parse_duration, 2.0, "2s",
          "how long the heartbeat part of a probe may take (on loopback it answers in about a millisecond: "
-         "slower means stopped or stuck); at most the probe timeout", env=("CHROMAGUARD_HEALTH_HEARTBEAT_TIMEOUT",)),
+         "slower means stopped or stuck); at most the probe timeout", shown_default="`2s`",
+         env=("CHROMAGUARD_HEALTH_HEARTBEAT_TIMEOUT",)),
     _opt("ollama_url", parsing.parse_ollama_url, None, "http://ollama:11434",
-         "Ollama to check in /readyz and status", env=("CHROMAGUARD_OLLAMA_URL", "OLLAMA_HOST")),
+         "Ollama to check in `/readyz` and `status` (`host:port` or a URL)", shown_default="none",
+         env=("CHROMAGUARD_OLLAMA_URL", "OLLAMA_HOST")),
     _opt("ollama_models", parsing.parse_name_list, (), "nomic-embed-text,llama3",
-         "Ollama models that must be pulled for /readyz", env=("CHROMAGUARD_OLLAMA_MODELS",)),
+         "Ollama models that must be pulled for `/readyz` (comma list)", shown_default="none",
+         env=("CHROMAGUARD_OLLAMA_MODELS",)),
     _opt("min_free_disk", parsing.parse_size, 512 * 1024 * 1024, "512MiB",
-         "free space under the data dir below which /readyz fails (0 = no threshold; a full disk fails it anyway)",
-         env=("CHROMAGUARD_MIN_FREE_DISK",)),
+         "free space under the data dir below which `/readyz` fails (`0` = no threshold; a full disk fails it "
+         "anyway)", shown_default="`512MiB`", env=("CHROMAGUARD_MIN_FREE_DISK",)),
     _opt("upstream", parsing.parse_http_url, None, "https://api.trychroma.com",
-         "front an existing Chroma server instead of starting the embedded engine",
+         "front an existing Chroma server instead of starting the embedded engine", shown_default="none",
          env=("CHROMAGUARD_UPSTREAM",), flag="--upstream"),
     _opt("upstream_token", parsing.parse_text, "", "ck-...", "token sent to the upstream server",
-         env=("CHROMAGUARD_UPSTREAM_TOKEN",), flag="--upstream-token", secret=True),
+         shown_default="none", env=("CHROMAGUARD_UPSTREAM_TOKEN",), flag="--upstream-token", secret=True),
     _opt("upstream_token_header", parsing.choice("x-chroma-token", "authorization"), "x-chroma-token",
-         "x-chroma-token", "header that carries the upstream token",
-         env=("CHROMAGUARD_UPSTREAM_TOKEN_HEADER",)),
+         "x-chroma-token", "header that carries the upstream token: `x-chroma-token` or `authorization`",
+         shown_default="`x-chroma-token`", env=("CHROMAGUARD_UPSTREAM_TOKEN_HEADER",)),
     _opt("upstream_timeout", parsing.parse_duration, 300.0, "300s",
-         "longest a data request may wait for the engine",
+         "longest a data request may wait for the engine", shown_default="`300s`",
          env=("CHROMAGUARD_UPSTREAM_TIMEOUT",)),
-    _opt("engine_port", parsing.parse_engine_port, 0, "0", "private loopback port of the engine (0 picks a free one)",
-         env=("CHROMAGUARD_ENGINE_PORT",)),
+    _opt("engine_port", parsing.parse_engine_port, 0, "0", "private loopback port of the engine",
+         shown_default="`0` (a free port)", env=("CHROMAGUARD_ENGINE_PORT",)),
     _opt("head_timeout", parsing.parse_duration, 10.0, "10s",
-         "how long a request head may take to arrive, from its first byte (a connection's first: from "
-         "the accept); slower clients get 408 and a close (0 = no limit)", env=("CHROMAGUARD_HEAD_TIMEOUT",)),
+         "how long a request head may take to arrive, from its first byte (a connection's first request: from "
+         "the accept); bytes arriving do not extend it. Later: 408 and the connection closes (one that sent "
+         "nothing just closes). Idle keep-alive connections are timed separately (75 s). `0` = no limit",
+         shown_default="`10s`", env=("CHROMAGUARD_HEAD_TIMEOUT",)),
     _opt("body_min_rate", parsing.parse_size, 500, "500",
-         "bytes per second a request body must average once the head timeout's grace is over; slower "
-         "clients are cut off (0 = no limit)", env=("CHROMAGUARD_BODY_MIN_RATE",)),
+         "bytes per second a request body must average (Apache's mod_reqtimeout rule): after a grace of the "
+         "head timeout (10 s if that is off), each `body_min_rate` bytes that arrive buy one more second; time "
+         "while chromaguard holds the body back does not count. Slower: 408 if nothing has begun with the "
+         "request, else the connection closes. `0` = no limit", shown_default="`500`",
+         env=("CHROMAGUARD_BODY_MIN_RATE",)),
     _opt("max_connections_per_client", parsing.parse_nonnegative_int, 256, "256",
-         "open connections one client address may have (IPv6: one /64); more are answered 503 and closed "
-         "(0 = no limit)", env=("CHROMAGUARD_MAX_CONNECTIONS_PER_CLIENT",)),
+         "open connections one client address may have (IPv6: one /64); one more is answered 503 and closed, "
+         "with a rate-limited warning. Raise it (or `0` = no limit) behind a load balancer, where every "
+         "connection comes from its address. Apart from this, new connections are answered 503 once client "
+         "connections near the descriptor limit (`ulimit -n` less a tenth, at least 64, kept for the engine "
+         "and files), with one warning, until some close", shown_default="`256`",
+         env=("CHROMAGUARD_MAX_CONNECTIONS_PER_CLIENT",)),
     _opt("drain_timeout", parsing.parse_duration, 30.0, "30s",
-         "on SIGTERM, how long in-flight requests may take to finish",
+         "on SIGTERM, how long in-flight requests may take to finish", shown_default="`30s`",
          env=("CHROMAGUARD_DRAIN_TIMEOUT",), flag="--drain-timeout"),
     _opt("control_token", parsing.parse_text, "", "a-long-random-secret",
-         "with auth off: lets callers on other hosts use /chromaguard/status and the backup endpoints "
-         "(sent as Authorization: Bearer); callers on this host need none. With auth on, an admin token is needed",
+         "with auth off: a secret that lets callers on other hosts use `/chromaguard/status` and the backup "
+         "endpoints (`chromaguard backup --token`, sent as `Authorization: Bearer`); callers on the server's "
+         "own host need none. Ignored with auth on (an admin token is needed)", shown_default="none",
          env=("CHROMAGUARD_CONTROL_TOKEN",), secret=True),
     _opt("snapshot_dir", parsing.parse_optional_path, None, "/var/tmp/chromaguard",
-         "where online backups stage their copy of the data until it is downloaded (default: the system "
-         "temp dir)", env=("CHROMAGUARD_SNAPSHOT_DIR",)),
+         "where online backups stage their copy of the data until it is downloaded",
+         shown_default="the system temp dir", env=("CHROMAGUARD_SNAPSHOT_DIR",)),
     _opt("snapshot_min_free", parsing.parse_size, 256 * 1024 * 1024, "256MiB",
-         "free space that must remain in the snapshot dir once a snapshot is copied; one that would "
-         "leave less is refused (507)", env=("CHROMAGUARD_SNAPSHOT_MIN_FREE",)),
+         "free space that must remain in the snapshot dir once a snapshot is copied; one that would leave "
+         "less is refused with 507 (`0` = only that it fits)", shown_default="`256MiB`",
+         env=("CHROMAGUARD_SNAPSHOT_MIN_FREE",)),
     _opt("snapshot_max_kept", parsing.parse_positive_int, 2, "2",
-         "snapshots kept for download at once; a new one drops the oldest nobody is downloading",
-         env=("CHROMAGUARD_SNAPSHOT_MAX_KEPT",)),
-    _opt("log_format", parsing.choice("text", "json"), "text", "json", "log line format",
-         env=("CHROMAGUARD_LOG_FORMAT",), flag="--log-format"),
-    _opt("log_level", parsing.choice("debug", "info", "warning", "error"), "info", "info", "log level",
+         "snapshots kept for download at once; a new one drops the oldest nobody is downloading (503 when "
+         "all are)", shown_default="`2`", env=("CHROMAGUARD_SNAPSHOT_MAX_KEPT",)),
+    _opt("log_format", parsing.choice("text", "json"), "text", "json", "log line format: `text` or `json`",
+         shown_default="`text`", env=("CHROMAGUARD_LOG_FORMAT",), flag="--log-format"),
+    _opt("log_level", parsing.choice("debug", "info", "warning", "error"), "info", "info",
+         "log level: `debug`, `info`, `warning` or `error`", shown_default="`info`",
          env=("CHROMAGUARD_LOG_LEVEL",), flag="--log-level"),
 )
 
@@ -321,7 +353,7 @@ def load_settings(flags: Mapping[str, Any] | None = None, env: Mapping[str, str]
 def _pick(option: Option, flags: Mapping[str, Any], env: Mapping[str, str],
           file_values: Mapping[str, Any], settings: Settings) -> tuple[Any, str, str]:
     if option.name in flags:
-        flag = option.flag or f"--{option.name.replace('_', '-')}"
+        flag = (option.flag or f"--{option.name.replace('_', '-')}").split("/")[0]  # a switch: its "on" name
         return flags[option.name], f"flag {flag}", flag
     present = [name for name in option.env if name in env]
     if present:

@@ -12,26 +12,45 @@ Basic auth reads an htpasswd file with bcrypt hashes (``htpasswd -B``), as Chrom
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
 import os
 import re
 import stat
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import strictjson
 
-# CPython's own SHA-256 rather than OpenSSL's: the same digest, but OpenSSL looks the algorithm
-# up in its providers on every call, which costs about 23 µs once a search has pushed it out of
-# the caches (CPython's: 5 µs), on every authenticated request (BENCHMARKS.md).
-try:
-    from _sha2 import sha256 as _sha256  # CPython 3.12 and later
-except ImportError:  # pragma: no cover - the module's name depends on the Python version
-    try:
-        from _sha256 import sha256 as _sha256  # CPython 3.11
-    except ImportError:
-        from hashlib import sha256 as _sha256
+_FAST_SHA256_PYTHONS = ((3, 11), (3, 14))  # CPython releases the private modules were checked on: 3.11-3.13
+
+
+def _choose_sha256(version: tuple[int, int] = sys.version_info[:2],
+                   implementation: str = sys.implementation.name) -> Callable[[bytes], Any]:
+    """CPython's own SHA-256 where checked, else ``hashlib``'s (OpenSSL's): the same digest.
+
+    Why: OpenSSL looks the algorithm up in its providers on every call, about 23 µs once a search
+    has pushed it out of the caches (CPython's: 5 µs), on every authenticated request (docs/performance.md).
+    The module is private (``_sha256`` in 3.11, ``_sha2`` from 3.12) and may change or vanish in any
+    release: so only on the interpreters it was checked on, and tests/test_credentials_sha256.py
+    fails if it silently stops being used there.
+    """
+    low, high = _FAST_SHA256_PYTHONS
+    if implementation == "cpython" and low <= version < high:
+        try:
+            module = importlib.import_module("_sha2" if version >= (3, 12) else "_sha256")
+            fast: Callable[[bytes], Any] = module.sha256
+            return fast
+        except (ImportError, AttributeError):
+            pass
+    return hashlib.sha256
+
+
+_sha256 = _choose_sha256()
 
 ROLES = ("admin", "write", "read")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")

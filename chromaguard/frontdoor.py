@@ -7,10 +7,10 @@ hop-by-hop ones), status and body pass through untouched and streamed.
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import json
 import logging
-import re
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,24 +20,18 @@ from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlag
 
 from . import configpolicy
 from .auth import Authenticator, Denial, Grant
+from .call import Call
 from .configpolicy import ConfigPolicy
 from .cors import CorsPolicy
+from .httpfields import HOP_BY_HOP, Headers, request_length
 from .httpserver import DISPATCH_WHOLE_BELOW, ClientDisconnected, Exchange
 from .logs import current_trace
 from .ownership import LOOK_UP, Ownership
 from .relay import Relay, RelayWatch
 from .routes import READ, Route, canonical_segments, route_of
 from .serverspans import SpanDetails
-from .spanattrs import (
-    COUNTED_OPS,
-    RESPONSE_PARSE_LIMIT,
-    RESULT_OPS,
-    CollectionNames,
-    request_attributes,
-    response_attributes,
-    result_attributes,
-)
-from .upstream import Response, UpstreamError, UpstreamPool, UpstreamTimeout, UpstreamUnavailable
+from .spanattrs import COUNTED_OPS, CollectionNames, request_attributes, response_attributes, result_attributes
+from .upstream import UpstreamAborted, UpstreamError, UpstreamPool, UpstreamTimeout, UpstreamUnavailable
 
 if TYPE_CHECKING:
     from .readiness import Dependencies, DiskFloor
@@ -48,16 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("chromaguard.frontdoor")
 
 HEARTBEAT_PATHS = frozenset({"/api/v1/heartbeat", "/api/v2/heartbeat"})
-# Never forwarded: they describe one hop, not the request.
-_HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
-    b"te", b"trailer", b"transfer-encoding", b"upgrade", b"expect", b"host", b"content-length",
-})
 _TRACE_HEADERS = frozenset({b"traceparent", b"tracestate", b"user-agent"})
 _RETRY_AFTER = [(b"retry-after", b"1")]
 _RETRY_LATER = [(b"retry-after", b"10")]  # room comes back when someone makes it, not in a second
-_NO_TRACE = "0" * 32
-_HEX = re.compile(r"[0-9a-f]{32}")
 _DENIAL_REASONS = {400: "bad_request", 401: "missing_credentials", 403: "forbidden", 429: "rate_limited",
                    431: "headers_too_large"}
 HEARTBEAT_CACHE_SECONDS = 1.0
@@ -88,26 +75,12 @@ class AlwaysAvailable:
     unavailable_reason = ""
 
 
-class Call:
-    """What the front door learns about one request on its way through."""
+class Admission(enum.Enum):
+    """CORS's and auth's verdict before anything reaches the engine."""
 
-    __slots__ = ("exchange", "route", "http_route", "span", "trace", "traceparent", "user_agent", "principal",
-                 "engine_trace", "started", "grant", "facts", "answer")
-
-    def __init__(self, exchange: Exchange, route: Route | None, http_route: str) -> None:
-        self.exchange = exchange
-        self.route = route
-        self.http_route = http_route
-        self.span: Any = None
-        self.trace: tuple[str, str] | None = None
-        self.traceparent = b""  # ours, for the engine: it carries our sampling decision
-        self.user_agent: bytes | None = None  # read with the trace headers, for the span
-        self.principal: Any = None
-        self.engine_trace: str | None = None
-        self.started = time.perf_counter()
-        self.grant: Grant | None = None  # auth said yes; the owner check still needs a listing
-        self.facts: dict[str, Any] | None = None  # span attributes learnt on the way, set once at its end
-        self.answer: tuple[str, bytes] | None = None  # (operation, body) of a result counted in the export thread
+    GO = "go"
+    ANSWERED = "answered"  # refused, or answered here (a preflight, the identity)
+    WAIT = "wait"  # the decision waits for a password check (bcrypt) or a listing (the owner check)
 
 
 class FrontDoor:
@@ -145,7 +118,7 @@ class FrontDoor:
         self.ownership = Ownership(self._listing)
         if self.metrics is not None:
             self.metrics.in_flight = lambda: self.in_flight
-        self._strip = _HOP_BY_HOP | strip_request_headers
+        self._strip = HOP_BY_HOP | strip_request_headers
 
     def __call__(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
         """Answer now, or start a callback relay (None); else the coroutine to run as a task."""
@@ -155,16 +128,17 @@ class FrontDoor:
             self._start_span(call)
         self.in_flight += 1
         try:
-            admitted = True if self.auth is None and self.cors is None else self._admit(call)
-            if admitted is False:
+            admitted = Admission.GO if self.auth is None and self.cors is None else self._admit(call)
+            if admitted is Admission.ANSWERED:
                 self._finish(call)
                 return None
-            if admitted and self._relay_now(call):
+            if admitted is Admission.GO and self._forward_now(call):
                 return None
         except BaseException as exc:
-            self._finish(call, exc)
+            if call.relay is None:
+                self._finish(call, exc)
             raise
-        return self._serve(call, admitted is None)
+        return self._serve(call, admitted is Admission.WAIT)
 
     async def _serve(self, call: Call, admit_first: bool) -> None:
         error: BaseException | None = None
@@ -176,7 +150,8 @@ class FrontDoor:
             error = exc
             raise
         finally:
-            self._finish(call, error)
+            if call.relay is None:  # else the relay ended it
+                self._finish(call, error)
 
     def _finish(self, call: Call, error: BaseException | None = None) -> None:
         self.in_flight -= 1
@@ -233,9 +208,8 @@ class FrontDoor:
 
     # ---- CORS and auth -----------------------------------------------------------------------
 
-    def _admit(self, call: Call) -> bool | None:
-        """CORS and auth, decided before anything reaches the engine: True to go on, False when
-        already answered, None when the decision must wait (a password for bcrypt, a listing)."""
+    def _admit(self, call: Call) -> Admission:
+        """CORS and auth, decided before anything reaches the engine."""
         exchange, route = call.exchange, call.route
         origin = request_method = request_headers = None
         for name, value in exchange.headers:
@@ -249,15 +223,15 @@ class FrontDoor:
             if exchange.method == "OPTIONS" and request_method is not None:
                 status, headers = self.cors.preflight(origin, request_headers)
                 exchange.respond(status, headers, b"")
-                return False
+                return Admission.ANSWERED
             extra = self.cors.response_headers(origin)
             if extra:
                 exchange.extra_headers = extra
         if self.auth is None or self.auth.is_open(exchange.method, exchange.path):
-            return True
+            return Admission.GO
         result = self.auth.check_now(route, exchange.headers)
         if result is None:
-            return None
+            return Admission.WAIT
         return self._granted(call, result, self._owner_now(result))
 
     def _owner_now(self, result: Grant | Denial) -> Denial | object | None:
@@ -282,24 +256,24 @@ class FrontDoor:
         owner = self._owner_now(result)
         if owner is LOOK_UP and isinstance(result, Grant):
             owner = await self.ownership.check(result.principal, result.route)
-        return self._granted(call, result, owner) is True
+        return self._granted(call, result, owner) is Admission.GO
 
-    def _granted(self, call: Call, result: Grant | Denial, owner: Denial | object | None) -> bool | None:
+    def _granted(self, call: Call, result: Grant | Denial, owner: Denial | object | None) -> Admission:
         exchange = call.exchange
         if isinstance(result, Denial):
             self._deny(exchange, result)
-            return False
+            return Admission.ANSWERED
         call.principal = result.principal
         if owner is LOOK_UP:
             call.grant = result
-            return None
+            return Admission.WAIT
         if isinstance(owner, Denial):
             self._deny(exchange, owner)
-            return False
+            return Admission.ANSWERED
         if result.route.operation == "identity":
             exchange.respond_json(200, result.principal.identity())
-            return False
-        return True
+            return Admission.ANSWERED
+        return Admission.GO
 
     def _deny(self, exchange: Exchange, denial: Denial) -> None:
         if self.metrics is not None:
@@ -392,15 +366,14 @@ class FrontDoor:
 
     # ---- forwarded ---------------------------------------------------------------------------
 
-    def _relay_now(self, call: Call) -> bool:
+    def _forward_now(self, call: Call) -> bool:
         """Forward from this callback when nothing needs waiting for; False: take the async path."""
         exchange = call.exchange
         path = exchange.path
-        if (not exchange.body_complete or exchange.method == "HEAD" or path in ANSWERED_HERE
-                or path.startswith(OWN_PREFIX) or not self.backend.available
-                or configpolicy.checks(exchange.method, call.route)):
+        if (not exchange.body_complete or path in ANSWERED_HERE or path.startswith(OWN_PREFIX)
+                or not self.backend.available or configpolicy.checks(exchange.method, call.route)):
             return False  # configpolicy: a body that may be stored is checked in ``forward``
-        headers, length = self._request_headers(call)
+        fields, length = self._fields(call)
         if length is not None and length > self.max_payload_bytes:
             self._too_large(exchange, length)
             self._finish(call)
@@ -419,68 +392,19 @@ class FrontDoor:
         body = exchange.take_body()
         if call.span is not None and route is not None and body:
             call.facts = request_attributes(route.operation, body)
-        target = exchange.raw_path + b"?" + exchange.query if exchange.query else exchange.raw_path
-        Relay(self, call, self.pool, conn, gated).send(exchange.method, target, headers, body)
+        Relay(self, call, self._head(call, fields, request_length(exchange.method, len(body))), (body,), gated
+              ).send(conn)
         return True
-
-    def _no_room(self, route: Route | None, size: int) -> str | None:
-        if self.disk_floor is None:
-            return None
-        return self.disk_floor.refusal(route.operation if route is not None else None, size)
-
-    def _refused_for_room(self, exchange: Exchange, route: Route | None, size: int) -> bool:
-        refusal = self._no_room(route, size)
-        if refusal is None:
-            return False
-        # "ChromaError": a name the official client knows, so it raises with this message.
-        exchange.respond_error(507, "ChromaError", refusal, _RETRY_LATER)
-        return True
-
-    def _relayed(self, call: Call, tap: list[bytes] | None) -> None:
-        """A relay is over (answered, failed, or the client left)."""
-        self._learn_from_response(call, tap)
-        self._finish(call)
-
-    def _learn_from_response(self, call: Call, tap: list[bytes] | None) -> None:
-        """Facts for the span from a successful answer's body (result counts, collection names)."""
-        if tap is not None and call.route is not None and 200 <= call.exchange.status < 300:
-            operation, body = call.route.operation, b"".join(tap)
-            if operation in COUNTED_OPS and len(body) <= _COUNT_LATER_BELOW:
-                call.answer = (operation, body)  # a count only: the export thread works it out
-            else:
-                call.facts = {**(call.facts or {}), **response_attributes(operation, body, self.names)}
-
-    def retry(self, call: Call, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
-              gated: bool) -> None:
-        """Send a relayed request again on a fresh connection (the kept-alive one had closed)."""
-        async def again() -> None:
-            error: BaseException | None = None
-            try:
-                try:
-                    response = await self._send(call.exchange, method, target, headers, body, None)
-                finally:
-                    if gated:
-                        self.gate.leave()  # type: ignore[union-attr]
-                if response is not None:
-                    await self._relay(call, response)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                self._finish(call, error)
-
-        call.exchange.continue_with(again())
 
     async def forward(self, call: Call) -> None:
         exchange = call.exchange
         if not self.backend.available:
             exchange.respond_error(503, "ServiceUnavailable", self._down_message(), _RETRY_AFTER)
             return
-        headers, length = self._request_headers(call)
+        fields, length = self._fields(call)
         if length is not None and length > self.max_payload_bytes:
             self._too_large(exchange, length)
             return
-        target = exchange.raw_path + b"?" + exchange.query if exchange.query else exchange.raw_path
         route = call.route
         gated = self.gate is not None and (route is None or route.access != READ)
         body: list[bytes] | None = None
@@ -510,32 +434,39 @@ class FrontDoor:
             if self._refused_for_room(exchange, route, 0):
                 self.gate.leave()  # type: ignore[union-attr]
                 return
-        try:
-            response = await self._send(exchange, exchange.method, target, headers, body, length)
-        finally:
-            if gated:
-                self.gate.leave()  # type: ignore[union-attr]
-        if response is not None:
-            await self._relay(call, response)
+        head = self._head(call, fields, request_length(exchange.method, size or 0))
+        relay = Relay(self, call, head, body, gated)
+        await relay.forward(exchange.body_chunks() if body is None else None)
 
-    async def _send(self, exchange: Exchange, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
-                    body: bytes | list[bytes] | None, length: int | None) -> Response | None:
-        """Send the request to the engine (a large body streamed as it arrives); None when an
-        error answer was already sent instead."""
-        try:
-            if body is not None:
-                return await self.pool.request(method, target, headers, body, timeout=self.upstream_timeout)
-            return await self.pool.request(method, target, headers, body_stream=exchange.body_chunks(),
-                                           length=length, timeout=self.upstream_timeout)
-        except ClientDisconnected:
+    def _no_room(self, route: Route | None, size: int) -> str | None:
+        if self.disk_floor is None:
             return None
-        except UpstreamError as exc:
-            self._upstream_failed(exchange, exc)
-        return None
+        return self.disk_floor.refusal(route.operation if route is not None else None, size)
 
-    def _upstream_failed(self, exchange: Exchange, exc: UpstreamError) -> None:
-        from .upstream import UpstreamAborted  # here: this method is the only user
+    def _refused_for_room(self, exchange: Exchange, route: Route | None, size: int) -> bool:
+        refusal = self._no_room(route, size)
+        if refusal is None:
+            return False
+        # "ChromaError": a name the official client knows, so it raises with this message.
+        exchange.respond_error(507, "ChromaError", refusal, _RETRY_LATER)
+        return True
 
+    def relayed(self, call: Call, tap: list[bytes] | None) -> None:
+        """A relay is over (answered, failed, or the client left)."""
+        self._learn_from_response(call, tap)
+        self._finish(call)
+
+    def _learn_from_response(self, call: Call, tap: list[bytes] | None) -> None:
+        """Facts for the span from a successful answer's body (result counts, collection names)."""
+        if tap is not None and call.route is not None and 200 <= call.exchange.status < 300:
+            operation, body = call.route.operation, b"".join(tap)
+            if operation in COUNTED_OPS and len(body) <= _COUNT_LATER_BELOW:
+                call.answer = (operation, body)  # a count only: the export thread works it out
+            else:
+                call.facts = {**(call.facts or {}), **response_attributes(operation, body, self.names)}
+
+    def answer_failure(self, exchange: Exchange, exc: UpstreamError) -> None:
+        """The answer for an engine that failed before its answer began."""
         if isinstance(exc, UpstreamAborted):  # the supervisor gave up on a stuck engine; it says why
             exchange.respond_error(503, "ServiceUnavailable", f"chromaguard: {exc}", _RETRY_AFTER)
             return
@@ -550,44 +481,9 @@ class FrontDoor:
             log.warning("upstream failed on %s %s: %s", exchange.method, exchange.path, exc)
             exchange.respond_error(502, "BadGateway", f"chromaguard: {exc}")
 
-    async def _relay(self, call: Call, response: Response) -> None:
-        exchange = call.exchange
-        tap = self._tap_for(call, response.headers) if call.span is not None else None
-        exchange.start(response.status, response.relayed_headers, response.content_length)
-        size = 0
-        try:
-            async for chunk in response.chunks():
-                if exchange.disconnected:
-                    return  # the finally below drops the half-read upstream connection
-                if tap is not None:
-                    size += len(chunk)
-                    if size <= RESPONSE_PARSE_LIMIT:
-                        tap.append(chunk)
-                    else:
-                        tap = None
-                exchange.write(chunk)
-                await exchange.drain()
-        except UpstreamError as exc:
-            # The head is out: all we can do is cut the response so the client sees it failed.
-            log.warning("upstream failed mid-response: %s", exc)
-            raise
-        finally:
-            response.release()
-        exchange.end()
-        self._learn_from_response(call, tap)
-
-    def _tap_for(self, call: Call, headers: list[tuple[bytes, bytes]]) -> list[bytes] | None:
-        """Start collecting the response body if the span wants facts from it; note the engine's trace id."""
-        for name, value in headers:
-            if name == b"chroma-trace-id":
-                trace_id = value.decode("latin-1")
-                if trace_id != _NO_TRACE and _HEX.fullmatch(trace_id):
-                    call.engine_trace = trace_id
-        route = call.route
-        return [] if route is not None and route.operation in RESULT_OPS else None
-
-    def _request_headers(self, call: Call) -> tuple[list[tuple[bytes, bytes]], int | None]:
-        headers: list[tuple[bytes, bytes]] = []
+    def _fields(self, call: Call) -> tuple[Headers, int | None]:
+        """The request's fields as the engine gets them, and the client's Content-Length."""
+        headers: Headers = []
         length: int | None = None
         strip = self._strip
         trace = call.trace
@@ -612,6 +508,11 @@ class FrontDoor:
             headers.append((b"x-forwarded-for", call.exchange.client.encode()))
         headers.append(_FORWARDED_PROTO)
         return headers, length
+
+    def _head(self, call: Call, fields: Headers, length: int | None) -> bytes:
+        exchange = call.exchange
+        target = exchange.raw_path + b"?" + exchange.query if exchange.query else exchange.raw_path
+        return self.pool.head(exchange.method, target, fields, length)
 
     def _refused_config(self, call: Call, body: bytes) -> bool:
         """Answer 400 when the body would store a configuration that makes clients run code."""

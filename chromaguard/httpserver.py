@@ -2,7 +2,7 @@
 
 Why our own: on two cores the ASGI machinery (a scope dict, message dicts, per-message
 checks, a second write per response) cost more CPU per proxied request than everything
-else the front door does (BENCHMARKS.md). A proxy needs a request head, its body, and a
+else the front door does (docs/performance.md). A proxy needs a request head, its body, and a
 writer that sends a response's head and body in one go.
 
 What it does: keep-alive and pipelining (answered in order), request bodies streamed with
@@ -44,6 +44,8 @@ from urllib.parse import unquote
 
 import httptools
 
+from .httpfields import NO_BODY_STATUS, Headers
+
 try:
     import resource
 except ImportError:  # pragma: no cover - not on Linux
@@ -51,19 +53,14 @@ except ImportError:  # pragma: no cover - not on Linux
 
 log = logging.getLogger("chromaguard.http")
 
-Headers = list[tuple[bytes, bytes]]
 # Called in the parser's callback: answers at once (or starts a callback-driven relay) and
 # returns None, or returns a coroutine that the server runs as the request's task.
 Handler = Callable[["Exchange"], "Coroutine[Any, Any, None] | None"]
-# Offered each read that starts a request on an idle connection: True when it took the
-# request (and became the connection's current request), False to leave it to the parser.
-FastPath = Callable[["ClientConnection", bytes], bool]
 
 MAX_HEAD_BYTES = 32 * 1024
 DISPATCH_WHOLE_BELOW = 1 << 20  # a request body up to this size is read whole before the handler runs
 _BODY_HIGH_WATER = 1 << 20  # stop reading a client when this much of its body waits unread
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
-_NO_BODY_STATUS = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _FD_RESERVE = 64  # descriptors kept for everything but client connections: at least this, or a tenth
 _LINGER = 1.0  # seconds a connection answered 408 stays open to read what the client still sends
@@ -128,17 +125,6 @@ class Exchange:
             self._reject = (400, "the request target must be a path starting with /")
         elif b"#" in url:  # no fragment is sent in HTTP; the engine would cut the path there, we would not
             self._reject = (400, "the request target must not contain # (a fragment is never sent to a server)")
-
-    @classmethod
-    def received(cls, conn: ClientConnection, method: str, url: bytes, headers: Headers, keep_alive: bool,
-                 body: bytes = b"") -> Exchange:
-        """A request that was read whole without the parser (the front door's fast path)."""
-        exchange = cls(conn, method, url, headers, "1.1", keep_alive, False)
-        if body:
-            exchange._chunks.append(body)
-            exchange._buffered = len(body)
-        exchange._body_done = True
-        return exchange
 
     # ---- request body ------------------------------------------------------------------------
 
@@ -266,15 +252,13 @@ class Exchange:
                 parts += (name, b": ", value, b"\r\n")
         if content_length is not None:
             parts.append(b"content-length: %d\r\n" % content_length)
-        elif status >= 200 and status not in _NO_BODY_STATUS and not self._head_only:
+        elif status >= 200 and status not in NO_BODY_STATUS and not self._head_only:
             if self.http_version == "1.1":
                 self._chunked = True
                 parts.append(b"transfer-encoding: chunked\r\n")
             else:  # HTTP/1.0: the end of the body is the end of the connection
                 self.keep_alive = False
-        if self._expect and not self._body_done:  # the client may still send the body it announced
-            self.keep_alive = False
-        if self._conn.server.stopping or self._conn.closing:
+        if self._closes_after():
             self.keep_alive = False
         if not self.keep_alive:
             parts.append(b"connection: close\r\n")
@@ -282,6 +266,27 @@ class Exchange:
             parts.append(b"connection: keep-alive\r\n")
         parts.append(b"\r\n")
         self._head = b"".join(parts)
+
+    def _closes_after(self) -> bool:
+        """The connection cannot carry another request after this answer."""
+        # (the client may still send the body it announced; a stop; a close under way)
+        return (self._expect and not self._body_done) or self._conn.server.stopping or self._conn.closing
+
+    def pass_on(self, status: int, answer: bytes, body_at: int) -> bool:
+        """Send a whole answer as it came (``httpfields.whole_answer`` vetted it), our extra fields
+        added; False when this answer must say the connection closes: ``start`` writes that one."""
+        if self._started or self._head_only or not self.keep_alive or self.http_version != "1.1" or \
+                self._closes_after():
+            return False
+        self._started = True
+        self.status = status
+        extra = self.extra_headers
+        if extra:
+            fields = b"".join(name + b": " + value + b"\r\n" for name, value in extra)
+            answer = answer[:body_at - 2] + fields + answer[body_at - 2:]
+        self._conn.write(answer)
+        self.end()
+        return True
 
     def write(self, data: bytes) -> None:
         if not data or self._head_only or self._finished:
@@ -346,16 +351,6 @@ class Exchange:
         self.respond_json(status, {"error": error, "message": message}, headers)
 
 
-def parse_fields(block: bytes) -> Headers:
-    """Header lines (each ending in CRLF, checked already) as the parser gives them:
-    names in lower case, values without the blanks around them."""
-    fields = []
-    for line in block.split(b"\r\n")[:-1]:
-        name, _, value = line.partition(b":")
-        fields.append((name.lower(), value.strip(b" \t")))
-    return fields
-
-
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, runs one at a time, in order."""
 
@@ -367,8 +362,6 @@ class ClientConnection(asyncio.Protocol):
         self.client = ""
         self.sockname: tuple[str, int] | None = None
         self.current: Exchange | None = None  # being answered
-        self.diverted: Any = None  # taken by the fast path, its body still arriving
-        self._fast = server.fast
         self._between = True  # the parser is between two requests
         self.receiving: Exchange | None = None  # its request still arriving
         self.pipeline: collections.deque[Exchange] = collections.deque()
@@ -416,14 +409,14 @@ class ClientConnection(asyncio.Protocol):
         self.server.connections.discard(self)
         if self._client_key is not None:
             self.server.release(self)
-        for exchange in (self.current, self.receiving, self.diverted, *self.pipeline):
+        for exchange in (self.current, self.receiving, *self.pipeline):
             if exchange is not None:
                 exchange._disconnect()
         self.pipeline.clear()
         self._writable()
 
     def eof_received(self) -> bool:
-        receiving = self.receiving or self.diverted
+        receiving = self.receiving
         if receiving is not None:  # the rest of its request will never come
             receiving._disconnect()
             return False
@@ -438,14 +431,6 @@ class ClientConnection(asyncio.Protocol):
         self.received += len(data)
         if self.upgraded:
             return
-        if self.diverted is not None:  # the fast path's request: the rest of its body, maybe more
-            data = self.diverted.more(data)
-            if not data:
-                return
-        elif self.current is None and self._between and self._fast is not None and not self.pipeline:
-            if self._fast(self, data):  # a whole head: its deadline is met
-                self.head_started = 0.0
-                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -680,10 +665,10 @@ class ClientConnection(asyncio.Protocol):
         """The sweep's verdict on a body coming slower than the minimum rate."""
         log.debug("closed a connection from %s: its request body came too slowly", self.client or "?")
         self.upgraded = True
-        receiving = self.receiving if self.diverted is None else self.diverted
-        if self.current is None and not self.pipeline and not getattr(receiving, "_started", False):
-            # Nothing has begun with it (a body read whole first, or the fast path's): it is answered here.
-            self.receiving = self.diverted = None
+        receiving = self.receiving
+        if self.current is None and not self.pipeline and not (receiving is not None and receiving.response_started):
+            # Nothing has begun with it (a body read whole first): it is answered here.
+            self.receiving = None
             self._answer_408("the request body arrived too slowly")
         else:  # a handler reads it: to it, the client has gone
             self.close()
@@ -716,7 +701,7 @@ class ClientConnection(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        return self.current is None and self.receiving is None and self.diverted is None and not self.pipeline
+        return self.current is None and self.receiving is None and not self.pipeline
 
 
 def _client_key(address: str) -> object:
@@ -759,10 +744,8 @@ class HttpServer:
     """
 
     def __init__(self, handler: Handler, *, keep_alive: float = 75.0, drain_timeout: float = 30.0,
-                 head_timeout: float = 10.0, body_min_rate: int = 500, max_connections_per_client: int = 256,
-                 fast: FastPath | None = None) -> None:
+                 head_timeout: float = 10.0, body_min_rate: int = 500, max_connections_per_client: int = 256) -> None:
         self.handler = handler
-        self.fast = fast
         self.keep_alive = keep_alive
         self.drain_timeout = drain_timeout
         self.head_timeout = head_timeout
@@ -928,12 +911,12 @@ class HttpServer:
                 heads += conn._head_overdue()
                 continue
             if rate:
-                body = conn.receiving if conn.diverted is None else conn.diverted
+                body = conn.receiving
                 if body is None:
                     conn._body_for = None
                 elif body is not conn._body_for:  # a body the check has not seen: its time runs from now
                     conn._body_for, conn._body_since, conn._body_mark = body, now, conn.received
-                elif not conn._reading or getattr(body, "_expect", False):  # we hold it back: time stands still
+                elif not conn._reading or body._expect:  # we hold it back: time stands still
                     conn._body_since += elapsed
                 elif now - conn._body_since > grace + (conn.received - conn._body_mark) / rate:
                     conn._body_overdue()

@@ -2,17 +2,20 @@
 
 Why: the SDK's encoder builds a protobuf object for every span, attribute and value in
 Python, about 130 µs per span here: more CPU than everything else the front door spends
-on a request (BENCHMARKS.md). Our spans repeat most attribute values (method, route,
+on a request (docs/performance.md). Our spans repeat most attribute values (method, route,
 tenant, database, collection), so each key and value pair is encoded once and reused;
 a span then costs a few microseconds. The output parses to the same message as the
-SDK's (tests/test_otlpencode.py).
+SDK's (tests/test_otlpencode.py). It is plugged in through the SDK exporter's private
+``_translate_data``, so only on the SDK releases it was checked against (``span_exporter_class``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import struct
 from collections.abc import Mapping, Sequence
+from importlib import metadata
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -20,6 +23,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import ReadableSpan
 
 log = logging.getLogger("chromaguard.telemetry")
+
+SDK_EXPORTER = "opentelemetry-exporter-otlp-proto-grpc"
+# The releases of SDK_EXPORTER our ``_translate_data`` was checked against, as (major, minor):
+# from the lowest pyproject.toml allows to below the minor after the newest checked (1.45.2).
+CHECKED_RELEASES = ((1, 30), (1, 46))
 
 _CACHE_LIMIT = 8192
 _CACHED_TYPES = (str, bool, int)  # equal values of these types encode alike (unlike 1 == 1.0, 0.0 == -0.0)
@@ -208,3 +216,38 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
         except Exception as exc:  # never lose a batch to our encoder: the SDK's is the reference
             log.warning("fast span encoding failed (%s); using the SDK's encoder", exc)
             return super()._translate_data(data)
+
+
+def _installed_version() -> str | None:
+    try:
+        return metadata.version(SDK_EXPORTER)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _overridable(method: Any) -> bool:
+    """A method the SDK exporter has and implements (not only the mixin's abstract declaration)."""
+    return callable(method) and not getattr(method, "__isabstractmethod__", False)
+
+
+def span_exporter_class() -> type[OTLPSpanExporter]:
+    """The gRPC span exporter class to use: ours, or the SDK's where ours is not known to fit.
+
+    Why: ours works by overriding the SDK exporter's private ``_translate_data``, which a release
+    may rename (ours would then never be called) or change the contract of; the SDK's own encoder
+    is slower but always right. So ours only on the checked releases (``CHECKED_RELEASES``) and
+    while the SDK exporter still has the method; else the SDK's, with one warning saying why.
+    """
+    version = _installed_version()
+    found = re.match(r"(\d+)\.(\d+)", version or "")
+    release = (int(found[1]), int(found[2])) if found else None
+    low, high = CHECKED_RELEASES
+    if release is None or not low <= release < high:
+        why = (f"{SDK_EXPORTER} {version or '(version unknown)'} is outside the releases it was checked "
+               f"against (>={low[0]}.{low[1]},<{high[0]}.{high[1]})")
+    elif not _overridable(getattr(OTLPSpanExporter, "_translate_data", None)):
+        why = f"{SDK_EXPORTER} {version}'s span exporter has no _translate_data to replace"
+    else:
+        return FastOTLPSpanExporter
+    log.warning("fast OTLP span encoding off: %s; spans are encoded by the SDK's encoder", why)
+    return OTLPSpanExporter

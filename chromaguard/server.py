@@ -32,7 +32,6 @@ from .credentials_watch import CredentialsWatcher
 from .datalock import DataDirLock
 from .engine import EngineProcess
 from .errors import ConfigError, StartupError
-from .fastpath import FastPath
 from .frontdoor import AlwaysAvailable, Backend, FrontDoor
 from .httpserver import HttpServer
 from .readiness import Dependencies, DiskFloor
@@ -253,12 +252,10 @@ class Service:
                             config_policy=ConfigPolicy(self.settings.allowed_embedding_functions),
                             control=ControlAccess(self.settings.control_token),
                             disk_floor=disk_floor)
-            fast = FastPath.for_door(app)
             self.server = HttpServer(app, keep_alive=75.0, drain_timeout=self.settings.drain_timeout,
                                      head_timeout=self.settings.head_timeout,
                                      body_min_rate=self.settings.body_min_rate,
-                                     max_connections_per_client=self.settings.max_connections_per_client,
-                                     fast=fast.take if fast is not None else None)
+                                     max_connections_per_client=self.settings.max_connections_per_client)
             if self._stop_requested.is_set():
                 return
             log.info("chromaguard %s serving Chroma %s on http://%s:%d (%s)", __version__, version("chromadb"),

@@ -8,7 +8,7 @@ sampler and id generator, so ``OTEL_TRACES_SAMPLER`` works) and still batches an
 
 A finished span's fields are filled in where they are first read: by the exporter, in its
 thread, a batch at a time. Built on the request's path, between two of the engine's
-searches, the same work ran from cold caches at several times the cost (BENCHMARKS.md).
+searches, the same work ran from cold caches at several times the cost (docs/performance.md).
 """
 
 from __future__ import annotations

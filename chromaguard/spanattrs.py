@@ -21,6 +21,19 @@ _DECODER = json.JSONDecoder()
 _BATCH_OPS = frozenset({"add", "upsert", "update", "delete"})
 RESULT_OPS = frozenset({"get", "query", "list_collections", "count", "create_collection", "get_collection"})
 COUNTED_OPS = frozenset({"get", "query"})  # their answers only give a count: ``result_attributes``
+_NO_TRACE = "0" * 32  # the engine's id when it traces nothing
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def engine_trace_id(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The trace id the engine's answer names (``chroma-trace-id``), when it is a real one."""
+    found = None
+    for name, value in headers:
+        if name == b"chroma-trace-id":
+            trace_id = value.decode("latin-1")
+            if trace_id != _NO_TRACE and _TRACE_ID.fullmatch(trace_id):
+                found = trace_id
+    return found
 
 
 def _count_ids(body: bytes) -> int | None:

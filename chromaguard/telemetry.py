@@ -68,7 +68,7 @@ def engine_telemetry(settings: Settings) -> dict[str, str] | None:
 
 # The engine's own filter puts every chroma crate at trace level, for its spans and its
 # console alike: three spans and sixteen log lines per query, which slow the engine down
-# (BENCHMARKS.md). Its request spans come from chroma_tracing alone; warnings and errors stay.
+# (docs/performance.md). Its request spans come from chroma_tracing alone; warnings and errors stay.
 ENGINE_REQUEST_SPANS_FILTER = "warn,chroma_tracing=trace"
 
 
@@ -126,10 +126,10 @@ class Telemetry:
         if otlp_protocol(self.settings) == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-            from .otlpencode import FastOTLPSpanExporter
+            from .otlpencode import span_exporter_class
 
             target, insecure = _grpc_endpoint(endpoint)
-            return (FastOTLPSpanExporter(endpoint=target, insecure=insecure, headers=headers),
+            return (span_exporter_class()(endpoint=target, insecure=insecure, headers=headers),
                     OTLPMetricExporter(endpoint=target, insecure=insecure, headers=headers))
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HTTPMetricExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HTTPSpanExporter

@@ -11,21 +11,16 @@ import asyncio
 import collections
 import ssl
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
 import httptools
 
-Headers = list[tuple[bytes, bytes]]
+from .httpfields import NOT_RELAYED, Headers, request_length
 
 _READ_HIGH_WATER = 1 << 20
-# Not relayed to our client: they describe one hop (our server writes its own framing).
-NOT_RELAYED = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-    b"content-length",
-})
 _MAX_IDLE = 128
 _JOIN_BELOW = 64 * 1024  # a body up to this size is joined to its head: one buffer, one write
 
@@ -74,6 +69,8 @@ class UpstreamTarget:
 class Sink(Protocol):
     """Takes a response straight from the parser's callbacks (the front door's relay)."""
 
+    def on_whole(self, data: bytes) -> bool:
+        """The answer's first read: True when it was the whole answer and was dealt with."""
     def on_head(self, conn: EngineConnection) -> None: ...
     def on_body(self, chunk: bytes) -> None: ...
     def on_complete(self) -> None: ...
@@ -106,26 +103,24 @@ class EngineConnection(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
         self.got_bytes = False
-        # Offered the first read of the answer whole; True when it dealt with it (the fast path).
-        self.whole: Callable[[bytes], bool] | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.got_bytes = True
-        whole = self.whole
-        if whole is not None:
-            self.whole = None
-            if whole(data):
+        sink = self.sink
+        if not self.got_bytes and sink is not None:
+            self.got_bytes = True
+            if sink.on_whole(data):
                 return
+        self.got_bytes = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(UpstreamError("upstream tried to upgrade the connection"))
+            self.fail(UpstreamError("upstream tried to upgrade the connection"))
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"upstream sent an invalid response: {exc}"))
+            self.fail(UpstreamError(f"upstream sent an invalid response: {exc}"))
 
     def eof_received(self) -> bool | None:
         return None
@@ -133,7 +128,7 @@ class EngineConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.alive = False
         if not self.complete:
-            self._fail(UpstreamError("upstream closed the connection" + (f": {exc}" if exc else "")))
+            self.fail(UpstreamError("upstream closed the connection" + (f": {exc}" if exc else "")))
         self._write_ready.set()
 
     def pause_writing(self) -> None:
@@ -185,7 +180,13 @@ class EngineConnection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _fail(self, exc: BaseException) -> None:
+    def resendable(self, exc: BaseException) -> bool:
+        """A kept-alive connection the engine had just closed: nothing reached it, so the request
+        may go again on a fresh one (never after a timeout: the engine may be working on it)."""
+        return self.used and not self.got_bytes and isinstance(exc, UpstreamError) and not isinstance(
+            exc, UpstreamTimeout)
+
+    def fail(self, exc: BaseException) -> None:
         self.alive = False
         if self.error is None:
             self.error = exc
@@ -234,7 +235,7 @@ class EngineConnection(asyncio.Protocol):
                 handle.cancel()
 
     def _timeout(self) -> None:
-        self._fail(UpstreamTimeout("upstream did not answer in time"))
+        self.fail(UpstreamTimeout("upstream did not answer in time"))
 
     async def wait_head(self, timeout: float | None) -> None:
         handle = self._loop.call_later(timeout, self._timeout) if timeout else None
@@ -311,7 +312,7 @@ class UpstreamPool:
         self._host_line = b"host: " + self.target.host_header + b"\r\n"
         self.close()
 
-    async def _connect(self) -> EngineConnection:
+    async def connect(self) -> EngineConnection:
         loop = asyncio.get_running_loop()
         target = self.target
         try:
@@ -337,16 +338,7 @@ class UpstreamPool:
         return None
 
     async def _acquire(self) -> EngineConnection:
-        return self.idle() or await self._connect()
-
-    def send_now(self, conn: EngineConnection, sink: Sink, method: str, path: bytes,
-                 headers: Iterable[tuple[bytes, bytes]], body: bytes) -> None:
-        """Write a whole request on ``conn``; its response goes to ``sink`` as it is parsed."""
-        length = len(body) if body else (0 if method in ("POST", "PUT", "PATCH") else None)
-        conn.sink = sink
-        assert conn.transport is not None
-        head = self._head(method, path, headers, length)
-        conn.transport.write(head + body if body else head)
+        return self.idle() or await self.connect()
 
     def release(self, conn: EngineConnection) -> None:
         reading = conn.transport is not None and conn.transport.is_reading()
@@ -377,11 +369,11 @@ class UpstreamPool:
         failed = 0
         for conn in conns:
             if conn.alive and not conn.complete:
-                conn._fail(UpstreamAborted(reason))
+                conn.fail(UpstreamAborted(reason))
                 failed += 1
         return failed
 
-    def _head(self, method: str, path: bytes, headers: Iterable[tuple[bytes, bytes]], length: int | None) -> bytes:
+    def head(self, method: str, path: bytes, headers: Iterable[tuple[bytes, bytes]], length: int | None) -> bytes:
         lines = [method.encode(), b" ", self.target.base_path, path, b" HTTP/1.1\r\n", self._host_line, self._extra]
         for name, value in headers:
             lines += (name, b": ", value, b"\r\n")
@@ -403,14 +395,13 @@ class UpstreamPool:
         if body_stream is None:
             parts = [body] if isinstance(body, bytes) else [part for part in body or () if part]
             size = sum(map(len, parts))
-            length = size if size else (0 if method in ("POST", "PUT", "PATCH") else None)
+            length = request_length(method, size)
         headers = list(headers)
         retry_ok = body_stream is None
         for attempt in (0, 1):
             conn = await self._acquire()
             conn.head = asyncio.get_running_loop().create_future()
-            reused = conn.used
-            head = self._head(method, path, headers, length)
+            head = self.head(method, path, headers, length)
             try:
                 if body_stream is None:
                     if len(parts) == 1 and len(parts[0]) <= _JOIN_BELOW:
@@ -427,10 +418,7 @@ class UpstreamPool:
                 await conn.wait_head(timeout)
             except UpstreamError:
                 conn.close()
-                # A reused keep-alive connection the server had just closed: nothing reached
-                # it, so sending again on a fresh connection is safe.
-                if attempt == 0 and reused and retry_ok and not conn.got_bytes and isinstance(
-                        conn.error, UpstreamError) and not isinstance(conn.error, UpstreamTimeout):
+                if attempt == 0 and retry_ok and conn.error is not None and conn.resendable(conn.error):
                     continue
                 raise
             except BaseException:  # the client went away or we were cancelled mid-request

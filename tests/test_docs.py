@@ -1,12 +1,21 @@
 """The docs document every setting the code accepts, and the README's quick start is CI's command."""
 
+import re
 from pathlib import Path
 
+import click
+
+from chromaguard.cli import serve
 from chromaguard.config import OPTIONS
+from chromaguard.config_docs import REGENERATE, configuration_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
+
+
+def test_the_configuration_page_is_generated_from_the_options() -> None:
+    assert CONFIGURATION == configuration_markdown(), f"regenerate: {REGENERATE}"
 
 
 def test_every_environment_name_and_flag_is_documented() -> None:
@@ -14,7 +23,27 @@ def test_every_environment_name_and_flag_is_documented() -> None:
         for name in option.env:
             assert f"`{name}`" in CONFIGURATION, name
         if option.flag:
-            assert f"`{option.flag}" in CONFIGURATION, option.flag
+            assert f"`{option.flag}`" in CONFIGURATION, option.flag
+
+
+def test_each_option_flag_is_the_one_the_cli_declares() -> None:
+    declared = {param.name: "/".join(param.opts + param.secondary_opts)
+                for param in serve.params if isinstance(param, click.Option)}
+    assert declared.pop("config_file") == "--config"
+    assert declared == {option.name: option.flag for option in OPTIONS if option.flag}
+
+
+def test_each_documented_default_is_the_default() -> None:
+    computed = {"otel_endpoint"}  # no default of its own: load_settings fills it in when OpenTelemetry is on
+    for option in OPTIONS:
+        assert option.help and option.shown_default, option.name
+        if option.name in computed:
+            continue
+        literal = re.match(r"`([^`]*)`", option.shown_default)
+        if literal:
+            assert option.parse(literal.group(1)) == option.default, option.name
+        else:
+            assert option.default in (None, "", ()), option.name
 
 
 def test_quick_start_has_the_ci_test_command() -> None:
@@ -25,8 +54,6 @@ def test_quick_start_has_the_ci_test_command() -> None:
 
 def test_the_readme_is_short_and_every_page_it_links_exists() -> None:
     assert len(README.encode()) <= 12 * 1024
-    import re
-
     for target in re.findall(r"\]\(([^)#]+)\)", README):
         if not target.startswith("http"):
             assert (ROOT / target).exists(), target

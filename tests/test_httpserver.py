@@ -308,7 +308,7 @@ def test_one_request_failing_to_time_out_does_not_stop_the_others() -> None:
         first, first_side, engine, _ = _relay_scene(0.2)
         door = first.server.handler  # type: ignore[attr-defined]
         second, second_side = _another_client(first)
-        answer_error = door._upstream_failed
+        answer_error = door.answer_failure
         calls = []
 
         def broken_once(exchange: object, exc: Exception) -> None:
@@ -317,7 +317,7 @@ def test_one_request_failing_to_time_out_does_not_stop_the_others() -> None:
                 raise RuntimeError("broken answer")
             answer_error(exchange, exc)
 
-        door._upstream_failed = broken_once
+        door.answer_failure = broken_once
         for client in (first, second):
             client.data_received(b"GET /api/v2/collections HTTP/1.1\r\nhost: x\r\n\r\n")  # type: ignore[attr-defined]
         await asyncio.sleep(1.0)

@@ -1,9 +1,15 @@
-"""Our span encoder gives the collector exactly the message the SDK's encoder gives."""
+"""Our span encoder gives the collector exactly the message the SDK's encoder gives, and is the
+one in use on the SDK releases it was checked against (the SDK's own everywhere else)."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator, Sequence
+
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.grpc.exporter import OTLPExporterMixin
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -20,8 +26,13 @@ from opentelemetry.trace import (
     TraceState,
     set_span_in_context,
 )
+from otlp_receiver import Receiver
+from prometheus_client import CollectorRegistry
 
-from chromaguard.otlpencode import FastOTLPSpanExporter, SpanEncoder
+from chromaguard import otlpencode
+from chromaguard.config import Settings
+from chromaguard.otlpencode import FastOTLPSpanExporter, SpanEncoder, span_exporter_class
+from chromaguard.telemetry import Telemetry
 
 
 def _spans() -> list[ReadableSpan]:
@@ -109,7 +120,7 @@ def test_values_equal_in_python_but_not_on_the_wire_are_kept_apart() -> None:
     assert ExportTraceServiceRequest.FromString(encoder.encode(spans)) == encode_spans(spans)
 
 
-def test_an_integer_beyond_int64_is_left_to_the_sdk() -> None:
+def test_an_integer_beyond_int64_is_left_to_the_sdk(caplog: pytest.LogCaptureFixture) -> None:
     memory = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(memory))
@@ -119,7 +130,9 @@ def test_an_integer_beyond_int64_is_left_to_the_sdk() -> None:
         SpanEncoder().encode([span])
     exporter = FastOTLPSpanExporter(endpoint="http://127.0.0.1:9", insecure=True)
     try:
-        assert exporter._translate_data([span]) == encode_spans([span])  # the SDK's own encoding
+        with caplog.at_level(logging.WARNING, "chromaguard.telemetry"):
+            assert exporter._translate_data([span]) == encode_spans([span])  # the SDK's own encoding
+        assert "using the SDK's encoder" in caplog.text
     finally:
         exporter.shutdown()
 
@@ -137,6 +150,141 @@ def test_names_and_statuses_reused_only_where_they_are_the_same() -> None:
             span.set_status(status)
     spans = memory.get_finished_spans()
     encoder = SpanEncoder()
-    for span in spans:
-        assert ExportTraceServiceRequest.FromString(encoder.encode([span])) == encode_spans([span])
+    for finished in spans:
+        assert ExportTraceServiceRequest.FromString(encoder.encode([finished])) == encode_spans([finished])
     assert ExportTraceServiceRequest.FromString(encoder.encode(spans)) == encode_spans(spans)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    r = Receiver().start()
+    yield r
+    r.stop()
+
+
+def _telemetry(receiver: Receiver, service: str) -> Telemetry:
+    return Telemetry(Settings(otel_enabled=True, otel_endpoint=receiver.endpoint, otel_service_name=service),
+                     registry=CollectorRegistry())
+
+
+def _export_through(telemetry: Telemetry, receiver: Receiver, service: str, count: int = 5) -> None:
+    """Spans ended on chromaguard's tracer provider, flushed, and received by the collector."""
+    assert telemetry.tracer_provider is not None
+    tracer = telemetry.tracer_provider.get_tracer("chromaguard")
+    for i in range(count):
+        tracer.start_span(f"GET /item/{i}", kind=SpanKind.SERVER,
+                          attributes={"http.request.method": "GET", "n": i}).end()
+    assert telemetry.tracer_provider.force_flush(10_000)
+    got = receiver.wait_for(lambda spans: (ours := [s for s in spans if s.service == service])
+                            and len(ours) >= count and ours)
+    assert sorted(s.name for s in got) == [f"GET /item/{i}" for i in range(count)]
+    assert {s.attributes["n"] for s in got} == set(range(count))
+
+
+def _count_encodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    encode = SpanEncoder.encode
+
+    def counting(self: SpanEncoder, spans: Sequence[ReadableSpan]) -> bytes:
+        calls.append(len(spans))
+        return encode(self, spans)
+
+    monkeypatch.setattr(SpanEncoder, "encode", counting)
+    return calls
+
+
+def test_with_the_installed_sdk_grpc_spans_go_through_our_encoder(
+        receiver: Receiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A silent fall back to the SDK's encoder (a renamed hook, a version check gone wrong) fails here."""
+    calls = _count_encodes(monkeypatch)
+    with caplog.at_level(logging.WARNING, "chromaguard.telemetry"):
+        assert span_exporter_class() is FastOTLPSpanExporter
+        telemetry = _telemetry(receiver, "fast-encoder")
+    try:
+        span_exporter, metric_exporter = telemetry._exporters()  # what Telemetry() built its pipeline with
+        assert type(span_exporter) is FastOTLPSpanExporter
+        span_exporter.shutdown()
+        metric_exporter.shutdown()
+        _export_through(telemetry, receiver, "fast-encoder")
+    finally:
+        telemetry.shutdown()
+    assert sum(calls) == 5, calls  # the collector's spans were encoded by ours, not the SDK's
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("version", ["1.29.9", "1.46.0", "1.46.0rc1", "2.0.0", "garbage", None])
+def test_an_sdk_release_outside_the_checked_ones_gets_the_sdk_encoder(
+        version: str | None, receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(otlpencode, "_installed_version", lambda: version)
+    calls = _count_encodes(monkeypatch)
+    with caplog.at_level(logging.WARNING, "chromaguard.telemetry"):
+        assert span_exporter_class() is OTLPSpanExporter
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert f"opentelemetry-exporter-otlp-proto-grpc {version or '(version unknown)'} is outside" in record.message
+    assert ">=1.30,<1.46" in record.message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "chromaguard.telemetry"):
+        telemetry = _telemetry(receiver, f"sdk-encoder-{version}")
+    try:
+        assert len(caplog.records) == 1  # one line, when the exporter is built
+        span_exporter, metric_exporter = telemetry._exporters()
+        assert type(span_exporter) is OTLPSpanExporter
+        span_exporter.shutdown()
+        metric_exporter.shutdown()
+        _export_through(telemetry, receiver, f"sdk-encoder-{version}")
+    finally:
+        telemetry.shutdown()
+    assert calls == []
+
+
+@pytest.mark.parametrize("version", ["1.30.0", "1.45.2", "1.45.17"])
+def test_checked_releases_get_ours(version: str, monkeypatch: pytest.MonkeyPatch,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(otlpencode, "_installed_version", lambda: version)
+    with caplog.at_level(logging.WARNING, "chromaguard.telemetry"):
+        assert span_exporter_class() is FastOTLPSpanExporter
+    assert not caplog.records
+
+
+def test_the_checked_range_holds_the_installed_sdk_and_matches_pyproject() -> None:
+    import re
+    import tomllib
+    from pathlib import Path
+
+    version = otlpencode._installed_version()
+    assert version is not None
+    low, high = otlpencode.CHECKED_RELEASES
+    assert low <= tuple(int(p) for p in version.split(".")[:2]) < high
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    [requirement] = [d for d in pyproject["project"]["dependencies"]
+                     if re.match(r"opentelemetry-exporter-otlp-proto-grpc\b", d)]
+    assert requirement.replace(" ", "").endswith(f">={low[0]}.{low[1]},<{high[0]}.{high[1]}")
+
+
+@pytest.mark.parametrize("without", [(OTLPSpanExporter,), (OTLPSpanExporter, OTLPExporterMixin)],
+                         ids=["abstract-only", "gone"])
+def test_an_sdk_without_the_hook_we_override_gets_the_sdk_encoder(
+        without: tuple[type, ...], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    for cls in without:
+        monkeypatch.delattr(cls, "_translate_data")
+    with caplog.at_level(logging.WARNING, "chromaguard.telemetry"):
+        assert span_exporter_class() is OTLPSpanExporter
+    [record] = caplog.records
+    assert "no _translate_data to replace" in record.message
+
+
+def test_when_our_encoder_raises_the_batch_still_reaches_the_collector(
+        receiver: Receiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(self: SpanEncoder, spans: Sequence[ReadableSpan]) -> bytes:
+        raise RuntimeError("encoder bug")
+
+    monkeypatch.setattr(SpanEncoder, "encode", broken)
+    telemetry = _telemetry(receiver, "broken-encoder")
+    try:
+        with caplog.at_level(logging.WARNING, "chromaguard.telemetry"):
+            _export_through(telemetry, receiver, "broken-encoder")
+    finally:
+        telemetry.shutdown()
+    assert "fast span encoding failed (encoder bug); using the SDK's encoder" in caplog.text

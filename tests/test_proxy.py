@@ -74,8 +74,8 @@ def _raw_query(port: int, collection: str) -> tuple[bytes, list[bytes], bytes]:
 
 
 def test_a_plain_query_answer_comes_back_as_the_engine_wrote_it(guard: Guard, bare: BareEngine, name: str) -> None:
-    """The fast path for plain reads, end to end with the real engine: its answer is passed on
-    as it came (the general path writes a head of its own, with the length last)."""
+    """End to end with the real engine: a whole plain answer is passed on as it came (a head
+    rebuilt from parsed fields would have its length last)."""
     answers = []
     for url, port in ((guard.url, guard.port), (bare.url, bare.port)):
         cid = _collection(url, name)
