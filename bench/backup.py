@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import http_client  # noqa: E402
 from procs import BareEngine, Guard  # noqa: E402
 
-from chromaguard import backup as backups  # noqa: E402
-from chromaguard.catalog import directory_size  # noqa: E402
-from chromaguard.restore import restore  # noqa: E402
-from chromaguard.transfer import export, import_  # noqa: E402
+from chromaguard.backup import take as backups  # noqa: E402
+from chromaguard.backup.restore import restore  # noqa: E402
+from chromaguard.backup.transfer import export, import_  # noqa: E402
+from chromaguard.engine.catalog import directory_size  # noqa: E402
 
 
 def run(records: int, dim: int) -> dict[str, Any]:

@@ -77,13 +77,13 @@ class _Written:
 async def _measure(requests: int, env: dict[str, str], auth: bool) -> tuple[float, float, float]:
     """µs per relayed request: of the event-loop thread, of the whole process, and of the
     event-loop thread with cold caches (the median request)."""
-    from chromaguard.auth import Authenticator
-    from chromaguard.config import load_settings
-    from chromaguard.credentials import load_store
-    from chromaguard.frontdoor import AlwaysAvailable, FrontDoor
-    from chromaguard.httpserver import ClientConnection, HttpServer
-    from chromaguard.telemetry import Telemetry
-    from chromaguard.upstream import EngineConnection, UpstreamPool
+    from chromaguard.access.auth import Authenticator
+    from chromaguard.access.credentials import load_store
+    from chromaguard.config.settings import load_settings
+    from chromaguard.http11.client import EngineConnection, UpstreamPool
+    from chromaguard.http11.server import ClientConnection, HttpServer
+    from chromaguard.proxy.frontdoor import AlwaysAvailable, FrontDoor
+    from chromaguard.telemetry.instruments import Telemetry
 
     telemetry = Telemetry(load_settings({}, env))
     pool = UpstreamPool("http://127.0.0.1:9")

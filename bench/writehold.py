@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from procs import Guard  # noqa: E402
 
-from chromaguard.snapshot import _stat_all  # noqa: E402
+from chromaguard.backup.snapshot import _stat_all  # noqa: E402
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
-from .config import OPTIONS, load_settings
+from .config.settings import OPTIONS, load_settings
 from .errors import ChromaguardError
 
 
@@ -73,8 +73,8 @@ def main() -> None:
 @_one_line_errors
 def serve(config_file: str | None, **flags: Any) -> None:
     """Start the Chroma engine behind the front door."""
-    from .logs import setup_logging
-    from .server import serve as run_service
+    from .service import serve as run_service
+    from .telemetry.logs import setup_logging
 
     settings = load_settings(flags=flags, config_file=config_file)
     setup_logging(settings.log_format, settings.log_level)
@@ -132,7 +132,7 @@ def _principals(settings: Any) -> list[dict[str, Any]]:
     """Who the credentials let in, for ``config``: names, roles and scopes, never secrets."""
     if settings.auth_provider == "none":
         return []
-    from .credentials import CredentialsError, load_store
+    from .access.credentials import CredentialsError, load_store
 
     try:
         store = load_store(settings.auth_provider, settings.auth_credentials_file, settings.auth_credentials,
@@ -162,8 +162,8 @@ def health(args: tuple[str, ...]) -> None:
 @_one_line_errors
 def status(url: str | None, token: str | None, as_json: bool, watch: bool) -> None:
     """Show front door, engine and Ollama state, collections and disk."""
+    from .health.statusview import fetch_status, render
     from .probe import Unhealthy, default_target
-    from .statusview import fetch_status, render
 
     url = url or default_target()
     try:
@@ -224,7 +224,7 @@ def _service_url(url: str | None) -> str:
 def backup(url: str | None, token: str | None, output: Path, keep: int, data_dir: Path | None,
            compress_level: int) -> None:
     """A consistent backup archive, taken while the service runs (writes held for a moment)."""
-    from . import backup as backups
+    from .backup import take as backups
 
     with _progress("backup", None) as advance:
         report = (lambda stage, n, total: advance(n)) if advance else None
@@ -245,7 +245,7 @@ def backup(url: str | None, token: str | None, output: Path, keep: int, data_dir
 @_one_line_errors
 def verify(archive: Path) -> None:
     """Check an archive's checksums, then open it with the real engine and compare with its manifest."""
-    from .restore import verify as run_verify
+    from .backup.restore import verify as run_verify
 
     with _progress("verify", archive.stat().st_size if archive.is_file() else None) as advance:
         report = run_verify(archive, progress=advance)
@@ -260,7 +260,7 @@ def verify(archive: Path) -> None:
 @_one_line_errors
 def restore(archive: Path, data_dir: Path, force: bool) -> None:
     """Verify an archive and swap it in as the data dir, atomically."""
-    from .restore import restore as run_restore
+    from .backup.restore import restore as run_restore
 
     report = run_restore(archive, data_dir, force=force)
     click.echo(f"restored: {data_dir} from {archive} ({report.collections} collection(s), "
@@ -279,7 +279,7 @@ def restore(archive: Path, data_dir: Path, force: bool) -> None:
 def export_command(url: str | None, token: str | None, names: tuple[str, ...], tenant: str, database: str,
                    output: Path) -> None:
     """Collections to a portable JSON Lines file (ids, embeddings, documents, metadatas, configuration)."""
-    from .transfer import export
+    from .backup.transfer import export
 
     with _progress("export", None) as advance:
         result = export(_service_url(url), output, token=token, names=list(names) or None, tenant=tenant,
@@ -298,7 +298,7 @@ def export_command(url: str | None, token: str | None, names: tuple[str, ...], t
 @_one_line_errors
 def import_command(file: Path, url: str | None, token: str | None, tenant: str, database: str, replace: bool) -> None:
     """Load an export into any Chroma server, in batches of its maximum batch size."""
-    from .transfer import import_
+    from .backup.transfer import import_
 
     with _progress("import", None) as advance:
         result = import_(file, _service_url(url), token=token, replace=replace, tenant=tenant, database=database,

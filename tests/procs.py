@@ -147,7 +147,7 @@ class BareEngine:
                 f'persist_path: "{self.data_dir}"\nallow_reset: true\n')
         env = clean_env(**(env or {}))
         if otel_endpoint:
-            from chromaguard.telemetry import ENGINE_REQUEST_SPANS_FILTER
+            from chromaguard.telemetry.instruments import ENGINE_REQUEST_SPANS_FILTER
 
             text += f'open_telemetry:\n  service_name: "bare-engine"\n  endpoint: "{otel_endpoint}"\n'
             env["RUST_LOG"] = ENGINE_REQUEST_SPANS_FILTER

@@ -8,8 +8,8 @@ import itertools
 from collections.abc import Callable
 from pathlib import Path
 
+from chromaguard.engine.supervisor import HealthPolicy, Probe, Supervisor
 from chromaguard.errors import StartupError
-from chromaguard.supervisor import HealthPolicy, Probe, Supervisor
 
 
 class FakeTime:

@@ -343,7 +343,7 @@ def test_a_broken_credentials_file_never_opens_the_door(tmp_path: Path) -> None:
 ])
 def test_a_credentials_file_is_read_in_the_format_it_claims(tmp_path: Path, name: str, text: str,
                                                              fragment: str) -> None:
-    from chromaguard.credentials import CredentialsError, load_store
+    from chromaguard.access.credentials import CredentialsError, load_store
 
     path = tmp_path / name
     path.write_text(text)
@@ -479,7 +479,7 @@ def test_sighup_refuses_a_file_whose_last_line_is_unfinished(tmp_path: Path) -> 
 ])
 def test_tokens_nobody_wrote_are_never_made(tmp_path: Path, text: str, fragment: str | None) -> None:
     """Numbers, bools, empty scopes, colons and odd line breaks: refused rather than guessed."""
-    from chromaguard.credentials import CredentialsError, load_store
+    from chromaguard.access.credentials import CredentialsError, load_store
 
     path = tmp_path / "tokens"
     path.write_text(text, encoding="utf-8")

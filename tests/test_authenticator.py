@@ -14,9 +14,9 @@ import logging
 import bcrypt
 import pytest
 
-from chromaguard.auth import ANONYMOUS, PASSWORD_CHECKS_PER_SECOND, Authenticator, Denial, Grant, RateLimiter
-from chromaguard.credentials import CredentialStore, Principal, parse_htpasswd, parse_tokens
-from chromaguard.routes import canonical_segments, classify
+from chromaguard.access.auth import ANONYMOUS, PASSWORD_CHECKS_PER_SECOND, Authenticator, Denial, Grant, RateLimiter
+from chromaguard.access.credentials import CredentialStore, Principal, parse_htpasswd, parse_tokens
+from chromaguard.access.routes import canonical_segments, classify
 
 TOKENS = parse_tokens(json.dumps([{"token": "w-tok", "name": "writer", "role": "write"},
                                   {"token": "r-tok", "name": "reader", "role": "read"}]), "t")

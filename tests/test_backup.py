@@ -19,9 +19,9 @@ import pytest
 from conftest import http_client
 from procs import BareEngine, Guard, Workers, clean_env
 
-from chromaguard import archive
-from chromaguard import backup as backups
-from chromaguard.restore import VerifyError, restore, verify
+from chromaguard.backup import archive
+from chromaguard.backup import take as backups
+from chromaguard.backup.restore import VerifyError, restore, verify
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 DIM = 8
@@ -446,7 +446,7 @@ def test_restore_into_a_mount_point_swaps_its_contents(tmp_path: Path, monkeypat
     volume = tmp_path / "volume"
     volume.mkdir()
     (volume / "stale.txt").write_text("old data")
-    import chromaguard.restore as restore_module
+    import chromaguard.backup.restore as restore_module
 
     monkeypatch.setattr(restore_module.os.path, "ismount", lambda p: Path(p) == volume.resolve())
     restore(good, volume, force=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from procs import clean_env
 
-from chromaguard.config import load_settings
+from chromaguard.config.settings import load_settings
 from chromaguard.errors import ConfigError
 
 SEED_MAIN = {

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from chromaguard.configpolicy import ConfigPolicy, checks
-from chromaguard.routes import Route, canonical_segments, classify
+from chromaguard.access.routes import Route, canonical_segments, classify
+from chromaguard.proxy.configpolicy import ConfigPolicy, checks
 
 CREATE = Route("create_collection", "write", "t", "d")
 MODIFY = Route("modify_collection", "write", "t", "d", "x", by_id=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from chromaguard.auth import Denial
-from chromaguard.snapshot_api import ControlAccess, is_loopback
+from chromaguard.access.auth import Denial
+from chromaguard.backup.snapshot_api import ControlAccess, is_loopback
 
 LOCAL_ONLY = Denial(403, "AuthorizationError", "chromaguard: with auth off, /chromaguard/ endpoints answer only "
                     "direct calls from this host (e.g. chromaguard backup --url http://127.0.0.1:PORT, no proxy or "

@@ -24,10 +24,10 @@ import pytest
 from conftest import http_client
 from procs import Guard, NetnsPeer, clean_env
 
-from chromaguard.restore import verify
-from chromaguard.snapshot import Snapshot
-from chromaguard.snapshot_api import ControlAccess, SnapshotService, is_loopback
-from chromaguard.writegate import WriteGate
+from chromaguard.backup.restore import verify
+from chromaguard.backup.snapshot import Snapshot
+from chromaguard.backup.snapshot_api import ControlAccess, SnapshotService, is_loopback
+from chromaguard.proxy.writegate import WriteGate
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 TOKEN = f"control-{uuid.uuid4().hex}"
@@ -344,7 +344,7 @@ class _Answer:
 
 
 async def test_downloads_are_capped(tmp_path: Path) -> None:
-    from chromaguard.snapshot_api import MAX_STREAMS
+    from chromaguard.backup.snapshot_api import MAX_STREAMS
 
     service = SnapshotService(WriteGate(), tmp_path, staging_root=tmp_path, max_kept=5)
     (tmp_path / "s" / "data").mkdir(parents=True)

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from chromaguard.credentials import CredentialsError, parse_htpasswd, parse_inline, parse_tokens
-from chromaguard.routes import ADMIN, READ, WRITE, canonical_segments, classify
+from chromaguard.access.credentials import CredentialsError, parse_htpasswd, parse_inline, parse_tokens
+from chromaguard.access.routes import ADMIN, READ, WRITE, canonical_segments, classify
 
 
 def test_plain_text_one_token_per_line() -> None:

@@ -10,7 +10,7 @@ import hashlib
 import bcrypt
 import pytest
 
-from chromaguard.credentials import CredentialsError, Principal, parse_htpasswd, parse_tokens
+from chromaguard.access.credentials import CredentialsError, Principal, parse_htpasswd, parse_tokens
 
 HASH = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
 

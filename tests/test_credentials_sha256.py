@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from chromaguard import credentials
+from chromaguard.access import credentials
 
 INPUTS = [b"", b"a", b"span-secret-token", "Привет ✓ token".encode(), b"\0" * 55, b"\0" * 56, b"\0" * 64,
           bytes(range(256)) * 4096]  # empty, one byte, block edges, 1 MiB
@@ -64,9 +64,9 @@ def test_outside_the_checked_interpreters_hashlib(version: tuple[int, int], impl
 
 
 def _fresh_credentials(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """chromaguard/credentials.py imported again under another name: ``chromaguard.credentials``
-    itself (and the classes other modules hold from it) is left as it is."""
-    name = "chromaguard._credentials_probe"
+    """chromaguard/access/credentials.py imported again under another name: the module
+    (``chromaguard.access.credentials``, and the classes other modules hold from it) is left as it is."""
+    name = "chromaguard.access._credentials_probe"
     spec = importlib.util.spec_from_file_location(name, credentials.__file__)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -14,7 +14,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from chromaguard.credentials import (
+from chromaguard.access.credentials import (
     MAX_FILE_BYTES,
     CredentialsError,
     CredentialStore,

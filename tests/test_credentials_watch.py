@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from chromaguard.credentials import CredentialStore, load_store
-from chromaguard.credentials_watch import CredentialsWatcher
+from chromaguard.access.credentials import CredentialStore, load_store
+from chromaguard.access.credentials_watch import CredentialsWatcher
 
 BASE = "tokens:\n  - token: keep\n    name: keep\n    role: read\n"
 SCOPED = BASE + "  - token: team\n    name: team\n    role: read\n    tenant: acme\n"
@@ -194,7 +194,7 @@ def test_inline_users_are_not_a_change_at_every_reload(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
 def test_only_a_regular_file_is_read(tmp_path: Path, kind: str) -> None:
-    from chromaguard.credentials import CredentialsError
+    from chromaguard.access.credentials import CredentialsError
 
     path = tmp_path / "tokens.yaml"
     if kind == "fifo":
@@ -208,7 +208,7 @@ def test_only_a_regular_file_is_read(tmp_path: Path, kind: str) -> None:
 
 
 def test_a_token_in_the_file_and_inline_is_refused(tmp_path: Path) -> None:
-    from chromaguard.credentials import CredentialsError
+    from chromaguard.access.credentials import CredentialsError
 
     path = tmp_path / "tokens.json"
     path.write_text('[{"token": "shared", "name": "scoped", "role": "read", "tenant": "acme"}]')

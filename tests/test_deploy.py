@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from chromaguard.config import load_settings
+from chromaguard.config.settings import load_settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from chromaguard.readiness import DiskFloor, room_floor
+from chromaguard.health.readiness import DiskFloor, room_floor
 
 MiB = 2**20
 UNTIL = "writes are refused until there is room (reads, and deleting collections, still work)"

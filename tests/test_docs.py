@@ -6,8 +6,8 @@ from pathlib import Path
 import click
 
 from chromaguard.cli import serve
-from chromaguard.config import OPTIONS
-from chromaguard.config_docs import REGENERATE, configuration_markdown
+from chromaguard.config.docs import REGENERATE, configuration_markdown
+from chromaguard.config.settings import OPTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -232,9 +232,9 @@ def test_request_on_a_connection_the_upstream_just_closed_goes_again(flaky_upstr
 def _relay_scene(timeout: float) -> tuple[object, _Socketless, object, _Socketless]:
     """A front door relaying from its callbacks: (client connection, its transport, engine connection, its
     transport)."""
-    from chromaguard.frontdoor import AlwaysAvailable, FrontDoor
-    from chromaguard.httpserver import ClientConnection, HttpServer
-    from chromaguard.upstream import EngineConnection, UpstreamPool
+    from chromaguard.http11.client import EngineConnection, UpstreamPool
+    from chromaguard.http11.server import ClientConnection, HttpServer
+    from chromaguard.proxy.frontdoor import AlwaysAvailable, FrontDoor
 
     pool = UpstreamPool("http://127.0.0.1:9")
     engine = EngineConnection()
@@ -288,8 +288,8 @@ def test_an_engine_that_stops_answering_gets_a_504_after_the_timeout() -> None:
 
 def _another_client(client: object) -> tuple[object, _Socketless]:
     """A second client of the same front door, with an engine connection of its own in the pool."""
-    from chromaguard.httpserver import ClientConnection
-    from chromaguard.upstream import EngineConnection
+    from chromaguard.http11.client import EngineConnection
+    from chromaguard.http11.server import ClientConnection
 
     server = client.server  # type: ignore[attr-defined]
     spare = EngineConnection()

@@ -160,7 +160,7 @@ def test_engine_error_keeps_its_detail_lines_across_reads(caplog: pytest.LogCapt
     import asyncio
     import logging
 
-    from chromaguard.engine import EngineProcess
+    from chromaguard.engine.process import EngineProcess
 
     first = (b"  2026-11-24T12:00:00Z  INFO  Cache miss for collection c1\n    at rust/frontend/src/x.rs:1\n"
              b"  2026-11-24T12:00:01Z  ERROR  cannot open segment\n")

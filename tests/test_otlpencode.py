@@ -29,10 +29,10 @@ from opentelemetry.trace import (
 from otlp_receiver import Receiver
 from prometheus_client import CollectorRegistry
 
-from chromaguard import otlpencode
-from chromaguard.config import Settings
-from chromaguard.otlpencode import FastOTLPSpanExporter, SpanEncoder, span_exporter_class
-from chromaguard.telemetry import Telemetry
+from chromaguard.config.settings import Settings
+from chromaguard.telemetry import otlpencode
+from chromaguard.telemetry.instruments import Telemetry
+from chromaguard.telemetry.otlpencode import FastOTLPSpanExporter, SpanEncoder, span_exporter_class
 
 
 def _spans() -> list[ReadableSpan]:

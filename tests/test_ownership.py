@@ -13,10 +13,10 @@ import logging
 
 import pytest
 
-from chromaguard.auth import Denial
-from chromaguard.credentials import Principal
-from chromaguard.ownership import LOOK_UP, MAX_LISTINGS, NOT_AN_ID, UNCHECKABLE, Ownership, listed_ids
-from chromaguard.routes import Route, canonical_segments, classify
+from chromaguard.access.auth import Denial
+from chromaguard.access.credentials import Principal
+from chromaguard.access.ownership import LOOK_UP, MAX_LISTINGS, NOT_AN_ID, UNCHECKABLE, Ownership, listed_ids
+from chromaguard.access.routes import Route, canonical_segments, classify
 
 MINE = "0b5e8f3c-6d1a-4c2e-9f7a-1d2c3b4a5e6f"
 THEIRS = "11111111-2222-3333-4444-555555555555"

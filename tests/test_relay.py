@@ -15,11 +15,11 @@ import httptools
 import pytest
 from socketless import Socketless
 
-from chromaguard.cors import CorsPolicy
-from chromaguard.frontdoor import AlwaysAvailable, FrontDoor
-from chromaguard.httpfields import HOP_BY_HOP, NOT_RELAYED
-from chromaguard.httpserver import ClientConnection, HttpServer
-from chromaguard.upstream import EngineConnection, UpstreamPool
+from chromaguard.access.cors import CorsPolicy
+from chromaguard.http11.client import EngineConnection, UpstreamPool
+from chromaguard.http11.fields import HOP_BY_HOP, NOT_RELAYED
+from chromaguard.http11.server import ClientConnection, HttpServer
+from chromaguard.proxy.frontdoor import AlwaysAvailable, FrontDoor
 
 QUERY = b"/api/v2/tenants/default_tenant/databases/default_database/collections/6f1c/query"
 BODY = json.dumps({"query_embeddings": [[0.25, 0.5]], "n_results": 2}).encode()

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from chromaguard import restore as restore_module
-from chromaguard.datalock import LOCK_NAME, DataDirLock
-from chromaguard.restore import VerifyError, VerifyReport, restore
+from chromaguard.backup import restore as restore_module
+from chromaguard.backup.restore import VerifyError, VerifyReport, restore
+from chromaguard.engine.datalock import LOCK_NAME, DataDirLock
 
 PROGRESS = print  # passed on to verify as given
 prefixes: list[str] = []  # the staging prefix each verify was given

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from chromaguard.routes import Route, canonical_segments, classify, route_of, template
+from chromaguard.access.routes import Route, canonical_segments, classify, route_of, template
 
 ID = "0b5e8f3c-6d1a-4c2e-9f7a-1d2c3b4a5e6f"
 T = "/api/v2/tenants/acme"

@@ -11,9 +11,9 @@ import json
 
 import pytest
 
-from chromaguard.auth import Authenticator, Denial, Grant
-from chromaguard.credentials import parse_tokens
-from chromaguard.routes import canonical_segments, classify, engine_collection_id
+from chromaguard.access.auth import Authenticator, Denial, Grant
+from chromaguard.access.credentials import parse_tokens
+from chromaguard.access.routes import canonical_segments, classify, engine_collection_id
 
 CID = "0b5e8f3c-6d1a-4c2e-9f7a-1d2c3b4a5e6f"
 RECORDS = [

@@ -24,8 +24,8 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from chromaguard.otlpencode import SpanEncoder
-from chromaguard.serverspans import ServerSpans
+from chromaguard.telemetry.otlpencode import SpanEncoder
+from chromaguard.telemetry.spans import ServerSpans
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
@@ -171,7 +171,7 @@ def test_the_sampler_sees_the_route_and_no_ambient_trace() -> None:
 
 
 def test_facts_from_answers_never_carry_a_missing_name() -> None:
-    from chromaguard.spanattrs import CollectionNames, response_attributes
+    from chromaguard.telemetry.attributes import CollectionNames, response_attributes
 
     names = CollectionNames()
     facts = response_attributes("get_collection", b'{"id": "c1", "name": null}', names)
@@ -203,7 +203,7 @@ def test_the_sdk_default_sampler_is_decided_here_with_the_same_answers() -> None
 
 
 def test_result_counts_come_from_the_leading_ids_alone() -> None:
-    from chromaguard.spanattrs import CollectionNames, response_attributes
+    from chromaguard.telemetry.attributes import CollectionNames, response_attributes
 
     names = CollectionNames()
     # As the engine writes them: ids first (one may hold "]"), then metadatas that may say "ids" too.
@@ -226,7 +226,7 @@ def test_result_counts_come_from_the_leading_ids_alone() -> None:
 
 
 def test_request_bodies_nested_too_deep_give_no_facts() -> None:
-    from chromaguard.spanattrs import request_attributes
+    from chromaguard.telemetry.attributes import request_attributes
 
     deep = b"[" * 100_000 + b"]" * 100_000
     assert request_attributes("add", b'{"ids":' + deep + b"}") == {}

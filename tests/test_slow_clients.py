@@ -357,7 +357,7 @@ def test_a_slow_pipelined_head_lets_the_answer_before_it_finish_then_closes() ->
     overdue while a response is due, so no 408 can go between; the answer goes, with a close."""
     import asyncio
 
-    from chromaguard.httpserver import HttpServer
+    from chromaguard.http11.server import HttpServer
 
     async def scenario() -> None:
         release = asyncio.Event()

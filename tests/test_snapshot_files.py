@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from chromaguard import snapshot
-from chromaguard.snapshot import (
+from chromaguard.backup import snapshot
+from chromaguard.backup.snapshot import (
     SQLITE,
     SnapshotError,
     copy_consistent,

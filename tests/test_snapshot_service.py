@@ -25,12 +25,12 @@ from typing import Any
 import httpx
 import pytest
 
-from chromaguard import snapshot_api
-from chromaguard.httpserver import Exchange, HttpServer
-from chromaguard.routes import canonical_segments
-from chromaguard.snapshot import Snapshot, SnapshotError
-from chromaguard.snapshot_api import MAX_STREAMS, SnapshotService
-from chromaguard.writegate import HoldBusy, HoldTimeout, WriteGate
+from chromaguard.access.routes import canonical_segments
+from chromaguard.backup import snapshot_api
+from chromaguard.backup.snapshot import Snapshot, SnapshotError
+from chromaguard.backup.snapshot_api import MAX_STREAMS, SnapshotService
+from chromaguard.http11.server import Exchange, HttpServer
+from chromaguard.proxy.writegate import HoldBusy, HoldTimeout, WriteGate
 
 MiB = 2**20
 

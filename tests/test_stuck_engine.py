@@ -24,8 +24,8 @@ import pytest
 from procs import Guard, Workers
 from supervised import NO_BEAT, NO_READ, OK, FakePool, Scripted, supervised
 
-from chromaguard.supervisor import FAIL, GRACE, PASS, UNHEALTHY, Backoff, HealthJudge, HealthPolicy
-from chromaguard.upstream import UpstreamTimeout
+from chromaguard.engine.supervisor import FAIL, GRACE, PASS, UNHEALTHY, Backoff, HealthJudge, HealthPolicy
+from chromaguard.http11.client import UpstreamTimeout
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 

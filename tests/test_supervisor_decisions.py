@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from supervised import NO_BEAT, NO_READ, OK, FakeEngine, FakePool, FakeTime, Scripted, supervised
 
-from chromaguard.supervisor import HealthPolicy, Probe, Supervisor
-from chromaguard.upstream import UpstreamTimeout
+from chromaguard.engine.supervisor import HealthPolicy, Probe, Supervisor
+from chromaguard.http11.client import UpstreamTimeout
 
 # ---- what it reports -------------------------------------------------------------------------
 

@@ -311,7 +311,7 @@ def test_sampler_setting_is_honoured_and_passed_on(receiver: Receiver) -> None:
 def test_engine_line_levels() -> None:
     import logging
 
-    from chromaguard.engine import _level_of
+    from chromaguard.engine.process import _level_of
 
     warn = "  2026-11-24T12:53:46.270237Z  WARN  compaction is behind"
     assert _level_of(warn, True) == logging.WARNING
@@ -328,7 +328,7 @@ def test_request_counts_are_exact_while_another_thread_collects() -> None:
     import sys
     import threading
 
-    from chromaguard.requeststats import RequestStats
+    from chromaguard.telemetry.requeststats import RequestStats
 
     stats = RequestStats([0.001, 0.01, 0.1])
     done = threading.Event()

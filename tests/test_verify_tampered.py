@@ -24,12 +24,12 @@ from chromadb.config import Settings
 from procs import Guard
 
 import chromaguard
-from chromaguard import archive
-from chromaguard import snapshot as snapshots_module
-from chromaguard.restore import VerifyError, verify
-from chromaguard.snapshot import Snapshot, SnapshotError, copy_data_dir, file_entries, take_offline, take_online
-from chromaguard.upstream import UpstreamUnavailable
-from chromaguard.writegate import HoldTimeout, WriteGate
+from chromaguard.backup import archive
+from chromaguard.backup import snapshot as snapshots_module
+from chromaguard.backup.restore import VerifyError, verify
+from chromaguard.backup.snapshot import Snapshot, SnapshotError, copy_data_dir, file_entries, take_offline, take_online
+from chromaguard.http11.client import UpstreamUnavailable
+from chromaguard.proxy.writegate import HoldTimeout, WriteGate
 
 
 def _data_dir(tmp: Path, records: int) -> Path:
@@ -124,7 +124,7 @@ def test_a_file_that_changes_during_the_copy_makes_it_unusable(tmp_path: Path, m
                                                                ) -> None:
     """The check after the copy: a segment file written while the copy ran (injected as the
     engine would: right after that file was copied)."""
-    import chromaguard.snapshot as snapshot_module
+    import chromaguard.backup.snapshot as snapshot_module
 
     data = tmp_path / "data"
     (data / "segment").mkdir(parents=True)

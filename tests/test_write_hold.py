@@ -21,11 +21,11 @@ import pytest
 from conftest import http_client
 from procs import Guard, clean_env
 
-from chromaguard import archive
-from chromaguard import snapshot as snapshots
-from chromaguard.restore import restore, verify
-from chromaguard.snapshot import SnapshotError, copy_data_dir, take_online
-from chromaguard.writegate import LEAVE_WITHOUT_ENTER, HoldBusy, HoldTimeout, WriteGate
+from chromaguard.backup import archive
+from chromaguard.backup import snapshot as snapshots
+from chromaguard.backup.restore import restore, verify
+from chromaguard.backup.snapshot import SnapshotError, copy_data_dir, take_online
+from chromaguard.proxy.writegate import LEAVE_WITHOUT_ENTER, HoldBusy, HoldTimeout, WriteGate
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 

@@ -427,7 +427,7 @@ def depends_findings(service: Service, kinds: dict[str, Image | None]) -> list[F
 
 
 def chromaguard_findings(service: Service) -> list[Finding]:
-    from ..config import load_settings
+    from ..config.settings import load_settings
     from ..errors import ConfigError
 
     env = {name: var.value or "" for name, var in service.environment().items()}

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ..configpolicy import ConfigPolicy
+from ..proxy.configpolicy import ConfigPolicy
 from .model import Finding, Location
 from .rules import RULES
 

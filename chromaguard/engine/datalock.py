@@ -10,7 +10,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .errors import StartupError
+from ..errors import StartupError
 
 LOCK_NAME = ".chromaguard.lock"
 

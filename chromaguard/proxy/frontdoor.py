@@ -18,25 +18,31 @@ from urllib.parse import quote
 
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
 
+from ..access.auth import Authenticator, Denial, Grant
+from ..access.cors import CorsPolicy
+from ..access.ownership import LOOK_UP, Ownership
+from ..access.routes import READ, Route, canonical_segments, route_of
+from ..http11.client import UpstreamAborted, UpstreamError, UpstreamPool, UpstreamTimeout, UpstreamUnavailable
+from ..http11.fields import HOP_BY_HOP, Headers, request_length
+from ..http11.server import DISPATCH_WHOLE_BELOW, ClientDisconnected, Exchange
+from ..telemetry.attributes import (
+    COUNTED_OPS,
+    CollectionNames,
+    request_attributes,
+    response_attributes,
+    result_attributes,
+)
+from ..telemetry.logs import current_trace
+from ..telemetry.spans import SpanDetails
 from . import configpolicy
-from .auth import Authenticator, Denial, Grant
 from .call import Call
 from .configpolicy import ConfigPolicy
-from .cors import CorsPolicy
-from .httpfields import HOP_BY_HOP, Headers, request_length
-from .httpserver import DISPATCH_WHOLE_BELOW, ClientDisconnected, Exchange
-from .logs import current_trace
-from .ownership import LOOK_UP, Ownership
 from .relay import Relay, RelayWatch
-from .routes import READ, Route, canonical_segments, route_of
-from .serverspans import SpanDetails
-from .spanattrs import COUNTED_OPS, CollectionNames, request_attributes, response_attributes, result_attributes
-from .upstream import UpstreamAborted, UpstreamError, UpstreamPool, UpstreamTimeout, UpstreamUnavailable
 
 if TYPE_CHECKING:
-    from .readiness import Dependencies, DiskFloor
-    from .snapshot_api import ControlAccess, SnapshotService
-    from .telemetry import Telemetry
+    from ..backup.snapshot_api import ControlAccess, SnapshotService
+    from ..health.readiness import Dependencies, DiskFloor
+    from ..telemetry.instruments import Telemetry
     from .writegate import WriteGate
 
 log = logging.getLogger("chromaguard.frontdoor")
@@ -92,7 +98,7 @@ class FrontDoor:
                  gate: WriteGate | None = None, snapshots: SnapshotService | None = None,
                  config_policy: ConfigPolicy | None = None, control: ControlAccess | None = None,
                  disk_floor: DiskFloor | None = None) -> None:
-        from .snapshot_api import ControlAccess
+        from ..backup.snapshot_api import ControlAccess
 
         self.pool = pool
         # With auth off, who may use /chromaguard/ (status, backups): this host, or the control token.
@@ -300,7 +306,7 @@ class FrontDoor:
                 exchange.respond_json(200, {"status": "ok"})
                 return
             if path == READYZ and self.deps is not None:
-                from .readiness import readiness
+                from ..health.readiness import readiness
 
                 ready, report = await readiness(self.deps)
                 if self.metrics is not None:
@@ -309,7 +315,7 @@ class FrontDoor:
                 exchange.respond_json(200 if ready else 503, report, [] if ready else _RETRY_AFTER)
                 return
             if path == STATUS and self.deps is not None:
-                from .readiness import status
+                from ..health.readiness import status
 
                 exchange.respond_json(200, await status(self.deps))
                 return

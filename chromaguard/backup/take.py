@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
+from ..errors import ChromaguardError, StartupError
 from . import archive
-from .errors import ChromaguardError, StartupError
 from .snapshot import SnapshotError, take_offline
 
 

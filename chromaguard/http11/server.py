@@ -44,7 +44,7 @@ from urllib.parse import unquote
 
 import httptools
 
-from .httpfields import NO_BODY_STATUS, Headers
+from .fields import NO_BODY_STATUS, Headers
 
 try:
     import resource

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from .httpfields import NOT_RELAYED, Headers, request_length
+from .fields import NOT_RELAYED, Headers, request_length
 
 _READ_HIGH_WATER = 1 << 20
 _MAX_IDLE = 128

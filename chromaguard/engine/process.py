@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import StartupError
-from .upstream import UpstreamError, fetch
+from ..errors import StartupError
+from ..http11.client import UpstreamError, fetch
 
 log = logging.getLogger("chromaguard.engine")
 

@@ -1,6 +1,6 @@
 """docs/configuration.md, rendered from ``config.OPTIONS`` so the page cannot drift from the code.
 
-Regenerate with ``python -m chromaguard.config_docs > docs/configuration.md``; tests/test_docs.py
+Regenerate with ``python -m chromaguard.config.docs > docs/configuration.md``; tests/test_docs.py
 fails when the committed page differs.
 """
 
@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import sys
 
-from .config import CONFIG_ENV, OPTIONS, Option
+from .settings import CONFIG_ENV, OPTIONS, Option
 
-REGENERATE = "python -m chromaguard.config_docs > docs/configuration.md"
+REGENERATE = "python -m chromaguard.config.docs > docs/configuration.md"
 
 _BEFORE = f"""\
 # Configuration reference
 
-Generated from `OPTIONS` in `chromaguard/config.py` by `{REGENERATE}`; do not edit by hand.
+Generated from `OPTIONS` in `chromaguard/config/settings.py` by `{REGENERATE}`; do not edit by hand.
 
 Precedence: command-line flags > environment > config file (`--config FILE` or
 `{CONFIG_ENV}`, YAML) > defaults. Where several environment names mean the same setting, the

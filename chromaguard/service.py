@@ -22,24 +22,24 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .auth import Authenticator
-from .catalog import count_collections
-from .config import Settings
-from .configpolicy import ConfigPolicy
-from .cors import CorsPolicy
-from .credentials import CredentialsError, CredentialStore, load_store
-from .credentials_watch import CredentialsWatcher
-from .datalock import DataDirLock
-from .engine import EngineProcess
+from .access.auth import Authenticator
+from .access.cors import CorsPolicy
+from .access.credentials import CredentialsError, CredentialStore, load_store
+from .access.credentials_watch import CredentialsWatcher
+from .backup.snapshot_api import ControlAccess, SnapshotService
+from .config.settings import Settings
+from .engine.catalog import count_collections
+from .engine.datalock import DataDirLock
+from .engine.process import EngineProcess
+from .engine.supervisor import HealthPolicy, Supervisor
 from .errors import ConfigError, StartupError
-from .frontdoor import AlwaysAvailable, Backend, FrontDoor
-from .httpserver import HttpServer
-from .readiness import Dependencies, DiskFloor
-from .snapshot_api import ControlAccess, SnapshotService
-from .supervisor import HealthPolicy, Supervisor
-from .telemetry import Telemetry, engine_log_filter, engine_telemetry
-from .upstream import UpstreamPool
-from .writegate import WriteGate
+from .health.readiness import Dependencies, DiskFloor
+from .http11.client import UpstreamPool
+from .http11.server import HttpServer
+from .proxy.configpolicy import ConfigPolicy
+from .proxy.frontdoor import AlwaysAvailable, Backend, FrontDoor
+from .proxy.writegate import WriteGate
+from .telemetry.instruments import Telemetry, engine_log_filter, engine_telemetry
 
 log = logging.getLogger("chromaguard")
 

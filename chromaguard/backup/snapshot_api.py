@@ -29,14 +29,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..access.auth import HEADER_BLANKS, Denial
+from ..access.credentials import digest
+from ..proxy.writegate import HoldBusy, HoldTimeout, WriteGate
 from .archive import stream_tar
-from .auth import HEADER_BLANKS, Denial
-from .credentials import digest
 from .snapshot import Snapshot, SnapshotError, estimated_size, take_online
-from .writegate import HoldBusy, HoldTimeout, WriteGate
 
 if TYPE_CHECKING:
-    from .httpserver import Exchange
+    from ..http11.server import Exchange
 
 log = logging.getLogger("chromaguard.backup")
 

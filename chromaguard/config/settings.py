@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from . import legacy, parsing
-from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def _opt(name: str, parse: Callable[[Any], Any], default: Any, example: str, hel
                   shown_default)
 
 
-# docs/configuration.md is generated from this table (chromaguard/config_docs.py).
+# docs/configuration.md is generated from this table (chromaguard/config/docs.py).
 OPTIONS: tuple[Option, ...] = (
     _opt("host", parsing.parse_host, "127.0.0.1", "0.0.0.0", "address the front door listens on",
          shown_default="`127.0.0.1`",

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ChromaguardError
+from ..errors import ChromaguardError
 
 FORMAT = "chromaguard-export"
 FORMAT_VERSION = 1

@@ -6,8 +6,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .engine import EngineProcess
-from .upstream import UpstreamPool
+from ..http11.client import UpstreamPool
+from .process import EngineProcess
 
 
 @contextlib.asynccontextmanager

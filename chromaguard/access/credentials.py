@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import strictjson
+from .. import strictjson
 
 _FAST_SHA256_PYTHONS = ((3, 11), (3, 14))  # CPython releases the private modules were checked on: 3.11-3.13
 

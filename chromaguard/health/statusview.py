@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
-from .probe import Unhealthy, http_get
+from ..probe import Unhealthy, http_get
 
 
 def fetch_status(url: str, token: str | None, timeout: float = 10.0) -> dict[str, Any]:

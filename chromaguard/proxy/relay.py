@@ -16,15 +16,15 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from ..http11.client import EngineConnection, UpstreamError, UpstreamPool, UpstreamTimeout
+from ..http11.fields import parse_fields, whole_answer
+from ..http11.server import ClientDisconnected
+from ..telemetry.attributes import RESPONSE_PARSE_LIMIT, RESULT_OPS, engine_trace_id
 from .call import Call
-from .httpfields import parse_fields, whole_answer
-from .httpserver import ClientDisconnected
-from .spanattrs import RESPONSE_PARSE_LIMIT, RESULT_OPS, engine_trace_id
-from .upstream import EngineConnection, UpstreamError, UpstreamPool, UpstreamTimeout
 
 if TYPE_CHECKING:
-    from .httpfields import Headers
-    from .httpserver import Exchange
+    from ..http11.fields import Headers
+    from ..http11.server import Exchange
     from .writegate import WriteGate
 
 log = logging.getLogger("chromaguard.frontdoor")

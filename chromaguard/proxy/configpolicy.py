@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import strictjson
-from .routes import Route
+from .. import strictjson
+from ..access.routes import Route
 
 # Routes whose body the engine may store as a collection's configuration. "unknown" covers
 # routes newer than this table (admin only): their JSON bodies are checked too.

@@ -33,9 +33,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from . import __version__, catalog
-from .upstream import UpstreamError, UpstreamPool
-from .writegate import WriteGate
+from .. import __version__
+from ..engine import catalog
+from ..http11.client import UpstreamError, UpstreamPool
+from ..proxy.writegate import WriteGate
 
 FORMAT = "chromaguard-backup"
 FORMAT_VERSION = 1
@@ -235,7 +236,7 @@ async def describe_copy(copy: Path) -> list[dict[str, Any]]:
     on it: what ``verify`` and ``restore`` will see, whatever happened to the live data since
     (the live engine can even answer a sampled record stale under concurrent writes), and a
     write the engine had logged but not yet applied is counted as the restored engine will."""
-    from .scratchengine import engine_on
+    from ..engine.scratch import engine_on
 
     async with engine_on(copy) as scratch:
         return await describe_collections(scratch, copy)
@@ -305,7 +306,7 @@ async def take_online(gate: WriteGate, data_dir: Path, *, staging_root: str | No
 
 async def take_offline(data_dir: Path, *, staging_root: str | None = None) -> Snapshot:
     """Snapshot a data dir no service runs on (its lock proves it), counted by a scratch engine."""
-    from .datalock import DataDirLock
+    from ..engine.datalock import DataDirLock
 
     if not (data_dir / SQLITE).is_file():
         raise SnapshotError(f"{data_dir} holds no Chroma data ({SQLITE} is missing)")

@@ -23,10 +23,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
-from . import __version__
-from .config import Settings
+from .. import __version__
+from ..config.settings import Settings
 from .requeststats import ExporterWithRequestStats, RequestStats
-from .serverspans import ServerSpans
+from .spans import ServerSpans
 
 log = logging.getLogger("chromaguard.telemetry")
 

@@ -41,11 +41,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from ..errors import StartupError
+from ..health.readiness import disk_room
+from ..http11.client import UpstreamError, UpstreamPool, UpstreamTimeout, fetch
 from . import catalog
-from .engine import EngineProcess
-from .errors import StartupError
-from .readiness import disk_room
-from .upstream import UpstreamError, UpstreamPool, UpstreamTimeout, fetch
+from .process import EngineProcess
 
 log = logging.getLogger("chromaguard.supervisor")
 

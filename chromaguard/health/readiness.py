@@ -21,9 +21,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from . import __version__, catalog
-from .probe import model_present
-from .upstream import UpstreamError, UpstreamPool, fetch
+from .. import __version__
+from ..engine import catalog
+from ..http11.client import UpstreamError, UpstreamPool, fetch
+from ..probe import model_present
 
 _CHECK_TIMEOUT = 3.0
 # The disk counts as full below this much free space (or 5% of a smaller filesystem): the engine's

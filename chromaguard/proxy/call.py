@@ -6,10 +6,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .auth import Grant
-    from .httpserver import Exchange
+    from ..access.auth import Grant
+    from ..access.routes import Route
+    from ..http11.server import Exchange
     from .relay import Relay
-    from .routes import Route
 
 
 class Call:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..engine.datalock import LOCK_NAME, DataDirLock
+from ..engine.scratch import engine_on
+from ..errors import ChromaguardError, StartupError
 from . import archive
-from .datalock import LOCK_NAME, DataDirLock
-from .errors import ChromaguardError, StartupError
-from .scratchengine import engine_on
 from .snapshot import describe_collections, sample_digests
 
 BEFORE_RESTORE = ".before-restore"  # the old data dir, renamed aside while the new one is renamed in

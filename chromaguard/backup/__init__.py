@@ -1,0 +1,1 @@
+"""Backups: consistent snapshots, archives, verify and restore, export and import."""

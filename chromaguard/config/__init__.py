@@ -1,0 +1,1 @@
+"""Settings: one typed object from flags, environment, config file and defaults, and its reference page."""

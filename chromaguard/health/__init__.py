@@ -1,0 +1,1 @@
+"""Readiness and status: what the service depends on, checked now."""

@@ -1,0 +1,1 @@
+"""Logs, metrics and traces: the instruments, the server spans and their attributes, OTLP encoding."""
