@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import http_client  # noqa: E402
-from procs import BareEngine, Guard  # noqa: E402
+from support.clients import http_client  # noqa: E402
+from support.procs import BareEngine, Guard  # noqa: E402
 
 from chromaguard.backup import take as backups  # noqa: E402
 from chromaguard.backup.restore import restore  # noqa: E402

@@ -32,7 +32,7 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 from nginxproxy import NginxProxy  # noqa: E402
 from nginxproxy import available as nginx_available  # noqa: E402
-from procs import BareEngine, Guard  # noqa: E402
+from support.procs import BareEngine, Guard  # noqa: E402
 from tcpforward import TcpForwarder  # noqa: E402
 
 TOKEN = "bench-token"
@@ -50,7 +50,7 @@ class ReceiverProcess:
     client, and slow the client of every traced server (and only theirs).
     """
 
-    _CODE = ("import sys; sys.path.insert(0, sys.argv[1]); from otlp_receiver import Receiver; "
+    _CODE = ("import sys; sys.path.insert(0, sys.argv[1]); from support.otlp_receiver import Receiver; "
              "r = Receiver(count_only=True).start(); print(r.endpoint, flush=True); sys.stdin.readline(); "
              "print(r.span_count, flush=True)")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from procs import Guard  # noqa: E402
+from support.procs import Guard  # noqa: E402
 
 
 def _wall(cmd: list[str]) -> float:

@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from procs import Guard  # noqa: E402
+from support.procs import Guard  # noqa: E402
 
 from chromaguard.backup.snapshot import _stat_all  # noqa: E402
 

@@ -3,15 +3,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
-import chromadb
 import pytest
-from chromadb.config import Settings
-from procs import BareEngine, Guard
-
-
-def http_client(port: int, **settings: object) -> chromadb.ClientAPI:
-    return chromadb.HttpClient(host="127.0.0.1", port=port,
-                               settings=Settings(anonymized_telemetry=False, **settings))
+from support.procs import BareEngine, Guard
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """docs/configuration.md, rendered from ``config.OPTIONS`` so the page cannot drift from the code.
 
-Regenerate with ``python -m chromaguard.config.docs > docs/configuration.md``; tests/test_docs.py
+Regenerate with ``python -m chromaguard.config.docs > docs/configuration.md``; tests/unit/test_docs.py
 fails when the committed page differs.
 """
 

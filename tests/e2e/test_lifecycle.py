@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import http_client
-from procs import Guard, pid_alive
+from support.clients import http_client
+from support.procs import Guard, pid_alive
 
 
 def _listening_addresses(port: int) -> set[str]:

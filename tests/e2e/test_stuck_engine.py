@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
-from procs import Guard, Workers
-from supervised import NO_BEAT, NO_READ, OK, FakePool, Scripted, supervised
+from support.procs import Guard, Workers
+from support.supervised import NO_BEAT, NO_READ, OK, FakePool, Scripted, supervised
 
 from chromaguard.engine.supervisor import FAIL, GRACE, PASS, UNHEALTHY, Backoff, HealthJudge, HealthPolicy
 from chromaguard.http11.client import UpstreamTimeout

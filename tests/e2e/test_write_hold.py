@@ -11,15 +11,14 @@ import asyncio
 import logging
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import http_client
-from procs import Guard, clean_env
+from support.clients import http_client
+from support.procs import Guard, cli
 
 from chromaguard.backup import archive
 from chromaguard.backup import snapshot as snapshots
@@ -251,8 +250,7 @@ async def test_a_cancelled_snapshot_keeps_writes_held_until_its_copy_ends_then_o
 
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chromaguard", *args], capture_output=True, text=True,
-                          env=clean_env(**env), timeout=600)
+    return cli(*args, timeout=600, **env)
 
 
 def test_the_hold_does_not_grow_with_the_number_of_collections(tmp_path: Path) -> None:

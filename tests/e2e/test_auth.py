@@ -20,7 +20,7 @@ import chromadb
 import httpx
 import pytest
 from chromadb.config import Settings
-from procs import Guard, clean_env, read_head
+from support.procs import Guard, clean_env, read_head
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 TOKEN_PROVIDER = "chromadb.auth.token_authn.TokenAuthClientProvider"

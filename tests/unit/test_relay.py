@@ -13,7 +13,7 @@ from typing import Any
 
 import httptools
 import pytest
-from socketless import Socketless
+from support.socketless import Socketless
 
 from chromaguard.access.cors import CorsPolicy
 from chromaguard.http11.client import EngineConnection, UpstreamPool

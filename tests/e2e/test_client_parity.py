@@ -11,8 +11,8 @@ import chromadb
 import numpy as np
 import pytest
 from chromadb.config import Settings
-from conftest import http_client
-from procs import BareEngine, Guard
+from support.clients import http_client
+from support.procs import BareEngine, Guard
 
 DIM = 16
 

@@ -7,7 +7,6 @@ import io
 import json
 import random
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -16,8 +15,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import http_client
-from procs import BareEngine, Guard, Workers, clean_env
+from support.clients import http_client
+from support.procs import BareEngine, Guard, Workers, cli
 
 from chromaguard.backup import archive
 from chromaguard.backup import take as backups
@@ -28,8 +27,7 @@ DIM = 8
 
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chromaguard", *args], capture_output=True, text=True,
-                          env=clean_env(**env), timeout=300)
+    return cli(*args, timeout=300, **env)
 
 
 def _vector(key: str) -> list[float]:

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from procs import Guard
+from support.procs import Guard
 
 CID = "0b5e8f3c-6d1a-4c2e-9f7a-1d2c3b4a5e6f"
 SCOPED = {"x-chroma-token": "scoped"}

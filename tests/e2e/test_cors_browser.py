@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from procs import Guard
+from support.procs import Guard
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -72,7 +72,7 @@ def _browse(url: str) -> str:
 @pytest.fixture(scope="module")
 def origins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Guard, int, int]]:
     """A guard that allows one page origin; a second page origin that it does not allow."""
-    from procs import free_port
+    from support.procs import free_port
 
     allowed_port, other_port = free_port(), free_port()
     tokens = tmp_path_factory.mktemp("cors") / "tokens.json"

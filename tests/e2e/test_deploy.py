@@ -10,7 +10,7 @@ from ruamel.yaml import YAML
 
 from chromaguard.config.settings import load_settings
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 def _compose() -> dict:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from supervised import NO_BEAT, NO_READ, OK, FakeEngine, FakePool, FakeTime, Scripted, supervised
+from support.supervised import NO_BEAT, NO_READ, OK, FakeEngine, FakePool, FakeTime, Scripted, supervised
 
 from chromaguard.engine.supervisor import HealthPolicy, Probe, Supervisor
 from chromaguard.http11.client import UpstreamTimeout

@@ -21,7 +21,7 @@ from typing import Any
 import chromadb
 import pytest
 from chromadb.config import Settings
-from procs import Guard
+from support.procs import Guard
 
 import chromaguard
 from chromaguard.backup import archive

@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import numpy as np
 import pytest
-from conftest import http_client
-from procs import BareEngine, Guard
+from support.clients import http_client
+from support.procs import BareEngine, Guard
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 
@@ -58,7 +58,7 @@ def _raw_query(port: int, collection: str) -> tuple[bytes, list[bytes], bytes]:
     """A query over a raw socket: (status line, header names in order, body)."""
     import socket
 
-    from procs import read_head
+    from support.procs import read_head
 
     body = json.dumps({"query_embeddings": [[1.0, 0.0]], "n_results": 2, "include": ["distances"]}).encode()
     with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -185,7 +185,7 @@ def test_upstream_fronts_an_existing_chroma(bare: BareEngine, name: str, tmp_pat
 
 
 def test_upstream_down_answers_503_quickly(tmp_path) -> None:
-    from procs import free_port, wait_http
+    from support.procs import free_port, wait_http
 
     service = Guard("--upstream", f"http://127.0.0.1:{free_port()}", data_dir=tmp_path / "d")
     try:

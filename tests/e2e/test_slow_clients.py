@@ -20,7 +20,7 @@ import chromadb
 import httpx
 import pytest
 from chromadb.config import Settings
-from procs import Guard, wait_http
+from support.procs import Guard, wait_http
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 HEAD_TIMEOUT = 1.5  # short, so a test sees it pass; the sweep checks every HEAD_TIMEOUT / 2 s

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from procs import clean_env
+from support.procs import cli
 
 from chromaguard.config.settings import load_settings
 from chromaguard.errors import ConfigError
@@ -165,8 +164,7 @@ def test_secrets_are_redacted() -> None:
 
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chromaguard", *args], capture_output=True, text=True,
-                          env=clean_env(**env), timeout=60)
+    return cli(*args, timeout=60, **env)
 
 
 def test_config_command_json_shows_sources_and_warnings() -> None:

@@ -21,7 +21,7 @@ from ruamel.yaml import YAML
 from chromaguard.doctor import apply_fixes, check_files
 from chromaguard.doctor.compose import merged_services
 
-CORPUS = Path(__file__).resolve().parent / "fixtures" / "compose_corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "compose_corpus"
 FILES = sorted(CORPUS.glob("*.yml"))
 
 # (rule, line) per file. What must NOT be there matters as much: no CG101 for curl on Chroma's

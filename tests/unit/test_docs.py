@@ -9,7 +9,7 @@ from chromaguard.cli import serve
 from chromaguard.config.docs import REGENERATE, configuration_markdown
 from chromaguard.config.settings import OPTIONS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
 
@@ -47,7 +47,7 @@ def test_each_documented_default_is_the_default() -> None:
 
 
 def test_quick_start_has_the_ci_test_command() -> None:
-    ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+    ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
     command = "pip install -e '.[test]' && python -m pytest"
     assert command in README and command in ci
 

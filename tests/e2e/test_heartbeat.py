@@ -10,8 +10,8 @@ import time
 
 import httpx
 import pytest
-from conftest import http_client
-from procs import Guard
+from support.clients import http_client
+from support.procs import Guard
 
 
 @pytest.mark.parametrize("path", ["/api/v1/heartbeat", "/api/v2/heartbeat"])

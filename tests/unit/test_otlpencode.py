@@ -26,8 +26,8 @@ from opentelemetry.trace import (
     TraceState,
     set_span_in_context,
 )
-from otlp_receiver import Receiver
 from prometheus_client import CollectorRegistry
+from support.otlp_receiver import Receiver
 
 from chromaguard.config.settings import Settings
 from chromaguard.telemetry import otlpencode
@@ -257,7 +257,7 @@ def test_the_checked_range_holds_the_installed_sdk_and_matches_pyproject() -> No
     assert version is not None
     low, high = otlpencode.CHECKED_RELEASES
     assert low <= tuple(int(p) for p in version.split(".")[:2]) < high
-    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     [requirement] = [d for d in pyproject["project"]["dependencies"]
                      if re.match(r"opentelemetry-exporter-otlp-proto-grpc\b", d)]
     assert requirement.replace(" ", "").endswith(f">={low[0]}.{low[1]},<{high[0]}.{high[1]}")

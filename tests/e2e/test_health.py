@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import http_client
-from fake_ollama import FakeOllama
-from procs import BareEngine, Guard, clean_env, free_port
+from support.clients import http_client
+from support.fake_ollama import FakeOllama
+from support.procs import BareEngine, Guard, clean_env, free_port
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 FAST_HEALTH = {"CHROMAGUARD_HEALTH_INTERVAL": "0.3s", "CHROMAGUARD_HEALTH_TIMEOUT": "0.5s",

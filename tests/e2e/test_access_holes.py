@@ -21,7 +21,7 @@ import chromadb
 import httpx
 import pytest
 from chromadb.config import Settings
-from procs import BareEngine, Guard, read_head
+from support.procs import BareEngine, Guard, read_head
 
 TOKEN_PROVIDER = "chromadb.auth.token_authn.TokenAuthClientProvider"
 TOKENS = [

@@ -12,9 +12,9 @@ import chromadb
 import httpx
 import pytest
 from chromadb.config import Settings
-from otlp_receiver import Receiver, Span
-from procs import Guard
 from prometheus_client.parser import text_string_to_metric_families
+from support.otlp_receiver import Receiver, Span
+from support.procs import Guard
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 SERVER_KIND = 2  # SPAN_KIND_SERVER in OTLP
@@ -220,7 +220,7 @@ def _black_hole() -> tuple[socket.socket, int]:
 
 @pytest.mark.parametrize("kind", ["down", "slow"])
 def test_collector_trouble_does_not_affect_requests(kind: str) -> None:
-    from procs import free_port
+    from support.procs import free_port
 
     hole = None
     if kind == "down":

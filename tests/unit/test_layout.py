@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "chromaguard"
+PACKAGE = Path(__file__).resolve().parents[2] / "chromaguard"
 
 
 def _modules() -> dict[str, Path]:

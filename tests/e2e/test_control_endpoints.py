@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import http_client
-from procs import Guard, NetnsPeer, clean_env
+from support.clients import http_client
+from support.procs import Guard, NetnsPeer, clean_env, cli
 
 from chromaguard.backup.restore import verify
 from chromaguard.backup.snapshot import Snapshot
@@ -43,8 +43,7 @@ def peer() -> Iterator[NetnsPeer]:
 
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chromaguard", *args], capture_output=True, text=True,
-                          env=clean_env(**env), timeout=300)
+    return cli(*args, timeout=300, **env)
 
 
 def _one_line(response: httpx.Response) -> str:

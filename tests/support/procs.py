@@ -46,6 +46,12 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def cli(*args: str, timeout: float = 300, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """``chromaguard ARGS`` as a user runs it, in a clean environment (plus ``env``)."""
+    return subprocess.run([sys.executable, "-m", "chromaguard", *args], capture_output=True, text=True,
+                          env=clean_env(**env), timeout=timeout, cwd=cwd)
+
+
 def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None,
               log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from procs import Guard, read_head
-from socketless import Socketless as _Socketless
+from support.procs import Guard, read_head
+from support.socketless import Socketless as _Socketless
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 

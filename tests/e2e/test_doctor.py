@@ -11,20 +11,19 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from fake_ollama import FakeOllama
-from procs import BareEngine, Guard, clean_env, free_port
+from support.fake_ollama import FakeOllama
+from support.procs import BareEngine, Guard, clean_env, cli, free_port
 
 from chromaguard.doctor import RULES, check_files, reference_markdown
 from chromaguard.doctor.checks import working_test
 from chromaguard.doctor.knowledge import CHROMA, Image
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def doctor(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chromaguard", "doctor", *args], capture_output=True, text=True,
-                          env=clean_env(), timeout=120, cwd=cwd)
+    return cli("doctor", *args, timeout=120, cwd=cwd)
 
 
 def found(path: Path) -> set[tuple[str, int]]:
@@ -474,8 +473,7 @@ def test_explain_and_reference_page() -> None:
 
 
 def test_init_writes_the_deploy_compose_and_doctor_finds_nothing(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "chromaguard", "init", "--dir", str(tmp_path)],
-                            capture_output=True, text=True, env=clean_env(), timeout=60)
+    result = cli("init", "--dir", str(tmp_path), timeout=60)
     assert result.returncode == 0, result.stderr
     assert doctor(str(tmp_path / "docker-compose.yml")).stdout.strip() == "no findings"
     assert doctor(str(ROOT / "deploy" / "docker-compose.yml")).stdout.strip() == "no findings"
