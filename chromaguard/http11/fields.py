@@ -53,7 +53,7 @@ def whole_answer(data: bytes) -> tuple[int, int] | None:
     if at < 0 or low.find(_LENGTH_FIELD, at + 1) >= 0 or _HOP_FIELD.search(low) is not None:
         return None
     value = low[at + len(_LENGTH_FIELD):low.find(b"\r", at)].strip(b" \t")
-    if not value.isdigit() or len(data) - end - 4 != int(value):
+    if not value.isdigit() or len(value) > 15 or len(data) - end - 4 != int(value):
         return None
     return status, end + 4
 

@@ -133,6 +133,11 @@ class Exchange:
         return self._body_done
 
     @property
+    def body_length(self) -> int:
+        """Body bytes arrived and not yet taken (all of it once ``body_complete``, before ``take_body``)."""
+        return self._buffered
+
+    @property
     def disconnected(self) -> bool:
         return self._gone
 

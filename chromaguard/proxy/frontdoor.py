@@ -379,14 +379,15 @@ class FrontDoor:
         if (not exchange.body_complete or path in ANSWERED_HERE or path.startswith(OWN_PREFIX)
                 or not self.backend.available or configpolicy.checks(exchange.method, call.route)):
             return False  # configpolicy: a body that may be stored is checked in ``forward``
-        fields, length = self._fields(call)
-        if length is not None and length > self.max_payload_bytes:
-            self._too_large(exchange, length)
+        fields, _ = self._fields(call)
+        size = exchange.body_length  # whole: what came, whatever the framing said
+        if size > self.max_payload_bytes:
+            self._too_large(exchange, size)
             self._finish(call)
             return True
         route = call.route
         gated = self.gate is not None and (route is None or route.access != READ)
-        if gated and self._no_room(route, length or 0) is not None:
+        if gated and self._no_room(route, size) is not None:
             return False
         if gated and not self.gate.try_enter():  # type: ignore[union-attr]
             return False
@@ -472,14 +473,18 @@ class FrontDoor:
                 call.facts = {**(call.facts or {}), **response_attributes(operation, body, self.names)}
 
     def answer_failure(self, exchange: Exchange, exc: UpstreamError) -> None:
-        """The answer for an engine that failed before its answer began."""
+        """An engine that failed before its answer began: noted (the supervisor, the log) whether
+        or not the client is still there, and answered if it is."""
         if isinstance(exc, UpstreamAborted):  # the supervisor gave up on a stuck engine; it says why
-            exchange.respond_error(503, "ServiceUnavailable", f"chromaguard: {exc}", _RETRY_AFTER)
+            if not exchange.disconnected:
+                exchange.respond_error(503, "ServiceUnavailable", f"chromaguard: {exc}", _RETRY_AFTER)
             return
         noticed = getattr(self.backend, "request_failed", None)
         if noticed is not None:  # the embedded engine's supervisor: failing requests call for a probe now
             noticed(exc)
-        if isinstance(exc, UpstreamUnavailable):
+        if exchange.disconnected:  # nobody to answer (counted as 499)
+            log.info("upstream failed on %s %s after the client left: %s", exchange.method, exchange.path, exc)
+        elif isinstance(exc, UpstreamUnavailable):
             exchange.respond_error(503, "ServiceUnavailable", f"chromaguard: {exc}", _RETRY_AFTER)
         elif isinstance(exc, UpstreamTimeout):
             exchange.respond_error(504, "GatewayTimeout", f"chromaguard: {exc}")

@@ -40,7 +40,7 @@ class Owner(Protocol):
     watch: RelayWatch | None
 
     def answer_failure(self, exchange: Exchange, exc: UpstreamError) -> None:
-        """Answer the client for an engine that failed before the answer began."""
+        """Note an engine that failed before the answer began, and answer the client if it is there."""
 
     def relayed(self, call: Call, tap: list[bytes] | None) -> None:
         """The relay is over (answered, failed, or the client left): once per request."""
@@ -142,12 +142,18 @@ class Relay:
                 return
             await self._ended
         except asyncio.CancelledError:  # the server is stopping hard: the engine connection goes with it
-            conn = self.conn
-            if conn is not None:
-                conn.sink = None
-                conn.close()
-            self._over(None)
+            if self._resend_task is not None:
+                self._resend_task.cancel()
+            self._abandon()
             raise
+
+    def _abandon(self) -> None:
+        """A task carrying this relay was cancelled: its engine connection cannot be trusted."""
+        conn = self.conn
+        if conn is not None and conn.sink is self:  # else it went back to the pool, or failed: not ours
+            conn.sink = None
+            conn.close()
+        self._over(None)
 
     async def _send_on_a_connection(self, stream: AsyncIterator[bytes] | None) -> bool:
         pool = self.owner.pool
@@ -166,24 +172,25 @@ class Relay:
         """A large body sent as it arrives from the client; the timeout starts once it is all sent."""
         self.conn = conn
         conn.sink = self
-        self.uploading = True
+        self.uploading = True  # until the whole body is sent, the connection is never reused
         try:
             await conn.writelines((self.head,))
             async for chunk in stream:
-                if self.done or conn.got_bytes:  # answered early (a 413, say): the rest is not wanted
+                if self.done or conn.got_bytes or conn.sink is not self:  # answered early (a 413, say)
                     conn.alive = False  # the engine has a body it will never see the end of
                     return
                 await conn.writelines((chunk,))
         except ClientDisconnected:
-            conn.fail(UpstreamError("the client went away while sending its body"))
+            if conn.sink is self:
+                conn.fail(UpstreamError("the client went away while sending its body"))
             return
         except UpstreamError:  # the connection failed: its sink has been told
             return
         finally:
             self.uploading = False
-        watch = self.owner.watch
-        if watch is not None and not self.done:
-            watch.add(self)
+            watch = self.owner.watch
+            if watch is not None and not self.done:  # the timeout counts from here, whatever came early
+                watch.add(self)
 
     def _resend(self) -> None:
         """A kept-alive connection the engine had just closed: nothing reached it, so the
@@ -194,14 +201,18 @@ class Relay:
         async def again() -> None:
             pool = self.owner.pool
             try:
-                conn = await pool.connect()
-            except UpstreamError as exc:
-                self._end_with(exc)
-                return
-            self.send(conn)
-            if self._ended is None:  # started from a callback: this task is the exchange's now
-                self._ended = asyncio.get_running_loop().create_future()
-                await self._ended
+                try:
+                    conn = await pool.connect()
+                except UpstreamError as exc:
+                    self._end_with(exc)
+                    return
+                self.send(conn)
+                if self._ended is None:  # started from a callback: this task is the exchange's now
+                    self._ended = asyncio.get_running_loop().create_future()
+                    await self._ended
+            except asyncio.CancelledError:
+                self._abandon()
+                raise
 
         if self._ended is None:
             self.call.exchange.continue_with(again())
@@ -212,7 +223,7 @@ class Relay:
 
     def on_whole(self, data: bytes) -> bool:
         """A whole plain answer in one read goes to the client as the engine wrote it."""
-        found = whole_answer(data)
+        found = whole_answer(data) if not self.uploading else None  # the engine still has body to read
         if found is None:
             return False
         status, body_at = found
@@ -302,11 +313,10 @@ class Relay:
     def _end_with(self, exc: UpstreamError) -> None:
         self._leave_gate()
         exchange = self.call.exchange
-        if exchange.disconnected:
-            pass  # nobody to tell
-        elif not exchange.response_started:
+        if not exchange.response_started:
             self.owner.answer_failure(exchange, exc)
         else:
+            log.warning("upstream failed mid-response on %s %s: %s", exchange.method, exchange.path, exc)
             exchange.abort()  # the head is out: cutting the connection tells the client
         self._over(None)
 
