@@ -311,7 +311,6 @@ class Relay:
     # ---- the end -------------------------------------------------------------------------------
 
     def _end_with(self, exc: UpstreamError) -> None:
-        self._leave_gate()
         exchange = self.call.exchange
         if not exchange.response_started:
             self.owner.answer_failure(exchange, exc)
