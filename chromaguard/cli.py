@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -211,60 +212,284 @@ def _service_url(url: str | None) -> str:
     return (url or default_target()).rstrip("/")
 
 
+def _keep_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """restic's retention flags, shared by ``backup --to`` and ``backups prune``."""
+    for name, meaning in reversed((("last", "the N newest backups"),
+                                   ("hourly", "the newest of each of the last N hours"),
+                                   ("daily", "the newest of each of the last N days"),
+                                   ("weekly", "the newest of each of the last N weeks"),
+                                   ("monthly", "the newest of each of the last N months"))):
+        func = click.option(f"--keep-{name}", f"keep_{name}", type=click.IntRange(min=0), default=0,
+                            help=f"Keep {meaning}.")(func)
+    return func
+
+
+def _policy(keep: dict[str, int]) -> Any:
+    from .backup.retention import Policy
+
+    return Policy(**{name[len("keep_"):]: keep[name] for name in keep})
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
 @main.command()
 @click.option("--url", default=None, help="The running chromaguard (default: from CHROMA_SERVER_HOST/PORT).")
 @click.option("--token", envvar="CHROMAGUARD_TOKEN", default=None, help="Admin token when auth is on.")
+@click.option("--to", "repository", envvar="CHROMAGUARD_BACKUP_REPOSITORY", default=None,
+              help="A backup repository: a folder, s3://bucket/prefix, gs://… or az://… (only new chunks upload).")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("backups"),
-              show_default=True, help="Directory for the archives.")
-@click.option("--keep", type=click.IntRange(min=0), default=0, help="Keep only the newest N archives (0 = all).")
+              show_default=True, help="Without --to: the directory for single-file archives.")
+@click.option("--keep", type=click.IntRange(min=0), default=0, help="Archives: keep only the newest N (0 = all).")
+@_keep_options
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Offline: back up this data dir directly (nothing may be running on it).")
 @click.option("--compress-level", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_one_line_errors
-def backup(url: str | None, token: str | None, output: Path, keep: int, data_dir: Path | None,
-           compress_level: int) -> None:
-    """A consistent backup archive, taken while the service runs (writes held for a moment)."""
+def backup(url: str | None, token: str | None, repository: str | None, output: Path, keep: int,
+           data_dir: Path | None, compress_level: int, as_json: bool, **keep_rules: int) -> None:
+    """A consistent backup, taken while the service runs (writes held for a moment)."""
     from .backup import take as backups
 
+    if repository:
+        _backup_to(repository, url, token, data_dir, as_json, keep_rules)
+        return
     with _progress("backup", None) as advance:
         report = (lambda stage, n, total: advance(n)) if advance else None
         if data_dir is not None:
             result = backups.offline(data_dir, output, level=compress_level, progress=report)
         else:
             result = backups.online(_service_url(url), output, token=token, level=compress_level, progress=report)
+    pruned = [str(path) for path in backups.prune(output, keep)] if keep else []
+    if as_json:
+        _echo_json({"path": str(result.path), "size": result.size, "collections": result.collections,
+                    "records": result.records, "write_hold_ms": result.write_hold_ms,
+                    "seconds": round(result.seconds, 3), "pruned": pruned})
+        return
     held = "offline" if result.write_hold_ms is None else f"writes held for {result.write_hold_ms:.1f} ms"
     click.echo(f"backup written: {result.path} ({result.size / 2**20:.1f} MiB, {result.collections} collection(s), "
                f"{result.records} record(s), {held}, {result.seconds:.1f}s)")
-    if keep:
-        for path in backups.prune(output, keep):
-            click.echo(f"pruned: {path}")
+    for path in pruned:
+        click.echo(f"pruned: {path}")
+
+
+def _backup_to(url: str, service: str | None, token: str | None, data_dir: Path | None, as_json: bool,
+               keep_rules: dict[str, int]) -> None:
+    from .backup import take as backups
+    from .backup.repository import Repository
+
+    repository = Repository.open(url, create=True)
+    with _progress("backup", None) as advance:
+        report = (lambda stage, n, total: advance(n)) if advance else None
+        if data_dir is not None:
+            info = backups.offline_to(data_dir, repository, progress=report)
+        else:
+            info = backups.online_to(_service_url(service), repository, token=token, progress=report)
+    policy = _policy(keep_rules)
+    pruned = None if policy.empty else repository.prune(policy)
+    if as_json:
+        _echo_json({**info.as_json(), "repository": url, "pruned": pruned.removed if pruned else []})
+        return
+    held = "offline" if info.write_hold_ms is None else f"writes held for {info.write_hold_ms:.1f} ms"
+    click.echo(f"backup {info.id} in {url}: {info.size / 2**20:.1f} MiB, {info.new_bytes / 2**20:.1f} MiB new "
+               f"({info.stored_bytes / 2**20:.1f} MiB uploaded), {info.collections} collection(s), "
+               f"{info.records} record(s), {held}")
+    if pruned is not None:
+        _echo_pruned(pruned)
+
+
+def _echo_pruned(report: Any) -> None:
+    for backup_id in report.removed:
+        click.echo(f"forgot: {backup_id}")
+    click.echo(f"kept {len(report.kept)} backup(s), removed {len(report.removed)}, deleted {report.packs_removed} "
+               f"pack(s) ({report.bytes_freed / 2**20:.1f} MiB)")
+
+
+def _is_archive(target: str) -> bool:
+    return Path(target).is_file()
+
+
+def _when(value: str | None) -> float | None:
+    """--at: an ISO 8601 time, UTC unless it says otherwise."""
+    if value is None:
+        return None
+    import datetime
+
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"--at {value!r}: not a time; for example 2026-12-02T03:00:00Z (UTC unless it says otherwise)", 2)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
 
 
 @main.command()
-@click.argument("archive", type=click.Path(path_type=Path))
+@click.argument("target")
+@click.option("--id", "backup_id", default=None, help="Repository: this backup (default: the newest).")
+@click.option("--all", "every", is_flag=True, help="Repository: check the chunks of every backup, then test-restore "
+              "the chosen one.")
+@click.option("--chunks-only", is_flag=True, help="Repository: check the chunks, skip the test restore.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_one_line_errors
-def verify(archive: Path) -> None:
-    """Check an archive's checksums, then open it with the real engine and compare with its manifest."""
-    from .backup.restore import verify as run_verify
+def verify(target: str, backup_id: str | None, every: bool, chunks_only: bool, as_json: bool) -> None:
+    """Prove a backup: checksums, then the data opened by the real engine and compared with its manifest.
 
-    with _progress("verify", archive.stat().st_size if archive.is_file() else None) as advance:
-        report = run_verify(archive, progress=advance)
-    click.echo(f"verified: {archive} ({report.collections} collection(s), {report.records} record(s), "
-               f"{report.sampled} sampled record(s) identical, taken {report.manifest['created_at']})")
+    TARGET is an archive file or a backup repository (folder, s3://, gs://, az://)."""
+    from .backup.restore import verify as run_verify
+    from .backup.restore import verify_in
+
+    if _is_archive(target):
+        archive = Path(target)
+        with _progress("verify", archive.stat().st_size) as advance:
+            report = run_verify(archive, progress=advance)
+        if as_json:
+            _echo_json({"archive": target, "collections": report.collections, "records": report.records,
+                        "sampled": report.sampled, "created_at": report.manifest["created_at"]})
+        else:
+            click.echo(f"verified: {archive} ({report.collections} collection(s), {report.records} record(s), "
+                       f"{report.sampled} sampled record(s) identical, taken {report.manifest['created_at']})")
+        return
+    from .backup.repository import Repository
+
+    repository = Repository.open(target)
+    chosen = repository.select(backup_id)
+    results: list[dict[str, Any]] = []
+    for other in (repository.ids() if every else []):
+        if other != chosen:
+            results.append({"id": other, "chunks_bytes": verify_in(repository, other, full=False)})
+    with _progress("verify", None) as advance:
+        found = verify_in(repository, chosen, progress=advance, full=not chunks_only)
+    if isinstance(found, int):
+        results.append({"id": chosen, "chunks_bytes": found})
+    else:
+        results.append({"id": chosen, "collections": found.collections, "records": found.records,
+                        "sampled": found.sampled})
+    if as_json:
+        _echo_json({"repository": target, "verified": results})
+        return
+    for result in results:
+        if "records" in result:
+            click.echo(f"verified: {result['id']} in {target} (chunks checked, restored into a scratch engine: "
+                       f"{result['collections']} collection(s), {result['records']} record(s), "
+                       f"{result['sampled']} sampled record(s) identical)")
+        else:
+            click.echo(f"verified: {result['id']} in {target} ({result['chunks_bytes'] / 2**20:.1f} MiB of chunks "
+                       "checked)")
 
 
 @main.command()
-@click.argument("archive", type=click.Path(path_type=Path))
+@click.argument("target")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--id", "backup_id", default=None, help="Repository: this backup.")
+@click.option("--at", "at", default=None, help="Repository: the newest backup at or before this time (ISO 8601).")
 @click.option("--force", is_flag=True, help="Replace a data dir that is not empty.")
 @_one_line_errors
-def restore(archive: Path, data_dir: Path, force: bool) -> None:
-    """Verify an archive and swap it in as the data dir, atomically."""
-    from .backup.restore import restore as run_restore
+def restore(target: str, data_dir: Path, backup_id: str | None, at: str | None, force: bool) -> None:
+    """Verify a backup and swap it in as the data dir, atomically.
 
-    report = run_restore(archive, data_dir, force=force)
-    click.echo(f"restored: {data_dir} from {archive} ({report.collections} collection(s), "
+    TARGET is an archive file or a backup repository (default: its newest backup)."""
+    from .backup.restore import restore as run_restore
+    from .backup.restore import restore_from
+
+    if _is_archive(target):
+        if backup_id or at:
+            _fail("--id and --at choose a backup in a repository; an archive is one backup", 2)
+        report = run_restore(Path(target), data_dir, force=force)
+        source = target
+    else:
+        from .backup.repository import Repository
+
+        repository = Repository.open(target)
+        chosen = repository.select(backup_id, _when(at))
+        with _progress("restore", None) as advance:
+            report = restore_from(repository, chosen, data_dir, force=force, progress=advance)
+        source = f"{target} backup {chosen}"
+    click.echo(f"restored: {data_dir} from {source} ({report.collections} collection(s), "
                f"{report.records} record(s), verified)")
+
+
+@main.group()
+def backups() -> None:
+    """What a backup repository holds: list, prune, forget, unlock."""
+
+
+@backups.command("list")
+@click.argument("repository")
+@click.option("--json", "as_json", is_flag=True, help="Print the backups as JSON.")
+@_one_line_errors
+def backups_list(repository: str, as_json: bool) -> None:
+    """Every backup: id, time, size, new bytes, collections, records, last verification."""
+    from .backup.repository import Repository
+
+    repo = Repository.open(repository)
+    found = repo.backups()
+    if as_json:
+        _echo_json({"repository": repository, "backups": [b.as_json() for b in found], "stored_bytes": repo.size()})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "time (UTC)", "size", "new", "collections", "records", "hold ms", "verified")
+    for b in found:
+        checked = "-" if b.verified is None else \
+            f"{'ok' if b.verified.get('ok') else 'FAILED'} {b.verified.get('time', '')}".strip()
+        table.add_row(b.id, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(b.time)), _mib(b.size), _mib(b.new_bytes),
+                      str(b.collections), str(b.records), "-" if b.write_hold_ms is None else f"{b.write_hold_ms:.1f}",
+                      checked)
+    Console(width=160).print(table)
+    click.echo(f"{len(found)} backup(s), {_mib(repo.size())} stored")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+@backups.command("prune")
+@click.argument("repository")
+@_keep_options
+@click.option("--dry-run", is_flag=True, help="Say what would go; delete nothing.")
+@click.option("--json", "as_json", is_flag=True)
+@_one_line_errors
+def backups_prune(repository: str, dry_run: bool, as_json: bool, **keep_rules: int) -> None:
+    """Forget the backups the --keep-* rules do not keep, then delete the chunks no kept backup uses."""
+    from .backup.repository import Repository
+
+    report = Repository.open(repository).prune(_policy(keep_rules), dry_run=dry_run)
+    if as_json:
+        _echo_json({"kept": report.kept, "removed": report.removed, "packs_removed": report.packs_removed,
+                    "bytes_freed": report.bytes_freed, "dry_run": dry_run})
+    elif dry_run:
+        for backup_id in report.removed:
+            click.echo(f"would forget: {backup_id}")
+        click.echo(f"would keep {len(report.kept)} backup(s)")
+    else:
+        _echo_pruned(report)
+
+
+@backups.command("forget")
+@click.argument("repository")
+@click.option("--id", "backup_id", required=True, help="The backup to remove.")
+@_one_line_errors
+def backups_forget(repository: str, backup_id: str) -> None:
+    """Remove one backup (and the chunks only it used)."""
+    from .backup.repository import Repository
+
+    Repository.open(repository).forget(backup_id)
+    click.echo(f"forgot: {backup_id}")
+
+
+@backups.command("unlock")
+@click.argument("repository")
+@_one_line_errors
+def backups_unlock(repository: str) -> None:
+    """Remove a lock left by a backup or prune that was killed (only when it is known to be gone)."""
+    from .backup.repository import Repository
+
+    removed = Repository.open(repository).unlock()
+    click.echo("lock removed" if removed else "the repository was not locked")
 
 
 @main.command("export")

@@ -1,4 +1,4 @@
-"""Backup archives: a tar (gzip-compressed on disk) whose first member is ``manifest.json``.
+"""Backup archives: a tar (gzip on disk, plain in a repository) whose first member is ``manifest.json``.
 
 The manifest lists every file with its size and sha256, so a flipped byte or a cut-off
 archive is caught before anything is restored. Archives are written to ``*.partial`` and
@@ -71,7 +71,7 @@ async def stream_tar(snapshot: Snapshot, chunk: int = 1 << 20) -> AsyncIterator[
 
 def _members(archive: Path) -> tarfile.TarFile:
     try:
-        return tarfile.open(archive, mode="r|gz")
+        return tarfile.open(archive, mode="r|*")  # gzip on disk, plain from a repository
     except (OSError, tarfile.TarError, EOFError) as exc:
         raise ArchiveError(f"{archive}: not a readable backup archive ({exc})") from None
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from ..engine.datalock import LOCK_NAME, DataDirLock
 from ..engine.scratch import engine_on
 from ..errors import ChromaguardError, StartupError
 from . import archive
+from .repository import Repository, RepositoryError
 from .snapshot import describe_collections, sample_digests
 
 BEFORE_RESTORE = ".before-restore"  # the old data dir, renamed aside while the new one is renamed in
@@ -256,3 +258,47 @@ def _swap_contents(staged: Path, data_dir: Path) -> Path:
         raise
     staged.rmdir()  # emptied: every new entry is in place
     return aside
+
+
+def restore_from(repository: Repository, backup_id: str, data_dir: Path, *, force: bool = False,
+                 progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """A repository's backup, read back beside the data dir (every chunk checked), then ``restore``."""
+    data_dir = data_dir.resolve()
+    if data_dir.is_dir() and not force and any(p.name != LOCK_NAME for p in data_dir.iterdir()):
+        raise VerifyError(f"{data_dir} is not empty; restore into an empty dir or add --force to replace it")
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    with _fetched(repository, backup_id, data_dir.parent, progress) as tar:
+        return restore(tar, data_dir, force=force)
+
+
+def verify_in(repository: Repository, backup_id: str, *, progress: Callable[[int], None] | None = None,
+              full: bool = True) -> VerifyReport | int:
+    """Every chunk of a backup checked; with ``full``, also restored into a scratch engine and
+    compared with its manifest. The result is noted in the repository for ``backups list``."""
+    try:
+        if not full:
+            checked = repository.check(backup_id, progress)
+            repository.note_verification(backup_id, True, f"{checked} bytes of chunks checked", "chunks")
+            return checked
+        with _fetched(repository, backup_id, None, progress) as tar:
+            report = verify(tar)
+    except (RepositoryError, VerifyError) as exc:
+        repository.note_verification(backup_id, False, str(exc), "full" if full else "chunks")
+        raise
+    repository.note_verification(backup_id, True, f"{report.collections} collection(s), {report.records} record(s), "
+                                 f"{report.sampled} sampled record(s) identical", "full")
+    return report
+
+
+@contextlib.contextmanager
+def _fetched(repository: Repository, backup_id: str, into: Path | None,
+             progress: Callable[[int], None] | None) -> Iterator[Path]:
+    """The backup's tar stream in a file of its own (removed after), checked as it is read."""
+    fd, name = tempfile.mkstemp(prefix=".chromaguard-fetch-", suffix=".tar", dir=into)
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            repository.read(backup_id, out, progress)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)

@@ -16,7 +16,8 @@ import httpx
 
 from ..errors import ChromaguardError, StartupError
 from . import archive
-from .snapshot import SnapshotError, take_offline
+from .repository import BackupInfo, Repository
+from .snapshot import Snapshot, SnapshotError, take_offline
 
 
 class BackupError(ChromaguardError):
@@ -80,10 +81,10 @@ def _headers(token: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"} if token else {}
 
 
-def online(url: str, output: Path, *, token: str | None = None, level: int = 3,
-           progress: Callable[[str, int, int | None], None] | None = None) -> BackupResult:
-    """Ask the service for a snapshot (it holds writes for the copy only), then download it."""
-    started = time.monotonic()
+@contextlib.contextmanager
+def _snapshot_stream(url: str, token: str | None, progress: Callable[[str, int, int | None], None] | None
+                     ) -> Iterator[tuple[dict[str, Any], Iterator[bytes]]]:
+    """Ask the service for a snapshot (it holds writes for the copy only); its tar stream, then it is dropped."""
     url = url.rstrip("/")
     with httpx.Client(timeout=httpx.Timeout(300.0, connect=10.0), headers=_headers(token)) as http:
         try:
@@ -97,24 +98,76 @@ def online(url: str, output: Path, *, token: str | None = None, level: int = 3,
         if created.status_code != 201:
             raise BackupError(f"{url}: snapshot failed ({created.status_code}): {_message(created)}")
         info = created.json()
-        path = _target(output)
         try:
-            with _partial(path) as partial:
-                with http.stream("GET", f"{url}/chromaguard/snapshots/{info['id']}/archive") as response:
-                    if response.status_code != 200:
-                        raise BackupError(f"{url}: download failed ({response.status_code})")
-                    with gzip.open(partial, "wb", compresslevel=level) as out:
-                        for chunk in response.iter_bytes(1 << 20):
-                            out.write(chunk)
-                            if progress:
-                                progress("download", len(chunk), info["bytes"])
-                manifest = _finish(partial, path, (lambda n: progress("check", n, info["bytes"])) if progress else None)
+            with http.stream("GET", f"{url}/chromaguard/snapshots/{info['id']}/archive") as response:
+                if response.status_code != 200:
+                    raise BackupError(f"{url}: download failed ({response.status_code})")
+
+                def chunks() -> Iterator[bytes]:
+                    for chunk in response.iter_bytes(1 << 20):
+                        if progress:
+                            progress("download", len(chunk), info["bytes"])
+                        yield chunk
+
+                yield info, chunks()
         except httpx.HTTPError as exc:
             raise BackupError(f"the download from {url} broke off, nothing was kept: {exc}") from None
         finally:
             with contextlib.suppress(httpx.HTTPError):
                 http.delete(f"{url}/chromaguard/snapshots/{info['id']}")
+
+
+def online(url: str, output: Path, *, token: str | None = None, level: int = 3,
+           progress: Callable[[str, int, int | None], None] | None = None) -> BackupResult:
+    """A single-file archive of a running service."""
+    started = time.monotonic()
+    path = _target(output)
+    with _partial(path) as partial, _snapshot_stream(url, token, progress) as (info, chunks):
+        with gzip.open(partial, "wb", compresslevel=level) as out:
+            for chunk in chunks:
+                out.write(chunk)
+        manifest = _finish(partial, path, (lambda n: progress("check", n, info["bytes"])) if progress else None)
     return _result(path, manifest, started)
+
+
+def online_to(url: str, repository: Repository, *, token: str | None = None,
+              progress: Callable[[str, int, int | None], None] | None = None) -> BackupInfo:
+    """A running service's snapshot into a repository: only chunks it lacks go up."""
+    with repository.locked("backup"):
+        writer = repository.writer()
+        try:
+            with _snapshot_stream(url, token, progress) as (_, chunks):
+                for chunk in chunks:
+                    writer.write(chunk)
+            return writer.commit()
+        except BaseException:
+            writer.abandon()
+            raise
+
+
+def offline_to(data_dir: Path, repository: Repository, *,
+               progress: Callable[[str, int, int | None], None] | None = None) -> BackupInfo:
+    """A stopped data dir into a repository (its lock is taken for the copy)."""
+    with repository.locked("backup"):
+        snapshot = _take_offline(data_dir)
+        try:
+            total = sum(f["size"] for f in snapshot.manifest["files"])
+            writer = repository.writer(progress=(lambda n: progress("write", n, total)) if progress else None)
+            try:
+                archive.write_tar(snapshot, writer)  # type: ignore[arg-type]  # write and flush are enough
+                return writer.commit()
+            except BaseException:
+                writer.abandon()
+                raise
+        finally:
+            snapshot.remove()
+
+
+def _take_offline(data_dir: Path) -> Snapshot:
+    try:
+        return asyncio.run(take_offline(data_dir))
+    except (SnapshotError, StartupError) as exc:
+        raise BackupError(str(exc)) from None
 
 
 def _message(response: httpx.Response) -> str:
@@ -128,10 +181,7 @@ def offline(data_dir: Path, output: Path, *, level: int = 3,
             progress: Callable[[str, int, int | None], None] | None = None) -> BackupResult:
     """Back up a data dir no service is running on (its lock is taken for the copy)."""
     started = time.monotonic()
-    try:
-        snapshot = asyncio.run(take_offline(data_dir))
-    except (SnapshotError, StartupError) as exc:
-        raise BackupError(str(exc)) from None
+    snapshot = _take_offline(data_dir)
     try:
         path = _target(output)
         total = sum(f["size"] for f in snapshot.manifest["files"])

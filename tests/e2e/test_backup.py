@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import random
 import subprocess
 import tarfile
 import threading
@@ -16,63 +15,16 @@ import httpx
 import numpy as np
 import pytest
 from support.clients import http_client
-from support.procs import BareEngine, Guard, Workers, cli
+from support.procs import BareEngine, Guard, cli
+from support.writers import BASE, DIM, Writers, all_ids, check_state_at_hold, vector
 
 from chromaguard.backup import archive
 from chromaguard.backup import take as backups
 from chromaguard.backup.restore import VerifyError, restore, verify
 
-BASE = "/api/v2/tenants/default_tenant/databases/default_database"
-DIM = 8
-
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return cli(*args, timeout=300, **env)
-
-
-def _vector(key: str) -> list[float]:
-    rng = np.random.default_rng(abs(hash(key)) % 2**32)
-    return rng.random(DIM, dtype=np.float32).tolist()
-
-
-class Writers(Workers):
-    """Threads that add and delete continuously, logging when each request was sent and answered."""
-
-    def __init__(self, url: str, cid: str, n: int = 3) -> None:
-        super().__init__()
-        self.url, self.cid = url, cid
-        self.log: list[tuple[str, list[str], float, float, int]] = []  # op, ids, sent, answered, status
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(w,)) for w in range(n)]
-
-    def _run(self, worker: int) -> None:
-        rnd = random.Random(worker)
-        mine: list[str] = []
-        with httpx.Client(base_url=self.url, timeout=60) as http:
-            n = 0
-            while not self.stop.is_set():
-                if mine and rnd.random() < 0.3:
-                    ids = rnd.sample(mine, min(3, len(mine)))
-                    op, body = "delete", {"ids": ids}
-                else:
-                    ids = [f"w{worker}-{n}-{i}" for i in range(10)]
-                    n += 1
-                    op, body = "add", {"ids": ids, "embeddings": [_vector(i) for i in ids]}
-                sent = time.time()
-                r = http.post(f"{BASE}/collections/{self.cid}/{op}", json=body)
-                answered = time.time()
-                with self.lock:
-                    self.log.append((op, ids, sent, answered, r.status_code))
-                if r.status_code in (200, 201):
-                    if op == "add":
-                        mine.extend(ids)
-                    else:
-                        mine = [i for i in mine if i not in ids]
-
-
-
-def _all_ids(url: str, cid: str) -> set[str]:
-    return set(httpx.post(f"{url}{BASE}/collections/{cid}/get", json={"include": []}, timeout=60).json()["ids"])
 
 
 def test_online_backup_under_write_load_restores_exactly_the_state_at_the_hold(tmp_path: Path) -> None:
@@ -87,46 +39,21 @@ def test_online_backup_under_write_load_restores_exactly_the_state_at_the_hold(t
 
     restore(result.path, tmp_path / "restored", force=False)
     with Guard(data_dir=tmp_path / "restored") as restored:
-        present = _all_ids(restored.url, cid)
-        definitely: set[str] = set()
-        ambiguous_deletes: set[str] = set()
-        adds_before: set[str] = set()
-        for op, ids, sent, answered, status in sorted(writers.log, key=lambda e: e[3]):
-            if status not in (200, 201):
-                continue
-            batch = {i in present for i in ids}
-            if answered < hold["from"]:  # acknowledged before the hold: its effect must be in the backup
-                if op == "add":
-                    definitely |= set(ids)
-                    adds_before |= set(ids)
-                else:
-                    definitely -= set(ids)
-            elif sent < hold["until"]:  # in flight when the hold began: in or out, but whole
-                if op == "add":
-                    assert len(batch) == 1, f"an add is half-present: {ids}"
-                else:
-                    ambiguous_deletes |= set(ids)
-            elif op == "add":
-                assert batch == {False}, f"a write sent after the hold is in the backup: {ids}"
-        must = definitely - ambiguous_deletes
-        assert must <= present, f"{len(must - present)} acknowledged writes missing"
-        assert len(adds_before) > 50, "the writers did not write enough to prove anything"
-        possible = {i for op, ids, sent, _, status in writers.log if op == "add" and sent < hold["until"]
-                    for i in ids}
-        assert present <= possible, "the backup holds records nobody wrote before the hold ended"
+        present = all_ids(restored.url, cid)
+        check_state_at_hold(present, writers.log, hold)
 
         # The index agrees with the data: each record is its own nearest neighbour, with its exact vector.
         client = http_client(restored.port)
         col = client.get_collection("busy")
         stored = col.get(ids=sorted(present), include=["embeddings"])
         for rid, emb in zip(stored["ids"], stored["embeddings"]):
-            assert np.array_equal(np.asarray(emb, dtype=np.float32), np.asarray(_vector(rid), dtype=np.float32))
+            assert np.array_equal(np.asarray(emb, dtype=np.float32), np.asarray(vector(rid), dtype=np.float32))
         sample = sorted(present)[:: max(1, len(present) // 40)]
-        hits = col.query(query_embeddings=[_vector(i) for i in sample], n_results=1, include=["distances"])
+        hits = col.query(query_embeddings=[vector(i) for i in sample], n_results=1, include=["distances"])
         assert [h[0] for h in hits["ids"]] == sample
         # Neighbours equal exact search over the records present at the hold.
         keys = sorted(present)
-        matrix = np.asarray([_vector(k) for k in keys], dtype=np.float32)
+        matrix = np.asarray([vector(k) for k in keys], dtype=np.float32)
         probes = np.random.default_rng(3).random((20, DIM), dtype=np.float32)
         got = col.query(query_embeddings=probes, n_results=5, include=[])["ids"]
         agree = sum(got[i] == [keys[j] for j in np.argsort(((matrix - p) ** 2).sum(1))[:5]]
@@ -138,7 +65,7 @@ def _small_backup(tmp_path: Path) -> Path:
     with Guard() as live:
         col = http_client(live.port).create_collection("small", embedding_function=None,
                                                        metadata={"hnsw:space": "cosine"})
-        col.add(ids=[f"s{i}" for i in range(500)], embeddings=[_vector(f"s{i}") for i in range(500)],
+        col.add(ids=[f"s{i}" for i in range(500)], embeddings=[vector(f"s{i}") for i in range(500)],
                 documents=[f"doc {i}" for i in range(500)])
         result = _cli("backup", "--url", live.url, "--output", str(tmp_path / "bk"))
         assert result.returncode == 0, result.stderr
@@ -184,7 +111,7 @@ def test_flipped_byte_and_truncation_are_caught(tmp_path: Path) -> None:
 def test_interrupted_backup_leaves_no_archive_that_looks_complete(tmp_path: Path) -> None:
     with Guard() as live:
         col = http_client(live.port).create_collection("cut-short", embedding_function=None)
-        col.add(ids=[str(i) for i in range(2000)], embeddings=[_vector(str(i)) for i in range(2000)])
+        col.add(ids=[str(i) for i in range(2000)], embeddings=[vector(str(i)) for i in range(2000)])
         created = []
 
         def interrupt(stage: str, n: int, total: int | None) -> None:
@@ -219,7 +146,7 @@ def test_restore_refuses_busy_or_non_empty_dirs_and_swaps_atomically(tmp_path: P
         assert [c.name for c in client.list_collections()] == ["small"]
         col = client.get_collection("small")
         assert col.count() == 500 and col.metadata["hnsw:space"] == "cosine"
-        assert col.query(query_embeddings=[_vector("s7")], n_results=1)["ids"] == [["s7"]]
+        assert col.query(query_embeddings=[vector("s7")], n_results=1)["ids"] == [["s7"]]
     leftovers = [p.name for p in tmp_path.iterdir() if "verify" in p.name or "before-restore" in p.name]
     assert leftovers == []
 

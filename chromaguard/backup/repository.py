@@ -1,0 +1,724 @@
+"""A backup repository: content-addressed chunks in packs, and one manifest per backup.
+
+What a backup is: the snapshot's tar stream (the same stream a single-file archive holds),
+cut into chunks by content (FastCDC), each chunk named by its sha256. Chunks the repository
+already holds are referenced, not uploaded again, so a change inside a large index file
+costs only the chunks around it. New chunks are compressed (zstd) and gathered into packs of
+about 16 MiB, named by their own sha256, so an object store sees few large objects.
+
+Why it survives a kill at any moment (the rules every operation keeps):
+- a pack is written whole or not at all (object stores and obstore's local store both write
+  by rename), and read back and checked before any manifest names it;
+- a manifest is written last, after every pack it names is checked, so no partial backup is
+  ever listed; a pack no manifest names is garbage, and ``prune`` removes it;
+- ``prune`` deletes manifests first, then only the packs no remaining manifest names;
+- backups and prunes of one repository take turns under a lock object, so a prune never
+  deletes a pack a backup is about to reference. A lock left by a killed process goes stale.
+"""
+
+from __future__ import annotations
+
+import calendar
+import concurrent.futures
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import socket
+import tarfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import zstandard
+from fastcdc import fastcdc as cut_chunks
+
+from .. import __version__
+from ..errors import ChromaguardError
+from .retention import Policy, kept
+from .store import MissingObject, Store, StoreError
+
+FORMAT = "chromaguard-repository"
+BACKUP_FORMAT = "chromaguard-repository-backup"
+VERSION = 1
+CONFIG = "config.json"
+LOCK = "locks/repository.json"
+PACK_SIZE = 16 << 20
+# Small chunks: a change to 1 % of the records (spread over the index and the SQLite pages)
+# re-uploads about 5 % of a full backup with 8 KiB chunks, 6 % with 16 KiB, 9 % with 64 KiB.
+CHUNKING = {"min": 2 << 10, "avg": 8 << 10, "max": 32 << 10}
+_REPACK_AT = 0.2  # a pack a fifth or more unused is rewritten by prune with only what is used
+DEDUPLICATE_AGAINST = 2  # the newest backups whose chunks a new one reuses
+_HEAD_KEPT = 8 << 20  # the stream's start is kept to read its manifest.json member
+_PACK = re.compile(r"^[0-9a-f]{64}$")
+_ID = re.compile(r"^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{6}$")  # sorts by time, to the millisecond
+LOCK_STALE_AFTER = 15 * 60.0  # a live holder refreshes its lock every minute
+_LOCK_REFRESH = 60.0
+_UPLOADS_IN_FLIGHT = 2
+
+Progress = Callable[[int], None]
+
+
+class RepositoryError(ChromaguardError):
+    exit_code = 1
+
+
+class CorruptBackup(RepositoryError):
+    """A backup cannot be read back whole; the message names the backup and the chunk or pack."""
+
+
+@dataclass
+class BackupInfo:
+    id: str
+    time: float
+    size: int
+    new_bytes: int
+    stored_bytes: int
+    collections: int
+    records: int
+    write_hold_ms: float | None
+    verified: dict[str, Any] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "time": _iso(self.time), "size": self.size, "new_bytes": self.new_bytes,
+                "stored_bytes": self.stored_bytes, "collections": self.collections, "records": self.records,
+                "write_hold_ms": self.write_hold_ms, "verified": self.verified}
+
+
+@dataclass
+class PruneReport:
+    kept: dict[str, list[str]]
+    removed: list[str]
+    packs_removed: int = 0
+    bytes_freed: int = 0
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def new_id(now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z-{uuid.uuid4().hex[:6]}"
+
+
+def _pack_key(pack: str) -> str:
+    return f"packs/{pack[:2]}/{pack}"
+
+
+def _manifest_key(backup_id: str) -> str:
+    return f"backups/{backup_id}.json.zst"
+
+
+def _verified_key(backup_id: str) -> str:
+    return f"verified/{backup_id}.json"
+
+
+class Repository:
+    """One repository; ``open`` checks it is one (and creates it when asked)."""
+
+    def __init__(self, store: Store, config: dict[str, Any]) -> None:
+        self.store = store
+        self.config = config
+        chunking = config["chunking"]
+        self.min_chunk, self.avg_chunk, self.max_chunk = chunking["min"], chunking["avg"], chunking["max"]
+
+    @property
+    def url(self) -> str:
+        return self.store.url
+
+    @classmethod
+    def open(cls, url: str, *, create: bool = False) -> Repository:
+        store = Store(url, create=create)
+        try:
+            raw = store.get(CONFIG)
+        except MissingObject:
+            if not create:
+                raise RepositoryError(f"{url}: no backup repository there (no {CONFIG}); `chromaguard backup "
+                                      f"--to {url}` creates one") from None
+            config = {"format": FORMAT, "version": VERSION, "id": uuid.uuid4().hex, "created": _iso(time.time()),
+                      "chunking": dict(CHUNKING), "compression": "zstd"}
+            if not store.put(CONFIG, json.dumps(config, indent=2).encode(), new=True):
+                raw = store.get(CONFIG)  # another process created it just now
+            else:
+                return cls(store, config)
+        return cls(store, _parse_config(url, raw))
+
+    # ---- the lock ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self, operation: str) -> Iterator[None]:
+        """Backups and prunes take turns; the lock is refreshed while held and stale once not."""
+        body = {"operation": operation, **_this_process(), "since": time.time(), "token": uuid.uuid4().hex}
+        if not self.store.put(LOCK, json.dumps({**body, "refreshed": time.time()}).encode(), new=True):
+            holder = self._lock_holder()
+            if holder is not None and not _stale(holder):
+                raise RepositoryError(
+                    f"{self.url}: the repository is locked by a {holder.get('operation', '?')} on "
+                    f"{holder.get('host', '?')} (pid {holder.get('pid', '?')}) since "
+                    f"{_iso(float(holder.get('since', 0)))}; wait for it, or if that process is gone run "
+                    f"`chromaguard backups unlock {self.url}`")
+            self.store.delete(LOCK)  # stale: its holder stopped refreshing it
+            if not self.store.put(LOCK, json.dumps({**body, "refreshed": time.time()}).encode(), new=True):
+                raise RepositoryError(f"{self.url}: another process took the repository lock just now; retry")
+        stop = threading.Event()
+
+        def refresh() -> None:
+            while not stop.wait(_LOCK_REFRESH):
+                with contextlib.suppress(StoreError):
+                    self.store.put(LOCK, json.dumps({**body, "refreshed": time.time()}).encode())
+
+        keeper = threading.Thread(target=refresh, name="chromaguard-repository-lock", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            keeper.join()
+            holder = self._lock_holder()
+            if holder is not None and holder.get("token") == body["token"]:
+                self.store.delete(LOCK)
+
+    def _lock_holder(self) -> dict[str, Any] | None:
+        try:
+            holder = json.loads(self.store.get(LOCK))
+        except MissingObject:
+            return None
+        except ValueError:
+            return {"operation": "unreadable lock", "refreshed": 0}
+        return holder if isinstance(holder, dict) else {"refreshed": 0}
+
+    def unlock(self) -> bool:
+        """Remove the lock whoever holds it (``backups unlock``: its holder is known to be gone)."""
+        present = self.store.size(LOCK) is not None
+        self.store.delete(LOCK)
+        return present
+
+    # ---- backups -----------------------------------------------------------------------------
+
+    def ids(self) -> list[str]:
+        """Every complete backup, oldest first."""
+        found = []
+        for info in self.store.list("backups"):
+            name = info.key.rsplit("/", 1)[-1]
+            if name.endswith(".json.zst") and _ID.match(name[:-9]):
+                found.append(name[:-9])
+        return sorted(found)
+
+    def manifest(self, backup_id: str) -> dict[str, Any]:
+        if not _ID.match(backup_id):
+            raise RepositoryError(f"{backup_id!r} is not a backup id (like 20261202T030000.000Z-1a2b3c); "
+                                  f"`chromaguard backups list {self.url}` shows them")
+        try:
+            raw = self.store.get(_manifest_key(backup_id))
+        except MissingObject:
+            raise RepositoryError(f"{self.url}: no backup {backup_id}; `chromaguard backups list {self.url}` "
+                                  "shows them") from None
+        return _parse_manifest(self.url, backup_id, raw)
+
+    def backups(self) -> list[BackupInfo]:
+        """Every backup with its facts and last verification, oldest first."""
+        verified = {info.key.rsplit("/", 1)[-1][:-5] for info in self.store.list("verified")}
+        out = []
+        for backup_id in self.ids():
+            try:
+                m = self.manifest(backup_id)
+            except CorruptBackup as exc:
+                out.append(BackupInfo(backup_id, _id_time(backup_id), 0, 0, 0, 0, 0, None,
+                                      {"ok": False, "message": str(exc)}))
+                continue
+            out.append(_info(m, self._verification(backup_id) if backup_id in verified else None))
+        return out
+
+    def _verification(self, backup_id: str) -> dict[str, Any] | None:
+        with contextlib.suppress(MissingObject, ValueError):
+            found = json.loads(self.store.get(_verified_key(backup_id)))
+            return found if isinstance(found, dict) else None
+        return None
+
+    def note_verification(self, backup_id: str, ok: bool, message: str, kind: str) -> None:
+        self.store.put(_verified_key(backup_id), json.dumps(
+            {"time": _iso(time.time()), "ok": ok, "kind": kind, "message": message}).encode())
+
+    def select(self, backup_id: str | None = None, at: float | None = None) -> str:
+        """A backup by id, else the newest at or before ``at``, else the newest."""
+        if backup_id:
+            self.manifest(backup_id)  # exists and is readable
+            return backup_id
+        ids = self.ids()
+        if at is not None:
+            ids = [i for i in ids if _id_time(i) <= at]
+            if not ids:
+                raise RepositoryError(f"{self.url}: no backup at or before {_iso(at)}")
+        if not ids:
+            raise RepositoryError(f"{self.url}: the repository holds no backup yet")
+        return ids[-1]
+
+    def known_chunks(self) -> dict[str, list[Any]]:
+        """The chunks of the newest backups: sha256 -> [pack, offset, length, raw length].
+
+        Why not every backup's: what changed since the last backup is what a new one must
+        upload; reading every manifest would cost more than the rare chunk it saves."""
+        known: dict[str, list[Any]] = {}
+        used = 0
+        for backup_id in reversed(self.ids()):
+            if used >= DEDUPLICATE_AGAINST:
+                break
+            try:
+                m = self.manifest(backup_id)
+            except CorruptBackup:
+                continue  # its chunks are simply not reused
+            used += 1
+            packs = m["packs"]
+            for pack_index, offset, length, raw_length, digest in m["chunks"]:
+                known.setdefault(digest, [packs[pack_index], offset, length, raw_length])
+        return known
+
+    def writer(self, *, progress: Progress | None = None) -> BackupWriter:
+        """A file-like sink for a snapshot's tar stream; ``commit`` makes it a listed backup."""
+        return BackupWriter(self, self.known_chunks(), progress)
+
+    # ---- reading back --------------------------------------------------------------------------
+
+    def read(self, backup_id: str, out: BinaryIO, progress: Progress | None = None) -> dict[str, Any]:
+        """Write the backup's tar stream to ``out``, every chunk and the whole checked; its manifest."""
+        m = self.manifest(backup_id)
+        self.check_packs_exist(backup_id, m)
+        packs = _PackCache(self, backup_id)
+        decompress = zstandard.ZstdDecompressor()
+        whole = hashlib.sha256()
+        for pack_index, offset, length, raw_length, digest in m["chunks"]:
+            pack = m["packs"][pack_index]
+            data = _chunk(backup_id, pack, packs.get(pack), offset, length, raw_length, digest, decompress)
+            whole.update(data)
+            out.write(data)
+            if progress is not None:
+                progress(len(data))
+        if whole.hexdigest() != m["stream"]["sha256"]:
+            raise CorruptBackup(f"backup {backup_id}: the stream read back does not match its checksum")
+        return m
+
+    def check_packs_exist(self, backup_id: str, m: dict[str, Any]) -> None:
+        """Every pack the backup names is there and long enough: found before anything is written."""
+        needed: dict[str, int] = {}
+        for pack_index, offset, length, _, _ in m["chunks"]:
+            pack = m["packs"][pack_index]
+            needed[pack] = max(needed.get(pack, 0), offset + length)
+        present = {info.key.rsplit("/", 1)[-1]: info.size for info in self.store.list("packs")}
+        for pack, end in needed.items():
+            size = present.get(pack)
+            if size is None:
+                raise CorruptBackup(f"backup {backup_id}: pack {pack[:16]}… is missing from {self.url}; restore "
+                                    "another backup (`chromaguard backups list`)")
+            if size < end:
+                raise CorruptBackup(f"backup {backup_id}: pack {pack[:16]}… is cut short ({size} of {end} bytes)")
+
+    def check(self, backup_id: str, progress: Progress | None = None) -> int:
+        """Read every chunk of a backup and check it against its name; the bytes checked."""
+        m = self.manifest(backup_id)
+        self.check_packs_exist(backup_id, m)
+        by_pack: dict[int, list[list[Any]]] = {}
+        for entry in m["chunks"]:
+            by_pack.setdefault(entry[0], []).append(entry)
+        decompress = zstandard.ZstdDecompressor()
+        checked = 0
+        for pack_index, entries in by_pack.items():
+            pack = m["packs"][pack_index]
+            data = self._pack(backup_id, pack)
+            for _, offset, length, raw_length, digest in entries:
+                checked += len(_chunk(backup_id, pack, data, offset, length, raw_length, digest, decompress))
+            if progress is not None:
+                progress(sum(e[3] for e in entries))
+        return checked
+
+    def _pack(self, backup_id: str, pack: str) -> bytes:
+        try:
+            return self.store.get(_pack_key(pack))
+        except MissingObject:
+            raise CorruptBackup(f"backup {backup_id}: pack {pack[:16]}… is missing from {self.url}") from None
+
+    # ---- retention -----------------------------------------------------------------------------
+
+    def prune(self, policy: Policy, *, dry_run: bool = False) -> PruneReport:
+        """Forget the backups the policy does not keep, then delete the packs no kept one uses."""
+        with self.locked("prune"):
+            ids = self.ids()
+            keep = kept(((i, _id_time(i)) for i in ids), policy)
+            doomed = [i for i in ids if i not in keep]
+            report = PruneReport(keep, doomed)
+            if dry_run:
+                return report
+            for backup_id in doomed:  # manifests first: a kill from here on leaves only garbage packs
+                self.store.delete(_manifest_key(backup_id))
+                self.store.delete(_verified_key(backup_id))
+            report.packs_removed, report.bytes_freed = self._collect_garbage()
+            return report
+
+    def _collect_garbage(self) -> tuple[int, int]:
+        """Delete the packs no listed backup names (also those a killed backup left behind), after
+        rewriting the packs that are mostly unused: (packs deleted, bytes freed)."""
+        manifests: dict[str, dict[str, Any]] = {}
+        for backup_id in self.ids():
+            try:
+                manifests[backup_id] = self.manifest(backup_id)
+            except CorruptBackup as exc:  # unreadable: what it names cannot be known, so nothing goes
+                raise RepositoryError(f"{exc}; prune stopped before deleting any pack: remove that backup "
+                                      f"(`chromaguard backups forget {self.url} --id …`) first") from None
+        used: dict[str, dict[int, int]] = {}  # pack -> offset -> length, of the chunks still named
+        for m in manifests.values():
+            for pack_index, offset, length, _, _ in m["chunks"]:
+                used.setdefault(m["packs"][pack_index], {})[offset] = length
+        present = {info.key.rsplit("/", 1)[-1]: info for info in self.store.list("packs")}
+        wasteful = [pack for pack, chunks in used.items()
+                    if pack in present and present[pack].size - sum(chunks.values()) > present[pack].size * _REPACK_AT]
+        written = self._repack(manifests, used, wasteful) if wasteful else 0
+        removed = freed = 0
+        for pack, info in present.items():
+            if pack not in used or pack in wasteful:
+                self.store.delete(info.key)
+                removed += 1
+                freed += info.size
+        return removed, freed - written
+
+    def _repack(self, manifests: dict[str, dict[str, Any]], used: dict[str, dict[int, int]],
+                wasteful: list[str]) -> int:
+        """Copy the used chunks of ``wasteful`` packs into new packs, then point every manifest at
+        them, each replaced whole. Only after that may the old packs go. Returns the bytes written."""
+        moved: dict[tuple[str, int], tuple[str, int]] = {}  # (old pack, offset) -> (new pack, offset)
+        buffer = bytearray()
+        staged: list[tuple[str, int, int]] = []
+        written = 0
+
+        def seal() -> None:
+            nonlocal buffer, staged, written
+            data = bytes(buffer)
+            pack = hashlib.sha256(data).hexdigest()
+            _put_checked(self.store, self.url, pack, data)
+            moved.update({(old, offset): (pack, at) for old, offset, at in staged})
+            written += len(data)
+            buffer, staged = bytearray(), []
+
+        for pack in wasteful:
+            data = self.store.get(_pack_key(pack))
+            for offset, length in sorted(used[pack].items()):
+                staged.append((pack, offset, len(buffer)))
+                buffer += data[offset:offset + length]  # still compressed: copied as it is
+            if len(buffer) >= PACK_SIZE:
+                seal()
+        if buffer:
+            seal()
+        doomed = set(wasteful)
+        for backup_id, m in manifests.items():
+            if doomed.isdisjoint(m["packs"]):
+                continue
+            packs: list[str] = []
+            index: dict[str, int] = {}
+            chunks = []
+            for pack_index, offset, length, raw_length, digest in m["chunks"]:
+                pack, at = moved.get((m["packs"][pack_index], offset), (m["packs"][pack_index], offset))
+                if pack not in index:
+                    index[pack] = len(packs)
+                    packs.append(pack)
+                chunks.append([index[pack], at, length, raw_length, digest])
+            m["packs"], m["chunks"] = packs, chunks
+            self.store.put(_manifest_key(backup_id), _encode_manifest(m))
+        return written
+
+    def forget(self, backup_id: str) -> None:
+        """Remove one backup by id, then its packs no other backup uses."""
+        if not _ID.match(backup_id) or self.store.size(_manifest_key(backup_id)) is None:
+            raise RepositoryError(f"{self.url}: no backup {backup_id!r}; `chromaguard backups list {self.url}` "
+                                  "shows them")
+        with self.locked("forget"):
+            self.store.delete(_manifest_key(backup_id))
+            self.store.delete(_verified_key(backup_id))
+            self._collect_garbage()
+
+    def size(self) -> int:
+        return sum(info.size for info in self.store.list("packs"))
+
+
+class BackupWriter:
+    """Takes the tar stream as it is written; new chunks go up in packs while it comes."""
+
+    def __init__(self, repo: Repository, known: dict[str, list[Any]], progress: Progress | None) -> None:
+        self.repo = repo
+        self.known = known
+        self.progress = progress
+        self.started = time.monotonic()
+        self.id = new_id()
+        self._buffer = bytearray()
+        self._head = bytearray()
+        self._whole = hashlib.sha256()
+        self._size = 0
+        self._compress = zstandard.ZstdCompressor(level=3)
+        self._packs: list[str] = []
+        self._pack_index: dict[str, int] = {}
+        self._chunks: list[list[Any]] = []
+        self._pack = bytearray()
+        self._pending: dict[str, list[Any]] = {}  # chunks in the pack being filled
+        self._uploads: list[concurrent.futures.Future[None]] = []
+        self._pool = concurrent.futures.ThreadPoolExecutor(_UPLOADS_IN_FLIGHT, "chromaguard-pack-upload")
+        self.new_bytes = 0
+        self.stored_bytes = 0
+        self.reused_chunks = 0
+        self._closed = False
+
+    # file-like: what tarfile and a download loop call
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._closed:
+            raise ValueError("the backup was committed or abandoned already")
+        n = len(data)
+        if len(self._head) < _HEAD_KEPT:
+            self._head += data[:_HEAD_KEPT - len(self._head)]
+        self._whole.update(data)
+        self._size += n
+        self._buffer += data
+        if len(self._buffer) >= 4 * self.repo.max_chunk + (1 << 20):
+            self._cut(final=False)
+        if self.progress is not None:
+            self.progress(n)
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def _cut(self, final: bool) -> None:
+        data = bytes(self._buffer)
+        chunks = list(cut_chunks(memoryview(data), min_size=self.repo.min_chunk, avg_size=self.repo.avg_chunk,
+                                 max_size=self.repo.max_chunk))
+        if not final and chunks:
+            chunks = chunks[:-1]  # the last may be cut by the buffer's end: it starts the next round
+        end = 0
+        for chunk in chunks:
+            self._add(data[chunk.offset:chunk.offset + chunk.length])
+            end = chunk.offset + chunk.length
+        del self._buffer[:end]
+
+    def _add(self, raw: bytes) -> None:
+        digest = hashlib.sha256(raw).hexdigest()
+        where = self.known.get(digest) or self._pending.get(digest)
+        if where is None:
+            blob = self._compress.compress(raw)
+            where = ["", len(self._pack), len(blob), len(raw)]
+            self._pack += blob
+            self._pending[digest] = where
+            self.new_bytes += len(raw)
+            if len(self._pack) >= PACK_SIZE:
+                self._seal_pack()
+        else:
+            self.reused_chunks += 1
+        self._chunks.append([where, digest])
+
+    def _seal_pack(self) -> None:
+        """Name the pack by its content and send it; its chunks become known."""
+        data = bytes(self._pack)
+        pack = hashlib.sha256(data).hexdigest()
+        for where in self._pending.values():
+            where[0] = pack
+        self.known.update(self._pending)
+        self._pending = {}
+        self._pack = bytearray()
+        self.stored_bytes += len(data)
+        self._wait_uploads(_UPLOADS_IN_FLIGHT)
+        self._uploads.append(self._pool.submit(self._upload, pack, data))
+
+    def _upload(self, pack: str, data: bytes) -> None:
+        _put_checked(self.repo.store, self.repo.url, pack, data)
+
+    def _wait_uploads(self, below: int) -> None:
+        while len(self._uploads) >= max(below, 1) or (below == 0 and self._uploads):
+            self._uploads.pop(0).result()
+
+    def commit(self, extra: dict[str, Any] | None = None) -> BackupInfo:
+        """Every pack up and checked, then the manifest: from now on the backup is listed."""
+        try:
+            self._cut(final=True)
+            if self._pack:
+                self._seal_pack()
+            self._wait_uploads(0)
+        finally:
+            self._closed = True
+            self._pool.shutdown(wait=True)
+        snapshot = _first_member_manifest(bytes(self._head))
+        packs: list[str] = []
+        index: dict[str, int] = {}
+        chunks = []
+        for (pack, offset, length, raw_length), digest in ((where, d) for where, d in self._chunks):
+            if pack not in index:
+                index[pack] = len(packs)
+                packs.append(pack)
+            chunks.append([index[pack], offset, length, raw_length, digest])
+        manifest = {
+            "format": BACKUP_FORMAT, "version": VERSION, "id": self.id, "time": _id_time(self.id),
+            "chromaguard_version": __version__, "snapshot": snapshot,
+            "stream": {"size": self._size, "sha256": self._whole.hexdigest()},
+            "stats": {"new_bytes": self.new_bytes, "stored_bytes": self.stored_bytes,
+                      "chunks": len(chunks), "reused_chunks": self.reused_chunks,
+                      "seconds": round(time.monotonic() - self.started, 3), **(extra or {})},
+            "packs": packs, "chunks": chunks,
+        }
+        if not self.repo.store.put(_manifest_key(self.id), _encode_manifest(manifest), new=True):
+            raise RepositoryError(f"{self.repo.url}: a backup named {self.id} exists already; retry")
+        return _info(manifest, None)
+
+    def abandon(self) -> None:
+        """Stop without a manifest: what went up is garbage for the next prune."""
+        self._closed = True
+        for upload in self._uploads:
+            upload.cancel()
+        self._pool.shutdown(wait=True)
+
+
+def _put_checked(store: Store, url: str, pack: str, data: bytes) -> None:
+    """Upload a pack and read it back before any manifest names it: what is stored is what was sent."""
+    key = _pack_key(pack)
+    store.put(key, data)
+    if hashlib.sha256(store.get(key)).hexdigest() != pack:
+        raise RepositoryError(f"{url}: pack {pack[:16]}… read back different from what was sent; the store is "
+                              "corrupting data, nothing was listed")
+
+
+def _encode_manifest(manifest: dict[str, Any]) -> bytes:
+    return zstandard.ZstdCompressor(level=9).compress(json.dumps(manifest, separators=(",", ":")).encode())
+
+
+def _this_process() -> dict[str, Any]:
+    """Who holds a lock: enough to tell, on the same machine, that its holder has gone."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "boot": _read("/proc/sys/kernel/random/boot_id"),
+            "started": _start_ticks(os.getpid())}
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int) -> str:
+    stat = _read(f"/proc/{pid}/stat")
+    return stat.rsplit(")", 1)[-1].split()[19] if stat else ""  # field 22: start time since boot
+
+
+def _stale(holder: dict[str, Any]) -> bool:
+    """A lock's holder is gone: it stopped refreshing, or it ran here and that process is not running."""
+    if time.time() - float(holder.get("refreshed", 0) or 0) >= LOCK_STALE_AFTER:
+        return True
+    me = _this_process()
+    if holder.get("host") != me["host"] or not me["boot"]:
+        return False  # another machine (or no way to tell): only the clock can say
+    if holder.get("boot") != me["boot"]:
+        return True  # the machine restarted since
+    pid = holder.get("pid")
+    return not isinstance(pid, int) or _start_ticks(pid) != holder.get("started")
+
+
+class _PackCache:
+    """The packs a restore is reading from; a few kept, since chunks come mostly in pack order."""
+
+    def __init__(self, repo: Repository, backup_id: str, keep: int = 6) -> None:
+        self.repo = repo
+        self.backup_id = backup_id
+        self.keep = keep
+        self.packs: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, pack: str) -> bytes:
+        data = self.packs.get(pack)
+        if data is None:
+            data = self.packs[pack] = self.repo._pack(self.backup_id, pack)
+            while len(self.packs) > self.keep:
+                self.packs.popitem(last=False)
+        else:
+            self.packs.move_to_end(pack)
+        return data
+
+
+def _chunk(backup_id: str, pack: str, data: bytes, offset: int, length: int, raw_length: int, digest: str,
+           decompress: zstandard.ZstdDecompressor) -> bytes:
+    blob = data[offset:offset + length]
+    try:
+        raw = decompress.decompress(blob, max_output_size=raw_length)
+    except zstandard.ZstdError:
+        raw = b""
+    if len(raw) != raw_length or hashlib.sha256(raw).hexdigest() != digest:
+        raise CorruptBackup(f"backup {backup_id}: chunk {digest[:16]}… in pack {pack[:16]}… (offset {offset}) "
+                            "is corrupt; restore another backup, or back up again")
+    return raw
+
+
+def _first_member_manifest(head: bytes) -> dict[str, Any]:
+    """The snapshot's manifest.json, the tar stream's first member."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(head), mode="r|") as tar:
+            member = tar.next()
+            if member is None or member.name != "manifest.json":
+                raise RepositoryError("the stream backed up is not a chromaguard snapshot (no manifest.json first)")
+            fh = tar.extractfile(member)
+            found = json.loads(fh.read() if fh else b"")
+    except (tarfile.TarError, ValueError, EOFError) as exc:
+        raise RepositoryError(f"the stream backed up is not a chromaguard snapshot ({exc})") from None
+    if not isinstance(found, dict):
+        raise RepositoryError("the stream backed up is not a chromaguard snapshot (its manifest is not an object)")
+    return found
+
+
+def _id_time(backup_id: str) -> float:
+    return calendar.timegm(time.strptime(backup_id[:15], "%Y%m%dT%H%M%S")) + int(backup_id[16:19]) / 1000
+
+
+def _info(m: dict[str, Any], verified: dict[str, Any] | None) -> BackupInfo:
+    snapshot = m.get("snapshot") or {}
+    collections = snapshot.get("collections") or []
+    return BackupInfo(m["id"], float(m["time"]), int(m["stream"]["size"]), int(m["stats"].get("new_bytes", 0)),
+                      int(m["stats"].get("stored_bytes", 0)), len(collections),
+                      sum(int(c.get("count", 0)) for c in collections), snapshot.get("write_hold_ms"), verified)
+
+
+def _parse_config(url: str, raw: bytes) -> dict[str, Any]:
+    try:
+        config = json.loads(raw)
+    except ValueError:
+        raise RepositoryError(f"{url}: {CONFIG} is not valid JSON; is this a chromaguard repository?") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise RepositoryError(f"{url}: not a chromaguard backup repository ({CONFIG} has another format)")
+    if not isinstance(config.get("version"), int) or config["version"] > VERSION:
+        raise RepositoryError(f"{url}: the repository has format version {config.get('version')!r}, this "
+                              f"chromaguard ({__version__}) reads up to {VERSION}; upgrade chromaguard")
+    chunking = config.get("chunking")
+    if not isinstance(chunking, dict) or not all(isinstance(chunking.get(k), int) and chunking[k] > 0
+                                                 for k in ("min", "avg", "max")):
+        raise RepositoryError(f"{url}: {CONFIG} has no valid chunking settings")
+    return config
+
+
+def _parse_manifest(url: str, backup_id: str, raw: bytes) -> dict[str, Any]:
+    try:
+        m = json.loads(zstandard.ZstdDecompressor().decompress(raw, max_output_size=1 << 30))
+    except (ValueError, zstandard.ZstdError):
+        raise CorruptBackup(f"backup {backup_id}: its manifest in {url} is not valid JSON (cut short?)") from None
+    if not isinstance(m, dict) or m.get("format") != BACKUP_FORMAT:
+        raise CorruptBackup(f"backup {backup_id}: its manifest in {url} is not a chromaguard backup manifest")
+    if not isinstance(m.get("version"), int) or m["version"] > VERSION:
+        raise CorruptBackup(f"backup {backup_id} was written by a newer chromaguard ({m.get('chromaguard_version')}, "
+                            f"format {m.get('version')!r}); this one ({__version__}) reads up to {VERSION}: "
+                            "upgrade chromaguard to restore it")
+    packs, chunks = m.get("packs"), m.get("chunks")
+    stream = m.get("stream")
+    if not isinstance(packs, list) or not isinstance(chunks, list) or not isinstance(stream, dict) or \
+            not isinstance(m.get("stats"), dict) or not isinstance(m.get("time"), (int, float)):
+        raise CorruptBackup(f"backup {backup_id}: its manifest in {url} lacks its packs, chunks or stream")
+    if not all(isinstance(p, str) and _PACK.match(p) for p in packs):
+        raise CorruptBackup(f"backup {backup_id}: its manifest in {url} names a pack that is not a sha256")
+    for entry in chunks:
+        if not (isinstance(entry, list) and len(entry) == 5 and all(isinstance(v, int) for v in entry[:4])
+                and 0 <= entry[0] < len(packs) and isinstance(entry[4], str)):
+            raise CorruptBackup(f"backup {backup_id}: its manifest in {url} has a malformed chunk entry")
+    return m

@@ -1,0 +1,180 @@
+"""Where a backup repository's objects live: a local folder, S3 (or any S3-compatible store), GCS, Azure.
+
+Why obstore: one well-kept client for all four, credentials taken the standard way (the
+``AWS_*``/``GOOGLE_*``/``AZURE_*`` variables, ``AWS_ENDPOINT_URL`` for MinIO, R2 or Ceph), and
+conditional writes, which the repository lock needs. Every failure leaves here as a
+``StoreError`` with one line naming the object, the store and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import obstore
+from obstore import exceptions as obe
+
+from ..errors import ChromaguardError
+
+SCHEMES = ("s3", "gs", "az")
+# A store that stops answering fails a backup in about a minute, not after obstore's three.
+_RETRY = {"max_retries": 3, "retry_timeout": timedelta(seconds=60),
+          "backoff": {"init_backoff": timedelta(milliseconds=200), "max_backoff": timedelta(seconds=5)}}
+_TIMEOUTS = {"connect_timeout": "10s", "timeout": "300s"}
+
+
+class StoreError(ChromaguardError):
+    """An object store refused or failed; the message says which and how to fix it."""
+
+    exit_code = 1
+
+
+class MissingObject(StoreError):
+    """The object asked for is not there."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class Store:
+    """Objects by key under the repository's URL; keys use ``/`` whatever the store."""
+
+    def __init__(self, url: str, *, create: bool = False) -> None:
+        self.url = url
+        self._store = _open(url, create)
+
+    def put(self, key: str, data: bytes, *, new: bool = False) -> bool:
+        """Write ``data`` at ``key`` whole (never half); with ``new``, False if ``key`` exists already."""
+        try:
+            obstore.put(self._store, key, data, mode="create" if new else "overwrite")
+        except obe.AlreadyExistsError:
+            if new:
+                return False
+            raise
+        except Exception as exc:  # noqa: BLE001 - every store failure is reported the same way
+            raise self._error("write", key, exc) from None
+        return True
+
+    def get(self, key: str) -> bytes:
+        try:
+            return bytes(obstore.get(self._store, key).bytes())
+        except Exception as exc:  # noqa: BLE001
+            raise self._error("read", key, exc) from None
+
+    def size(self, key: str) -> int | None:
+        """The object's size, None when it is not there."""
+        try:
+            return int(obstore.head(self._store, key)["size"])
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001
+            error = self._error("look up", key, exc)
+            if isinstance(error, MissingObject):
+                return None
+            raise error from None
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        try:
+            found = obstore.list(self._store, prefix.rstrip("/") + "/").collect()
+        except FileNotFoundError:
+            return []
+        except Exception as exc:  # noqa: BLE001
+            raise self._error("list", prefix, exc) from None
+        return [ObjectInfo(str(meta["path"]), int(meta["size"])) for meta in found]
+
+    def delete(self, key: str) -> None:
+        try:
+            obstore.delete(self._store, key)
+        except FileNotFoundError:
+            return
+        except Exception as exc:  # noqa: BLE001
+            error = self._error("delete", key, exc)
+            if not isinstance(error, MissingObject):
+                raise error from None
+
+    def _error(self, doing: str, key: str, exc: BaseException) -> StoreError:
+        return store_error(self.url, doing, key, exc)
+
+
+def store_error(url: str, doing: str, key: str, exc: BaseException) -> StoreError:
+    """One line for a store's failure, with what to do about it."""
+    text = str(exc)
+    where = f"{url} ({key})" if key else url
+    if "NoSuchBucket" in text or "ContainerNotFound" in text or "bucket does not exist" in text.lower():
+        return StoreError(f"{url}: the bucket does not exist; create it, or fix the bucket name in the URL")
+    if isinstance(exc, (obe.UnauthenticatedError,)) or "InvalidAccessKeyId" in text or \
+            "SignatureDoesNotMatch" in text or "ExpiredToken" in text:
+        return StoreError(f"{where}: the store refused the credentials ({_reason(text)}); check AWS_ACCESS_KEY_ID/"
+                          "AWS_SECRET_ACCESS_KEY (or the GOOGLE_/AZURE_ ones) or the profile")
+    if isinstance(exc, obe.PermissionDeniedError) or "AccessDenied" in text or " 403 " in text:
+        return StoreError(f"{where}: access denied when trying to {doing} ({_reason(text)}); the credentials "
+                          "need read, write, list and delete on this bucket and prefix")
+    if isinstance(exc, (FileNotFoundError, obe.NotFoundError)):
+        return MissingObject(f"{where}: not found")
+    if isinstance(exc, OSError) and not isinstance(exc, obe.BaseError):
+        return StoreError(f"{where}: could not {doing}: {exc.strerror or exc}")
+    return StoreError(f"{where}: could not {doing}: {_reason(text)}; is the store reachable (endpoint, network)?")
+
+
+def _reason(text: str) -> str:
+    """What the store said, short: its status and error code, else the first line of the error."""
+    code = re.search(r"<Code>([^<]+)</Code>", text)
+    status = re.search(r"status code: (\d{3})", text)
+    if code or status:
+        return " ".join(part for part in (f"HTTP {status.group(1)}" if status else "", code.group(1) if code else "")
+                        if part)
+    line = text.strip().splitlines()[0] if text.strip() else "no detail"
+    return re.sub(r"\s*<\?xml.*$", "", line)[:200]
+
+
+def _open(url: str, create: bool) -> Any:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
+        path = Path(parts.path if scheme == "file" else url).expanduser()
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"{url}: not a folder; give a folder for the backup repository")
+        if not path.exists() and not create:
+            raise StoreError(f"{url}: no backup repository there (the folder does not exist)")
+        try:
+            return obstore.store.LocalStore(path.resolve(), mkdir=True)
+        except Exception as exc:  # noqa: BLE001
+            raise store_error(url, "open", "", exc) from None
+    if scheme not in SCHEMES:
+        raise StoreError(f"{url}: unknown repository scheme {scheme!r}; use a folder path, s3://bucket/prefix, "
+                         "gs://bucket/prefix or az://container/prefix")
+    if not parts.netloc:
+        raise StoreError(f"{url}: the URL names no bucket; for example {scheme}://my-bucket/chroma")
+    if parts.username or parts.password:
+        raise StoreError(f"{scheme}://…: credentials do not belong in the URL (it is logged); use the standard "
+                         "environment variables or profile")
+    options: dict[str, Any] = {"timeout": _TIMEOUTS["timeout"], "connect_timeout": _TIMEOUTS["connect_timeout"]}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") \
+        or os.environ.get("AWS_ENDPOINT") or ""
+    if scheme != "s3" or endpoint.startswith("http://"):
+        options["allow_http"] = endpoint.startswith("http://")
+    config: dict[str, Any] = {}
+    if scheme == "s3":
+        if endpoint:
+            config["endpoint"] = endpoint
+        style = os.environ.get("CHROMAGUARD_S3_ADDRESSING", "").lower()
+        if style in ("path", "virtual"):
+            config["virtual_hosted_style_request"] = style == "virtual"
+        elif endpoint:  # MinIO, Ceph and most S3-compatible servers want the bucket in the path
+            config["virtual_hosted_style_request"] = False
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            config["region"] = region
+    try:
+        opened: Any = obstore.store.from_url  # its overloads are per scheme; this one call serves three
+        return opened(url, config=config or None, client_options=options, retry_config=_RETRY)
+    except Exception as exc:  # noqa: BLE001
+        raise store_error(url, "open", "", exc) from None
