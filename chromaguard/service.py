@@ -26,6 +26,7 @@ from .access.auth import Authenticator
 from .access.cors import CorsPolicy
 from .access.credentials import CredentialsError, CredentialStore, load_store
 from .access.credentials_watch import CredentialsWatcher
+from .backup.scheduler import BackupScheduler
 from .backup.snapshot_api import ControlAccess, SnapshotService
 from .config.settings import Settings
 from .engine.catalog import count_collections
@@ -103,6 +104,7 @@ class Service:
         self.watcher: CredentialsWatcher | None = None
         self.telemetry: Telemetry | None = None
         self.snapshots: SnapshotService | None = None
+        self.backups: BackupScheduler | None = None
         self._reloading: asyncio.Future[bool] | None = None
         self._stop_requested = asyncio.Event()
         self._signals = 0
@@ -189,6 +191,7 @@ class Service:
             self.watcher.start()
         pool: UpstreamPool | None = None
         disk_floor: DiskFloor | None = None
+        scheduled: asyncio.Task[None] | None = None
         telemetry = self.telemetry
         assert telemetry is not None
         if telemetry.enabled:
@@ -233,6 +236,11 @@ class Service:
                                             max_kept=self.settings.snapshot_max_kept,
                                             min_free=self.settings.snapshot_min_free)
                 self.snapshots = snapshots
+                if self.settings.backup_schedule:
+                    self.backups = BackupScheduler(self.settings, gate, self.data_dir)
+                    scheduled = asyncio.get_running_loop().create_task(self.backups.run())
+                    if telemetry.metrics is not None:
+                        telemetry.metrics.backup = lambda: self.backups.state if self.backups else None
             if self.data_dir is not None:
                 disk_floor = DiskFloor(self.data_dir)
                 disk_floor.start()
@@ -246,7 +254,8 @@ class Service:
                                 pool, backend, data_dir=self.data_dir, min_free_disk=self.settings.min_free_disk,
                                 ollama_url=self.settings.ollama_url, ollama_models=self.settings.ollama_models,
                                 listen=f"http://{_show_host(self.settings.host)}:{self.settings.port}",
-                                upstream=self.settings.upstream),
+                                upstream=self.settings.upstream, backups=self.backups,
+                                backup_max_age=self.settings.backup_max_age),
                             cors=CorsPolicy(self.settings.cors_allow_origins) if self.settings.cors_allow_origins
                             else None,
                             config_policy=ConfigPolicy(self.settings.allowed_embedding_functions),
@@ -265,6 +274,12 @@ class Service:
             gc.freeze()
             await self.server.serve(sock)
         finally:
+            if scheduled is not None:
+                assert self.backups is not None
+                self.backups.stopping.set()  # an upload under way stops at its next write
+                scheduled.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await scheduled
             if disk_floor is not None:
                 disk_floor.stop()
             if self.watcher is not None:

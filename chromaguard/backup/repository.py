@@ -280,9 +280,10 @@ class Repository:
                 known.setdefault(digest, [packs[pack_index], offset, length, raw_length])
         return known
 
-    def writer(self, *, progress: Progress | None = None) -> BackupWriter:
-        """A file-like sink for a snapshot's tar stream; ``commit`` makes it a listed backup."""
-        return BackupWriter(self, self.known_chunks(), progress)
+    def writer(self, *, progress: Progress | None = None, stop: threading.Event | None = None) -> BackupWriter:
+        """A file-like sink for a snapshot's tar stream; ``commit`` makes it a listed backup.
+        Once ``stop`` is set, the next write fails: how a stopping service cuts an upload short."""
+        return BackupWriter(self, self.known_chunks(), progress, stop)
 
     # ---- reading back --------------------------------------------------------------------------
 
@@ -447,8 +448,10 @@ class Repository:
 class BackupWriter:
     """Takes the tar stream as it is written; new chunks go up in packs while it comes."""
 
-    def __init__(self, repo: Repository, known: dict[str, list[Any]], progress: Progress | None) -> None:
+    def __init__(self, repo: Repository, known: dict[str, list[Any]], progress: Progress | None,
+                 stop: threading.Event | None = None) -> None:
         self.repo = repo
+        self.stop = stop
         self.known = known
         self.progress = progress
         self.started = time.monotonic()
@@ -474,6 +477,9 @@ class BackupWriter:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._closed:
             raise ValueError("the backup was committed or abandoned already")
+        if self.stop is not None and self.stop.is_set():
+            raise RepositoryError("the backup was stopped before it was complete (the service is stopping); "
+                                  "nothing was listed")
         n = len(data)
         if len(self._head) < _HEAD_KEPT:
             self._head += data[:_HEAD_KEPT - len(self._head)]

@@ -19,9 +19,10 @@ from urllib.parse import urlsplit
 import obstore
 from obstore import exceptions as obe
 
+from ..config.parsing import without_credentials
 from ..errors import ChromaguardError
+from .location import check_url
 
-SCHEMES = ("s3", "gs", "az")
 # A store that stops answering fails a backup in about a minute, not after obstore's three.
 _RETRY = {"max_retries": 3, "retry_timeout": timedelta(seconds=60),
           "backoff": {"init_backoff": timedelta(milliseconds=200), "max_backoff": timedelta(seconds=5)}}
@@ -136,10 +137,12 @@ def _reason(text: str) -> str:
 
 
 def _open(url: str, create: bool) -> Any:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
-        path = Path(parts.path if scheme == "file" else url).expanduser()
+    try:
+        parts = check_url(url)
+    except ValueError as exc:
+        raise StoreError(f"{without_credentials(url)}: {exc}") from None
+    if parts is None:
+        path = Path(urlsplit(url).path if url.lower().startswith("file:") else url).expanduser()
         if path.exists() and not path.is_dir():
             raise StoreError(f"{url}: not a folder; give a folder for the backup repository")
         if not path.exists() and not create:
@@ -148,14 +151,7 @@ def _open(url: str, create: bool) -> Any:
             return obstore.store.LocalStore(path.resolve(), mkdir=True)
         except Exception as exc:  # noqa: BLE001
             raise store_error(url, "open", "", exc) from None
-    if scheme not in SCHEMES:
-        raise StoreError(f"{url}: unknown repository scheme {scheme!r}; use a folder path, s3://bucket/prefix, "
-                         "gs://bucket/prefix or az://container/prefix")
-    if not parts.netloc:
-        raise StoreError(f"{url}: the URL names no bucket; for example {scheme}://my-bucket/chroma")
-    if parts.username or parts.password:
-        raise StoreError(f"{scheme}://…: credentials do not belong in the URL (it is logged); use the standard "
-                         "environment variables or profile")
+    scheme = parts.scheme.lower()
     options: dict[str, Any] = {"timeout": _TIMEOUTS["timeout"], "connect_timeout": _TIMEOUTS["connect_timeout"]}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") \
         or os.environ.get("AWS_ENDPOINT") or ""

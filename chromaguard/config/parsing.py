@@ -19,8 +19,21 @@ _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def without_credentials(raw: Any) -> Any:
+    """A setting as it may be shown in a message: a URL's user and password left out."""
+    if not isinstance(raw, str) or "@" not in raw or "://" not in raw:
+        return raw
+    try:
+        parts = urlsplit(raw.strip())
+        if parts.username or parts.password:
+            return parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else "")).geturl()
+    except ValueError:
+        return "***"
+    return raw
 
 
 def parse_bool(raw: Any) -> bool:
@@ -82,7 +95,7 @@ def parse_duration(raw: Any) -> float:
     else:
         match = _DURATION.match(str(raw))
         if not match:
-            raise ValueError("not a duration (use seconds like 30 or 30s, 500ms, 2m)")
+            raise ValueError("not a duration (use seconds like 30 or 30s, 500ms, 2m, 6h, 1d)")
         value = float(match.group(1)) * _UNITS[match.group(2)]
     if value < 0:
         raise ValueError("a duration cannot be negative")

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..backup.location import check_url
+from ..backup.schedule import parse_schedule
 from ..errors import ConfigError
 from . import legacy, parsing
 
@@ -35,6 +37,19 @@ def _opt(name: str, parse: Callable[[Any], Any], default: Any, example: str, hel
          secret: bool = False) -> Option:
     return Option(name, parse, default, env, flag, (name,) if keys is None else keys, example, secret, help,
                   shown_default)
+
+
+def parse_repository(raw: Any) -> str | None:
+    text = str(raw).strip()
+    if text.lower() in ("", "none", "off"):
+        return None
+    check_url(text)
+    return text
+
+
+def parse_schedule_text(raw: Any) -> str | None:
+    schedule = parse_schedule(raw)
+    return None if schedule is None else schedule.text
 
 
 # docs/configuration.md is generated from this table (chromaguard/config/docs.py).
@@ -194,6 +209,29 @@ OPTIONS: tuple[Option, ...] = (
     _opt("snapshot_max_kept", parsing.parse_positive_int, 2, "2",
          "snapshots kept for download at once; a new one drops the oldest nobody is downloading (503 when "
          "all are)", shown_default="`2`", env=("CHROMAGUARD_SNAPSHOT_MAX_KEPT",)),
+    _opt("backup_repository", parse_repository, None, "s3://my-bucket/chroma",
+         "where scheduled backups go, and the default of `chromaguard backup --to`: a folder, "
+         "`s3://bucket/prefix` (AWS or any S3-compatible store: credentials, region and `AWS_ENDPOINT_URL` from the "
+         "standard AWS variables), `gs://bucket/prefix` or `az://container/prefix`", shown_default="none",
+         env=("CHROMAGUARD_BACKUP_REPOSITORY",)),
+    _opt("backup_schedule", parse_schedule_text, None, "0 3 * * *",
+         "when `serve` backs up to the repository: a cron expression in UTC (`0 3 * * *`) or an interval "
+         "(`6h`); a run missed while the service was down runs at start-up", shown_default="off",
+         env=("CHROMAGUARD_BACKUP_SCHEDULE",)),
+    *(_opt(f"backup_keep_{rule}", parsing.parse_nonnegative_int, 0, "7",
+           f"after each scheduled backup, keep {meaning} (restic's `--keep-{rule}`); with no keep rule "
+           "set nothing is pruned", shown_default="`0`", env=(f"CHROMAGUARD_BACKUP_KEEP_{rule.upper()}",))
+      for rule, meaning in (("last", "the N newest backups"), ("hourly", "the newest of each of the last N hours"),
+                            ("daily", "the newest of each of the last N days"),
+                            ("weekly", "the newest of each of the last N weeks"),
+                            ("monthly", "the newest of each of the last N months"))),
+    _opt("backup_verify", parsing.choice("daily", "always", "off"), "daily", "daily",
+         "after a scheduled backup, restore it into a scratch engine and compare with its manifest: after the "
+         "first backup of each UTC day (`daily`), after every one (`always`) or never (`off`); every chunk is "
+         "read back after upload whatever this says", shown_default="`daily`", env=("CHROMAGUARD_BACKUP_VERIFY",)),
+    _opt("backup_max_age", parsing.parse_duration, 0.0, "26h",
+         "`/readyz` fails once the newest successful backup is older than this (`0` = never)",
+         shown_default="`0` (off)", env=("CHROMAGUARD_BACKUP_MAX_AGE",)),
     _opt("log_format", parsing.choice("text", "json"), "text", "json", "log line format: `text` or `json`",
          shown_default="`text`", env=("CHROMAGUARD_LOG_FORMAT",), flag="--log-format"),
     _opt("log_level", parsing.choice("debug", "info", "warning", "error"), "info", "info",
@@ -251,6 +289,15 @@ class Settings:
     snapshot_dir: Path | None = None
     snapshot_min_free: int = 256 * 1024 * 1024
     snapshot_max_kept: int = 2
+    backup_repository: str | None = None
+    backup_schedule: str | None = None
+    backup_keep_last: int = 0
+    backup_keep_hourly: int = 0
+    backup_keep_daily: int = 0
+    backup_keep_weekly: int = 0
+    backup_keep_monthly: int = 0
+    backup_verify: str = "daily"
+    backup_max_age: float = 0.0
     log_format: str = "text"
     log_level: str = "info"
     config_file: Path | None = None
@@ -341,7 +388,8 @@ def load_settings(flags: Mapping[str, Any] | None = None, env: Mapping[str, str]
         try:
             value = option.parse(raw)
         except ValueError as exc:
-            raise ConfigError(name, "***" if option.secret else raw, str(exc), f"{name}={option.example}") from None
+            shown = "***" if option.secret else parsing.without_credentials(raw)
+            raise ConfigError(name, shown, str(exc), f"{name}={option.example}") from None
         setattr(settings, option.name, value)
         settings.sources[option.name] = source
         settings.setting_names[option.name] = name
@@ -406,6 +454,14 @@ def _check_together(settings: Settings, env: Mapping[str, str]) -> None:
         name = settings.name_of("upstream_token")
         raise ConfigError(name, "***", "an upstream token needs an upstream server",
                           "CHROMAGUARD_UPSTREAM=https://chroma.internal:8000")
+    if settings.backup_schedule and not settings.backup_repository:
+        raise ConfigError(settings.name_of("backup_schedule"), settings.backup_schedule,
+                          "a backup schedule needs a repository to back up to",
+                          "CHROMAGUARD_BACKUP_REPOSITORY=s3://my-bucket/chroma")
+    if settings.backup_schedule and settings.upstream:
+        raise ConfigError(settings.name_of("backup_schedule"), settings.backup_schedule,
+                          "scheduled backups need the embedded engine (its data dir); with an upstream server, back "
+                          "it up where it runs", "CHROMAGUARD_BACKUP_SCHEDULE=off")
 
 
 def _check_credentials(settings: Settings) -> None:

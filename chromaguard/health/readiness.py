@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..backup.scheduler import readiness_check
 from ..engine import catalog
 from ..http11.client import UpstreamError, UpstreamPool, fetch
 from ..probe import model_present
@@ -47,6 +48,8 @@ class Dependencies:
     started_at: float = field(default_factory=time.time)
     listen: str = ""
     upstream: str | None = None
+    backups: Any = None  # the BackupScheduler, when backups are scheduled
+    backup_max_age: float = 0.0
 
 
 def _check(ok: bool, detail: str) -> dict[str, Any]:
@@ -241,6 +244,8 @@ async def readiness(deps: Dependencies) -> tuple[bool, dict[str, Any]]:
         names.append("disk")
         jobs.append(_disk(deps))
     results = dict(zip(names, await asyncio.gather(*jobs)))
+    if deps.backups is not None and deps.backup_max_age > 0:
+        results["backup"] = readiness_check(deps.backups.state, deps.backup_max_age, deps.started_at)
     if "ollama" in results:
         results["ollama"] = _check(results["ollama"]["ok"], results["ollama"]["detail"])
     ready = all(check["ok"] for check in results.values())
@@ -281,6 +286,8 @@ async def status(deps: Dependencies) -> dict[str, Any]:
         room, _, detail = await disk_room(deps.data_dir)
         out["data"] = {"dir": str(deps.data_dir), "size_bytes": catalog.directory_size(deps.data_dir),
                        "free_bytes": usage.free, "room": {"ok": room, "detail": detail}}
+    if deps.backups is not None:
+        out["backup"] = deps.backups.state.as_json()
     if deps.ollama_url:
         out["ollama"] = {"url": deps.ollama_url, **(await ollama_state(deps.ollama_url, deps.ollama_models))}
     return out

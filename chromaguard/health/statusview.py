@@ -74,6 +74,8 @@ def render(data: dict[str, Any]) -> Group:
             disk.add_column(column)
         disk.add_row(data["data"]["dir"], _size(data["data"]["size_bytes"]), _size(data["data"]["free_bytes"]))
         parts.append(disk)
+    if "backup" in data:
+        parts.append(_backups(data["backup"]))
     collections = Table(title=f"collections ({len(data['collections'])})")
     for column in ("tenant", "database", "name", "records", "dimension"):
         collections.add_column(column)
@@ -82,3 +84,23 @@ def render(data: dict[str, Any]) -> Group:
                             "-" if c["dimension"] is None else str(c["dimension"]))
     parts.append(collections)
     return Group(*parts)
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def _backups(b: dict[str, Any]) -> Table:
+    table = Table(title=f"backups to {b['repository']} ({b['schedule']})")
+    for column in ("last backup", "age", "size", "uploaded", "next run", "verified", "problem"):
+        table.add_column(column)
+    if b["verified_ok"] is None:
+        verified = "-"
+    else:
+        verified = "[green]ok[/green]" if b["verified_ok"] else "[red]FAILED[/red]"
+    problem = "[yellow]running[/yellow]" if b["running"] else "-"
+    if b["last_error"]:
+        problem = f"[red]{b['last_error']}[/red] ({b['failures']} failure(s))"
+    table.add_row(f"{b['last_id'] or 'none yet'}", _duration(b["age_s"]), _size(b["last_size"]),
+                  _size(b["last_uploaded"]), _when(b["next_run"]), verified, problem)
+    return table

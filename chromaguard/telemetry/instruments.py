@@ -181,11 +181,38 @@ class Metrics:
                                       "{collection}", "Collections in the engine")
         meter.create_observable_counter("chromaguard.spans.dropped", [self._gauge(dropped_spans)],
                                         "{span}", "Spans dropped because the export queue was full")
+        self.backup: Callable[[], Any] = lambda: None  # the BackupState of scheduled backups, if any
+        for name, unit, meaning, read, counter in (
+            ("last_success_timestamp", "s", "When the newest scheduled backup succeeded (Unix time)",
+             lambda b: b.last_success, False),
+            ("duration", "s", "How long the last scheduled backup took", lambda b: b.last_duration_s, False),
+            ("write_hold", "s", "How long the last scheduled backup held writes",
+             lambda b: None if b.last_write_hold_ms is None else b.last_write_hold_ms / 1000, False),
+            ("size", "By", "Size of the newest backup (its tar stream)", lambda b: b.last_size, False),
+            ("uploaded", "By", "Bytes uploaded by scheduled backups", lambda b: b.uploaded_bytes, True),
+            ("failures", "{failure}", "Scheduled backup runs that failed", lambda b: b.failures, True),
+            ("repository_size", "By", "Bytes of packs in the backup repository", lambda b: b.repository_bytes, False),
+            ("last_verification_success", "1", "1 if the last test restore matched its manifest, 0 if not",
+             lambda b: None if b.verified_ok is None else int(b.verified_ok), False),
+            ("last_verification_timestamp", "s", "When the last test restore ran (Unix time)",
+             lambda b: b.verified_at, False),
+        ):
+            make = meter.create_observable_counter if counter else meter.create_observable_gauge
+            make(f"chromaguard.backup.{name}", [self._backup_gauge(read)], unit, meaning)
 
     @staticmethod
     def _gauge(read: Callable[[], int | None]) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             value = read()
+            return [] if value is None else [Observation(value)]
+
+        return callback
+
+    def _backup_gauge(self, read: Callable[[Any], float | int | None]) -> Callable[[CallbackOptions],
+                                                                                  Iterable[Observation]]:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            state = self.backup()
+            value = None if state is None else read(state)
             return [] if value is None else [Observation(value)]
 
         return callback

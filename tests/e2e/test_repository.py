@@ -395,3 +395,68 @@ def _hold_of(s3: MotoServer, bucket: str, key: str) -> dict[str, float]:
     manifest = json.loads(zstandard.ZstdDecompressor().decompress(
         s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()))
     return manifest["snapshot"]["write_hold"]
+
+
+def _status(url: str) -> dict[str, Any]:
+    return httpx.get(f"{url}/chromaguard/status", timeout=30).json()
+
+
+def _metric(url: str, name: str) -> float | None:
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_scheduled_backups_run_inside_serve_catch_up_once_and_are_watched(
+        s3: MotoServer, tmp_path: Path) -> None:
+    bucket = s3.bucket("scheduled")
+    repo = f"s3://{bucket}/s"
+    settings = {"CHROMAGUARD_BACKUP_REPOSITORY": repo, "CHROMAGUARD_BACKUP_SCHEDULE": "6h",
+                "CHROMAGUARD_BACKUP_KEEP_LAST": "5", "CHROMAGUARD_BACKUP_MAX_AGE": "1h"}
+    data_dir = tmp_path / "data"
+    with Guard(data_dir=data_dir, env={**s3.env(), **settings}) as live:
+        # None yet: due at start-up. The first of the day is also restored into a scratch engine.
+        _wait_for(lambda: (_status(live.url)["backup"]["verified_ok"] is not None), timeout=120,
+                  what="the start-up backup and its verification")
+        state = _status(live.url)["backup"]
+        assert state["last_id"] and state["verified_ok"] is True and state["failures"] == 0, state
+        assert 6 * 3600 - 60 < state["next_run"] - state["last_success"] <= 6 * 3600 + 1
+        assert _metric(live.url, "chromaguard_backup_last_success_timestamp_seconds") == pytest.approx(
+            state["last_success"], abs=1)
+        assert _metric(live.url, "chromaguard_backup_last_verification_success") == 1
+        assert (_metric(live.url, "chromaguard_backup_uploaded_bytes_total") or 0) > 0
+        ready = httpx.get(f"{live.url}/readyz").json()
+        assert ready["checks"]["backup"]["ok"] is True, ready
+        shown = _ok(_run("status", live.url)).stdout
+        assert state["last_id"] in shown and "next run" in shown
+    assert [b["id"] for b in _listed(repo, s3.env())] == [state["last_id"]]
+
+    # Restarted within the interval: nothing is due; the newest backup is what it counts from.
+    with Guard(data_dir=data_dir, env={**s3.env(), **settings}) as again:
+        _wait_for(lambda: _status(again.url)["backup"]["next_run"] is not None, what="the schedule")
+        assert _status(again.url)["backup"]["last_id"] == state["last_id"]
+    assert len(_listed(repo, s3.env())) == 1
+
+    # The store unreachable: the run fails, is counted and shown, /readyz says so; it comes back: retried.
+    switch = Switch(s3.port)
+    switch.stop()
+    cron = {**settings, "CHROMAGUARD_BACKUP_SCHEDULE": "0 3 * * *", "CHROMAGUARD_BACKUP_MAX_AGE": "1s"}
+    other = tmp_path / "other"
+    with Guard(data_dir=other, env={**s3.env(switch.endpoint), **cron,
+                                    "CHROMAGUARD_BACKUP_REPOSITORY": f"s3://{bucket}/other"}) as failing:
+        _wait_for(lambda: _status(failing.url)["backup"]["failures"] > 0, timeout=120, what="a failed run")
+        state = _status(failing.url)["backup"]
+        assert state["last_success"] is None and f"s3://{bucket}/other" in state["last_error"], state
+        assert _metric(failing.url, "chromaguard_backup_failures_total") >= 1
+        _wait_for(lambda: httpx.get(f"{failing.url}/readyz").status_code == 503, what="/readyz failing")
+        assert httpx.get(f"{failing.url}/readyz").json()["checks"]["backup"]["detail"].startswith(
+            "no successful backup yet")
+        assert "scheduled backup to" in failing.log and "Traceback" not in failing.log
+        switch.start()
+        _wait_for(lambda: _status(failing.url)["backup"]["last_success"] is not None, timeout=120,
+                  what="the retry after the store came back")
+        state = _status(failing.url)["backup"]
+        assert time.strftime("%H:%M", time.gmtime(state["next_run"])) == "03:00"  # cron, UTC
+    switch.stop()
+    assert len(_listed(f"s3://{bucket}/other", s3.env())) == 1
