@@ -31,6 +31,9 @@ def _one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except ChromaguardError as exc:
             _fail(str(exc), exc.exit_code)
+        except OSError as exc:  # a disk full, a folder not writable: said in one line, never a traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror or exc}; free space or fix the permissions there, then retry", 1)
 
     return wrapper
 

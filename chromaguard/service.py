@@ -28,6 +28,7 @@ from .access.credentials import CredentialsError, CredentialStore, load_store
 from .access.credentials_watch import CredentialsWatcher
 from .backup.scheduler import BackupScheduler
 from .backup.snapshot_api import ControlAccess, SnapshotService
+from .backup.upgrade import backup_before_upgrade, record_version
 from .config.settings import Settings
 from .engine.catalog import count_collections
 from .engine.datalock import DataDirLock
@@ -150,10 +151,18 @@ class Service:
             self.lock = DataDirLock(self.data_dir)
             self.lock.acquire()
         try:
-            return bind_listener(self.settings)
+            listener = bind_listener(self.settings)
         except BaseException:
             self.release()
             raise
+        if self.data_dir is not None and self.settings.persistent and self.settings.upgrade_backup:
+            try:
+                backup_before_upgrade(self.data_dir, self.settings.backup_repository)
+            except BaseException:
+                listener.close()
+                self.release()
+                raise
+        return listener
 
     def release(self) -> None:
         if self.lock is not None:
@@ -222,6 +231,8 @@ class Service:
                 telemetry.metrics.collections = lambda: count_collections(data_dir)
                 if not await self._until_stopped(self.supervisor.start()):
                     return
+                if self.settings.persistent:
+                    record_version(self.data_dir)  # the engine now serving it: the next upgrade is noticed
                 log.info("engine health check every %gs (timeout %gs, heartbeat %gs, %d retries, start period %gs)",
                          s.health_interval, s.health_timeout, min(s.health_heartbeat_timeout, s.health_timeout),
                          s.health_retries, s.health_start_period)

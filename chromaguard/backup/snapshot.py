@@ -42,6 +42,7 @@ FORMAT = "chromaguard-backup"
 FORMAT_VERSION = 1
 SQLITE = catalog.SQLITE_NAME
 _SKIP = {".chromaguard.lock", ".chromaguard-write-test", f"{SQLITE}-journal", f"{SQLITE}-wal", f"{SQLITE}-shm"}
+UPGRADE_BACKUPS = ".chromaguard-upgrade-backups"  # archives taken before an engine upgrade, in a mounted data dir
 SAMPLE_SIZE = 5
 
 
@@ -71,7 +72,7 @@ def _stat_all(data_dir: Path) -> dict[str, tuple[int, int]]:
     root = str(data_dir)
     cut = len(root) + 1
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if d != UPGRADE_BACKUPS)
         for name in sorted(filenames):
             if name in _SKIP:
                 continue
@@ -304,8 +305,9 @@ async def take_online(gate: WriteGate, data_dir: Path, *, staging_root: str | No
         raise
 
 
-async def take_offline(data_dir: Path, *, staging_root: str | None = None) -> Snapshot:
-    """Snapshot a data dir no service runs on (its lock proves it), counted by a scratch engine."""
+async def take_offline(data_dir: Path, *, staging_root: str | None = None, lock_held: bool = False) -> Snapshot:
+    """Snapshot a data dir no service runs on (its lock proves it: taken here, or by the caller
+    with ``lock_held``), counted by a scratch engine."""
     from ..engine.datalock import DataDirLock
 
     if not (data_dir / SQLITE).is_file():
@@ -313,13 +315,15 @@ async def take_offline(data_dir: Path, *, staging_root: str | None = None) -> Sn
     root = Path(tempfile.mkdtemp(prefix="chromaguard-snapshot-", dir=staging_root))
     snapshot = Snapshot(uuid.uuid4().hex, root, {})
     try:
-        lock = DataDirLock(data_dir)
-        lock.acquire()
+        lock = None if lock_held else DataDirLock(data_dir)
+        if lock is not None:
+            lock.acquire()
         try:
             if not await _finish_in_thread(copy_data_dir, data_dir, snapshot.data):
                 raise SnapshotError(f"files in {data_dir} changed during the copy: is another program writing there?")
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
         collections = await describe_copy(snapshot.data)
         files = await asyncio.to_thread(file_entries, snapshot.data)
         snapshot.manifest = new_manifest(collections, files, None, "offline")

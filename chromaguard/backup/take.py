@@ -40,7 +40,11 @@ def archive_name(now: float | None = None) -> str:
 
 
 def _target(output: Path) -> Path:
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackupError(f"{output}: cannot make the backup folder there ({exc.strerror}); give a folder that "
+                          "can be created and written") from None
     path = output / archive_name()
     n = 1
     while path.exists():  # two backups in the same second
@@ -146,10 +150,10 @@ def online_to(url: str, repository: Repository, *, token: str | None = None,
 
 
 def offline_to(data_dir: Path, repository: Repository, *,
-               progress: Callable[[str, int, int | None], None] | None = None) -> BackupInfo:
-    """A stopped data dir into a repository (its lock is taken for the copy)."""
+               progress: Callable[[str, int, int | None], None] | None = None, lock_held: bool = False) -> BackupInfo:
+    """A stopped data dir into a repository (its lock is taken for the copy, unless held already)."""
     with repository.locked("backup"):
-        snapshot = _take_offline(data_dir)
+        snapshot = _take_offline(data_dir, lock_held)
         try:
             total = sum(f["size"] for f in snapshot.manifest["files"])
             writer = repository.writer(progress=(lambda n: progress("write", n, total)) if progress else None)
@@ -163,9 +167,9 @@ def offline_to(data_dir: Path, repository: Repository, *,
             snapshot.remove()
 
 
-def _take_offline(data_dir: Path) -> Snapshot:
+def _take_offline(data_dir: Path, lock_held: bool = False) -> Snapshot:
     try:
-        return asyncio.run(take_offline(data_dir))
+        return asyncio.run(take_offline(data_dir, lock_held=lock_held))
     except (SnapshotError, StartupError) as exc:
         raise BackupError(str(exc)) from None
 
@@ -178,10 +182,10 @@ def _message(response: httpx.Response) -> str:
 
 
 def offline(data_dir: Path, output: Path, *, level: int = 3,
-            progress: Callable[[str, int, int | None], None] | None = None) -> BackupResult:
-    """Back up a data dir no service is running on (its lock is taken for the copy)."""
+            progress: Callable[[str, int, int | None], None] | None = None, lock_held: bool = False) -> BackupResult:
+    """Back up a data dir no service is running on (its lock is taken for the copy, unless held already)."""
     started = time.monotonic()
-    snapshot = _take_offline(data_dir)
+    snapshot = _take_offline(data_dir, lock_held)
     try:
         path = _target(output)
         total = sum(f["size"] for f in snapshot.manifest["files"])

@@ -232,6 +232,11 @@ OPTIONS: tuple[Option, ...] = (
     _opt("backup_max_age", parsing.parse_duration, 0.0, "26h",
          "`/readyz` fails once the newest successful backup is older than this (`0` = never)",
          shown_default="`0` (off)", env=("CHROMAGUARD_BACKUP_MAX_AGE",)),
+    _opt("upgrade_backup", parsing.parse_bool, True, "off",
+         "when the installed chromadb is not the one that last served the data dir, back it up before the new "
+         "engine opens it: to the backup repository when one is set, else to an archive beside the data dir "
+         "(inside it, in `.chromaguard-upgrade-backups/`, when it is a mount point)", shown_default="on",
+         env=("CHROMAGUARD_UPGRADE_BACKUP",)),
     _opt("log_format", parsing.choice("text", "json"), "text", "json", "log line format: `text` or `json`",
          shown_default="`text`", env=("CHROMAGUARD_LOG_FORMAT",), flag="--log-format"),
     _opt("log_level", parsing.choice("debug", "info", "warning", "error"), "info", "info",
@@ -298,6 +303,7 @@ class Settings:
     backup_keep_monthly: int = 0
     backup_verify: str = "daily"
     backup_max_age: float = 0.0
+    upgrade_backup: bool = True
     log_format: str = "text"
     log_level: str = "info"
     config_file: Path | None = None
