@@ -281,9 +281,8 @@ def backup(url: str | None, token: str | None, repository: str | None, output: P
 def _backup_to(url: str, service: str | None, token: str | None, data_dir: Path | None, as_json: bool,
                keep_rules: dict[str, int]) -> None:
     from .backup import take as backups
-    from .backup.repository import Repository
 
-    repository = Repository.open(url, create=True)
+    repository = _open_repository(url, create=True)
     with _progress("backup", None) as advance:
         report = (lambda stage, n, total: advance(n)) if advance else None
         if data_dir is not None:
@@ -308,6 +307,14 @@ def _echo_pruned(report: Any) -> None:
         click.echo(f"forgot: {backup_id}")
     click.echo(f"kept {len(report.kept)} backup(s), removed {len(report.removed)}, deleted {report.packs_removed} "
                f"pack(s) ({report.bytes_freed / 2**20:.1f} MiB)")
+
+
+def _open_repository(url: str, create: bool = False) -> Any:
+    """A repository, opened with the password of CHROMAGUARD_BACKUP_PASSWORD(_FILE) when set."""
+    from .backup.crypto import password_from
+    from .backup.repository import Repository
+
+    return Repository.open(url, create=create, password=password_from())
 
 
 def _is_archive(target: str) -> bool:
@@ -355,9 +362,8 @@ def verify(target: str, backup_id: str | None, every: bool, chunks_only: bool, a
             click.echo(f"verified: {archive} ({report.collections} collection(s), {report.records} record(s), "
                        f"{report.sampled} sampled record(s) identical, taken {report.manifest['created_at']})")
         return
-    from .backup.repository import Repository
 
-    repository = Repository.open(target)
+    repository = _open_repository(target)
     chosen = repository.select(backup_id)
     results: list[dict[str, Any]] = []
     for other in (repository.ids() if every else []):
@@ -403,9 +409,8 @@ def restore(target: str, data_dir: Path, backup_id: str | None, at: str | None, 
         report = run_restore(Path(target), data_dir, force=force)
         source = target
     else:
-        from .backup.repository import Repository
 
-        repository = Repository.open(target)
+        repository = _open_repository(target)
         chosen = repository.select(backup_id, _when(at))
         with _progress("restore", None) as advance:
             report = restore_from(repository, chosen, data_dir, force=force, progress=advance)
@@ -425,9 +430,8 @@ def backups() -> None:
 @_one_line_errors
 def backups_list(repository: str, as_json: bool) -> None:
     """Every backup: id, time, size, new bytes, collections, records, last verification."""
-    from .backup.repository import Repository
 
-    repo = Repository.open(repository)
+    repo = _open_repository(repository)
     found = repo.backups()
     if as_json:
         _echo_json({"repository": repository, "backups": [b.as_json() for b in found], "stored_bytes": repo.size()})
@@ -458,9 +462,8 @@ def _mib(n: int) -> str:
 @_one_line_errors
 def backups_prune(repository: str, dry_run: bool, as_json: bool, **keep_rules: int) -> None:
     """Forget the backups the --keep-* rules do not keep, then delete the chunks no kept backup uses."""
-    from .backup.repository import Repository
 
-    report = Repository.open(repository).prune(_policy(keep_rules), dry_run=dry_run)
+    report = _open_repository(repository).prune(_policy(keep_rules), dry_run=dry_run)
     if as_json:
         _echo_json({"kept": report.kept, "removed": report.removed, "packs_removed": report.packs_removed,
                     "bytes_freed": report.bytes_freed, "dry_run": dry_run})
@@ -478,9 +481,8 @@ def backups_prune(repository: str, dry_run: bool, as_json: bool, **keep_rules: i
 @_one_line_errors
 def backups_forget(repository: str, backup_id: str) -> None:
     """Remove one backup (and the chunks only it used)."""
-    from .backup.repository import Repository
 
-    Repository.open(repository).forget(backup_id)
+    _open_repository(repository).forget(backup_id)
     click.echo(f"forgot: {backup_id}")
 
 
@@ -489,9 +491,8 @@ def backups_forget(repository: str, backup_id: str) -> None:
 @_one_line_errors
 def backups_unlock(repository: str) -> None:
     """Remove a lock left by a backup or prune that was killed (only when it is known to be gone)."""
-    from .backup.repository import Repository
 
-    removed = Repository.open(repository).unlock()
+    removed = _open_repository(repository).unlock()
     click.echo("lock removed" if removed else "the repository was not locked")
 
 

@@ -157,7 +157,8 @@ class Service:
             raise
         if self.data_dir is not None and self.settings.persistent and self.settings.upgrade_backup:
             try:
-                backup_before_upgrade(self.data_dir, self.settings.backup_repository)
+                backup_before_upgrade(self.data_dir, self.settings.backup_repository,
+                                      self.settings.backup_password_value())
             except BaseException:
                 listener.close()
                 self.release()

@@ -41,6 +41,7 @@ from fastcdc import fastcdc as cut_chunks
 
 from .. import __version__
 from ..errors import ChromaguardError
+from .crypto import PASSWORD_ENV, Sealer, Unreadable
 from .retention import Policy, kept
 from .store import MissingObject, Store, StoreError
 
@@ -50,6 +51,7 @@ VERSION = 1
 CONFIG = "config.json"
 LOCK = "locks/repository.json"
 PACK_SIZE = 16 << 20
+_CHUNK_AAD = b"chunk"
 # Small chunks: a change to 1 % of the records (spread over the index and the SQLite pages)
 # re-uploads about 5 % of a full backup with 8 KiB chunks, 6 % with 16 KiB, 9 % with 64 KiB.
 CHUNKING = {"min": 2 << 10, "avg": 8 << 10, "max": 32 << 10}
@@ -123,9 +125,12 @@ def _verified_key(backup_id: str) -> str:
 class Repository:
     """One repository; ``open`` checks it is one (and creates it when asked)."""
 
-    def __init__(self, store: Store, config: dict[str, Any]) -> None:
+    def __init__(self, store: Store, config: dict[str, Any], sealer: Sealer | None = None,
+                 password_given: bool = False) -> None:
         self.store = store
         self.config = config
+        self.sealer = sealer  # None: an unencrypted repository
+        self._password_given = password_given
         chunking = config["chunking"]
         self.min_chunk, self.avg_chunk, self.max_chunk = chunking["min"], chunking["avg"], chunking["max"]
 
@@ -134,7 +139,8 @@ class Repository:
         return self.store.url
 
     @classmethod
-    def open(cls, url: str, *, create: bool = False) -> Repository:
+    def open(cls, url: str, *, create: bool = False, password: str | None = None) -> Repository:
+        """With ``password``, a repository created here is encrypted, and an encrypted one opened."""
         store = Store(url, create=create)
         try:
             raw = store.get(CONFIG)
@@ -142,13 +148,18 @@ class Repository:
             if not create:
                 raise RepositoryError(f"{url}: no backup repository there (no {CONFIG}); `chromaguard backup "
                                       f"--to {url}` creates one") from None
-            config = {"format": FORMAT, "version": VERSION, "id": uuid.uuid4().hex, "created": _iso(time.time()),
-                      "chunking": dict(CHUNKING), "compression": "zstd"}
-            if not store.put(CONFIG, json.dumps(config, indent=2).encode(), new=True):
-                raw = store.get(CONFIG)  # another process created it just now
-            else:
-                return cls(store, config)
-        return cls(store, _parse_config(url, raw))
+            config: dict[str, Any] = {"format": FORMAT, "version": VERSION, "id": uuid.uuid4().hex,
+                                      "created": _iso(time.time()), "chunking": dict(CHUNKING), "compression": "zstd"}
+            sealer = None
+            if password is not None:
+                sealer, config["encryption"] = Sealer.create(password)
+            if store.put(CONFIG, json.dumps(config, indent=2).encode(), new=True):
+                return cls(store, config, sealer, password is not None)
+            raw = store.get(CONFIG)  # another process created it just now
+        config = _parse_config(url, raw)
+        entry = config.get("encryption")
+        sealer = Sealer.open(url, entry, password) if isinstance(entry, dict) else None
+        return cls(store, config, sealer, password is not None)
 
     # ---- the lock ----------------------------------------------------------------------------
 
@@ -220,6 +231,12 @@ class Repository:
         except MissingObject:
             raise RepositoryError(f"{self.url}: no backup {backup_id}; `chromaguard backups list {self.url}` "
                                   "shows them") from None
+        if self.sealer is not None:
+            try:
+                raw = self.sealer.unseal(raw, backup_id.encode())
+            except Unreadable:
+                raise CorruptBackup(f"backup {backup_id}: its manifest in {self.url} does not decrypt (corrupt, or "
+                                    "not this repository's)") from None
         return _parse_manifest(self.url, backup_id, raw)
 
     def backups(self) -> list[BackupInfo]:
@@ -283,6 +300,9 @@ class Repository:
     def writer(self, *, progress: Progress | None = None, stop: threading.Event | None = None) -> BackupWriter:
         """A file-like sink for a snapshot's tar stream; ``commit`` makes it a listed backup.
         Once ``stop`` is set, the next write fails: how a stopping service cuts an upload short."""
+        if self.sealer is None and self._password_given:
+            raise RepositoryError(f"{self.url}: this repository is not encrypted, but a backup password is set "
+                                  f"({PASSWORD_ENV}); unset it, or back up to a new repository to encrypt")
         return BackupWriter(self, self.known_chunks(), progress, stop)
 
     # ---- reading back --------------------------------------------------------------------------
@@ -296,7 +316,8 @@ class Repository:
         whole = hashlib.sha256()
         for pack_index, offset, length, raw_length, digest in m["chunks"]:
             pack = m["packs"][pack_index]
-            data = _chunk(backup_id, pack, packs.get(pack), offset, length, raw_length, digest, decompress)
+            data = _chunk(backup_id, pack, packs.get(pack), offset, length, raw_length, digest, decompress,
+                          self.sealer)
             whole.update(data)
             out.write(data)
             if progress is not None:
@@ -333,7 +354,8 @@ class Repository:
             pack = m["packs"][pack_index]
             data = self._pack(backup_id, pack)
             for _, offset, length, raw_length, digest in entries:
-                checked += len(_chunk(backup_id, pack, data, offset, length, raw_length, digest, decompress))
+                checked += len(_chunk(backup_id, pack, data, offset, length, raw_length, digest, decompress,
+                                      self.sealer))
             if progress is not None:
                 progress(sum(e[3] for e in entries))
         return checked
@@ -428,7 +450,7 @@ class Repository:
                     packs.append(pack)
                 chunks.append([index[pack], at, length, raw_length, digest])
             m["packs"], m["chunks"] = packs, chunks
-            self.store.put(_manifest_key(backup_id), _encode_manifest(m))
+            self.store.put(_manifest_key(backup_id), _encode_manifest(m, self.sealer))
         return written
 
     def forget(self, backup_id: str) -> None:
@@ -460,13 +482,10 @@ class BackupWriter:
         self._head = bytearray()
         self._whole = hashlib.sha256()
         self._size = 0
-        self._compress = zstandard.ZstdCompressor(level=3)
-        self._packs: list[str] = []
-        self._pack_index: dict[str, int] = {}
         self._chunks: list[list[Any]] = []
-        self._pack = bytearray()
-        self._pending: dict[str, list[Any]] = {}  # chunks in the pack being filled
-        self._uploads: list[concurrent.futures.Future[None]] = []
+        self._batch: list[tuple[list[Any], bytes]] = []  # new chunks not sent yet, with where they will be
+        self._batch_bytes = 0
+        self._uploads: list[concurrent.futures.Future[int]] = []
         self._pool = concurrent.futures.ThreadPoolExecutor(_UPLOADS_IN_FLIGHT, "chromaguard-pack-upload")
         self.new_bytes = 0
         self.stored_bytes = 0
@@ -509,45 +528,54 @@ class BackupWriter:
 
     def _add(self, raw: bytes) -> None:
         digest = hashlib.sha256(raw).hexdigest()
-        where = self.known.get(digest) or self._pending.get(digest)
+        where = self.known.get(digest)
         if where is None:
-            blob = self._compress.compress(raw)
-            where = ["", len(self._pack), len(blob), len(raw)]
-            self._pack += blob
-            self._pending[digest] = where
+            where = ["", 0, 0, len(raw)]  # pack, offset, length: filled in when its pack is made
+            self.known[digest] = where  # a repeat later in this stream references it
+            self._batch.append((where, raw))
+            self._batch_bytes += len(raw)
             self.new_bytes += len(raw)
-            if len(self._pack) >= PACK_SIZE:
-                self._seal_pack()
+            if self._batch_bytes >= PACK_SIZE:
+                self._send_batch()
         else:
             self.reused_chunks += 1
         self._chunks.append([where, digest])
 
-    def _seal_pack(self) -> None:
-        """Name the pack by its content and send it; its chunks become known."""
-        data = bytes(self._pack)
-        pack = hashlib.sha256(data).hexdigest()
-        for where in self._pending.values():
-            where[0] = pack
-        self.known.update(self._pending)
-        self._pending = {}
-        self._pack = bytearray()
-        self.stored_bytes += len(data)
+    def _send_batch(self) -> None:
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
         self._wait_uploads(_UPLOADS_IN_FLIGHT)
-        self._uploads.append(self._pool.submit(self._upload, pack, data))
+        self._uploads.append(self._pool.submit(self._pack_and_upload, batch))
 
-    def _upload(self, pack: str, data: bytes) -> None:
+    def _pack_and_upload(self, batch: list[tuple[list[Any], bytes]]) -> int:
+        """In an upload thread (so compression runs on every core): compress, name the pack by its
+        content, send it, read it back. Returns its size."""
+        compress = zstandard.ZstdCompressor(level=1)  # vectors compress little at any level; 1 is the fastest
+        blobs = []
+        offset = 0
+        for where, raw in batch:
+            blob = compress.compress(raw)
+            if self.repo.sealer is not None:
+                blob = self.repo.sealer.seal(blob, _CHUNK_AAD)
+            where[1], where[2] = offset, len(blob)
+            blobs.append(blob)
+            offset += len(blob)
+        data = b"".join(blobs)
+        pack = hashlib.sha256(data).hexdigest()
+        for where, _ in batch:
+            where[0] = pack
         _put_checked(self.repo.store, self.repo.url, pack, data)
+        return len(data)
 
     def _wait_uploads(self, below: int) -> None:
         while len(self._uploads) >= max(below, 1) or (below == 0 and self._uploads):
-            self._uploads.pop(0).result()
+            self.stored_bytes += self._uploads.pop(0).result()
 
     def commit(self, extra: dict[str, Any] | None = None) -> BackupInfo:
         """Every pack up and checked, then the manifest: from now on the backup is listed."""
         try:
             self._cut(final=True)
-            if self._pack:
-                self._seal_pack()
+            if self._batch:
+                self._send_batch()
             self._wait_uploads(0)
         finally:
             self._closed = True
@@ -570,7 +598,7 @@ class BackupWriter:
                       "seconds": round(time.monotonic() - self.started, 3), **(extra or {})},
             "packs": packs, "chunks": chunks,
         }
-        if not self.repo.store.put(_manifest_key(self.id), _encode_manifest(manifest), new=True):
+        if not self.repo.store.put(_manifest_key(self.id), _encode_manifest(manifest, self.repo.sealer), new=True):
             raise RepositoryError(f"{self.repo.url}: a backup named {self.id} exists already; retry")
         return _info(manifest, None)
 
@@ -591,8 +619,9 @@ def _put_checked(store: Store, url: str, pack: str, data: bytes) -> None:
                               "corrupting data, nothing was listed")
 
 
-def _encode_manifest(manifest: dict[str, Any]) -> bytes:
-    return zstandard.ZstdCompressor(level=9).compress(json.dumps(manifest, separators=(",", ":")).encode())
+def _encode_manifest(manifest: dict[str, Any], sealer: Sealer | None) -> bytes:
+    packed = zstandard.ZstdCompressor(level=9).compress(json.dumps(manifest, separators=(",", ":")).encode())
+    return packed if sealer is None else sealer.seal(packed, manifest["id"].encode())
 
 
 def _this_process() -> dict[str, Any]:
@@ -648,11 +677,13 @@ class _PackCache:
 
 
 def _chunk(backup_id: str, pack: str, data: bytes, offset: int, length: int, raw_length: int, digest: str,
-           decompress: zstandard.ZstdDecompressor) -> bytes:
+           decompress: zstandard.ZstdDecompressor, sealer: Sealer | None) -> bytes:
     blob = data[offset:offset + length]
     try:
+        if sealer is not None:
+            blob = sealer.unseal(blob, _CHUNK_AAD)
         raw = decompress.decompress(blob, max_output_size=raw_length)
-    except zstandard.ZstdError:
+    except (zstandard.ZstdError, Unreadable):
         raw = b""
     if len(raw) != raw_length or hashlib.sha256(raw).hexdigest() != digest:
         raise CorruptBackup(f"backup {backup_id}: chunk {digest[:16]}… in pack {pack[:16]}… (offset {offset}) "

@@ -69,6 +69,7 @@ class BackupScheduler:
         self.policy = Policy(settings.backup_keep_last, settings.backup_keep_hourly, settings.backup_keep_daily,
                              settings.backup_keep_weekly, settings.backup_keep_monthly)
         self.verify = settings.backup_verify
+        self.password = settings.backup_password_value()
         self.staging_root = str(settings.snapshot_dir) if settings.snapshot_dir else None
         self.gate = gate
         self.data_dir = data_dir
@@ -140,7 +141,8 @@ class BackupScheduler:
         if self._repository is None:
             from .repository import Repository
 
-            self._repository = await asyncio.to_thread(Repository.open, self.url, create=True)
+            self._repository = await asyncio.to_thread(Repository.open, self.url, create=True,
+                                                       password=self.password)
         return self._repository
 
     async def run_once(self) -> BackupInfo:

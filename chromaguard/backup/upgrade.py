@@ -50,7 +50,7 @@ def archive_folder(data_dir: Path) -> Path:
     return data_dir.with_name(data_dir.name + "-before-upgrade")
 
 
-def backup_before_upgrade(data_dir: Path, repository: str | None) -> str | None:
+def backup_before_upgrade(data_dir: Path, repository: str | None, password: str | None = None) -> str | None:
     """Back the data dir up when the installed engine is not the one that last served it (the
     caller holds the data dir's lock); where it went, or None when nothing was needed."""
     if not (data_dir / SQLITE).is_file():
@@ -67,7 +67,8 @@ def backup_before_upgrade(data_dir: Path, repository: str | None) -> str | None:
         if repository:
             from .repository import Repository
 
-            info = take.offline_to(data_dir, Repository.open(repository, create=True), lock_held=True)
+            info = take.offline_to(data_dir, Repository.open(repository, create=True, password=password),
+                                      lock_held=True)
             where = f"backup {info.id} in {repository}"
         else:
             result = take.offline(data_dir, archive_folder(data_dir), lock_held=True)

@@ -232,10 +232,18 @@ OPTIONS: tuple[Option, ...] = (
     _opt("backup_max_age", parsing.parse_duration, 0.0, "26h",
          "`/readyz` fails once the newest successful backup is older than this (`0` = never)",
          shown_default="`0` (off)", env=("CHROMAGUARD_BACKUP_MAX_AGE",)),
+    _opt("backup_password", parsing.parse_text, "", "a-long-passphrase",
+         "encrypts a repository created with it (AES-256-GCM, key by scrypt) and opens an encrypted one; the "
+         "same variable serves `chromaguard backup --to`, `restore`, `verify` and `backups`. Keep it apart from "
+         "the backups: without it they cannot be read", shown_default="none (not encrypted)",
+         env=("CHROMAGUARD_BACKUP_PASSWORD",), secret=True),
+    _opt("backup_password_file", parsing.parse_optional_path, None, "/run/secrets/backup_password",
+         "a file holding the backup password (wins over `CHROMAGUARD_BACKUP_PASSWORD`)", shown_default="none",
+         env=("CHROMAGUARD_BACKUP_PASSWORD_FILE",)),
     _opt("upgrade_backup", parsing.parse_bool, True, "off",
          "when the installed chromadb is not the one that last served the data dir, back it up before the new "
          "engine opens it: to the backup repository when one is set, else to an archive beside the data dir "
-         "(inside it, in `.chromaguard-upgrade-backups/`, when it is a mount point)", shown_default="on",
+         "(inside it, in `.chromaguard-upgrade-backups/`, when it is a mount point)", shown_default="`on`",
          env=("CHROMAGUARD_UPGRADE_BACKUP",)),
     _opt("log_format", parsing.choice("text", "json"), "text", "json", "log line format: `text` or `json`",
          shown_default="`text`", env=("CHROMAGUARD_LOG_FORMAT",), flag="--log-format"),
@@ -303,7 +311,16 @@ class Settings:
     backup_keep_monthly: int = 0
     backup_verify: str = "daily"
     backup_max_age: float = 0.0
+    backup_password: str = ""
+    backup_password_file: Path | None = None
     upgrade_backup: bool = True
+
+    def backup_password_value(self) -> str | None:
+        """The backup repository's password, from the file when one is named."""
+        from ..backup.crypto import PASSWORD_ENV, PASSWORD_FILE_ENV, password_from
+
+        return password_from({PASSWORD_ENV: self.backup_password,
+                              PASSWORD_FILE_ENV: str(self.backup_password_file or "")})
     log_format: str = "text"
     log_level: str = "info"
     config_file: Path | None = None

@@ -460,3 +460,47 @@ def test_scheduled_backups_run_inside_serve_catch_up_once_and_are_watched(
         assert time.strftime("%H:%M", time.gmtime(state["next_run"])) == "03:00"  # cron, UTC
     switch.stop()
     assert len(_listed(f"s3://{bucket}/other", s3.env())) == 1
+
+
+def test_an_encrypted_repository_needs_its_password_and_shows_nothing_in_clear(data: Path, tmp_path: Path) -> None:
+    secret = {"CHROMAGUARD_BACKUP_PASSWORD": "correct horse battery staple"}
+    clear, sealed = str(tmp_path / "clear"), str(tmp_path / "sealed")
+    _backup(data, clear, {})
+    made = _backup(data, sealed, secret)
+    config = json.loads((tmp_path / "sealed" / "config.json").read_text())
+    assert config["encryption"]["cipher"] == "AES-256-GCM" and "correct horse" not in json.dumps(config)
+
+    def packs(root: str) -> bytes:
+        return b"".join(p.read_bytes() for p in sorted((Path(root) / "packs").rglob("*")) if p.is_file())
+
+    import zstandard
+
+    zstd_frame = b"\x28\xb5\x2f\xfd"
+    clear_packs, sealed_packs = packs(clear), packs(sealed)
+    readable = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True).decompress(clear_packs)
+    assert b"document r123 of docs" in readable  # a document of the data, as the engine stores it
+    assert clear_packs.count(zstd_frame) > 100 and sealed_packs.count(zstd_frame) < 3  # only ciphertext
+
+    _one_line_error(_run("backups", "list", sealed), "the repository is encrypted", "CHROMAGUARD_BACKUP_PASSWORD")
+    _one_line_error(_run("restore", sealed, "--data-dir", str(tmp_path / "t"),
+                         env={"CHROMAGUARD_BACKUP_PASSWORD": "wrong"}), "wrong password")
+    assert not (tmp_path / "t").exists()
+    restored = tmp_path / "restored"
+    _ok(_run("restore", sealed, "--data-dir", str(restored), env=secret))
+    assert dump(restored) == dump(data)
+    second = _backup(data, sealed, secret)
+    assert second["stored_bytes"] < made["stored_bytes"] * 0.1  # deduplicated as without encryption
+
+    password_file = tmp_path / "password"
+    password_file.write_text(secret["CHROMAGUARD_BACKUP_PASSWORD"] + "\n")
+    assert len(_listed(sealed, {"CHROMAGUARD_BACKUP_PASSWORD_FILE": str(password_file)})) == 2
+
+    # An unencrypted repository stays readable with a password set, but is not written to as if encrypted.
+    assert len(_listed(clear, secret)) == 1
+    _one_line_error(_run("backup", "--data-dir", str(data), "--to", clear, env=secret), "not encrypted")
+
+    manifest = next((tmp_path / "sealed" / "backups").glob(f"{made['id']}*"))
+    raw = bytearray(manifest.read_bytes())
+    raw[40] ^= 1
+    manifest.write_bytes(bytes(raw))
+    _one_line_error(_run("verify", sealed, "--id", made["id"], env=secret), made["id"], "does not decrypt")
