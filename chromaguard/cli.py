@@ -410,6 +410,8 @@ def restore(target: str, data_dir: Path, backup_id: str | None, at: str | None, 
         source = target
     else:
 
+        if backup_id and at:
+            _fail("--id and --at both choose a backup; give one of them", 2)
         repository = _open_repository(target)
         chosen = repository.select(backup_id, _when(at))
         with _progress("restore", None) as advance:
@@ -493,7 +495,7 @@ def backups_unlock(repository: str) -> None:
     """Remove a lock left by a backup or prune that was killed (only when it is known to be gone)."""
 
     removed = _open_repository(repository).unlock()
-    click.echo("lock removed" if removed else "the repository was not locked")
+    click.echo(f"{removed} lock(s) removed" if removed else "the repository was not locked")
 
 
 @main.command("export")

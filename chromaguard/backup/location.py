@@ -20,7 +20,7 @@ def check_url(url: str) -> SplitResult | None:
     if scheme not in SCHEMES:
         raise ValueError(f"unknown repository scheme {scheme!r}; use a folder path, s3://bucket/prefix, "
                          "gs://bucket/prefix or az://container/prefix")
-    if parts.username or parts.password:
+    if parts.username or parts.password or "@" in url:  # a secret with a "/" in it hides from urlsplit
         raise ValueError("credentials do not belong in the URL (it is logged); use the standard environment "
                          "variables or profile")
     if not parts.hostname:

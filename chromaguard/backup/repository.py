@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import socket
@@ -49,7 +50,7 @@ FORMAT = "chromaguard-repository"
 BACKUP_FORMAT = "chromaguard-repository-backup"
 VERSION = 1
 CONFIG = "config.json"
-LOCK = "locks/repository.json"
+LOCKS = "locks"
 PACK_SIZE = 16 << 20
 _CHUNK_AAD = b"chunk"
 # Small chunks: a change to 1 % of the records (spread over the index and the SQLite pages)
@@ -57,7 +58,6 @@ _CHUNK_AAD = b"chunk"
 CHUNKING = {"min": 2 << 10, "avg": 8 << 10, "max": 32 << 10}
 _REPACK_AT = 0.2  # a pack a fifth or more unused is rewritten by prune with only what is used
 DEDUPLICATE_AGAINST = 2  # the newest backups whose chunks a new one reuses
-_HEAD_KEPT = 8 << 20  # the stream's start is kept to read its manifest.json member
 _PACK = re.compile(r"^[0-9a-f]{64}$")
 _ID = re.compile(r"^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{6}$")  # sorts by time, to the millisecond
 LOCK_STALE_AFTER = 15 * 60.0  # a live holder refreshes its lock every minute
@@ -130,6 +130,7 @@ class Repository:
         self.store = store
         self.config = config
         self.sealer = sealer  # None: an unencrypted repository
+        self._lost: threading.Event | None = None  # set when the lock held by this process was taken over
         self._password_given = password_given
         chunking = config["chunking"]
         self.min_chunk, self.avg_chunk, self.max_chunk = chunking["min"], chunking["avg"], chunking["max"]
@@ -164,52 +165,95 @@ class Repository:
     # ---- the lock ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def locked(self, operation: str) -> Iterator[None]:
-        """Backups and prunes take turns; the lock is refreshed while held and stale once not."""
-        body = {"operation": operation, **_this_process(), "since": time.time(), "token": uuid.uuid4().hex}
-        if not self.store.put(LOCK, json.dumps({**body, "refreshed": time.time()}).encode(), new=True):
-            holder = self._lock_holder()
-            if holder is not None and not _stale(holder):
+    def locked(self, operation: str, *, exclusive: bool = True) -> Iterator[None]:
+        """Each holder writes a lock object of its own (``locks/<token>.json``), then looks at the
+        others: it gives way to one that holds already, or that came first (by the store's clock),
+        when either of them is exclusive. Prunes are exclusive; backups, restores and verifies
+        share. Refreshed while held, stale once not; one found deleted (taken over) stops the work
+        before its next deletion."""
+        token = uuid.uuid4().hex
+        key = f"{LOCKS}/{token}.json"
+        body: dict[str, Any] = {"operation": operation, **_this_process(), "since": time.time(), "token": token,
+                                "exclusive": exclusive, "held": False, "refreshed": time.time()}
+        self.store.put(key, json.dumps(body).encode(), new=True)
+        try:
+            holder = self._conflict(token, exclusive)
+            if holder is not None:
                 raise RepositoryError(
                     f"{self.url}: the repository is locked by a {holder.get('operation', '?')} on "
-                    f"{holder.get('host', '?')} (pid {holder.get('pid', '?')}) since "
-                    f"{_iso(float(holder.get('since', 0)))}; wait for it, or if that process is gone run "
-                    f"`chromaguard backups unlock {self.url}`")
-            self.store.delete(LOCK)  # stale: its holder stopped refreshing it
-            if not self.store.put(LOCK, json.dumps({**body, "refreshed": time.time()}).encode(), new=True):
-                raise RepositoryError(f"{self.url}: another process took the repository lock just now; retry")
-        stop = threading.Event()
+                    f"{holder.get('host', '?')} (pid {holder.get('pid', '?')}) since {_iso(_number(holder, 'since'))}; "
+                    f"wait for it, or if that process is gone run `chromaguard backups unlock {self.url}`")
+            body["held"] = True
+            self.store.put(key, json.dumps(body).encode())
+        except BaseException:
+            with contextlib.suppress(StoreError):
+                self.store.delete(key)
+            raise
+        stop, lost = threading.Event(), threading.Event()
 
         def refresh() -> None:
             while not stop.wait(_LOCK_REFRESH):
                 with contextlib.suppress(StoreError):
-                    self.store.put(LOCK, json.dumps({**body, "refreshed": time.time()}).encode())
+                    if self.store.size(key) is None:  # taken over as stale: this process must stop
+                        lost.set()
+                        return
+                    body["refreshed"] = time.time()
+                    self.store.put(key, json.dumps(body).encode())
 
         keeper = threading.Thread(target=refresh, name="chromaguard-repository-lock", daemon=True)
         keeper.start()
+        self._lost = lost
         try:
             yield
         finally:
             stop.set()
             keeper.join()
-            holder = self._lock_holder()
-            if holder is not None and holder.get("token") == body["token"]:
-                self.store.delete(LOCK)
+            self._lost = None
+            with contextlib.suppress(StoreError):
+                self.store.delete(key)
 
-    def _lock_holder(self) -> dict[str, Any] | None:
+    def _conflict(self, token: str, exclusive: bool) -> dict[str, Any] | None:
+        """The live lock this one must give way to, if any; stale ones are removed on the way."""
+        others = self.store.list(LOCKS)
+        mine = next((o for o in others if o.key.endswith(f"/{token}.json")), None)
+        for other in others:
+            if other is mine or not other.key.endswith(".json"):
+                continue
+            holder = self._read_lock(other.key)
+            if holder is None:
+                continue
+            if _stale(holder):
+                with contextlib.suppress(StoreError):
+                    self.store.delete(other.key)
+                continue
+            if not (exclusive or holder.get("exclusive", True)):
+                continue  # both share
+            first = mine is None or (other.modified, other.key) < (mine.modified, mine.key)
+            if holder.get("held") or first:
+                return holder
+        return None
+
+    def _read_lock(self, key: str) -> dict[str, Any] | None:
         try:
-            holder = json.loads(self.store.get(LOCK))
+            holder = json.loads(self.store.get(key))
         except MissingObject:
-            return None
+            return None  # released meanwhile
         except ValueError:
             return {"operation": "unreadable lock", "refreshed": 0}
         return holder if isinstance(holder, dict) else {"refreshed": 0}
 
-    def unlock(self) -> bool:
-        """Remove the lock whoever holds it (``backups unlock``: its holder is known to be gone)."""
-        present = self.store.size(LOCK) is not None
-        self.store.delete(LOCK)
-        return present
+    def _still_locked(self) -> None:
+        """Before each deletion: stop if another process took this one's lock over as stale."""
+        if self._lost is not None and self._lost.is_set():
+            raise RepositoryError(f"{self.url}: this process's repository lock was taken over by another (it was "
+                                  "thought gone); stopped before deleting anything more")
+
+    def unlock(self) -> int:
+        """Remove every lock whoever holds it (``backups unlock``: the holders are known to be gone)."""
+        found = [info.key for info in self.store.list(LOCKS)]
+        for key in found:
+            self.store.delete(key)
+        return len(found)
 
     # ---- backups -----------------------------------------------------------------------------
 
@@ -284,9 +328,13 @@ class Repository:
         upload; reading every manifest would cost more than the rare chunk it saves."""
         known: dict[str, list[Any]] = {}
         used = 0
+        present = {info.key.rsplit("/", 1)[-1]: info.size for info in self.store.list("packs")}
         for backup_id in reversed(self.ids()):
             if used >= DEDUPLICATE_AGAINST:
                 break
+            found = self._verification(backup_id)
+            if found is not None and found.get("ok") is False:
+                continue  # a backup that failed its verification is not built on: a new one starts clean
             try:
                 m = self.manifest(backup_id)
             except CorruptBackup:
@@ -294,7 +342,9 @@ class Repository:
             used += 1
             packs = m["packs"]
             for pack_index, offset, length, raw_length, digest in m["chunks"]:
-                known.setdefault(digest, [packs[pack_index], offset, length, raw_length])
+                pack = packs[pack_index]
+                if present.get(pack, -1) >= offset + length:  # a pack lost or cut short is not built on
+                    known.setdefault(digest, [pack, offset, length, raw_length])
         return known
 
     def writer(self, *, progress: Progress | None = None, stop: threading.Event | None = None) -> BackupWriter:
@@ -371,45 +421,59 @@ class Repository:
     def prune(self, policy: Policy, *, dry_run: bool = False) -> PruneReport:
         """Forget the backups the policy does not keep, then delete the packs no kept one uses."""
         with self.locked("prune"):
-            ids = self.ids()
+            manifests = self._all_manifests("prune")  # every one readable, before anything is deleted
+            ids = sorted(manifests)
             keep = kept(((i, _id_time(i)) for i in ids), policy)
             doomed = [i for i in ids if i not in keep]
             report = PruneReport(keep, doomed)
             if dry_run:
                 return report
             for backup_id in doomed:  # manifests first: a kill from here on leaves only garbage packs
+                self._still_locked()
                 self.store.delete(_manifest_key(backup_id))
                 self.store.delete(_verified_key(backup_id))
-            report.packs_removed, report.bytes_freed = self._collect_garbage()
+                del manifests[backup_id]
+            report.packs_removed, report.bytes_freed = self._collect_garbage(manifests)
             return report
 
-    def _collect_garbage(self) -> tuple[int, int]:
-        """Delete the packs no listed backup names (also those a killed backup left behind), after
-        rewriting the packs that are mostly unused: (packs deleted, bytes freed)."""
+    def _all_manifests(self, doing: str) -> dict[str, dict[str, Any]]:
         manifests: dict[str, dict[str, Any]] = {}
         for backup_id in self.ids():
             try:
                 manifests[backup_id] = self.manifest(backup_id)
-            except CorruptBackup as exc:  # unreadable: what it names cannot be known, so nothing goes
-                raise RepositoryError(f"{exc}; prune stopped before deleting any pack: remove that backup "
-                                      f"(`chromaguard backups forget {self.url} --id …`) first") from None
-        used: dict[str, dict[int, int]] = {}  # pack -> offset -> length, of the chunks still named
-        for m in manifests.values():
-            for pack_index, offset, length, _, _ in m["chunks"]:
-                used.setdefault(m["packs"][pack_index], {})[offset] = length
+            except CorruptBackup as exc:  # what it names cannot be known: nothing may go
+                raise RepositoryError(f"{exc}; {doing} stopped before deleting anything: remove that backup "
+                                      f"first (`chromaguard backups forget {self.url} --id {backup_id}`)") from None
+        return manifests
+
+    def _collect_garbage(self, manifests: dict[str, dict[str, Any]]) -> tuple[int, int]:
+        """Delete the packs no listed backup names (also those a killed backup left behind), after
+        rewriting the packs that are mostly unused: (packs deleted, bytes freed)."""
+        used: dict[str, dict[int, tuple[int, int, str]]] = {}  # pack -> offset -> (length, raw length, sha256)
+        for backup_id, m in manifests.items():
+            for pack_index, offset, length, raw_length, digest in m["chunks"]:
+                known = used.setdefault(m["packs"][pack_index], {}).setdefault(offset, (length, raw_length, digest))
+                if known != (length, raw_length, digest):
+                    raise RepositoryError(f"backup {backup_id}: its manifest disagrees with another about the chunk "
+                                          f"at {offset} of pack {m['packs'][pack_index][:16]}…; prune stopped before "
+                                          "deleting any pack: verify the backups (`chromaguard verify --all`)")
         present = {info.key.rsplit("/", 1)[-1]: info for info in self.store.list("packs")}
-        wasteful = [pack for pack, chunks in used.items()
-                    if pack in present and present[pack].size - sum(chunks.values()) > present[pack].size * _REPACK_AT]
+        wasteful = [pack for pack, chunks in used.items() if pack in present and
+                    present[pack].size - sum(c[0] for c in chunks.values()) > present[pack].size * _REPACK_AT]
         written = self._repack(manifests, used, wasteful) if wasteful else 0
+        # What the manifests name now (after a repack, its new packs): a pack listed above with the
+        # same name, left by a repack killed before, is one of them and stays.
+        named = {pack for m in manifests.values() for pack in m["packs"]}
         removed = freed = 0
         for pack, info in present.items():
-            if pack not in used or pack in wasteful:
+            if pack not in named:
+                self._still_locked()
                 self.store.delete(info.key)
                 removed += 1
                 freed += info.size
         return removed, freed - written
 
-    def _repack(self, manifests: dict[str, dict[str, Any]], used: dict[str, dict[int, int]],
+    def _repack(self, manifests: dict[str, dict[str, Any]], used: dict[str, dict[int, tuple[int, int, str]]],
                 wasteful: list[str]) -> int:
         """Copy the used chunks of ``wasteful`` packs into new packs, then point every manifest at
         them, each replaced whole. Only after that may the old packs go. Returns the bytes written."""
@@ -427,11 +491,14 @@ class Repository:
             written += len(data)
             buffer, staged = bytearray(), []
 
+        decompress = zstandard.ZstdDecompressor()
         for pack in wasteful:
-            data = self.store.get(_pack_key(pack))
-            for offset, length in sorted(used[pack].items()):
+            data = self._pack("prune", pack)
+            for offset, (length, raw_length, digest) in sorted(used[pack].items()):
+                # Checked before it is copied: a chunk rewritten wrong would be lost for every backup.
+                _chunk("(repack)", pack, data, offset, length, raw_length, digest, decompress, self.sealer)
                 staged.append((pack, offset, len(buffer)))
-                buffer += data[offset:offset + length]  # still compressed: copied as it is
+                buffer += data[offset:offset + length]  # still compressed (and sealed): copied as it is
             if len(buffer) >= PACK_SIZE:
                 seal()
         if buffer:
@@ -440,6 +507,7 @@ class Repository:
         for backup_id, m in manifests.items():
             if doomed.isdisjoint(m["packs"]):
                 continue
+            self._still_locked()
             packs: list[str] = []
             index: dict[str, int] = {}
             chunks = []
@@ -459,9 +527,9 @@ class Repository:
             raise RepositoryError(f"{self.url}: no backup {backup_id!r}; `chromaguard backups list {self.url}` "
                                   "shows them")
         with self.locked("forget"):
-            self.store.delete(_manifest_key(backup_id))
+            self.store.delete(_manifest_key(backup_id))  # the one that may be unreadable: it goes first
             self.store.delete(_verified_key(backup_id))
-            self._collect_garbage()
+            self._collect_garbage(self._all_manifests("forget"))
 
     def size(self) -> int:
         return sum(info.size for info in self.store.list("packs"))
@@ -479,7 +547,8 @@ class BackupWriter:
         self.started = time.monotonic()
         self.id = new_id()
         self._buffer = bytearray()
-        self._head = bytearray()
+        self._head = bytearray()  # the stream's start, up to the end of its first member (manifest.json)
+        self._head_needed: int | None = None
         self._whole = hashlib.sha256()
         self._size = 0
         self._chunks: list[list[Any]] = []
@@ -500,8 +569,8 @@ class BackupWriter:
             raise RepositoryError("the backup was stopped before it was complete (the service is stopping); "
                                   "nothing was listed")
         n = len(data)
-        if len(self._head) < _HEAD_KEPT:
-            self._head += data[:_HEAD_KEPT - len(self._head)]
+        if self._head_needed is None or len(self._head) < self._head_needed:
+            self._keep_head(data)
         self._whole.update(data)
         self._size += n
         self._buffer += data
@@ -513,6 +582,15 @@ class BackupWriter:
 
     def flush(self) -> None:
         pass
+
+    def _keep_head(self, data: bytes | bytearray | memoryview) -> None:
+        want = _MANIFEST_MAX + 8192 if self._head_needed is None else self._head_needed
+        self._head += data[:max(0, want - len(self._head))]
+        if self._head_needed is None:
+            self._head_needed = _head_needed(self._head)
+            if self._head_needed is not None and self._head_needed > _MANIFEST_MAX + 8192:
+                raise RepositoryError("the stream backed up does not start with a manifest.json of a sane size; "
+                                      "is it a chromaguard snapshot?")
 
     def _cut(self, final: bool) -> None:
         data = bytes(self._buffer)
@@ -626,8 +704,12 @@ def _encode_manifest(manifest: dict[str, Any], sealer: Sealer | None) -> bytes:
 
 def _this_process() -> dict[str, Any]:
     """Who holds a lock: enough to tell, on the same machine, that its holder has gone."""
+    try:
+        pidns = os.readlink("/proc/self/ns/pid")  # two containers may share a host name, never this
+    except OSError:
+        pidns = ""
     return {"host": socket.gethostname(), "pid": os.getpid(), "boot": _read("/proc/sys/kernel/random/boot_id"),
-            "started": _start_ticks(os.getpid())}
+            "pidns": pidns, "started": _start_ticks(os.getpid())}
 
 
 def _read(path: str) -> str:
@@ -643,13 +725,18 @@ def _start_ticks(pid: int) -> str:
     return stat.rsplit(")", 1)[-1].split()[19] if stat else ""  # field 22: start time since boot
 
 
+def _number(found: dict[str, Any], key: str) -> float:
+    value = found.get(key)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
+
+
 def _stale(holder: dict[str, Any]) -> bool:
     """A lock's holder is gone: it stopped refreshing, or it ran here and that process is not running."""
-    if time.time() - float(holder.get("refreshed", 0) or 0) >= LOCK_STALE_AFTER:
+    if time.time() - _number(holder, "refreshed") >= LOCK_STALE_AFTER:
         return True
     me = _this_process()
-    if holder.get("host") != me["host"] or not me["boot"]:
-        return False  # another machine (or no way to tell): only the clock can say
+    if holder.get("host") != me["host"] or not me["boot"] or holder.get("pidns") != me["pidns"]:
+        return False  # another machine or container (or no way to tell): only the clock can say
     if holder.get("boot") != me["boot"]:
         return True  # the machine restarted since
     pid = holder.get("pid")
@@ -682,6 +769,9 @@ def _chunk(backup_id: str, pack: str, data: bytes, offset: int, length: int, raw
     try:
         if sealer is not None:
             blob = sealer.unseal(blob, _CHUNK_AAD)
+        # Our frames say their size: one that says another (a bomb says gigabytes) is not opened.
+        if zstandard.frame_content_size(blob) != raw_length:
+            raise zstandard.ZstdError("the frame's size is not the chunk's")
         raw = decompress.decompress(blob, max_output_size=raw_length)
     except (zstandard.ZstdError, Unreadable):
         raw = b""
@@ -689,6 +779,24 @@ def _chunk(backup_id: str, pack: str, data: bytes, offset: int, length: int, raw
         raise CorruptBackup(f"backup {backup_id}: chunk {digest[:16]}… in pack {pack[:16]}… (offset {offset}) "
                             "is corrupt; restore another backup, or back up again")
     return raw
+
+
+def _head_needed(head: bytes | bytearray) -> int | None:
+    """Where the tar stream's first member ends (past any pax or long-name headers before it);
+    None until enough of it has come to tell."""
+    offset = 0
+    for _ in range(4):
+        if len(head) < offset + 512:
+            return None
+        try:
+            info = tarfile.TarInfo.frombuf(bytes(head[offset:offset + 512]), "utf-8", "surrogateescape")
+        except tarfile.TarError:
+            return len(head)  # not a tar header: what came is parsed (and refused) as it is
+        end = offset + 512 + -(-info.size // 512) * 512
+        if info.type not in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
+            return end
+        offset = end
+    return offset
 
 
 def _first_member_manifest(head: bytes) -> dict[str, Any]:
@@ -736,26 +844,70 @@ def _parse_config(url: str, raw: bytes) -> dict[str, Any]:
     return config
 
 
+_MANIFEST_MAX = 512 << 20  # decompressed: what a manifest of a very large data dir could need
+_CHUNK_MAX = 16 << 20  # raw: far above any chunker setting
+
+
+def _bounded_decompress(blob: bytes, at_most: int) -> bytes:
+    """zstd without trusting the frame's declared size (a bomb declares gigabytes)."""
+    declared = zstandard.frame_content_size(blob)
+    if declared > at_most:
+        raise zstandard.ZstdError(f"declares {declared} bytes, more than {at_most}")
+    reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=False)
+    out = reader.read(at_most + 1)
+    if len(out) > at_most:
+        raise zstandard.ZstdError(f"more than {at_most} bytes")
+    return out
+
+
 def _parse_manifest(url: str, backup_id: str, raw: bytes) -> dict[str, Any]:
+    def bad(what: str) -> CorruptBackup:
+        return CorruptBackup(f"backup {backup_id}: its manifest in {url} {what}; restore another backup, and "
+                             f"remove this one (`chromaguard backups forget {url} --id {backup_id}`)")
+
     try:
-        m = json.loads(zstandard.ZstdDecompressor().decompress(raw, max_output_size=1 << 30))
-    except (ValueError, zstandard.ZstdError):
-        raise CorruptBackup(f"backup {backup_id}: its manifest in {url} is not valid JSON (cut short?)") from None
+        m = json.loads(_bounded_decompress(raw, _MANIFEST_MAX))
+    except (ValueError, zstandard.ZstdError, RecursionError):
+        raise bad("is not valid (cut short, or not zstd JSON)") from None
     if not isinstance(m, dict) or m.get("format") != BACKUP_FORMAT:
-        raise CorruptBackup(f"backup {backup_id}: its manifest in {url} is not a chromaguard backup manifest")
+        raise bad("is not a chromaguard backup manifest")
     if not isinstance(m.get("version"), int) or m["version"] > VERSION:
         raise CorruptBackup(f"backup {backup_id} was written by a newer chromaguard ({m.get('chromaguard_version')}, "
                             f"format {m.get('version')!r}); this one ({__version__}) reads up to {VERSION}: "
                             "upgrade chromaguard to restore it")
-    packs, chunks = m.get("packs"), m.get("chunks")
-    stream = m.get("stream")
+    packs, chunks, stream, stats = m.get("packs"), m.get("chunks"), m.get("stream"), m.get("stats")
+    if m.get("id") != backup_id:
+        raise bad("names another backup")
     if not isinstance(packs, list) or not isinstance(chunks, list) or not isinstance(stream, dict) or \
-            not isinstance(m.get("stats"), dict) or not isinstance(m.get("time"), (int, float)):
-        raise CorruptBackup(f"backup {backup_id}: its manifest in {url} lacks its packs, chunks or stream")
+            not isinstance(stats, dict) or not _finite(m.get("time")):
+        raise bad("lacks its packs, chunks, stream or time")
+    if not (_count(stream.get("size")) and isinstance(stream.get("sha256"), str) and _PACK.match(stream["sha256"])):
+        raise bad("has no valid stream size and checksum")
+    if not all(_count(stats.get(k, 0)) for k in ("new_bytes", "stored_bytes")):
+        raise bad("has malformed statistics")
     if not all(isinstance(p, str) and _PACK.match(p) for p in packs):
-        raise CorruptBackup(f"backup {backup_id}: its manifest in {url} names a pack that is not a sha256")
+        raise bad("names a pack that is not a sha256")
     for entry in chunks:
-        if not (isinstance(entry, list) and len(entry) == 5 and all(isinstance(v, int) for v in entry[:4])
-                and 0 <= entry[0] < len(packs) and isinstance(entry[4], str)):
-            raise CorruptBackup(f"backup {backup_id}: its manifest in {url} has a malformed chunk entry")
+        if not (isinstance(entry, list) and len(entry) == 5 and all(_count(v) for v in entry[:4])
+                and entry[0] < len(packs) and 0 < entry[2] <= 2 * _CHUNK_MAX and 0 < entry[3] <= _CHUNK_MAX
+                and isinstance(entry[4], str) and _PACK.match(entry[4])):
+            raise bad("has a malformed chunk entry")
+    if sum(entry[3] for entry in chunks) != stream["size"]:
+        raise bad("has chunks that do not add up to its stream")
+    snapshot = m.get("snapshot")
+    if not isinstance(snapshot, dict) or not isinstance(snapshot.get("collections", []), list) or \
+            not all(isinstance(c, dict) and _count(c.get("count", 0)) for c in snapshot.get("collections", [])):
+        raise bad("has a malformed snapshot description")
+    hold = snapshot.get("write_hold_ms")
+    if hold is not None and not _finite(hold):
+        raise bad("has a malformed write-hold time")
     return m
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
+        0 <= value < 1e11

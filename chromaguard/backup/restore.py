@@ -26,6 +26,7 @@ BEFORE_RESTORE = ".before-restore"  # the old data dir, renamed aside while the 
 ASIDE_PREFIX = ".chromaguard-before-restore-"  # in a mount point: its old contents, while the new ones move in
 STAGED_PREFIX = ".chromaguard-restore-"  # the new data, unpacked and verified before the swap
 DISCARD_PREFIX = ".chromaguard-discard-"  # data a finished swap put out of the way, being removed
+FETCH_PREFIX = ".chromaguard-fetch-"  # a repository backup's stream, read back beside the data dir
 
 
 class VerifyError(ChromaguardError):
@@ -267,21 +268,49 @@ def restore_from(repository: Repository, backup_id: str, data_dir: Path, *, forc
     if data_dir.is_dir() and not force and any(p.name != LOCK_NAME for p in data_dir.iterdir()):
         raise VerifyError(f"{data_dir} is not empty; restore into an empty dir or add --force to replace it")
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _fetched(repository, backup_id, data_dir.parent, progress) as tar:
+    _remove_dead_fetches(data_dir)
+    prefix = f"{FETCH_PREFIX}{data_dir.name}-{os.getpid()}-"
+    with repository.locked("restore", exclusive=False), \
+            _fetched(repository, backup_id, data_dir.parent, progress, prefix) as tar:
         return restore(tar, data_dir, force=force)
 
 
+def _remove_dead_fetches(data_dir: Path) -> None:
+    """Streams a killed restore left beside the data dir (its process is gone)."""
+    prefix = f"{FETCH_PREFIX}{data_dir.name}-"
+    for leftover in data_dir.parent.glob(f"{prefix}*.tar"):
+        pid = leftover.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def verify_in(repository: Repository, backup_id: str, *, progress: Callable[[int], None] | None = None,
-              full: bool = True) -> VerifyReport | int:
+              full: bool = True, into: Path | None = None) -> VerifyReport | int:
     """Every chunk of a backup checked; with ``full``, also restored into a scratch engine and
     compared with its manifest. The result is noted in the repository for ``backups list``."""
+    with repository.locked("verify", exclusive=False):
+        return _verify_in(repository, backup_id, progress, full, into)
+
+
+def _verify_in(repository: Repository, backup_id: str, progress: Callable[[int], None] | None, full: bool,
+               into: Path | None) -> VerifyReport | int:
     try:
         if not full:
             checked = repository.check(backup_id, progress)
             repository.note_verification(backup_id, True, f"{checked} bytes of chunks checked", "chunks")
             return checked
-        with _fetched(repository, backup_id, None, progress) as tar:
-            report = verify(tar)
+        with _fetched(repository, backup_id, into, progress) as tar:
+            report = verify(tar, keep_in=None)
     except (RepositoryError, VerifyError) as exc:
         repository.note_verification(backup_id, False, str(exc), "full" if full else "chunks")
         raise
@@ -291,10 +320,10 @@ def verify_in(repository: Repository, backup_id: str, *, progress: Callable[[int
 
 
 @contextlib.contextmanager
-def _fetched(repository: Repository, backup_id: str, into: Path | None,
-             progress: Callable[[int], None] | None) -> Iterator[Path]:
+def _fetched(repository: Repository, backup_id: str, into: Path | None, progress: Callable[[int], None] | None,
+             prefix: str = FETCH_PREFIX) -> Iterator[Path]:
     """The backup's tar stream in a file of its own (removed after), checked as it is read."""
-    fd, name = tempfile.mkstemp(prefix=".chromaguard-fetch-", suffix=".tar", dir=into)
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tar", dir=into)
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:

@@ -9,6 +9,7 @@ the next scheduled one, and every outcome is logged, counted and shown in ``stat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -99,7 +100,7 @@ class BackupScheduler:
                 repository = await self._open()
                 infos = await asyncio.to_thread(repository.backups)
                 self.state.repository_bytes = await asyncio.to_thread(repository.size)
-            except ChromaguardError as exc:
+            except Exception as exc:  # noqa: BLE001 - a repository that cannot be read must not end the schedule
                 self._failed(exc, "reading the repository")
                 self.state.next_run = time.time() + delay
                 await asyncio.sleep(delay)
@@ -121,7 +122,7 @@ class BackupScheduler:
             try:
                 await self.run_once()
                 return
-            except (ChromaguardError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the schedule goes on
                 self._failed(exc, "backing up")
             retry_at = time.time() + delay
             if self.schedule.due_after(self._last_attempt, time.time()) <= retry_at:
@@ -132,10 +133,14 @@ class BackupScheduler:
             delay = min(delay * 2, LAST_RETRY)
 
     def _failed(self, exc: BaseException, doing: str) -> None:
+        foreseen = isinstance(exc, (ChromaguardError, OSError))
         self.state.failures += 1
-        self.state.last_error = str(exc)
+        self.state.last_error = str(exc) if foreseen else f"{type(exc).__name__}: {exc}"
         self.state.last_error_at = time.time()
-        log.error("scheduled backup to %s failed while %s: %s", self.url, doing, exc)
+        if foreseen:
+            log.error("scheduled backup to %s failed while %s: %s", self.url, doing, exc)
+        else:  # not one we foresaw: the whole story, once
+            log.exception("scheduled backup to %s failed while %s", self.url, doing)
 
     async def _open(self) -> Repository:
         if self._repository is None:
@@ -155,16 +160,8 @@ class BackupScheduler:
         started = time.monotonic()
         try:
             repository = await self._open()
-            lock = repository.locked("scheduled backup")
-            await asyncio.to_thread(lock.__enter__)
-            try:
-                snapshot = await take_online(self.gate, self.data_dir, staging_root=self.staging_root)
-                try:
-                    info = await asyncio.to_thread(self._upload, repository, snapshot)
-                finally:
-                    snapshot.remove()
-            finally:
-                await asyncio.to_thread(lock.__exit__, None, None, None)
+            info = await self._in_thread(self._locked_backup, repository,
+                                         await take_online(self.gate, self.data_dir, staging_root=self.staging_root))
             self.state.last_success, self.state.last_id = info.time, info.id
             self.state.last_size, self.state.last_uploaded = info.size, info.stored_bytes
             self.state.last_write_hold_ms = info.write_hold_ms
@@ -175,28 +172,52 @@ class BackupScheduler:
             log.info("scheduled backup %s to %s: %.1f MiB, %.1f MiB uploaded, writes held for %s ms, %.1f s",
                      info.id, self.url, info.size / 2**20, info.stored_bytes / 2**20, info.write_hold_ms,
                      self.state.last_duration_s)
-            if not self.policy.empty:
-                report = await asyncio.to_thread(repository.prune, self.policy)
-                if report.removed:
-                    log.info("retention (%s): forgot %d backup(s), deleted %d pack(s)", self.policy.describe(),
-                             len(report.removed), report.packs_removed)
-            self.state.repository_bytes = await asyncio.to_thread(repository.size)
-            if self._verify_due():
-                await self._verify(repository, info.id)
+            await self._after(repository, info)  # the backup is made: what fails from here is not retried
             return info
         finally:
             self.state.running = False
 
-    def _upload(self, repository: Repository, snapshot: Any) -> BackupInfo:
+    async def _in_thread(self, fn: Any, *args: Any) -> Any:
+        """``fn`` in a thread; cancelled (the service stops), the thread is told and waited for, so
+        nothing it uses (the snapshot, the lock) goes away under it."""
+        work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            self.stopping.set()
+            with contextlib.suppress(Exception):
+                await work
+            raise
+
+    def _locked_backup(self, repository: Repository, snapshot: Any) -> BackupInfo:
         from . import archive
 
-        writer = repository.writer(stop=self.stopping)
         try:
-            archive.write_tar(snapshot, writer)  # type: ignore[arg-type]  # write and flush are enough
-            return writer.commit()
-        except BaseException:
-            writer.abandon()
-            raise
+            with repository.locked("scheduled backup", exclusive=False):
+                writer = repository.writer(stop=self.stopping)
+                try:
+                    archive.write_tar(snapshot, writer)  # type: ignore[arg-type]  # write and flush are enough
+                    return writer.commit()
+                except BaseException:
+                    writer.abandon()
+                    raise
+        finally:
+            snapshot.remove()
+
+    async def _after(self, repository: Repository, info: BackupInfo) -> None:
+        """Retention, the repository's size, a test restore when due: each failure logged and shown."""
+        try:
+            if not self.policy.empty:
+                report = await self._in_thread(repository.prune, self.policy)
+                if report.removed:
+                    log.info("retention (%s): forgot %d backup(s), deleted %d pack(s)", self.policy.describe(),
+                             len(report.removed), report.packs_removed)
+            self.state.repository_bytes = await self._in_thread(repository.size)
+        except Exception as exc:  # noqa: BLE001 - the backup itself is fine
+            self.state.last_error, self.state.last_error_at = f"retention after {info.id}: {exc}", time.time()
+            log.error("retention after scheduled backup %s failed: %s", info.id, exc)
+        if self._verify_due():
+            await self._verify(repository, info.id)
 
     def _verify_due(self) -> bool:
         if self.verify == "off":
@@ -209,9 +230,10 @@ class BackupScheduler:
     async def _verify(self, repository: Repository, backup_id: str) -> None:
         from .restore import verify_in
 
+        into = Path(self.staging_root) if self.staging_root else None
         try:
-            report = await asyncio.to_thread(verify_in, repository, backup_id)
-        except ChromaguardError as exc:
+            report = await self._in_thread(lambda: verify_in(repository, backup_id, into=into))
+        except Exception as exc:  # noqa: BLE001 - a failed test restore is reported, not retried as a backup
             self.state.verified_ok, self.state.verified_detail = False, str(exc)
             log.error("scheduled backup %s did not verify: %s", backup_id, exc)
         else:

@@ -43,6 +43,7 @@ class MissingObject(StoreError):
 class ObjectInfo:
     key: str
     size: int
+    modified: float  # the store's clock: the same for every client of it
 
 
 class Store:
@@ -55,7 +56,8 @@ class Store:
     def put(self, key: str, data: bytes, *, new: bool = False) -> bool:
         """Write ``data`` at ``key`` whole (never half); with ``new``, False if ``key`` exists already."""
         try:
-            obstore.put(self._store, key, data, mode="create" if new else "overwrite")
+            # One request per object: a multipart upload cut short would stay behind, unlisted but billed.
+            obstore.put(self._store, key, data, mode="create" if new else "overwrite", use_multipart=False)
         except obe.AlreadyExistsError:
             if new:
                 return False
@@ -89,7 +91,7 @@ class Store:
             return []
         except Exception as exc:  # noqa: BLE001
             raise self._error("list", prefix, exc) from None
-        return [ObjectInfo(str(meta["path"]), int(meta["size"])) for meta in found]
+        return [ObjectInfo(str(meta["path"]), int(meta["size"]), meta["last_modified"].timestamp()) for meta in found]
 
     def delete(self, key: str) -> None:
         try:

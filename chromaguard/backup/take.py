@@ -137,7 +137,7 @@ def online(url: str, output: Path, *, token: str | None = None, level: int = 3,
 def online_to(url: str, repository: Repository, *, token: str | None = None,
               progress: Callable[[str, int, int | None], None] | None = None) -> BackupInfo:
     """A running service's snapshot into a repository: only chunks it lacks go up."""
-    with repository.locked("backup"):
+    with repository.locked("backup", exclusive=False):
         writer = repository.writer()
         try:
             with _snapshot_stream(url, token, progress) as (_, chunks):
@@ -152,7 +152,7 @@ def online_to(url: str, repository: Repository, *, token: str | None = None,
 def offline_to(data_dir: Path, repository: Repository, *,
                progress: Callable[[str, int, int | None], None] | None = None, lock_held: bool = False) -> BackupInfo:
     """A stopped data dir into a repository (its lock is taken for the copy, unless held already)."""
-    with repository.locked("backup"):
+    with repository.locked("backup", exclusive=False):
         snapshot = _take_offline(data_dir, lock_held)
         try:
             total = sum(f["size"] for f in snapshot.manifest["files"])

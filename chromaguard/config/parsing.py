@@ -24,16 +24,12 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0
 
 
 def without_credentials(raw: Any) -> Any:
-    """A setting as it may be shown in a message: a URL's user and password left out."""
+    """A setting as it may be shown in a message: a URL's user and password left out (everything
+    up to the last ``@``: a secret may hold ``/``, which hides it from ``urlsplit``)."""
     if not isinstance(raw, str) or "@" not in raw or "://" not in raw:
         return raw
-    try:
-        parts = urlsplit(raw.strip())
-        if parts.username or parts.password:
-            return parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else "")).geturl()
-    except ValueError:
-        return "***"
-    return raw
+    scheme, rest = raw.strip().split("://", 1)
+    return f"{scheme}://{rest.rsplit('@', 1)[1]}"
 
 
 def parse_bool(raw: Any) -> bool:

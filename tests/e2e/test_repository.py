@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,60 +20,12 @@ import httpx
 import numpy as np
 import pytest
 from support.clients import http_client
-from support.procs import Guard, clean_env, cli
+from support.procs import Guard, clean_env
+from support.repositories import backup, copy_data, dump, listed, ok, one_line_error, run, write_data
 from support.s3 import MotoServer, Switch
 from support.writers import BASE, Writers, all_ids, check_state_at_hold
 
 pytestmark = pytest.mark.timeout(300)
-
-_WRITE = textwrap.dedent('''
-    import json, sys
-    import chromadb, numpy as np
-    path, spec = sys.argv[1], json.loads(sys.argv[2])
-    client = chromadb.PersistentClient(path)
-    for name, job in spec.items():
-        col = client.get_or_create_collection(name, embedding_function=None)
-        rng = np.random.default_rng(job.get("seed", 0))
-        if "add" in job:
-            start, n = job["add"]
-            for s in range(start, start + n, 2000):
-                ids = [f"r{i}" for i in range(s, min(start + n, s + 2000))]
-                col.add(ids=ids, embeddings=rng.random((len(ids), job["dim"]), dtype=np.float32),
-                        documents=[f"document {i} of {name}" for i in ids], metadatas=[{"i": i} for i in ids])
-        if "update" in job:
-            ids = [f"r{i}" for i in job["update"]]
-            col.update(ids=ids, embeddings=rng.random((len(ids), job["dim"]), dtype=np.float32),
-                       documents=["changed"] * len(ids))
-''')
-
-_DUMP = textwrap.dedent('''
-    import hashlib, json, sys
-    import chromadb
-    client = chromadb.PersistentClient(sys.argv[1])
-    out = {}
-    for col in sorted(client.list_collections(), key=lambda c: c.name):
-        rows = {}
-        for offset in range(0, col.count(), 5000):
-            got = col.get(include=["embeddings", "documents", "metadatas"], limit=5000, offset=offset)
-            for rid, emb, doc, meta in zip(got["ids"], got["embeddings"], got["documents"], got["metadatas"]):
-                rows[rid] = hashlib.sha256(json.dumps([emb.tolist(), doc, meta], sort_keys=True).encode()).hexdigest()
-        out[col.name] = rows
-    print(json.dumps(out))
-''')
-
-
-def write_data(path: Path, spec: dict[str, Any]) -> None:
-    """Change a data dir with the real engine (in a process of its own, which then exits)."""
-    subprocess.run([sys.executable, "-c", _WRITE, str(path), json.dumps(spec)], check=True, env=clean_env(),
-                   timeout=300)
-
-
-def dump(path: Path) -> dict[str, Any]:
-    """Every record of every collection in a data dir, as the engine reads it."""
-    out = subprocess.run([sys.executable, "-c", _DUMP, str(path)], check=True, env=clean_env(), timeout=300,
-                         capture_output=True, text=True)
-    return json.loads(out.stdout)
-
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
@@ -91,48 +42,16 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _copy(data: Path, into: Path) -> Path:
-    import shutil
-
-    return Path(shutil.copytree(data, into / "data"))
-
-
-def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return cli(*args, **(env or {}))
-
-
-def _ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, result.stderr
-    return result
-
-
-def _one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> str:
-    assert result.returncode != 0, result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
-
-
-def _backup(source: Path, repo: str, env: dict[str, str], *more: str) -> dict[str, Any]:
-    return json.loads(_ok(_run("backup", "--data-dir", str(source), "--to", repo, "--json", *more, env=env)).stdout)
-
-
-def _listed(repo: str, env: dict[str, str]) -> list[dict[str, Any]]:
-    return json.loads(_ok(_run("backups", "list", repo, "--json", env=env)).stdout)["backups"]
-
-
 @pytest.mark.parametrize("kind", ["s3", "folder"])
 def test_backup_then_restore_gives_back_every_record(kind: str, s3: MotoServer, data: Path, tmp_path: Path) -> None:
     if kind == "s3":
         repo, env = f"s3://{s3.bucket('roundtrip')}/team/chroma", s3.env()
     else:
         repo, env = str(tmp_path / "repo"), {}
-    made = _backup(data, repo, env)
+    made = backup(data, repo, env)
     assert made["records"] == 6300 and made["collections"] == 2 and made["new_bytes"] == made["size"]
     restored = tmp_path / "restored"
-    result = _ok(_run("restore", repo, "--data-dir", str(restored), env=env))
+    result = ok(run("restore", repo, "--data-dir", str(restored), env=env))
     assert made["id"] in result.stdout and "6300 record(s), verified" in result.stdout
     assert dump(restored) == dump(data)
     if kind == "s3":  # where it went: packs, one manifest, the repository's config; nothing else
@@ -143,65 +62,65 @@ def test_backup_then_restore_gives_back_every_record(kind: str, s3: MotoServer, 
 
 def test_second_backup_uploads_only_what_changed_and_each_restores_its_own_state(
         s3: MotoServer, data: Path, tmp_path: Path) -> None:
-    source = _copy(data, tmp_path)
+    source = copy_data(data, tmp_path)
     repo, env = f"s3://{s3.bucket('incremental')}/c", s3.env()
-    first = _backup(source, repo, env)
-    unchanged = _backup(source, repo, env)
+    first = backup(source, repo, env)
+    unchanged = backup(source, repo, env)
     assert unchanged["stored_bytes"] < first["stored_bytes"] * 0.05, (unchanged, first)
     write_data(source, {"docs": {"update": list(range(0, 6000, 100)), "dim": 64, "seed": 5},  # 1 % of the records
                         "small": {"add": [300, 10], "dim": 8}})
-    changed = _backup(source, repo, env)
+    changed = backup(source, repo, env)
     assert changed["records"] == 6310
     assert changed["stored_bytes"] < first["stored_bytes"] * 0.25, (changed, first)
     stored = sum(size for key, size in s3.keys_under("incremental", "c/packs/").items())
     assert stored == first["stored_bytes"] + unchanged["stored_bytes"] + changed["stored_bytes"]
 
     old, new = tmp_path / "old", tmp_path / "new"
-    _ok(_run("restore", repo, "--id", first["id"], "--data-dir", str(old), env=env))
-    _ok(_run("restore", repo, "--data-dir", str(new), env=env))  # the newest
+    ok(run("restore", repo, "--id", first["id"], "--data-dir", str(old), env=env))
+    ok(run("restore", repo, "--data-dir", str(new), env=env))  # the newest
     assert dump(old) == dump(data)
     assert dump(new) == dump(source)
     between = tmp_path / "between"  # --at: the newest at or before a time
     at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 5))
-    _ok(_run("restore", repo, "--at", at, "--data-dir", str(between), env=env))
+    ok(run("restore", repo, "--at", at, "--data-dir", str(between), env=env))
     assert dump(between) == dump(source)
-    _one_line_error(_run("restore", repo, "--at", "2001-01-01T00:00:00Z", "--data-dir", str(tmp_path / "x"),
+    one_line_error(run("restore", repo, "--at", "2001-01-01T00:00:00Z", "--data-dir", str(tmp_path / "x"),
                          env=env), "no backup at or before 2001-01-01")
 
-    listed = _listed(repo, env)
-    assert [b["id"] for b in listed] == [first["id"], unchanged["id"], changed["id"]]
-    assert [b["records"] for b in listed] == [6300, 6300, 6310]
-    assert listed[2]["new_bytes"] == changed["new_bytes"] and listed[0]["verified"] is None
-    _ok(_run("verify", repo, "--id", first["id"], env=env))
-    checked = {b["id"]: b["verified"] for b in _listed(repo, env)}[first["id"]]
+    shown = listed(repo, env)
+    assert [b["id"] for b in shown] == [first["id"], unchanged["id"], changed["id"]]
+    assert [b["records"] for b in shown] == [6300, 6300, 6310]
+    assert shown[2]["new_bytes"] == changed["new_bytes"] and shown[0]["verified"] is None
+    ok(run("verify", repo, "--id", first["id"], env=env))
+    checked = {b["id"]: b["verified"] for b in listed(repo, env)}[first["id"]]
     assert checked["ok"] is True and checked["kind"] == "full"
-    table = _ok(_run("backups", "list", repo, env=env)).stdout
+    table = ok(run("backups", "list", repo, env=env)).stdout
     assert first["id"] in table and "3 backup(s)" in table
 
 
 def test_prune_keeps_what_the_policy_says_and_every_kept_backup_restores(
         s3: MotoServer, data: Path, tmp_path: Path) -> None:
-    source = _copy(data, tmp_path)
+    source = copy_data(data, tmp_path)
     repo, env = f"s3://{s3.bucket('retention')}/r", s3.env()
     made = []
     for n in range(4):
         write_data(source, {"small": {"add": [1000 + 10 * n, 10], "dim": 8}})
-        made.append(_backup(source, repo, env)["id"])
-    dry = json.loads(_ok(_run("backups", "prune", repo, "--keep-last", "2", "--dry-run", "--json", env=env)).stdout)
-    assert dry["removed"] == made[:2] and len(_listed(repo, env)) == 4
-    _one_line_error(_run("backups", "prune", repo, env=env), "at least one --keep-* option")
+        made.append(backup(source, repo, env)["id"])
+    dry = json.loads(ok(run("backups", "prune", repo, "--keep-last", "2", "--dry-run", "--json", env=env)).stdout)
+    assert dry["removed"] == made[:2] and len(listed(repo, env)) == 4
+    one_line_error(run("backups", "prune", repo, env=env), "at least one --keep-* option")
     before = s3.keys_under("retention", "r/packs/")
-    report = json.loads(_ok(_run("backups", "prune", repo, "--keep-last", "2", "--json", env=env)).stdout)
+    report = json.loads(ok(run("backups", "prune", repo, "--keep-last", "2", "--json", env=env)).stdout)
     assert report["removed"] == made[:2] and sorted(report["kept"]) == made[2:]
-    assert [b["id"] for b in _listed(repo, env)] == made[2:]
+    assert [b["id"] for b in listed(repo, env)] == made[2:]
     after = s3.keys_under("retention", "r/packs/")
     # The packs only forgotten backups used went; those partly used were rewritten with what is used.
     assert report["packs_removed"] > 0 and sum(before.values()) - sum(after.values()) == report["bytes_freed"] > 0
     for backup_id in made[2:]:
-        _ok(_run("verify", repo, "--id", backup_id, env=env))
+        ok(run("verify", repo, "--id", backup_id, env=env))
     # --keep-* on a backup prunes after it.
-    _backup(source, repo, env, "--keep-last", "1")
-    assert len(_listed(repo, env)) == 1
+    backup(source, repo, env, "--keep-last", "1")
+    assert len(listed(repo, env)) == 1
 
 
 def _first_pack(s3: MotoServer, bucket: str, prefix: str) -> tuple[str, bytes]:
@@ -212,25 +131,25 @@ def _first_pack(s3: MotoServer, bucket: str, prefix: str) -> tuple[str, bytes]:
 def test_a_flipped_byte_or_a_missing_pack_is_named_and_nothing_is_restored(
         s3: MotoServer, data: Path, tmp_path: Path) -> None:
     repo, env = f"s3://{s3.bucket('damaged')}/d", s3.env()
-    made = _backup(data, repo, env)
+    made = backup(data, repo, env)
     key, body = _first_pack(s3, "damaged", "d/")
     flipped = bytearray(body)
     flipped[len(flipped) // 2] ^= 0x01
     s3.client().put_object(Bucket="damaged", Key=key, Body=bytes(flipped))
     target = tmp_path / "target"
-    line = _one_line_error(_run("verify", repo, env=env), f"backup {made['id']}", "chunk", "is corrupt",
+    line = one_line_error(run("verify", repo, env=env), f"backup {made['id']}", "chunk", "is corrupt",
                            key.rsplit("/", 1)[-1][:16])
     assert "pack" in line
-    _one_line_error(_run("restore", repo, "--data-dir", str(target), env=env), "is corrupt")
+    one_line_error(run("restore", repo, "--data-dir", str(target), env=env), "is corrupt")
     assert not target.exists(), "a refused restore must leave nothing behind"
-    assert _listed(repo, env)[0]["verified"]["ok"] is False  # the failure is noted for `backups list`
+    assert listed(repo, env)[0]["verified"]["ok"] is False  # the failure is noted for `backups list`
 
     s3.client().delete_object(Bucket="damaged", Key=key)
-    _one_line_error(_run("verify", repo, "--chunks-only", env=env), f"backup {made['id']}", "is missing",
+    one_line_error(run("verify", repo, "--chunks-only", env=env), f"backup {made['id']}", "is missing",
                     key.rsplit("/", 1)[-1][:16])
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    _one_line_error(_run("restore", repo, "--data-dir", str(target), "--force", env=env), "is missing")
+    one_line_error(run("restore", repo, "--data-dir", str(target), "--force", env=env), "is missing")
     assert [p.name for p in target.iterdir()] == ["keep.txt"], "a refused restore must not touch the data dir"
 
 
@@ -255,16 +174,16 @@ def test_kill_9_mid_upload_and_mid_prune_leaves_every_listed_backup_restorable(
     bucket = s3.bucket("killed")
     slow = Switch(s3.port, delay=0.002)  # every transfer slowed: the kills land inside operations
     repo, env = f"s3://{bucket}/k", s3.env(slow.endpoint)
-    first = _backup(source, repo, s3.env())
+    first = backup(source, repo, s3.env())
     write_data(source, {"big": {"add": [20000, 20000], "dim": 256, "seed": 4}})
     proc = _popen("backup", "--data-dir", str(source), "--to", repo, env=env)
     packs = len([k for k in s3.keys_under(bucket, "k/packs/")])
     _wait_for(lambda: len(s3.keys_under(bucket, "k/packs/")) > packs, what="the first new pack")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert [b["id"] for b in _listed(repo, s3.env())] == [first["id"]], "a killed backup must not be listed"
+    assert [b["id"] for b in listed(repo, s3.env())] == [first["id"]], "a killed backup must not be listed"
     # Same machine, holder gone: the next backup takes the lock at once and completes.
-    second = _backup(source, repo, s3.env())
+    second = backup(source, repo, s3.env())
     assert second["records"] == 40000
 
     orphans = set(s3.keys_under(bucket, "k/packs/"))
@@ -272,16 +191,16 @@ def test_kill_9_mid_upload_and_mid_prune_leaves_every_listed_backup_restorable(
     _wait_for(lambda: len(s3.keys_under(bucket, "k/backups/")) < 2 or proc.poll() is not None, what="prune")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    listed = [b["id"] for b in _listed(repo, s3.env())]
-    assert second["id"] in listed
-    for backup_id in listed:
-        _ok(_run("verify", repo, "--id", backup_id, "--chunks-only", env=s3.env()))
+    left = [b["id"] for b in listed(repo, s3.env())]
+    assert second["id"] in left
+    for backup_id in left:
+        ok(run("verify", repo, "--id", backup_id, "--chunks-only", env=s3.env()))
     assert orphans, "the killed backup left packs behind"
-    _ok(_run("backups", "prune", repo, "--keep-last", "1", env=s3.env()))
+    ok(run("backups", "prune", repo, "--keep-last", "1", env=s3.env()))
     present = {key.rsplit("/", 1)[-1] for key in s3.keys_under(bucket, "k/packs/")}
     assert present == _named_packs(s3, bucket, "k/"), "after a prune, every pack left is one a backup names"
     restored = tmp_path / "restored"
-    _ok(_run("restore", repo, "--data-dir", str(restored), env=s3.env()))
+    ok(run("restore", repo, "--data-dir", str(restored), env=s3.env()))
     assert dump(restored) == dump(source)
     slow.stop()
 
@@ -302,28 +221,28 @@ def test_the_store_going_away_mid_upload_is_one_clear_error_and_the_next_run_com
     assert len(lines) == 1 and "Traceback" not in err and f"s3://{bucket}/f" in lines[0], err
     assert not s3.keys_under(bucket, "f/backups/"), "a failed backup must not be listed"
     switch.start()
-    made = _backup(source, repo, env)  # the lock its predecessor left is its own machine's: taken over
-    assert [b["id"] for b in _listed(repo, env)] == [made["id"]]
+    made = backup(source, repo, env)  # the lock its predecessor left is its own machine's: taken over
+    assert [b["id"] for b in listed(repo, env)] == [made["id"]]
     switch.stop()
 
 
 def test_bad_input_is_one_line_naming_what_and_how(s3: MotoServer, data: Path, tmp_path: Path) -> None:
     env = s3.env()
-    _one_line_error(_run("backup", "--data-dir", str(data), "--to", "ftp://host/x", env=env),
+    one_line_error(run("backup", "--data-dir", str(data), "--to", "ftp://host/x", env=env),
                     "unknown repository scheme 'ftp'", "s3://bucket/prefix")
-    _one_line_error(_run("backup", "--data-dir", str(data), "--to", "s3://no-such-bucket/x", env=env),
+    one_line_error(run("backup", "--data-dir", str(data), "--to", "s3://no-such-bucket/x", env=env),
                     "bucket does not exist")
-    _one_line_error(_run("backups", "list", "s3:///x", env=env), "names no bucket")
-    _one_line_error(_run("backups", "list", "s3://key:secret@bucket/x", env=env), "credentials do not belong")
-    _one_line_error(_run("backups", "list", str(tmp_path / "nothing"), env=env), "no backup repository there")
+    one_line_error(run("backups", "list", "s3:///x", env=env), "names no bucket")
+    one_line_error(run("backups", "list", "s3://key:secret@bucket/x", env=env), "credentials do not belong")
+    one_line_error(run("backups", "list", str(tmp_path / "nothing"), env=env), "no backup repository there")
     repo = f"s3://{s3.bucket('inputs')}/i"
-    _one_line_error(_run("backups", "list", repo, env=env), "no backup repository there", "creates one")
-    made = _backup(data, repo, env)
-    _one_line_error(_run("restore", repo, "--id", "latest", "--data-dir", str(tmp_path / "t"), env=env),
+    one_line_error(run("backups", "list", repo, env=env), "no backup repository there", "creates one")
+    made = backup(data, repo, env)
+    one_line_error(run("restore", repo, "--id", "latest", "--data-dir", str(tmp_path / "t"), env=env),
                     "not a backup id")
-    _one_line_error(_run("restore", repo, "--id", "20261202T030000.000Z-1a2b3c", "--data-dir",
+    one_line_error(run("restore", repo, "--id", "20261202T030000.000Z-1a2b3c", "--data-dir",
                          str(tmp_path / "t"), env=env), "no backup 20261202T030000.000Z-1a2b3c")
-    _one_line_error(_run("restore", repo, "--at", "yesterday", "--data-dir", str(tmp_path / "t"), env=env),
+    one_line_error(run("restore", repo, "--at", "yesterday", "--data-dir", str(tmp_path / "t"), env=env),
                     "not a time")
     # A manifest written by a newer chromaguard: refused by name, with the way out.
     import zstandard
@@ -334,7 +253,7 @@ def test_bad_input_is_one_line_naming_what_and_how(s3: MotoServer, data: Path, t
     manifest.update(version=99, chromaguard_version="9.0.0")
     s3.client().put_object(Bucket="inputs", Key=key, Body=zstandard.ZstdCompressor().compress(
         json.dumps(manifest).encode()))
-    _one_line_error(_run("restore", repo, "--data-dir", str(tmp_path / "t"), env=env), "newer chromaguard (9.0.0",
+    one_line_error(run("restore", repo, "--data-dir", str(tmp_path / "t"), env=env), "newer chromaguard (9.0.0",
                     "upgrade chromaguard")
     assert not (tmp_path / "t").exists()
 
@@ -343,12 +262,11 @@ def test_wrong_credentials_and_a_read_only_bucket(tmp_path: Path, data: Path) ->
     server = MotoServer(tmp_path / "moto.log", auth=True)
     try:
         repo = "s3://guarded/chroma"
-        _one_line_error(_run("backups", "list", repo, env=server.env(user="rw", AWS_SECRET_ACCESS_KEY="wrong")),
+        one_line_error(run("backups", "list", repo, env=server.env(user="rw", AWS_SECRET_ACCESS_KEY="wrong")),
                         "refused the credentials", "AWS_ACCESS_KEY_ID")
-        _one_line_error(_run("backup", "--data-dir", str(data), "--to", repo, env=server.env(user="ro")),
+        one_line_error(run("backup", "--data-dir", str(data), "--to", repo, env=server.env(user="ro")),
                         "access denied", "write", "read, write, list and delete")
-        listed = server.keys_under("guarded", "chroma/")
-        assert listed == {}, "a refused backup writes nothing"
+        assert server.keys_under("guarded", "chroma/") == {}, "a refused backup writes nothing"
     finally:
         server.close()
 
@@ -363,15 +281,15 @@ def test_online_backups_under_writes_restore_exactly_the_state_at_their_hold(s3:
                        embeddings=np.random.default_rng(start).random((2000, 64), dtype=np.float32))
         with Writers(live.url, cid) as writers:
             time.sleep(1.0)
-            first = json.loads(_ok(_run("backup", "--url", live.url, "--to", repo, "--json", env=env)).stdout)
+            first = json.loads(ok(run("backup", "--url", live.url, "--to", repo, "--json", env=env)).stdout)
             time.sleep(1.0)
-            second = json.loads(_ok(_run("backup", "--url", live.url, "--to", repo, "--json", env=env)).stdout)
+            second = json.loads(ok(run("backup", "--url", live.url, "--to", repo, "--json", env=env)).stdout)
             time.sleep(0.3)
     assert first["write_hold_ms"] is not None and second["write_hold_ms"] is not None
     assert second["new_bytes"] < second["size"] * 0.5, second  # what the first holds already is not sent again
     for made in (first, second):
         restored = tmp_path / made["id"]
-        _ok(_run("restore", repo, "--id", made["id"], "--data-dir", str(restored), env=env))
+        ok(run("restore", repo, "--id", made["id"], "--data-dir", str(restored), env=env))
         hold = _hold_of(s3, "online", f"o/backups/{made['id']}.json.zst")
         with Guard(data_dir=restored) as back:
             check_state_at_hold(all_ids(back.url, cid), writers.log, hold)
@@ -428,15 +346,15 @@ def test_scheduled_backups_run_inside_serve_catch_up_once_and_are_watched(
         assert (_metric(live.url, "chromaguard_backup_uploaded_bytes_total") or 0) > 0
         ready = httpx.get(f"{live.url}/readyz").json()
         assert ready["checks"]["backup"]["ok"] is True, ready
-        shown = _ok(_run("status", live.url)).stdout
+        shown = ok(run("status", live.url)).stdout
         assert state["last_id"] in shown and "next run" in shown
-    assert [b["id"] for b in _listed(repo, s3.env())] == [state["last_id"]]
+    assert [b["id"] for b in listed(repo, s3.env())] == [state["last_id"]]
 
     # Restarted within the interval: nothing is due; the newest backup is what it counts from.
     with Guard(data_dir=data_dir, env={**s3.env(), **settings}) as again:
         _wait_for(lambda: _status(again.url)["backup"]["next_run"] is not None, what="the schedule")
         assert _status(again.url)["backup"]["last_id"] == state["last_id"]
-    assert len(_listed(repo, s3.env())) == 1
+    assert len(listed(repo, s3.env())) == 1
 
     # The store unreachable: the run fails, is counted and shown, /readyz says so; it comes back: retried.
     switch = Switch(s3.port)
@@ -459,14 +377,14 @@ def test_scheduled_backups_run_inside_serve_catch_up_once_and_are_watched(
         state = _status(failing.url)["backup"]
         assert time.strftime("%H:%M", time.gmtime(state["next_run"])) == "03:00"  # cron, UTC
     switch.stop()
-    assert len(_listed(f"s3://{bucket}/other", s3.env())) == 1
+    assert len(listed(f"s3://{bucket}/other", s3.env())) == 1
 
 
 def test_an_encrypted_repository_needs_its_password_and_shows_nothing_in_clear(data: Path, tmp_path: Path) -> None:
     secret = {"CHROMAGUARD_BACKUP_PASSWORD": "correct horse battery staple"}
     clear, sealed = str(tmp_path / "clear"), str(tmp_path / "sealed")
-    _backup(data, clear, {})
-    made = _backup(data, sealed, secret)
+    backup(data, clear, {})
+    made = backup(data, sealed, secret)
     config = json.loads((tmp_path / "sealed" / "config.json").read_text())
     assert config["encryption"]["cipher"] == "AES-256-GCM" and "correct horse" not in json.dumps(config)
 
@@ -481,26 +399,26 @@ def test_an_encrypted_repository_needs_its_password_and_shows_nothing_in_clear(d
     assert b"document r123 of docs" in readable  # a document of the data, as the engine stores it
     assert clear_packs.count(zstd_frame) > 100 and sealed_packs.count(zstd_frame) < 3  # only ciphertext
 
-    _one_line_error(_run("backups", "list", sealed), "the repository is encrypted", "CHROMAGUARD_BACKUP_PASSWORD")
-    _one_line_error(_run("restore", sealed, "--data-dir", str(tmp_path / "t"),
+    one_line_error(run("backups", "list", sealed), "the repository is encrypted", "CHROMAGUARD_BACKUP_PASSWORD")
+    one_line_error(run("restore", sealed, "--data-dir", str(tmp_path / "t"),
                          env={"CHROMAGUARD_BACKUP_PASSWORD": "wrong"}), "wrong password")
     assert not (tmp_path / "t").exists()
     restored = tmp_path / "restored"
-    _ok(_run("restore", sealed, "--data-dir", str(restored), env=secret))
+    ok(run("restore", sealed, "--data-dir", str(restored), env=secret))
     assert dump(restored) == dump(data)
-    second = _backup(data, sealed, secret)
+    second = backup(data, sealed, secret)
     assert second["stored_bytes"] < made["stored_bytes"] * 0.1  # deduplicated as without encryption
 
     password_file = tmp_path / "password"
     password_file.write_text(secret["CHROMAGUARD_BACKUP_PASSWORD"] + "\n")
-    assert len(_listed(sealed, {"CHROMAGUARD_BACKUP_PASSWORD_FILE": str(password_file)})) == 2
+    assert len(listed(sealed, {"CHROMAGUARD_BACKUP_PASSWORD_FILE": str(password_file)})) == 2
 
     # An unencrypted repository stays readable with a password set, but is not written to as if encrypted.
-    assert len(_listed(clear, secret)) == 1
-    _one_line_error(_run("backup", "--data-dir", str(data), "--to", clear, env=secret), "not encrypted")
+    assert len(listed(clear, secret)) == 1
+    one_line_error(run("backup", "--data-dir", str(data), "--to", clear, env=secret), "not encrypted")
 
     manifest = next((tmp_path / "sealed" / "backups").glob(f"{made['id']}*"))
     raw = bytearray(manifest.read_bytes())
     raw[40] ^= 1
     manifest.write_bytes(bytes(raw))
-    _one_line_error(_run("verify", sealed, "--id", made["id"], env=secret), made["id"], "does not decrypt")
+    one_line_error(run("verify", sealed, "--id", made["id"], env=secret), made["id"], "does not decrypt")

@@ -1,0 +1,209 @@
+"""What an adversarial review broke in backup repositories, kept broken no more: a prune cut short
+mid-repack, an unreadable newest manifest under retention, two processes taking one stale lock,
+a lost pack built on, hostile manifests (zstd bombs, missing fields), a first member too large
+to find. Folder repositories and the real engine's data; the CLI where users meet it."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+from support.procs import cli
+from support.repositories import backup, dump, one_line_error, write_data
+
+from chromaguard.backup import repository as repo_module
+from chromaguard.backup.repository import Repository, RepositoryError, _head_needed
+from chromaguard.backup.retention import Policy
+from chromaguard.backup.store import Store
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    write_data(path, {"docs": {"add": [0, 3000], "dim": 32, "seed": 1}})
+    return path
+
+
+def _backups_with_churn(source: Path, repo: str, n: int = 3) -> list[str]:
+    made = []
+    for i in range(n):
+        write_data(source, {"docs": {"add": [10_000 + 50 * i, 50], "dim": 32, "seed": 10 + i}})
+        made.append(backup(source, repo, {})["id"])
+    return made
+
+
+def _verify_all(repo: str) -> None:
+    for info in Repository.open(repo).backups():
+        result = cli("verify", repo, "--id", info.id, "--chunks-only")
+        assert result.returncode == 0, result.stderr
+
+
+def test_a_prune_cut_short_mid_repack_then_run_again_keeps_everybackup(source: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = str(tmp_path / "repo")
+    made = _backups_with_churn(source, repo, 4)
+    real_put = Store.put
+
+    def cut_before_manifests(self: Store, key: str, data: bytes, *, new: bool = False) -> bool:
+        if key.startswith("backups/"):
+            raise RuntimeError("killed after the repacked pack went up, before any manifest was rewritten")
+        return real_put(self, key, data, new=new)
+
+    monkeypatch.setattr(Store, "put", cut_before_manifests)
+    with pytest.raises(RuntimeError):
+        Repository.open(repo).prune(Policy(last=2))
+    monkeypatch.setattr(Store, "put", real_put)
+    Repository.open(repo).unlock()  # what the killed process left
+    report = Repository.open(repo).prune(Policy(last=2))
+    assert sorted(report.kept) == made[2:]
+    _verify_all(repo)
+    restored = tmp_path / "restored"
+    assert cli("restore", repo, "--data-dir", str(restored)).returncode == 0
+    assert dump(restored) == dump(source)
+
+
+def test_an_unreadable_newest_manifest_stops_a_prune_before_anything_is_deleted(source: Path, tmp_path: Path) -> None:
+    repo = str(tmp_path / "repo")
+    made = _backups_with_churn(source, repo, 3)
+    newest = next((tmp_path / "repo" / "backups").glob(f"{made[-1]}*"))
+    newest.write_bytes(newest.read_bytes()[:100])
+    before = sorted(p.name for p in (tmp_path / "repo").rglob("*") if p.is_file())
+    line = one_line_error(cli("backups", "prune", repo, "--keep-last", "1"), made[-1], "stopped before deleting")
+    assert f"forget {repo} --id {made[-1]}" in line
+    assert sorted(p.name for p in (tmp_path / "repo").rglob("*") if p.is_file()) == before
+    assert cli("backups", "forget", repo, "--id", made[-1]).returncode == 0  # what the message says to do
+    _verify_all(repo)
+    assert [b.id for b in Repository.open(repo).backups()] == made[:2]
+
+
+def test_two_processes_taking_over_one_stale_lock_never_both_hold_it(tmp_path: Path) -> None:
+    repo = Repository.open(str(tmp_path / "repo"), create=True)
+    stale = {"operation": "prune", "host": "elsewhere", "pid": 1, "since": 0, "refreshed": 0, "exclusive": True,
+             "held": True, "token": "gone"}
+    inside: list[str] = []
+    overlaps: list[list[str]] = []
+    for round_ in range(8):
+        repo.store.put("locks/gone.json", json.dumps(stale).encode())
+        barrier = threading.Barrier(2)
+
+        def take(name: str, barrier: threading.Barrier = barrier) -> None:
+            mine = Repository.open(repo.url)
+            barrier.wait()
+            try:
+                with mine.locked("prune"):
+                    inside.append(name)
+                    if len(inside) > 1:
+                        overlaps.append(list(inside))
+                    time.sleep(0.05)
+                    inside.remove(name)
+            except RepositoryError as exc:
+                assert "locked by a prune" in str(exc)
+
+        threads = [threading.Thread(target=take, args=(f"{round_}{x}",)) for x in "AB"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert overlaps == []
+    assert not repo.store.list("locks"), "every lock was released, the stale one removed"
+
+
+def test_a_backup_shares_with_a_restore_but_never_runs_beside_a_prune(tmp_path: Path) -> None:
+    repo = Repository.open(str(tmp_path / "repo"), create=True)
+    with repo.locked("verify", exclusive=False):
+        with Repository.open(repo.url).locked("backup", exclusive=False):
+            pass  # readers and writers share
+        with pytest.raises(RepositoryError, match="locked by a verify"):
+            with Repository.open(repo.url).locked("prune"):
+                pass
+
+
+def test_a_lost_pack_is_not_built_on_by_the_nextbackup(source: Path, tmp_path: Path) -> None:
+    repo = str(tmp_path / "repo")
+    backup(source, repo, {})
+    for pack in (tmp_path / "repo" / "packs").rglob("*"):
+        if pack.is_file():
+            pack.unlink()
+            break
+    second = backup(source, repo, {})
+    result = cli("verify", repo, "--id", second["id"])
+    assert result.returncode == 0, result.stderr
+
+
+def _tamper(repo: Path, backup_id: str, change: Any) -> None:
+    path = next((repo / "backups").glob(f"{backup_id}*"))
+    manifest = json.loads(zstandard.ZstdDecompressor().decompress(path.read_bytes()))
+    change(manifest)
+    path.write_bytes(zstandard.ZstdCompressor().compress(json.dumps(manifest).encode()))
+
+
+@pytest.mark.parametrize("case", ["no_sha", "huge_raw", "no_id", "stats_str", "float_time", "bad_count",
+                                  "pack_path", "overlong"])
+def test_a_hostile_manifest_is_one_line_never_a_traceback(case: str, source: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    made = backup(source, str(repo), {})
+    changes = {
+        "no_sha": lambda m: m["stream"].pop("sha256"),
+        "huge_raw": lambda m: m["chunks"][0].__setitem__(3, 10**30),
+        "no_id": lambda m: m.pop("id"),
+        "stats_str": lambda m: m.__setitem__("stats", {"new_bytes": "lots"}),
+        "float_time": lambda m: m.__setitem__("time", 1e308),
+        "bad_count": lambda m: m["snapshot"]["collections"][0].__setitem__("count", "many"),
+        "pack_path": lambda m: m["packs"].__setitem__(0, "../../../../etc/passwd"),
+        "overlong": lambda m: m["chunks"][0].__setitem__(2, 2**40),
+    }
+    _tamper(repo, made["id"], changes[case])
+    for args in (("backups", "list", str(repo)), ("restore", str(repo), "--data-dir", str(tmp_path / "t")),
+                 ("backups", "prune", str(repo), "--keep-last", "1")):
+        result = cli(*args)
+        if args[1] == "list":  # the list shows the backup as damaged
+            assert result.returncode == 0 and "FAILED" in result.stdout, result.stderr
+        else:
+            one_line_error(result, made["id"])
+    assert not (tmp_path / "t").exists()
+
+
+def test_zstd_bombs_in_a_manifest_or_a_chunk_are_refused_without_inflating(source: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    made = backup(source, str(repo), {})
+    bomb = zstandard.ZstdCompressor(level=19).compress(b"\0" * (64 << 20))  # small, declares 64 MiB
+    pack = next(p for p in (repo / "packs").rglob("*") if p.is_file())
+    original = pack.read_bytes()
+    pack.write_bytes(bomb + original[len(bomb):])  # the pack's first chunk is now a bomb
+    one_line_error(cli("verify", str(repo), "--chunks-only"), made["id"], "is corrupt")
+    pack.write_bytes(original)
+    manifest = next((repo / "backups").glob(f"{made['id']}*"))
+    fake = zstandard.ZstdCompressor().compress(b" " * (600 << 20))  # declares 600 MiB of manifest
+    manifest.write_bytes(fake)
+    one_line_error(cli("restore", str(repo), "--data-dir", str(tmp_path / "t")), made["id"], "is not valid")
+
+
+def test_a_first_member_larger_than_any_fixed_head_is_still_found() -> None:
+    buf = io.BytesIO()
+    big = json.dumps({"format": "x", "pad": "y" * (9 << 20)}).encode()
+    with tarfile.open(fileobj=buf, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(big)
+        tar.addfile(info, io.BytesIO(big))
+        long_name = tarfile.TarInfo("data/" + "a" * 200)  # a pax header before it
+        long_name.size = 3
+        tar.addfile(long_name, io.BytesIO(b"abc"))
+    stream = buf.getvalue()
+    end = _head_needed(stream)
+    assert end is not None and end >= 512 + len(big)
+    assert repo_module._first_member_manifest(stream[:end])["pad"] == "y" * (9 << 20)
+    assert _head_needed(stream[:100]) is None
+
+
+def test_id_and_at_together_are_refused(source: Path, tmp_path: Path) -> None:
+    repo = str(tmp_path / "repo")
+    made = backup(source, repo, {})
+    one_line_error(cli("restore", repo, "--id", made["id"], "--at", "2000-01-01", "--data-dir", str(tmp_path / "t")),
+                    "--id and --at")
