@@ -67,19 +67,26 @@ def run(records: int, dim: int) -> dict[str, Any]:
             full = backup()
             out["full"] = {"seconds": round(full["seconds"], 2), "mb_per_s": round(size / 1e6 / full["seconds"], 1),
                            "uploaded_mb": round(full["stored_bytes"] / 1e6, 1), "write_hold_ms": full["write_hold_ms"]}
-            changed = rng.choice(records, records // 100, replace=False)
-            ids = [f"r{i}" for i in changed]
-            for start in range(0, len(ids), 1000):
-                part = ids[start:start + 1000]
+            def incremental(made: dict[str, Any]) -> dict[str, Any]:
+                return {"seconds": round(made["seconds"], 2), "uploaded_mb": round(made["stored_bytes"] / 1e6, 2),
+                        "write_hold_ms": made["write_hold_ms"],
+                        "uploaded_vs_full": round(made["stored_bytes"] / full["stored_bytes"], 4),
+                        "time_vs_full": round(made["seconds"] / full["seconds"], 3),
+                        "hold_vs_full": round(made["write_hold_ms"] / full["write_hold_ms"], 3)}
+
+            # 1 % new records (an append-mostly workload), then 1 % of the records changed in place.
+            new = [f"n{i}" for i in range(records // 100)]
+            for start in range(0, len(new), 1000):
+                part = new[start:start + 1000]
+                col.add(ids=part, embeddings=rng.random((len(part), dim), dtype=np.float32),
+                        documents=[f"new {i}" for i in part])
+            out["incremental_after_adding_1pct"] = incremental(backup())
+            changed = [f"r{i}" for i in rng.choice(records, records // 100, replace=False)]
+            for start in range(0, len(changed), 1000):
+                part = changed[start:start + 1000]
                 col.update(ids=part, embeddings=rng.random((len(part), dim), dtype=np.float32),
                            documents=["changed " + i for i in part])
-            inc = backup()
-            out["incremental"] = {
-                "seconds": round(inc["seconds"], 2), "uploaded_mb": round(inc["stored_bytes"] / 1e6, 2),
-                "write_hold_ms": inc["write_hold_ms"],
-                "uploaded_vs_full": round(inc["stored_bytes"] / full["stored_bytes"], 4),
-                "time_vs_full": round(inc["seconds"] / full["seconds"], 3),
-                "hold_vs_full": round(inc["write_hold_ms"] / full["write_hold_ms"], 3)}
+            out["incremental_after_updating_1pct"] = incremental(backup())
         data = work / "data"
         seconds, _ = _timed("tar", "czf", str(work / "seed.tgz"), "-C", str(data), ".")
         out["tar_czf_mb_per_s"] = round(size / 1e6 / seconds, 1)
