@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -133,7 +134,7 @@ class BackupScheduler:
             delay = min(delay * 2, LAST_RETRY)
 
     def _failed(self, exc: BaseException, doing: str) -> None:
-        foreseen = isinstance(exc, (ChromaguardError, OSError))
+        foreseen = isinstance(exc, (ChromaguardError, OSError, sqlite3.Error))
         self.state.failures += 1
         self.state.last_error = str(exc) if foreseen else f"{type(exc).__name__}: {exc}"
         self.state.last_error_at = time.time()

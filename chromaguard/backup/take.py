@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gzip
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,10 @@ from .snapshot import Snapshot, SnapshotError, take_offline
 
 class BackupError(ChromaguardError):
     exit_code = 1
+
+
+class UnreadableData(BackupError):
+    """The data dir's SQLite file cannot be read: there is no consistent copy to take."""
 
 
 @dataclass
@@ -170,6 +175,9 @@ def offline_to(data_dir: Path, repository: Repository, *,
 def _take_offline(data_dir: Path, lock_held: bool = False) -> Snapshot:
     try:
         return asyncio.run(take_offline(data_dir, lock_held=lock_held))
+    except sqlite3.Error as exc:
+        raise UnreadableData(f"{data_dir}/chroma.sqlite3 cannot be read by SQLite ({exc}); no consistent copy "
+                             "of it can be taken") from None
     except (SnapshotError, StartupError) as exc:
         raise BackupError(str(exc)) from None
 

@@ -73,6 +73,9 @@ def backup_before_upgrade(data_dir: Path, repository: str | None, password: str 
         else:
             result = take.offline(data_dir, archive_folder(data_dir), lock_held=True)
             where = str(result.path)
+    except take.UnreadableData as exc:  # nothing a backup could restore: the engine will say more
+        log.warning("%s, but it cannot be backed up: %s; starting the engine on it as it is", why, exc)
+        return None
     except (ChromaguardError, OSError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise StartupError(f"{why}, and the backup before the upgrade failed: {detail}; fix that, or start with "

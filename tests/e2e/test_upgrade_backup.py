@@ -85,3 +85,20 @@ def test_a_start_is_refused_when_the_backup_before_an_upgrade_fails(tmp_path: Pa
         assert json.loads((data_dir / MARKER).read_text())["chromadb"] == "0.6.3"  # the new engine never opened it
     finally:
         guard.close()
+
+
+def test_a_data_dir_sqlite_cannot_read_is_one_line_for_backup_and_left_to_the_engine_at_start(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "chroma.sqlite3").write_bytes(b"this is not a sqlite database" * 100)
+    result = cli("backup", "--data-dir", str(data_dir), "--to", str(tmp_path / "repo"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "cannot be read by SQLite" in result.stderr
+    guard = Guard(data_dir=data_dir)
+    try:
+        guard.start(wait=False)
+        assert guard.proc is not None and guard.proc.wait(60) == 2
+        assert "it cannot be backed up" in guard.log and "the Chroma engine exited during start-up" in guard.log
+        assert "Traceback" not in guard.log.split("the Chroma engine exited")[0]
+    finally:
+        guard.close()
