@@ -191,19 +191,9 @@ class BackupScheduler:
             raise
 
     def _locked_backup(self, repository: Repository, snapshot: Any) -> BackupInfo:
-        from . import archive
+        from .take import snapshot_to
 
-        try:
-            with repository.locked("scheduled backup", exclusive=False):
-                writer = repository.writer(stop=self.stopping)
-                try:
-                    archive.write_tar(snapshot, writer)  # type: ignore[arg-type]  # write and flush are enough
-                    return writer.commit()
-                except BaseException:
-                    writer.abandon()
-                    raise
-        finally:
-            snapshot.remove()
+        return snapshot_to(repository, snapshot, "scheduled backup", stop=self.stopping)
 
     async def _after(self, repository: Repository, info: BackupInfo) -> None:
         """Retention, the repository's size, a test restore when due: each failure logged and shown."""

@@ -7,6 +7,7 @@ import contextlib
 import gzip
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -157,19 +158,26 @@ def online_to(url: str, repository: Repository, *, token: str | None = None,
 def offline_to(data_dir: Path, repository: Repository, *,
                progress: Callable[[str, int, int | None], None] | None = None, lock_held: bool = False) -> BackupInfo:
     """A stopped data dir into a repository (its lock is taken for the copy, unless held already)."""
-    with repository.locked("backup", exclusive=False):
-        snapshot = _take_offline(data_dir, lock_held)
-        try:
-            total = sum(f["size"] for f in snapshot.manifest["files"])
-            writer = repository.writer(progress=(lambda n: progress("write", n, total)) if progress else None)
+    snapshot = _take_offline(data_dir, lock_held)
+    total = sum(f["size"] for f in snapshot.manifest["files"])
+    return snapshot_to(repository, snapshot, "backup",
+                       progress=(lambda n: progress("write", n, total)) if progress else None)
+
+
+def snapshot_to(repository: Repository, snapshot: Snapshot, operation: str, *,
+                progress: Callable[[int], None] | None = None, stop: threading.Event | None = None) -> BackupInfo:
+    """A snapshot's tar stream into a repository, listed only once whole; the snapshot is removed after."""
+    try:
+        with repository.locked(operation, exclusive=False):
+            writer = repository.writer(progress=progress, stop=stop)
             try:
                 archive.write_tar(snapshot, writer)  # type: ignore[arg-type]  # write and flush are enough
                 return writer.commit()
             except BaseException:
                 writer.abandon()
                 raise
-        finally:
-            snapshot.remove()
+    finally:
+        snapshot.remove()
 
 
 def _take_offline(data_dir: Path, lock_held: bool = False) -> Snapshot:
