@@ -41,9 +41,16 @@ def password_from(env: Mapping[str, str] = os.environ) -> str | None:
     path = env.get(PASSWORD_FILE_ENV, "").strip()
     if path:
         try:
-            return Path(path).read_text().rstrip("\r\n") or None
+            text = Path(path).read_text(encoding="utf-8-sig").rstrip("\r\n")
         except OSError as exc:
             raise WrongKey(f"{PASSWORD_FILE_ENV}={path}: cannot read the password file ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise WrongKey(f"{PASSWORD_FILE_ENV}={path}: the password file is not UTF-8 text") from None
+        if not text:  # a secret mounted empty must not mean "no encryption"
+            raise WrongKey(f"{PASSWORD_FILE_ENV}={path}: the password file is empty")
+        return text
+    if PASSWORD_ENV in env and not env[PASSWORD_ENV]:
+        raise WrongKey(f"{PASSWORD_ENV} is set but empty; give the password, or unset it for no encryption")
     return env.get(PASSWORD_ENV) or None
 
 
@@ -90,7 +97,7 @@ class Sealer:
 
 
 def _derive(password: str, salt: bytes, cost: Mapping[str, int]) -> bytes:
-    if not (2 <= cost["n"] <= 2**20 and cost["r"] <= 32 and cost["p"] <= 16):
+    if not (2 <= cost["n"] <= 2**17 and 1 <= cost["r"] <= 8 and 1 <= cost["p"] <= 4):  # at most 128 MiB, ~1 s
         raise ValueError("scrypt cost out of range")
     return Scrypt(salt=salt, length=32, n=cost["n"], r=cost["r"], p=cost["p"]).derive(password.encode())
 

@@ -131,6 +131,8 @@ class Repository:
         self.config = config
         self.sealer = sealer  # None: an unencrypted repository
         self._lost: threading.Event | None = None  # set when the lock held by this process was taken over
+        self._lock_key = ""
+        self._checked_at = 0.0
         self._password_given = password_given
         chunking = config["chunking"]
         self.min_chunk, self.avg_chunk, self.max_chunk = chunking["min"], chunking["avg"], chunking["max"]
@@ -159,7 +161,13 @@ class Repository:
             raw = store.get(CONFIG)  # another process created it just now
         config = _parse_config(url, raw)
         entry = config.get("encryption")
-        sealer = Sealer.open(url, entry, password) if isinstance(entry, dict) else None
+        if entry is not None and not isinstance(entry, dict):
+            raise RepositoryError(f"{url}: {CONFIG} has a damaged encryption entry")
+        if entry is None and password is not None:  # a downgrade (config.json edited) must not pass unseen
+            raise RepositoryError(f"{url}: this repository is not encrypted, but a backup password is set "
+                                  f"({PASSWORD_ENV}); unset it to use this repository, or back up to a new one to "
+                                  "encrypt")
+        sealer = Sealer.open(url, entry, password) if entry is not None else None
         return cls(store, config, sealer, password is not None)
 
     # ---- the lock ----------------------------------------------------------------------------
@@ -202,7 +210,7 @@ class Repository:
 
         keeper = threading.Thread(target=refresh, name="chromaguard-repository-lock", daemon=True)
         keeper.start()
-        self._lost = lost
+        self._lost, self._lock_key, self._checked_at = lost, key, time.monotonic()
         try:
             yield
         finally:
@@ -222,14 +230,17 @@ class Repository:
             holder = self._read_lock(other.key)
             if holder is None:
                 continue
-            if _stale(holder):
+            # Stale by the store's clock (its time of our lock is "now" there), so a machine whose
+            # clock runs ahead cannot take over a live lock; or a holder here that is gone.
+            silent = (mine.modified if mine is not None else time.time()) - other.modified
+            if silent >= LOCK_STALE_AFTER or _gone(holder) or holder.get("operation") == "unreadable lock":
                 with contextlib.suppress(StoreError):
                     self.store.delete(other.key)
                 continue
             if not (exclusive or holder.get("exclusive", True)):
                 continue  # both share
-            first = mine is None or (other.modified, other.key) < (mine.modified, mine.key)
-            if holder.get("held") or first:
+            # Came first, or at the same instant (S3 keeps whole seconds): then both give way.
+            if holder.get("held") or mine is None or other.modified <= mine.modified:
                 return holder
         return None
 
@@ -244,7 +255,13 @@ class Repository:
 
     def _still_locked(self) -> None:
         """Before each deletion: stop if another process took this one's lock over as stale."""
-        if self._lost is not None and self._lost.is_set():
+        if self._lost is None:
+            return
+        if not self._lost.is_set() and time.monotonic() - self._checked_at >= 1.0:  # at most once a second
+            self._checked_at = time.monotonic()
+            if self._lock_key and self.store.size(self._lock_key) is None:
+                self._lost.set()
+        if self._lost.is_set():
             raise RepositoryError(f"{self.url}: this process's repository lock was taken over by another (it was "
                                   "thought gone); stopped before deleting anything more")
 
@@ -676,6 +693,12 @@ class BackupWriter:
                       "seconds": round(time.monotonic() - self.started, 3), **(extra or {})},
             "packs": packs, "chunks": chunks,
         }
+        self.repo._still_locked()
+        present = {info.key.rsplit("/", 1)[-1]: info.size for info in self.repo.store.list("packs")}
+        for pack_index, offset, length, _, _ in chunks:  # a prune may have run meanwhile (a lock taken over)
+            if present.get(packs[pack_index], -1) < offset + length:
+                raise RepositoryError(f"{self.repo.url}: pack {packs[pack_index][:16]}… this backup builds on is gone "
+                                      "(a prune ran meanwhile?); nothing was listed, back up again")
         if not self.repo.store.put(_manifest_key(self.id), _encode_manifest(manifest, self.repo.sealer), new=True):
             raise RepositoryError(f"{self.repo.url}: a backup named {self.id} exists already; retry")
         return _info(manifest, None)
@@ -730,10 +753,8 @@ def _number(found: dict[str, Any], key: str) -> float:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
 
 
-def _stale(holder: dict[str, Any]) -> bool:
-    """A lock's holder is gone: it stopped refreshing, or it ran here and that process is not running."""
-    if time.time() - _number(holder, "refreshed") >= LOCK_STALE_AFTER:
-        return True
+def _gone(holder: dict[str, Any]) -> bool:
+    """A lock's holder ran on this machine, in this PID namespace, and that process is not running."""
     me = _this_process()
     if holder.get("host") != me["host"] or not me["boot"] or holder.get("pidns") != me["pidns"]:
         return False  # another machine or container (or no way to tell): only the clock can say

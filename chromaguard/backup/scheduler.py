@@ -107,8 +107,10 @@ class BackupScheduler:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, LAST_RETRY)
                 continue
-            if infos:
-                newest = infos[-1]
+            # The newest that could be read, and not from the future (a clock far ahead, a planted id).
+            usable = [i for i in infos if i.size > 0 and i.time <= time.time() + 300]
+            if usable:
+                newest = usable[-1]
                 self.state.last_success, self.state.last_id, self.state.last_size = newest.time, newest.id, newest.size
                 if newest.verified is not None:
                     self.state.verified_ok = bool(newest.verified.get("ok"))

@@ -319,8 +319,10 @@ class Settings:
         """The backup repository's password, from the file when one is named."""
         from ..backup.crypto import PASSWORD_ENV, PASSWORD_FILE_ENV, password_from
 
-        return password_from({PASSWORD_ENV: self.backup_password,
-                              PASSWORD_FILE_ENV: str(self.backup_password_file or "")})
+        given = {PASSWORD_FILE_ENV: str(self.backup_password_file or "")}
+        if self.source_of("backup_password") != "default":
+            given[PASSWORD_ENV] = self.backup_password
+        return password_from(given)
     log_format: str = "text"
     log_level: str = "info"
     config_file: Path | None = None

@@ -413,9 +413,11 @@ def test_an_encrypted_repository_needs_its_password_and_shows_nothing_in_clear(d
     password_file.write_text(secret["CHROMAGUARD_BACKUP_PASSWORD"] + "\n")
     assert len(listed(sealed, {"CHROMAGUARD_BACKUP_PASSWORD_FILE": str(password_file)})) == 2
 
-    # An unencrypted repository stays readable with a password set, but is not written to as if encrypted.
-    assert len(listed(clear, secret)) == 1
+    # An unencrypted repository stays readable without a password; with one set it is refused, so a
+    # config.json stripped of its encryption entry cannot pass plaintext off as the real backups.
+    assert len(listed(clear, {})) == 1
     one_line_error(run("backup", "--data-dir", str(data), "--to", clear, env=secret), "not encrypted")
+    one_line_error(run("backups", "list", clear, env=secret), "not encrypted")
 
     manifest = next((tmp_path / "sealed" / "backups").glob(f"{made['id']}*"))
     raw = bytearray(manifest.read_bytes())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 import threading
 import time
@@ -91,6 +92,8 @@ def test_two_processes_taking_over_one_stale_lock_never_both_hold_it(tmp_path: P
     overlaps: list[list[str]] = []
     for round_ in range(8):
         repo.store.put("locks/gone.json", json.dumps(stale).encode())
+        old = time.time() - 3600  # silent for an hour by the store's own clock (a folder: the file's mtime)
+        os.utime(tmp_path / "repo" / "locks" / "gone.json", (old, old))
         barrier = threading.Barrier(2)
 
         def take(name: str, barrier: threading.Barrier = barrier) -> None:
@@ -207,3 +210,58 @@ def test_id_and_at_together_are_refused(source: Path, tmp_path: Path) -> None:
     made = backup(source, repo, {})
     one_line_error(cli("restore", repo, "--id", made["id"], "--at", "2000-01-01", "--data-dir", str(tmp_path / "t")),
                     "--id and --at")
+
+
+def test_a_lock_written_from_a_clock_far_ahead_does_not_make_a_live_one_stale(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = Repository.open(str(tmp_path / "repo"), create=True)
+    with repo.locked("prune"):
+        skewed = Repository.open(repo.url)
+        real = time.time
+        monkeypatch.setattr(repo_module.time, "time", lambda: real() + 3600)  # this "machine" runs an hour ahead
+        with pytest.raises(RepositoryError, match="locked by a prune"):
+            with skewed.locked("prune"):
+                pass
+
+
+def test_an_unlock_during_a_prune_stops_it_before_its_next_deletion(source: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    repo_url = str(tmp_path / "repo")
+    for i in range(3):
+        write_data(source, {"docs": {"add": [20_000 + 50 * i, 50], "dim": 32, "seed": 30 + i}})
+        backup(source, repo_url, {})
+    orphan = tmp_path / "repo" / "packs" / "ab" / ("ab" * 32)  # what a killed backup leaves: GC deletes it
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(os.urandom(1000))
+    repo = Repository.open(repo_url)
+    real_collect = Repository._collect_garbage
+
+    def unlocked_meanwhile(self: Repository, *args: Any) -> Any:
+        Repository.open(repo_url).unlock()  # a forgotten backup's manifest is gone; its packs are next
+        time.sleep(1.1)  # past the once-a-second check
+        return real_collect(self, *args)
+
+    monkeypatch.setattr(Repository, "_collect_garbage", unlocked_meanwhile)
+    with pytest.raises(RepositoryError, match="taken over"):
+        repo.prune(Policy(last=2))
+    monkeypatch.setattr(Repository, "_collect_garbage", real_collect)
+    assert orphan.exists(), "nothing was deleted once the lock was gone"
+    for info in Repository.open(repo_url).backups():
+        assert cli("verify", repo_url, "--id", info.id, "--chunks-only").returncode == 0
+
+
+def test_an_empty_password_or_a_downgraded_config_never_means_plaintext(source: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    one_line_error(cli("backup", "--data-dir", str(source), "--to", str(tmp_path / "r1"),
+                       CHROMAGUARD_BACKUP_PASSWORD_FILE=str(empty)), "password file is empty")
+    one_line_error(cli("backup", "--data-dir", str(source), "--to", str(tmp_path / "r1"),
+                       CHROMAGUARD_BACKUP_PASSWORD=""), "set but empty")
+    sealed = tmp_path / "sealed"
+    backup(source, str(sealed), {"CHROMAGUARD_BACKUP_PASSWORD": "pw"})
+    config = json.loads((sealed / "config.json").read_text())
+    config.pop("encryption")  # an attacker with write access to the store
+    (sealed / "config.json").write_text(json.dumps(config))
+    one_line_error(cli("restore", str(sealed), "--data-dir", str(tmp_path / "t"), CHROMAGUARD_BACKUP_PASSWORD="pw"),
+                   "not encrypted, but a backup password is set")
+    assert not (tmp_path / "t").exists()
