@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -87,6 +88,18 @@ def run(records: int, dim: int) -> dict[str, Any]:
                 col.update(ids=part, embeddings=rng.random((len(part), dim), dtype=np.float32),
                            documents=["changed " + i for i in part])
             out["incremental_after_updating_1pct"] = incremental(backup())
+            # The same hold without the mirror, in the same run: a second snapshot taken while the
+            # first is kept for download copies the whole data dir under the hold.
+            with httpx.Client(base_url=guard.url, timeout=600) as http:
+                kept = http.post("/chromaguard/snapshots").json()
+                fresh = http.post("/chromaguard/snapshots").json()
+                for made in (kept, fresh):
+                    http.delete(f"/chromaguard/snapshots/{made['id']}")
+            assert kept["write_hold"]["mirror"] and not fresh["write_hold"]["mirror"]
+            out["hold_without_mirror_ms"] = fresh["write_hold_ms"]
+            out["hold_with_mirror_nothing_changed_ms"] = kept["write_hold_ms"]
+            out["incremental_hold_vs_whole_copy"] = round(
+                out["incremental_after_updating_1pct"]["write_hold_ms"] / fresh["write_hold_ms"], 3)
         data = work / "data"
         seconds, _ = _timed("tar", "czf", str(work / "seed.tgz"), "-C", str(data), ".")
         out["tar_czf_mb_per_s"] = round(size / 1e6 / seconds, 1)

@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support.procs import Guard  # noqa: E402
 
-from chromaguard.backup.snapshot import _stat_all  # noqa: E402
+from chromaguard.backup.snapshot import data_files  # noqa: E402
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 
@@ -81,8 +81,8 @@ def _case(work: Path, collections: int, records: int, dim: int, runs: int) -> di
         t0 = time.perf_counter()
         _fill(http, collections, records, dim)
         fill_s = time.perf_counter() - t0
-        files = _stat_all(guard.data_dir)
-        size = sum(s for s, _ in files.values())
+        files = data_files(guard.data_dir)
+        size = sum(st.st_size for st in files.values())
         writer = _Writer(guard.url, http.post(f"{BASE}/collections", json={"name": "writer"}).json()["id"])
         writer.thread.start()
         holds, describes = [], []

@@ -26,6 +26,7 @@ from .access.auth import Authenticator
 from .access.cors import CorsPolicy
 from .access.credentials import CredentialsError, CredentialStore, load_store
 from .access.credentials_watch import CredentialsWatcher
+from .backup.mirror import Mirror
 from .backup.scheduler import BackupScheduler
 from .backup.snapshot_api import ControlAccess, SnapshotService
 from .backup.upgrade import backup_before_upgrade, record_version
@@ -244,12 +245,14 @@ class Service:
             gate = snapshots = None
             if self.data_dir is not None:
                 gate = WriteGate()
+                mirror = Mirror(self.data_dir, self.settings.snapshot_dir) if self.settings.snapshot_mirror \
+                    and self.settings.persistent else None
                 snapshots = SnapshotService(gate, self.data_dir, staging_root=self.settings.snapshot_dir,
                                             max_kept=self.settings.snapshot_max_kept,
-                                            min_free=self.settings.snapshot_min_free)
+                                            min_free=self.settings.snapshot_min_free, mirror=mirror)
                 self.snapshots = snapshots
                 if self.settings.backup_schedule:
-                    self.backups = BackupScheduler(self.settings, gate, self.data_dir)
+                    self.backups = BackupScheduler(self.settings, gate, self.data_dir, mirror=mirror)
                     scheduled = asyncio.get_running_loop().create_task(self.backups.run())
                     if telemetry.metrics is not None:
                         telemetry.metrics.backup = lambda: self.backups.state if self.backups else None

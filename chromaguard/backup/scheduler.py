@@ -25,6 +25,7 @@ from .schedule import Schedule, parse_schedule
 if TYPE_CHECKING:
     from ..config.settings import Settings
     from ..proxy.writegate import WriteGate
+    from .mirror import Mirror
     from .repository import BackupInfo, Repository
 
 log = logging.getLogger("chromaguard.backup")
@@ -63,7 +64,7 @@ class BackupState:
 
 
 class BackupScheduler:
-    def __init__(self, settings: Settings, gate: WriteGate, data_dir: Path) -> None:
+    def __init__(self, settings: Settings, gate: WriteGate, data_dir: Path, mirror: Mirror | None = None) -> None:
         schedule = parse_schedule(settings.backup_schedule or "")
         assert schedule is not None and settings.backup_repository  # load_settings checked both
         self.schedule: Schedule = schedule
@@ -75,6 +76,7 @@ class BackupScheduler:
         self.staging_root = str(settings.snapshot_dir) if settings.snapshot_dir else None
         self.gate = gate
         self.data_dir = data_dir
+        self.mirror = mirror
         self.state = BackupState(self.url, schedule.describe())
         self.stopping = threading.Event()  # the service is stopping: an upload under way gives up
         self._repository: Repository | None = None
@@ -164,7 +166,8 @@ class BackupScheduler:
         try:
             repository = await self._open()
             info = await self._in_thread(self._locked_backup, repository,
-                                         await take_online(self.gate, self.data_dir, staging_root=self.staging_root))
+                                         await take_online(self.gate, self.data_dir, staging_root=self.staging_root,
+                                                                 mirror=self.mirror))
             self.state.last_success, self.state.last_id = info.time, info.id
             self.state.last_size, self.state.last_uploaded = info.size, info.stored_bytes
             self.state.last_write_hold_ms = info.write_hold_ms

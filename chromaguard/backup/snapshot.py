@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .. import __version__
 from ..engine import catalog
@@ -41,7 +41,9 @@ from ..proxy.writegate import WriteGate
 FORMAT = "chromaguard-backup"
 FORMAT_VERSION = 1
 SQLITE = catalog.SQLITE_NAME
-_SKIP = {".chromaguard.lock", ".chromaguard-write-test", f"{SQLITE}-journal", f"{SQLITE}-wal", f"{SQLITE}-shm"}
+CLOCK_NAME = ".chromaguard-clock"  # touched to read the data dir's filesystem clock (see mirror.py)
+JOURNALS = (f"{SQLITE}-journal", f"{SQLITE}-wal")
+_SKIP = {".chromaguard.lock", ".chromaguard-write-test", CLOCK_NAME, *JOURNALS, f"{SQLITE}-shm"}
 UPGRADE_BACKUPS = ".chromaguard-upgrade-backups"  # archives taken before an engine upgrade, in a mounted data dir
 SAMPLE_SIZE = 5
 
@@ -56,18 +58,45 @@ class Snapshot:
     root: Path  # holds data/ (the copy) and manifest.json
     manifest: dict[str, Any]
     created: float = field(default_factory=time.time)
+    release: Callable[[], None] | None = None  # instead of deleting root (a mirror kept for the next one)
 
     @property
     def data(self) -> Path:
         return self.root / "data"
 
     def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        if self.release is not None:
+            self.release()
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _stat_all(data_dir: Path) -> dict[str, tuple[int, int]]:
-    """Size and mtime of every file the engine keeps (``os.walk``: a tenth of ``rglob``'s time
-    on thousands of segment files, and this runs twice under the hold)."""
+class Staging(Protocol):
+    """Where an online snapshot's copy is made: a fresh folder, or a mirror kept between snapshots."""
+
+    root: Path  # the copy goes to root/data
+
+    def refresh(self) -> None:
+        """Copy what can be copied before the hold (in a thread, writes flowing)."""
+
+    def copy_held(self) -> int:
+        """Make root/data equal the data dir (in a thread, writes held); returns the attempts it took."""
+
+    def copied(self) -> dict[str, int]:
+        """What ``copy_held`` copied: files and bytes."""
+
+    def release(self) -> None:
+        """The snapshot is done with (or failed): delete, or keep for the next one."""
+
+
+class StagingSource(Protocol):
+    def checkout(self) -> Staging | None:
+        """A staging to use now, or None when it is in use (a fresh folder is used then)."""
+
+
+def data_files(data_dir: Path) -> dict[str, os.stat_result]:
+    """Every file the engine keeps, by path relative to the data dir (``os.walk``: a tenth of
+    ``rglob``'s time on thousands of segment files, and this runs twice under the hold)."""
     found = {}
     root = str(data_dir)
     cut = len(root) + 1
@@ -82,8 +111,13 @@ def _stat_all(data_dir: Path) -> dict[str, tuple[int, int]]:
             except FileNotFoundError:  # gone meanwhile: the check after the copy sees the change
                 continue
             if stat.S_ISREG(st.st_mode):
-                found[full[cut:].replace(os.sep, "/")] = (st.st_size, st.st_mtime_ns)
+                found[full[cut:].replace(os.sep, "/")] = st
     return found
+
+
+def _stat_all(data_dir: Path) -> dict[str, tuple[int, int]]:
+    """Size and mtime of every file the engine keeps."""
+    return {rel: (st.st_size, st.st_mtime_ns) for rel, st in data_files(data_dir).items()}
 
 
 def estimated_size(data_dir: Path) -> int:
@@ -98,7 +132,7 @@ def estimated_size(data_dir: Path) -> int:
     return total
 
 
-def _copy_file(src: str, dst: str, size: int) -> None:
+def copy_file(src: str, dst: str, size: int) -> None:
     """``size`` bytes of ``src`` into a new ``dst``: two opens and a sendfile. ``shutil.copyfile``
     spends six stats and pathlib work per file on top, which under the hold, on a data dir with
     thousands of segment files, was half the copy's time. A size changed meanwhile is caught by
@@ -125,18 +159,23 @@ def _copy_file(src: str, dst: str, size: int) -> None:
         os.close(fin)
 
 
+def copy_sqlite(data_dir: Path, dest: Path) -> None:
+    """The engine's SQLite file through SQLite's backup API: consistent whatever its journal holds."""
+    source = sqlite3.connect(f"{(data_dir / SQLITE).resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    target = sqlite3.connect(dest / SQLITE)
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
+
+
 def copy_data_dir(data_dir: Path, dest: Path) -> bool:
     """Copy the engine's files; False if any changed while copying (the copy is then unusable)."""
     before = _stat_all(data_dir)
     dest.mkdir(parents=True, exist_ok=True)
     if SQLITE in before:
-        source = sqlite3.connect(f"{(data_dir / SQLITE).resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-        target = sqlite3.connect(dest / SQLITE)
-        try:
-            source.backup(target)
-        finally:
-            target.close()
-            source.close()
+        copy_sqlite(data_dir, dest)
     source_root, dest_root = str(data_dir), str(dest)
     made: set[str] = set()
     for rel, (size, _) in before.items():
@@ -146,7 +185,7 @@ def copy_data_dir(data_dir: Path, dest: Path) -> bool:
         if parent and parent not in made:
             os.makedirs(os.path.join(dest_root, parent), exist_ok=True)
             made.add(parent)
-        _copy_file(os.path.join(source_root, rel), os.path.join(dest_root, rel), size)
+        copy_file(os.path.join(source_root, rel), os.path.join(dest_root, rel), size)
     return _stat_all(data_dir) == before
 
 
@@ -269,18 +308,43 @@ def new_manifest(collections: list[dict[str, Any]], files: list[dict[str, Any]],
     }
 
 
+class FreshStaging:
+    """A new folder per snapshot, the whole data dir copied under the hold: with no mirror, or
+    while the mirror serves another snapshot."""
+
+    def __init__(self, data_dir: Path, staging_root: str | None) -> None:
+        self.data_dir = data_dir
+        self.root = Path(tempfile.mkdtemp(prefix="chromaguard-snapshot-", dir=staging_root))
+
+    def refresh(self) -> None:
+        pass
+
+    def copy_held(self) -> int:
+        return copy_consistent(self.data_dir, self.root / "data")
+
+    def copied(self) -> dict[str, int]:
+        files = _stat_all(self.root / "data")
+        return {"files": len(files), "bytes": sum(size for size, _ in files.values())}
+
+    def release(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 async def take_online(gate: WriteGate, data_dir: Path, *, staging_root: str | None = None,
-                      hold_timeout: float = 30.0) -> Snapshot:
+                      hold_timeout: float = 30.0, mirror: StagingSource | None = None) -> Snapshot:
     """Snapshot a running engine: writes are held only while in-flight ones finish and the files
-    are copied; counts, samples and checksums come after, with writes flowing."""
-    root = Path(tempfile.mkdtemp(prefix="chromaguard-snapshot-", dir=staging_root))
-    snapshot = Snapshot(uuid.uuid4().hex, root, {})
+    are copied (with a mirror: only those changed since it was refreshed a moment before);
+    counts, samples and checksums come after, with writes flowing."""
+    staging = (mirror.checkout() if mirror is not None else None) or FreshStaging(data_dir, staging_root)
+    snapshot = Snapshot(uuid.uuid4().hex, staging.root, {}, release=staging.release)
     try:
+        refresh_started = time.monotonic()
+        await _finish_in_thread(staging.refresh)
         asked = time.monotonic()
         hold = await gate.hold(hold_timeout)  # lifts itself if it fails or is cancelled
         held_from, drained = time.time(), time.monotonic()
         try:
-            attempts = await _finish_in_thread(copy_consistent, data_dir, snapshot.data)
+            attempts = await _finish_in_thread(staging.copy_held)
         finally:
             copied = time.monotonic()
             held_ms = hold.release() * 1000
@@ -292,10 +356,12 @@ async def take_online(gate: WriteGate, data_dir: Path, *, staging_root: str | No
         snapshot.manifest = new_manifest(collections, files, held_ms, "online")
         snapshot.manifest["write_hold"] = {"from": held_from, "until": held_until, "copy_attempts": attempts,
                                            "waiting_for_writes_ms": round((drained - asked) * 1000, 1),
-                                           "copy_ms": round((copied - drained) * 1000, 1)}
+                                           "copy_ms": round((copied - drained) * 1000, 1),
+                                           "copied": staging.copied(), "mirror": not isinstance(staging, FreshStaging)}
+        snapshot.manifest["before_hold_ms"] = {"refresh": round((asked - refresh_started) * 1000, 1)}
         snapshot.manifest["after_hold_ms"] = {"describe": round((described - started) * 1000, 1),
                                               "checksums": round((time.monotonic() - described) * 1000, 1)}
-        (root / "manifest.json").write_text(json.dumps(snapshot.manifest, indent=2))
+        (staging.root / "manifest.json").write_text(json.dumps(snapshot.manifest, indent=2))
         return snapshot
     except UpstreamError as exc:
         snapshot.remove()

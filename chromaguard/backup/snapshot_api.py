@@ -33,6 +33,7 @@ from ..access.auth import HEADER_BLANKS, Denial
 from ..access.credentials import digest
 from ..proxy.writegate import HoldBusy, HoldTimeout, WriteGate
 from .archive import stream_tar
+from .mirror import Mirror
 from .snapshot import Snapshot, SnapshotError, estimated_size, take_online
 
 if TYPE_CHECKING:
@@ -138,8 +139,9 @@ def _mib(n: int) -> str:
 class SnapshotService:
     def __init__(self, gate: WriteGate, data_dir: Path, *, hold_timeout: float = 30.0,
                  staging_root: str | Path | None = None, max_kept: int = DEFAULT_MAX_KEPT,
-                 min_free: int = DEFAULT_MIN_FREE) -> None:
+                 min_free: int = DEFAULT_MIN_FREE, mirror: Mirror | None = None) -> None:
         self.gate = gate
+        self.mirror = mirror
         self.data_dir = data_dir
         self.hold_timeout = hold_timeout
         self.staging_root = str(staging_root) if staging_root is not None else None
@@ -174,7 +176,7 @@ class SnapshotService:
                 exchange.respond_error(refusal.status, refusal.error, refusal.message, refusal.headers)
                 return
             snapshot = await take_online(self.gate, self.data_dir, staging_root=self.staging_root,
-                                         hold_timeout=self.hold_timeout)
+                                         hold_timeout=self.hold_timeout, mirror=self.mirror)
         except HoldBusy as exc:
             exchange.respond_error(409, "ConflictError", f"chromaguard: {exc}", [(b"retry-after", b"5")])
             return
@@ -226,6 +228,8 @@ class SnapshotService:
         staging = self._staging()
         staging.mkdir(parents=True, exist_ok=True)
         need = await asyncio.to_thread(estimated_size, self.data_dir)
+        if self.mirror is not None:  # a mirror not in use already holds most of it
+            need = max(0, need - await asyncio.to_thread(self.mirror.held_bytes))
         while True:
             free = shutil.disk_usage(staging).free
             if free - need >= self.min_free:

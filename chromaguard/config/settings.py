@@ -202,6 +202,11 @@ OPTIONS: tuple[Option, ...] = (
     _opt("snapshot_dir", parsing.parse_optional_path, None, "/var/tmp/chromaguard",
          "where online backups stage their copy of the data until it is downloaded",
          shown_default="the system temp dir", env=("CHROMAGUARD_SNAPSHOT_DIR",)),
+    _opt("snapshot_mirror", parsing.parse_bool, True, "true",
+         "keep a copy of the data dir in the snapshot dir between snapshots, brought up to date before each "
+         "hold, so that writes are held only while the files changed since are copied (not the whole data "
+         "dir); costs the data dir's size in the snapshot dir", shown_default="`true`",
+         env=("CHROMAGUARD_SNAPSHOT_MIRROR",)),
     _opt("snapshot_min_free", parsing.parse_size, 256 * 1024 * 1024, "256MiB",
          "free space that must remain in the snapshot dir once a snapshot is copied; one that would leave "
          "less is refused with 507 (`0` = only that it fits)", shown_default="`256MiB`",
@@ -300,6 +305,7 @@ class Settings:
     drain_timeout: float = 30.0
     control_token: str = ""
     snapshot_dir: Path | None = None
+    snapshot_mirror: bool = True
     snapshot_min_free: int = 256 * 1024 * 1024
     snapshot_max_kept: int = 2
     backup_repository: str | None = None

@@ -293,6 +293,13 @@ def small_disk(tmp_path: Path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def _staged(staging: Path) -> tuple[int, bool]:
+    """Snapshot folders in the staging dir, and whether the mirror is there."""
+    names = [p.name for p in staging.iterdir()]
+    return (sum(n.startswith("chromaguard-snapshot-") for n in names),
+            any(n.startswith("chromaguard-mirror-") for n in names))
+
+
 def test_a_2_mib_disk_takes_a_small_snapshot_keeps_one_and_refuses_a_big_one(small_disk: Path,
                                                                               tmp_path: Path) -> None:
     env = {"CHROMAGUARD_SNAPSHOT_DIR": str(small_disk), "CHROMAGUARD_SNAPSHOT_MIN_FREE": "0",
@@ -306,9 +313,12 @@ def test_a_2_mib_disk_takes_a_small_snapshot_keeps_one_and_refuses_a_big_one(sma
         assert second.status_code == 201, second.text
         assert http.get(f"/chromaguard/snapshots/{first.json()['id']}/archive").status_code == 404, \
             "one kept at most: the older, undownloaded one made way"
-        assert len(list(small_disk.iterdir())) == 1
+        # The first one was made in the mirror (kept between snapshots), the second, taken while
+        # the first was kept, in a folder of its own.
+        assert first.json()["write_hold"]["mirror"] and not second.json()["write_hold"]["mirror"]
+        assert _staged(small_disk) == (1, True)
         assert http.delete(f"/chromaguard/snapshots/{second.json()['id']}").status_code == 200
-        assert list(small_disk.iterdir()) == []
+        assert _staged(small_disk) == (0, True)
 
         vectors = np.random.default_rng(3).random((3000, 128), dtype=np.float32)
         big = http_client(g.port).create_collection("too-big", embedding_function=None)
@@ -317,7 +327,7 @@ def test_a_2_mib_disk_takes_a_small_snapshot_keeps_one_and_refuses_a_big_one(sma
         refused = http.post("/chromaguard/snapshots")
         assert refused.status_code == 507, refused.text
         assert "no room" in _one_line(refused) and "CHROMAGUARD_SNAPSHOT_DIR" in refused.json()["message"]
-        assert list(small_disk.iterdir()) == []
+        assert _staged(small_disk) == (0, True)
         big.add(ids=["after"], embeddings=[vectors[0]])  # the gate was never shut
 
 

@@ -132,7 +132,7 @@ def test_a_file_that_changes_during_the_copy_makes_it_unusable(tmp_path: Path, m
         db.execute("CREATE TABLE t (x)")
     target = data / "segment" / "data_level0.bin"
     target.write_bytes(b"\0" * 4096)
-    real = snapshot_module._copy_file
+    real = snapshot_module.copy_file
     copied: list[str] = []
 
     def copy_then_write(src: str, dst: str, size: int) -> None:
@@ -141,10 +141,10 @@ def test_a_file_that_changes_during_the_copy_makes_it_unusable(tmp_path: Path, m
         with open(target, "ab") as fh:
             fh.write(b"changed")
 
-    monkeypatch.setattr(snapshot_module, "_copy_file", copy_then_write)
+    monkeypatch.setattr(snapshot_module, "copy_file", copy_then_write)
     assert copy_data_dir(data, tmp_path / "copy") is False
     assert copied == [str(target)]
-    monkeypatch.setattr(snapshot_module, "_copy_file", real)
+    monkeypatch.setattr(snapshot_module, "copy_file", real)
     assert copy_data_dir(data, tmp_path / "again") is True  # nothing writes now: a good copy
 
 
@@ -181,7 +181,9 @@ def test_an_online_snapshot_records_its_hold_and_what_came_after(stopped_data_di
     manifest = _check_common(snapshot, tmp_path, "online")
     assert not gate.held
     held = manifest["write_hold"]
-    assert set(held) == {"from", "until", "copy_attempts", "waiting_for_writes_ms", "copy_ms"}
+    assert set(held) == {"from", "until", "copy_attempts", "waiting_for_writes_ms", "copy_ms", "copied", "mirror"}
+    assert held["mirror"] is False, "no mirror given: a fresh copy, all of it under the hold"
+    assert held["copied"]["files"] == len(manifest["files"]) and held["copied"]["bytes"] > 0
     assert before <= held["from"] <= held["until"] <= after and held["copy_attempts"] == 1
     span_ms = (held["until"] - held["from"]) * 1000
     assert 0 <= manifest["write_hold_ms"] <= span_ms + 50 and manifest["write_hold_ms"] == round(

@@ -82,27 +82,27 @@ def test_a_file_that_changes_during_the_copy_makes_it_unusable(
         tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = data_dir
-    real = snapshot._copy_file
+    real = snapshot.copy_file
 
     def copy_then_touch(src: str, dst: str, size: int) -> None:
         real(src, dst, size)
         with open(src, "ab") as grow:
             grow.write(b"!")
 
-    monkeypatch.setattr(snapshot, "_copy_file", copy_then_touch)
+    monkeypatch.setattr(snapshot, "copy_file", copy_then_touch)
     assert copy_data_dir(data, tmp_path / "copy") is False
 
 
 def test_a_changed_mtime_alone_is_a_change(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = data_dir
-    real = snapshot._copy_file
+    real = snapshot.copy_file
 
     def copy_then_touch(src: str, dst: str, size: int) -> None:
         real(src, dst, size)
         st = os.stat(src)
         os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))
 
-    monkeypatch.setattr(snapshot, "_copy_file", copy_then_touch)
+    monkeypatch.setattr(snapshot, "copy_file", copy_then_touch)
     assert copy_data_dir(data, tmp_path / "copy") is False
 
 
@@ -138,11 +138,11 @@ def test_copy_consistent_makes_three_attempts_by_default(tmp_path: Path, monkeyp
 def test_copy_file_copies_exactly_size_bytes_and_stops_at_a_shorter_file(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.write_bytes(bytes(range(256)) * 8192)  # 2 MiB: more than one sendfile call may move
-    snapshot._copy_file(str(src), str(tmp_path / "whole"), src.stat().st_size)
+    snapshot.copy_file(str(src), str(tmp_path / "whole"), src.stat().st_size)
     assert (tmp_path / "whole").read_bytes() == src.read_bytes()
-    snapshot._copy_file(str(src), str(tmp_path / "part"), 1000)
+    snapshot.copy_file(str(src), str(tmp_path / "part"), 1000)
     assert (tmp_path / "part").read_bytes() == src.read_bytes()[:1000]
-    snapshot._copy_file(str(src), str(tmp_path / "short"), src.stat().st_size + 5000)  # it shrank meanwhile
+    snapshot.copy_file(str(src), str(tmp_path / "short"), src.stat().st_size + 5000)  # it shrank meanwhile
     assert (tmp_path / "short").read_bytes() == src.read_bytes()
 
 
@@ -156,7 +156,7 @@ def test_copy_file_falls_back_to_read_and_write_where_sendfile_cannot(tmp_path: 
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(os, "sendfile", no_sendfile)
-    snapshot._copy_file(str(src), str(tmp_path / "dst"), src.stat().st_size)
+    snapshot.copy_file(str(src), str(tmp_path / "dst"), src.stat().st_size)
     assert (tmp_path / "dst").read_bytes() == src.read_bytes()
 
 
@@ -169,7 +169,7 @@ def test_copy_file_passes_on_a_real_error(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(os, "sendfile", broken)
     with pytest.raises(OSError) as error:
-        snapshot._copy_file(str(src), str(tmp_path / "dst"), 100)
+        snapshot.copy_file(str(src), str(tmp_path / "dst"), 100)
     assert error.value.errno == errno.EIO
 
 
@@ -228,7 +228,7 @@ def test_the_read_and_write_fallback_copies_exactly_size_bytes_too(tmp_path: Pat
 
     monkeypatch.setattr(os, "sendfile", no_sendfile)
     size = (2 << 20) + 50  # not a whole number of chunks, and less than the file holds
-    snapshot._copy_file(str(src), str(tmp_path / "dst"), size)
+    snapshot.copy_file(str(src), str(tmp_path / "dst"), size)
     assert (tmp_path / "dst").read_bytes() == src.read_bytes()[:size]
 
 

@@ -48,7 +48,7 @@ class Taker:
         self.taken: list[Snapshot] = []
 
     async def __call__(self, gate: WriteGate, data_dir: Path, *, staging_root: str | None = None,
-                       hold_timeout: float = 30.0) -> Snapshot:
+                       hold_timeout: float = 30.0, mirror: object = None) -> Snapshot:
         self.calls += 1
         assert hold_timeout == self.hold_timeout, "the service's own settings are passed on"
         staging_root = staging_root if staging_root is not None else tempfile.gettempdir()
