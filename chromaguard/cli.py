@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +39,25 @@ def _one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _set_env(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value:
+            os.environ[name] = "1" if value is True else str(value)
+    return store
+
+
+def _tls_client_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """How this command checks an https:// server; every client of ours reads it from the env
+    (probe.client_tls), so the flags only set it for this process."""
+    from .probe import CACERT_ENV, INSECURE_ENV
+
+    func = click.option("--insecure", is_flag=True, expose_value=False, callback=_set_env(INSECURE_ENV),
+                        help="https:// without checking the server's certificate.")(func)
+    return click.option("--cacert", type=click.Path(dir_okay=False), expose_value=False,
+                        callback=_set_env(CACERT_ENV),
+                        help=f"CA bundle the server's certificate must chain to (env {CACERT_ENV}).")(func)
+
+
 def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The flags shared by every command that builds the settings."""
     decorators = [
@@ -54,6 +74,11 @@ def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--auth-provider", default=None, help="none, token or basic (CHROMA_SERVER_AUTH_PROVIDER)."),
         click.option("--auth-credentials-file", default=None,
                      help="Tokens or htpasswd file (CHROMA_SERVER_AUTH_CREDENTIALS_FILE)."),
+        click.option("--ssl-certfile", default=None,
+                     help="Serve HTTPS with this PEM certificate (CHROMAGUARD_SSL_CERTFILE)."),
+        click.option("--ssl-keyfile", default=None, help="Its private key (CHROMAGUARD_SSL_KEYFILE)."),
+        click.option("--ssl-ca-certs", default=None,
+                     help="CA bundle for client certificates (CHROMAGUARD_SSL_CA_CERTS)."),
         click.option("--upstream", default=None,
                      help="Front an existing Chroma server instead of the embedded engine (CHROMAGUARD_UPSTREAM)."),
         click.option("--upstream-token", default=None, help="Token for the upstream (CHROMAGUARD_UPSTREAM_TOKEN)."),
@@ -159,6 +184,7 @@ def health(args: tuple[str, ...]) -> None:
 
 
 @main.command()
+@_tls_client_options
 @click.argument("url", required=False)
 @click.option("--token", envvar="CHROMAGUARD_TOKEN", default=None, help="Admin token when auth is on.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -238,6 +264,7 @@ def _echo_json(value: Any) -> None:
 
 
 @main.command()
+@_tls_client_options
 @click.option("--url", default=None, help="The running chromaguard (default: from CHROMA_SERVER_HOST/PORT).")
 @click.option("--token", envvar="CHROMAGUARD_TOKEN", default=None, help="Admin token when auth is on.")
 @click.option("--to", "repository", envvar="CHROMAGUARD_BACKUP_REPOSITORY", default=None,
@@ -499,6 +526,7 @@ def backups_unlock(repository: str) -> None:
 
 
 @main.command("export")
+@_tls_client_options
 @click.option("--url", default=None, help="Any Chroma server (default: the local chromaguard).")
 @click.option("--token", envvar="CHROMAGUARD_TOKEN", default=None)
 @click.option("--collection", "names", multiple=True, help="Only these collections (repeatable).")
@@ -520,6 +548,7 @@ def export_command(url: str | None, token: str | None, names: tuple[str, ...], t
 
 
 @main.command("import")
+@_tls_client_options
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--url", default=None, help="Any Chroma server (default: the local chromaguard).")
 @click.option("--token", envvar="CHROMAGUARD_TOKEN", default=None)
@@ -539,6 +568,7 @@ def import_command(file: Path, url: str | None, token: str | None, tenant: str, 
 
 
 @main.command()
+@_tls_client_options
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--fix", is_flag=True, help="Rewrite the files, applying every safe fix (comments and order kept).")
 @click.option("--diff", "show_diff", is_flag=True, help="Print the fixes as a unified diff instead of writing.")

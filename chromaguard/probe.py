@@ -18,7 +18,11 @@ import json
 import os
 import socket
 import sys
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    import ssl
 
 OLLAMA_PORT = 11434
 
@@ -27,7 +31,44 @@ class Unhealthy(Exception):
     """The target answered, or failed to, in a way that means it is not healthy."""
 
 
-def http_get(url: str, timeout: float, token: str | None = None) -> tuple[int, bytes]:
+CACERT_ENV = "CHROMAGUARD_CACERT"
+INSECURE_ENV = "CHROMAGUARD_INSECURE"  # set by the CLI's --insecure for the command it runs
+SERVER_CERT_ENV = "CHROMAGUARD_SSL_CERTFILE"
+
+
+def client_tls(url: str, cacert: str | None = None, insecure: bool = False) -> ssl.SSLContext:
+    """How a client of ours checks an HTTPS server: against ``cacert`` (or CHROMAGUARD_CACERT, else
+    the system's roots) with its host name; not at all with ``insecure``; and this host's own
+    chromaguard (the default target, the server's certificate file readable here, as in its
+    container's health check) against exactly that certificate, whatever name it was issued to."""
+    import ssl
+
+    if insecure or os.environ.get(INSECURE_ENV) == "1":
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    cacert = cacert or os.environ.get(CACERT_ENV) or None
+    own = os.environ.get(SERVER_CERT_ENV)
+    if cacert is None and own and _same_origin(url, default_target()) and os.access(own, os.R_OK):
+        context = ssl.create_default_context(cafile=own)
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the certificate itself is the anchor
+        context.check_hostname = False  # 127.0.0.1 is not the name it was issued to; the pin is exact
+        return context
+    try:
+        return ssl.create_default_context(cafile=cacert)
+    except (OSError, ssl.SSLError) as exc:
+        raise Unhealthy(f"{cacert}: not a readable PEM CA bundle ({getattr(exc, 'strerror', None) or exc}); "
+                        "give --cacert the CA that signed the server's certificate") from None
+
+
+def _same_origin(a: str, b: str) -> bool:
+    x, y = urlsplit(a), urlsplit(b)
+    return (x.scheme, x.hostname, x.port) == (y.scheme, y.hostname, y.port)
+
+
+def http_get(url: str, timeout: float, token: str | None = None,
+             tls: ssl.SSLContext | None = None) -> tuple[int, bytes]:
     """One HTTP GET over a plain socket (http.client alone would double the probe's start-up time)."""
     parts = urlsplit(url)
     host = parts.hostname or "127.0.0.1"
@@ -42,9 +83,7 @@ def http_get(url: str, timeout: float, token: str | None = None) -> tuple[int, b
         with socket.create_connection((host, port), timeout=timeout) as raw:
             sock = raw
             if parts.scheme == "https":
-                import ssl
-
-                sock = ssl.create_default_context().wrap_socket(raw, server_hostname=host)
+                sock = (tls or client_tls(url)).wrap_socket(raw, server_hostname=host)
             sock.sendall(request)
             data = bytearray()
             while len(data) < (2 << 20):
@@ -54,7 +93,16 @@ def http_get(url: str, timeout: float, token: str | None = None) -> tuple[int, b
                 data += chunk
     except TimeoutError:
         raise Unhealthy(f"{url}: no answer within {timeout:g}s") from None
-    except OSError as exc:
+    except OSError as exc:  # ssl's errors are OSErrors too (ssl is imported only for https)
+        if getattr(exc, "verify_message", None):
+            raise Unhealthy(f"{url}: its certificate is not trusted ({exc.verify_message}); give --cacert the "  # type: ignore[attr-defined]
+                            "CA that signed it (or --insecure to skip the check)") from None
+        if type(exc).__module__ == "ssl":
+            raise Unhealthy(f"{url}: TLS failed ({getattr(exc, 'reason', None) or exc}); is it an HTTPS "
+                            "server?") from None
+        if parts.scheme == "http" and isinstance(exc, ConnectionResetError):
+            raise Unhealthy(f"{url}: the connection was closed unanswered (does it speak HTTPS only? "
+                            "use https://)") from None
         raise Unhealthy(f"{url}: {exc.strerror or exc}") from None
     head, _, body = bytes(data).partition(b"\r\n\r\n")
     status_line, _, header_text = head.partition(b"\r\n")
@@ -87,18 +135,19 @@ def _base(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def check_chroma(url: str, *, ready: bool, timeout: float, token: str | None) -> str:
+def check_chroma(url: str, *, ready: bool, timeout: float, token: str | None,
+                 tls: ssl.SSLContext | None = None) -> str:
     base = _base(url)
     if ready:
-        status, body = http_get(base + "/readyz", timeout, token)
+        status, body = http_get(base + "/readyz", timeout, token, tls)
         if status == 404:  # a plain Chroma: its own readiness endpoint
-            status, body = http_get(base + "/api/v2/healthcheck", timeout, token)
+            status, body = http_get(base + "/api/v2/healthcheck", timeout, token, tls)
         if status != 200:
             raise Unhealthy(f"{base}: not ready ({status}): {_reason(body)}")
         return f"{base}: ready"
-    status, body = http_get(base + "/api/v2/heartbeat", timeout, token)
+    status, body = http_get(base + "/api/v2/heartbeat", timeout, token, tls)
     if status == 404:  # Chroma 0.x has only the v1 API
-        status, body = http_get(base + "/api/v1/heartbeat", timeout, token)
+        status, body = http_get(base + "/api/v1/heartbeat", timeout, token, tls)
     if status != 200:
         raise Unhealthy(f"{base}: heartbeat answered {status}: {_reason(body)}")
     try:
@@ -136,9 +185,9 @@ def model_present(wanted: str, models: list[str]) -> bool:
     return wanted in models or full in models
 
 
-def check_ollama(url: str, *, models: list[str], timeout: float) -> str:
+def check_ollama(url: str, *, models: list[str], timeout: float, tls: ssl.SSLContext | None = None) -> str:
     base = _base(url)
-    status, body = http_get(base + "/api/tags", timeout)
+    status, body = http_get(base + "/api/tags", timeout, tls=tls)
     if status != 200:
         raise Unhealthy(f"{base}: Ollama answered {status} on /api/tags")
     present = ollama_models(body)
@@ -148,8 +197,9 @@ def check_ollama(url: str, *, models: list[str], timeout: float) -> str:
     return f"{base}: Ollama up with {len(present)} model(s)"
 
 
-def check_http(url: str, *, expect: int, timeout: float, token: str | None) -> str:
-    status, _ = http_get(url, timeout, token)
+def check_http(url: str, *, expect: int, timeout: float, token: str | None,
+               tls: ssl.SSLContext | None = None) -> str:
+    status, _ = http_get(url, timeout, token, tls)
     if status != expect:
         raise Unhealthy(f"{url}: answered {status}, expected {expect}")
     return f"{url}: {status}"
@@ -171,11 +221,13 @@ def default_target() -> str:
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
     port = os.environ.get("CHROMA_SERVER_HTTP_PORT") or os.environ.get("CHROMA_PORT") or "8000"
-    return f"http://{host}:{port}"
+    scheme = "https" if os.environ.get(SERVER_CERT_ENV) else "http"
+    return f"{scheme}://{host}:{port}"
 
 
 def run(target: str, *, kind: str = "auto", ready: bool = False, models: list[str] | None = None,
-        expect: int | None = None, timeout: float = 5.0, token: str | None = None) -> str:
+        expect: int | None = None, timeout: float = 5.0, token: str | None = None,
+        cacert: str | None = None, insecure: bool = False) -> str:
     """Check ``target``; returns the healthy line or raises Unhealthy (ValueError for bad usage)."""
     parts = urlsplit(target if "://" in target else f"http://{target}")
     if parts.scheme == "tcp":
@@ -183,6 +235,7 @@ def run(target: str, *, kind: str = "auto", ready: bool = False, models: list[st
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{target!r} is not a target: use http://host:port, https://..., or tcp://host:port")
     url = parts.geturl()
+    tls = client_tls(url, cacert, insecure) if parts.scheme == "https" else None
     if kind == "auto":
         if models or parts.port == OLLAMA_PORT:
             kind = "ollama"
@@ -191,10 +244,10 @@ def run(target: str, *, kind: str = "auto", ready: bool = False, models: list[st
         else:
             kind = "chroma"
     if kind == "ollama":
-        return check_ollama(url, models=models or [], timeout=timeout)
+        return check_ollama(url, models=models or [], timeout=timeout, tls=tls)
     if kind == "http":
-        return check_http(url, expect=expect or 200, timeout=timeout, token=token)
-    return check_chroma(url, ready=ready, timeout=timeout, token=token)
+        return check_http(url, expect=expect or 200, timeout=timeout, token=token, tls=tls)
+    return check_chroma(url, ready=ready, timeout=timeout, token=token, tls=tls)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,13 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
     parser.add_argument("--token", default=os.environ.get("CHROMAGUARD_PROBE_TOKEN"),
                         help="bearer token (env CHROMAGUARD_PROBE_TOKEN)")
+    parser.add_argument("--cacert", default=None, metavar="PEM",
+                        help=f"CA bundle an https:// target's certificate must chain to (env {CACERT_ENV})")
+    parser.add_argument("--insecure", action="store_true", help="https:// without checking the certificate")
     args = parser.parse_args(argv)
     target = args.target or default_target()
     if args.kind == "tcp" and "://" not in target:
         target = f"tcp://{target}"
     try:
         line = run(target, kind="auto" if args.kind == "tcp" else args.kind, ready=args.ready,
-                   models=args.require_model, expect=args.expect_status, timeout=args.timeout, token=args.token)
+                   models=args.require_model, expect=args.expect_status, timeout=args.timeout, token=args.token,
+                   cacert=args.cacert, insecure=args.insecure)
     except Unhealthy as exc:
         print(f"unhealthy: {exc}")
         return 1

@@ -39,6 +39,7 @@ from .errors import ConfigError, StartupError
 from .health.readiness import Dependencies, DiskFloor
 from .http11.client import UpstreamPool
 from .http11.server import HttpServer
+from .http11.tls import ServerTls, TlsError
 from .proxy.configpolicy import ConfigPolicy
 from .proxy.frontdoor import AlwaysAvailable, Backend, FrontDoor
 from .proxy.writegate import WriteGate
@@ -104,6 +105,7 @@ class Service:
         self.server: HttpServer | None = None
         self.auth: Authenticator | None = None
         self.watcher: CredentialsWatcher | None = None
+        self.tls: ServerTls | None = None
         self.telemetry: Telemetry | None = None
         self.snapshots: SnapshotService | None = None
         self.backups: BackupScheduler | None = None
@@ -173,10 +175,12 @@ class Service:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def _on_hangup(self) -> None:
+        if self.tls is not None:
+            self.tls.check()
         if self.watcher is not None:
             self._reloading = asyncio.ensure_future(self.watcher.reload("SIGHUP"))  # kept until it is done
-        else:
-            log.info("SIGHUP: no credentials file to reload")
+        elif self.tls is None:
+            log.info("SIGHUP: no credentials or certificate file to reload")
 
     def _apply_credentials(self, store: CredentialStore) -> None:
         assert self.auth is not None
@@ -203,6 +207,11 @@ class Service:
         pool: UpstreamPool | None = None
         disk_floor: DiskFloor | None = None
         scheduled: asyncio.Task[None] | None = None
+        tls_watch: asyncio.Task[None] | None = None
+        try:
+            tls = self.tls = ServerTls(self.settings.tls_files()) if self.settings.ssl_certfile is not None else None
+        except TlsError as exc:
+            raise StartupError(f"{self.settings.name_of('ssl_certfile')}: {exc}") from None
         telemetry = self.telemetry
         assert telemetry is not None
         if telemetry.enabled:
@@ -268,7 +277,7 @@ class Service:
                             deps=Dependencies(
                                 pool, backend, data_dir=self.data_dir, min_free_disk=self.settings.min_free_disk,
                                 ollama_url=self.settings.ollama_url, ollama_models=self.settings.ollama_models,
-                                listen=f"http://{_show_host(self.settings.host)}:{self.settings.port}",
+                                listen=f"{self.settings.scheme}://{_show_host(self.settings.host)}:{self.settings.port}",
                                 upstream=self.settings.upstream, backups=self.backups,
                                 backup_max_age=self.settings.backup_max_age),
                             cors=CorsPolicy(self.settings.cors_allow_origins) if self.settings.cors_allow_origins
@@ -282,13 +291,18 @@ class Service:
                                      max_connections_per_client=self.settings.max_connections_per_client)
             if self._stop_requested.is_set():
                 return
-            log.info("chromaguard %s serving Chroma %s on http://%s:%d (%s)", __version__, version("chromadb"),
+            log.info("chromaguard %s serving Chroma %s on %s://%s:%d (%s)", __version__, version("chromadb"),
+                     self.settings.scheme,
                      _show_host(self.settings.host), self.settings.port, where)
             # What start-up built lives as long as the process: keep the collector from walking it again.
             gc.collect()
             gc.freeze()
-            await self.server.serve(sock)
+            if tls is not None:
+                tls_watch = asyncio.get_running_loop().create_task(tls.watch())
+            await self.server.serve(sock, ssl=tls.listener if tls is not None else None)
         finally:
+            if tls_watch is not None:
+                tls_watch.cancel()
             if scheduled is not None:
                 assert self.backups is not None
                 self.backups.stopping.set()  # an upload under way stops at its next write

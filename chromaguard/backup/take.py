@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from ..errors import ChromaguardError, StartupError
+from ..probe import client_tls
 from . import archive
 from .repository import BackupInfo, Repository
 from .snapshot import Snapshot, SnapshotError, take_offline
@@ -96,7 +97,8 @@ def _snapshot_stream(url: str, token: str | None, progress: Callable[[str, int, 
                      ) -> Iterator[tuple[dict[str, Any], Iterator[bytes]]]:
     """Ask the service for a snapshot (it holds writes for the copy only); its tar stream, then it is dropped."""
     url = url.rstrip("/")
-    with httpx.Client(timeout=httpx.Timeout(300.0, connect=10.0), headers=_headers(token)) as http:
+    with httpx.Client(timeout=httpx.Timeout(300.0, connect=10.0), headers=_headers(token),
+                      verify=client_tls(url)) as http:
         try:
             created = http.post(f"{url}/chromaguard/snapshots")
         except httpx.HTTPError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -57,6 +58,11 @@ def connect(url: str, token: str | None, tenant: str, database: str) -> Any:
         settings |= {"chroma_client_auth_provider": "chromadb.auth.token_authn.TokenAuthClientProvider",
                      "chroma_client_auth_credentials": token,
                      "chroma_auth_token_transport_header": "X-Chroma-Token"}
+    if parts.scheme == "https":  # the same choice as every client of ours (probe.client_tls)
+        from ..probe import CACERT_ENV, INSECURE_ENV
+
+        settings["chroma_server_ssl_verify"] = (False if os.environ.get(INSECURE_ENV) == "1"
+                                                else os.environ.get(CACERT_ENV) or True)
     try:
         return chromadb.HttpClient(host=parts.hostname or "localhost",
                                    port=parts.port or (443 if parts.scheme == "https" else 8000),

@@ -10,12 +10,15 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backup.location import check_url
 from ..backup.schedule import parse_schedule
 from ..errors import ConfigError
 from . import legacy, parsing
+
+if TYPE_CHECKING:
+    from ..http11.tls import TlsFiles
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,20 @@ OPTIONS: tuple[Option, ...] = (
     _opt("min_free_disk", parsing.parse_size, 512 * 1024 * 1024, "512MiB",
          "free space under the data dir below which `/readyz` fails (`0` = no threshold; a full disk fails it "
          "anyway)", shown_default="`512MiB`", env=("CHROMAGUARD_MIN_FREE_DISK",)),
+    _opt("ssl_certfile", parsing.parse_optional_path, None, "/etc/chromaguard/tls/tls.crt",
+         "serve HTTPS with this PEM certificate (chain), on the same port; TLS 1.2 and 1.3 with forward-secret "
+         "AEAD ciphers only. Re-read within 5 s when the file changes, open connections kept",
+         shown_default="none (plain HTTP)", env=("CHROMAGUARD_SSL_CERTFILE",), flag="--ssl-certfile"),
+    _opt("ssl_keyfile", parsing.parse_optional_path, None, "/etc/chromaguard/tls/tls.key",
+         "the certificate's private key (PEM)", shown_default="none (in the certificate file)",
+         env=("CHROMAGUARD_SSL_KEYFILE",), flag="--ssl-keyfile"),
+    _opt("ssl_ca_certs", parsing.parse_optional_path, None, "/etc/chromaguard/tls/clients-ca.crt",
+         "CA bundle that client certificates are checked against (needs `ssl_client_cert`)",
+         shown_default="none", env=("CHROMAGUARD_SSL_CA_CERTS",), flag="--ssl-ca-certs"),
+    _opt("ssl_client_cert", parsing.choice("none", "optional", "required"), "none", "required",
+         "client certificates: `required` (a handshake without one signed by `ssl_ca_certs` fails), `optional` "
+         "(one that is sent must verify) or `none`", shown_default="`none`",
+         env=("CHROMAGUARD_SSL_CLIENT_CERT",)),
     _opt("upstream", parsing.parse_http_url, None, "https://api.trychroma.com",
          "front an existing Chroma server instead of starting the embedded engine", shown_default="none",
          env=("CHROMAGUARD_UPSTREAM",), flag="--upstream"),
@@ -298,6 +315,10 @@ class Settings:
     upstream_token: str = ""
     upstream_token_header: str = "x-chroma-token"
     upstream_timeout: float = 300.0
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_ca_certs: Path | None = None
+    ssl_client_cert: str = "none"
     engine_port: int = 0
     head_timeout: float = 10.0
     body_min_rate: int = 500
@@ -320,6 +341,16 @@ class Settings:
     backup_password: str = ""
     backup_password_file: Path | None = None
     upgrade_backup: bool = True
+
+    def tls_files(self) -> TlsFiles:
+        from ..http11.tls import TlsFiles
+
+        assert self.ssl_certfile is not None
+        return TlsFiles(self.ssl_certfile, self.ssl_keyfile, self.ssl_ca_certs, self.ssl_client_cert)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_certfile is not None else "http"
 
     def backup_password_value(self) -> str | None:
         """The backup repository's password, from the file when one is named."""
@@ -485,6 +516,7 @@ def _check_together(settings: Settings, env: Mapping[str, str]) -> None:
         name = settings.name_of("upstream_token")
         raise ConfigError(name, "***", "an upstream token needs an upstream server",
                           "CHROMAGUARD_UPSTREAM=https://chroma.internal:8000")
+    _check_tls(settings)
     if settings.backup_schedule and not settings.backup_repository:
         raise ConfigError(settings.name_of("backup_schedule"), settings.backup_schedule,
                           "a backup schedule needs a repository to back up to",
@@ -493,6 +525,32 @@ def _check_together(settings: Settings, env: Mapping[str, str]) -> None:
         raise ConfigError(settings.name_of("backup_schedule"), settings.backup_schedule,
                           "scheduled backups need the embedded engine (its data dir); with an upstream server, back "
                           "it up where it runs", "CHROMAGUARD_BACKUP_SCHEDULE=off")
+
+
+def _check_tls(settings: Settings) -> None:
+    """The TLS files make sense together and can be loaded (so a bad one stops the start, not a client)."""
+    if settings.ssl_keyfile is not None and settings.ssl_certfile is None:
+        raise ConfigError(settings.name_of("ssl_keyfile"), str(settings.ssl_keyfile),
+                          "a key needs its certificate", "CHROMAGUARD_SSL_CERTFILE=/etc/chromaguard/tls/tls.crt")
+    if settings.ssl_client_cert != "none" and settings.ssl_ca_certs is None:
+        raise ConfigError(settings.name_of("ssl_client_cert"), settings.ssl_client_cert,
+                          "checking client certificates needs the CA bundle they are signed by",
+                          "CHROMAGUARD_SSL_CA_CERTS=/etc/chromaguard/tls/clients-ca.crt")
+    if settings.ssl_ca_certs is not None and settings.ssl_client_cert == "none":
+        raise ConfigError(settings.name_of("ssl_ca_certs"), str(settings.ssl_ca_certs),
+                          "a client CA bundle is set but client certificates are not asked for",
+                          "CHROMAGUARD_SSL_CLIENT_CERT=required")
+    if settings.ssl_ca_certs is not None and settings.ssl_certfile is None:
+        raise ConfigError(settings.name_of("ssl_ca_certs"), str(settings.ssl_ca_certs),
+                          "client certificates need HTTPS", "CHROMAGUARD_SSL_CERTFILE=/etc/chromaguard/tls/tls.crt")
+    if settings.ssl_certfile is not None:
+        from ..http11.tls import TlsError, server_context
+
+        try:
+            server_context(settings.tls_files())
+        except TlsError as exc:
+            raise ConfigError(settings.name_of("ssl_certfile"), str(settings.ssl_certfile), str(exc),
+                              "CHROMAGUARD_SSL_CERTFILE=/etc/chromaguard/tls/tls.crt") from None
 
 
 def _check_credentials(settings: Settings) -> None:

@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 import httpx
 
+from ..probe import client_tls
 from ..proxy.configpolicy import ConfigPolicy
 from .model import Finding, Location
 from .rules import RULES
@@ -38,7 +39,7 @@ def examine(url: str, *, token: str | None = None, models: list[str] | None = No
             timeout: float = 10.0) -> LiveReport:
     url = url.rstrip("/")
     report = LiveReport(url)
-    with httpx.Client(base_url=url, timeout=timeout) as http:
+    with httpx.Client(base_url=url, timeout=timeout, verify=client_tls(url)) as http:
         tags = _get(http, "/api/tags")
         if tags is not None and tags.status_code == 200 and "models" in tags.text:
             return _ollama(report, tags, models or [])

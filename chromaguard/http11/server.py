@@ -39,6 +39,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from ssl import SSLContext
 from typing import Any
 from urllib.parse import unquote
 
@@ -855,11 +856,14 @@ class HttpServer:
         self.refused_full += 1
         return True
 
-    async def serve(self, sock: object) -> None:
+    async def serve(self, sock: object, ssl: SSLContext | None = None) -> None:
+        """``ssl``: HTTPS, the handshake bounded by the head timeout (plain HTTP sent to it fails
+        the handshake and is closed at once)."""
         self.limit_descriptors()
         loop = asyncio.get_running_loop()
+        tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl, "ssl_handshake_timeout": self.head_timeout or 10.0}
         listener = await loop.create_server(lambda: ClientConnection(self), sock=sock,  # type: ignore[call-overload]
-                                            backlog=2048)
+                                            backlog=2048, **tls)
         sweeper = loop.create_task(self._sweep())
         try:
             await self._stop.wait()

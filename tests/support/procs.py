@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -53,13 +54,13 @@ def cli(*args: str, timeout: float = 300, cwd: Path | None = None, **env: str) -
 
 
 def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None,
-              log: Path | None = None) -> None:
+              log: Path | None = None, verify: ssl.SSLContext | bool = True) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode}: {log.read_text() if log else ''}")
         try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
+            if httpx.get(url, timeout=1.0, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -83,7 +84,8 @@ class Guard:
     """``chromaguard serve`` as a child process with its own port, data dir and log file."""
 
     def __init__(self, *args: str, data_dir: Path | None = None, env: dict[str, str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, ca: Path | None = None) -> None:
+        self.ca = ca  # HTTPS: the CA its certificate chains to (the certificate comes in env or args)
         self.tmp = tempfile.TemporaryDirectory(prefix="cg-test-")
         self.port = port or free_port()
         self.data_dir = data_dir or Path(self.tmp.name) / "data"
@@ -94,7 +96,7 @@ class Guard:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> Guard:
         self._log = open(self.log_path, "ab")
@@ -102,7 +104,8 @@ class Guard:
                                      stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
                                      start_new_session=True)
         if wait:
-            wait_http(self.url + "/healthz", proc=self.proc, log=self.log_path)
+            wait_http(self.url + "/healthz", proc=self.proc, log=self.log_path,
+                      verify=ssl.create_default_context(cafile=str(self.ca)) if self.ca else True)
         return self
 
     @property

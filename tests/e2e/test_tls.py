@@ -1,0 +1,246 @@
+"""HTTPS on the front door: the official client over TLS, what plain HTTP and old TLS get, a
+certificate rotated under load (open connections kept), half a rotation, client certificates,
+and our own tools (health, status, backup) speaking HTTPS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+
+import chromadb
+import httpx
+import pytest
+from chromadb.config import Settings
+from support.procs import Guard, cli, free_port, read_head, wait_http
+from support.tls import Authority, Issued, served_serial
+
+
+def _place(issued: Issued, live: Path) -> None:
+    """Install a certificate as a rotation does: each file replaced whole (write, then rename)."""
+    for src, name in ((issued.cert, "tls.crt"), (issued.key, "tls.key")):
+        temp = live / f".{name}.new"
+        temp.write_bytes(src.read_bytes())
+        os.replace(temp, live / name)
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> Authority:
+    return Authority(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def tls_guard(ca: Authority, tmp_path_factory: pytest.TempPathFactory):
+    live = tmp_path_factory.mktemp("live")
+    _place(ca.issue("chromaguard", "first"), live)
+    env = {"CHROMAGUARD_SSL_CERTFILE": str(live / "tls.crt"), "CHROMAGUARD_SSL_KEYFILE": str(live / "tls.key")}
+    with Guard(env=env, ca=ca.cert) as g:
+        g.live = live  # type: ignore[attr-defined]
+        yield g
+
+
+def _wait_serial(g: Guard, ca: Authority, serial: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while served_serial("127.0.0.1", g.port, ca.cert) != serial:
+        assert time.monotonic() < deadline, f"the new certificate was not served within {timeout}s:\n{g.log[-2000:]}"
+        time.sleep(0.1)
+
+
+def test_the_official_client_works_over_https(tls_guard: Guard, ca: Authority) -> None:
+    client = chromadb.HttpClient(host="127.0.0.1", port=tls_guard.port, ssl=True,
+                                 settings=Settings(anonymized_telemetry=False, chroma_server_ssl_verify=str(ca.cert)))
+    assert client.heartbeat() > 0
+    col = client.get_or_create_collection("over-tls", embedding_function=None)
+    col.add(ids=["a", "b"], embeddings=[[1.0, 0.0], [0.0, 1.0]], documents=["one", "two"])
+    got = col.query(query_embeddings=[[1.0, 0.1]], n_results=1)
+    assert got["ids"] == [["a"]] and got["documents"] == [["one"]]
+    assert "serving Chroma" in tls_guard.log and f"https://127.0.0.1:{tls_guard.port}" in tls_guard.log
+
+
+def test_a_client_that_does_not_trust_the_ca_is_refused_the_connection(tls_guard: Guard) -> None:
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(tls_guard.url + "/api/v2/heartbeat", timeout=5)
+
+
+def test_plain_http_to_the_https_port_is_closed_at_once(tls_guard: Guard) -> None:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", tls_guard.port), timeout=5) as sock:
+        sock.sendall(b"GET /api/v2/heartbeat HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        try:
+            answer = read_head(sock)
+        except ConnectionResetError:
+            answer = b""
+    assert answer == b"" and time.monotonic() - started < 3, "closed, not answered in clear text and not left hanging"
+    result = cli("health", f"http://127.0.0.1:{tls_guard.port}")
+    assert result.returncode == 1 and len(result.stdout.strip().splitlines()) == 1, result.stdout
+    # The service goes on serving HTTPS.
+    trusted = ssl.create_default_context(cafile=str(tls_guard.ca))
+    assert httpx.get(tls_guard.url + "/api/v2/heartbeat", verify=trusted, timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("version, ciphers", [(ssl.TLSVersion.TLSv1_1, "DEFAULT:@SECLEVEL=0"),
+                                              (ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES128-SHA:@SECLEVEL=0")])
+def test_old_protocols_and_ciphers_are_refused(tls_guard: Guard, version: ssl.TLSVersion, ciphers: str) -> None:
+    """TLS 1.1, and TLS 1.2 with a CBC (not AEAD) suite."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    context.maximum_version = version
+    context.set_ciphers(ciphers)
+    with socket.create_connection(("127.0.0.1", tls_guard.port), timeout=5) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            context.wrap_socket(raw, server_hostname="127.0.0.1").do_handshake()
+
+
+def test_a_rotated_certificate_is_served_and_open_connections_keep_going(tls_guard: Guard, ca: Authority) -> None:
+    live: Path = tls_guard.live  # type: ignore[attr-defined]
+    verify = ssl.create_default_context(cafile=str(ca.cert))
+    failures: list[str] = []
+    done = threading.Event()
+    answered = [0]
+
+    def load() -> None:
+        with httpx.Client(base_url=tls_guard.url, verify=verify, timeout=10) as http:
+            while not done.is_set():
+                try:
+                    r = http.get("/api/v2/heartbeat")
+                    if r.status_code != 200:
+                        failures.append(f"{r.status_code}")
+                    answered[0] += 1
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                with httpx.Client(verify=verify, timeout=10) as fresh:  # and a new connection each round
+                    try:
+                        fresh.get(tls_guard.url + "/api/v2/heartbeat")
+                    except httpx.HTTPError as exc:
+                        failures.append(repr(exc))
+
+    # A keep-alive connection opened on the old certificate, used again after the rotation.
+    raw = socket.create_connection(("127.0.0.1", tls_guard.port), timeout=10)
+    kept = verify.wrap_socket(raw, server_hostname="127.0.0.1")
+    request = f"GET /api/v2/heartbeat HTTP/1.1\r\nHost: 127.0.0.1:{tls_guard.port}\r\n\r\n".encode()
+    kept.sendall(request)
+    assert read_head(kept).startswith(b"HTTP/1.1 200")
+    old = x509_serial(kept)
+    workers = [threading.Thread(target=load) for _ in range(2)]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(0.3)
+        second = ca.issue("chromaguard", "second")
+        _place(second, live)
+        assert tls_guard.proc is not None
+        tls_guard.proc.send_signal(signal.SIGHUP)
+        _wait_serial(tls_guard, ca, second.serial)
+        time.sleep(0.3)
+    finally:
+        done.set()
+        for w in workers:
+            w.join(30)
+    kept.sendall(request)
+    assert read_head(kept).startswith(b"HTTP/1.1 200"), "the connection opened before the rotation goes on"
+    assert x509_serial(kept) == old != second.serial
+    kept.close()
+    assert not failures and answered[0] > 5, (failures[:5], answered)
+    assert "TLS certificate reloaded" in tls_guard.log
+
+    # Without a signal: the files are checked every 5 s.
+    third = ca.issue("chromaguard", "third")
+    _place(third, live)
+    _wait_serial(tls_guard, ca, third.serial, timeout=12)
+
+
+def x509_serial(sock: ssl.SSLSocket) -> int:
+    from cryptography import x509
+
+    der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_half_a_rotation_keeps_the_previous_certificate_until_the_pair_matches(tls_guard: Guard,
+                                                                              ca: Authority) -> None:
+    live: Path = tls_guard.live  # type: ignore[attr-defined]
+    before = served_serial("127.0.0.1", tls_guard.port, ca.cert)
+    new = ca.issue("chromaguard", "half")
+    (live / "tls.crt").write_bytes(new.cert.read_bytes())  # the certificate first; its key comes later
+    assert tls_guard.proc is not None
+    tls_guard.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "cannot be used yet" not in tls_guard.log:
+        assert time.monotonic() < deadline, tls_guard.log[-2000:]
+        time.sleep(0.1)
+    assert served_serial("127.0.0.1", tls_guard.port, ca.cert) == before, "the previous pair still serves"
+    (live / "tls.key").write_bytes(new.key.read_bytes())
+    tls_guard.proc.send_signal(signal.SIGHUP)
+    _wait_serial(tls_guard, ca, new.serial)
+
+
+def test_our_tools_speak_https(tls_guard: Guard, ca: Authority, tmp_path: Path) -> None:
+    url = tls_guard.url
+    ok = cli("health", url, "--cacert", str(ca.cert))
+    assert ok.returncode == 0 and ok.stdout.startswith("healthy"), ok.stdout + ok.stderr
+    untrusted = cli("health", url)
+    assert untrusted.returncode == 1 and "not trusted" in untrusted.stdout and "--cacert" in untrusted.stdout
+    assert len(untrusted.stdout.strip().splitlines()) == 1
+    insecure = cli("health", url, "--insecure")
+    assert insecure.returncode == 0, insecure.stdout
+    # In the service's own container: the default target, pinned to the server's own certificate.
+    live: Path = tls_guard.live  # type: ignore[attr-defined]
+    local = cli("health", "--ready", CHROMA_SERVER_HTTP_PORT=str(tls_guard.port),
+                CHROMAGUARD_SSL_CERTFILE=str(live / "tls.crt"))
+    assert local.returncode == 0, local.stdout + local.stderr
+    status = cli("status", url, "--json", "--cacert", str(ca.cert))
+    assert status.returncode == 0 and '"engine"' in status.stdout, status.stdout + status.stderr
+    backup = cli("backup", "--url", url, "--output", str(tmp_path / "bk"), CHROMAGUARD_CACERT=str(ca.cert))
+    assert backup.returncode == 0, backup.stderr
+    assert list((tmp_path / "bk").glob("*.tar.gz"))
+    refused = cli("backup", "--url", url, "--output", str(tmp_path / "bk2"))
+    assert refused.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
+
+def test_client_certificates_required(ca: Authority, tmp_path: Path) -> None:
+    server = ca.issue("chromaguard", "mtls-server")
+    clients = Authority(tmp_path / "clients", "client CA")
+    alice = clients.issue("alice", "alice", client=True)
+    stranger = Authority(tmp_path / "other", "someone else's CA").issue("mallory", "mallory", client=True)
+    env = {"CHROMAGUARD_SSL_CERTFILE": str(server.cert), "CHROMAGUARD_SSL_KEYFILE": str(server.key),
+           "CHROMAGUARD_SSL_CA_CERTS": str(clients.cert), "CHROMAGUARD_SSL_CLIENT_CERT": "required"}
+    g = Guard(env=env, ca=ca.cert)
+    try:
+        g.start(wait=False)
+
+        def verify(who: Issued | None) -> ssl.SSLContext:
+            context = ssl.create_default_context(cafile=str(ca.cert))
+            if who is not None:
+                context.load_cert_chain(who.cert, who.key)
+            return context
+
+        wait_http(g.url + "/healthz", proc=g.proc, log=g.log_path, verify=verify(alice))
+        assert httpx.get(g.url + "/api/v2/heartbeat", verify=verify(alice), timeout=5).status_code == 200
+        for who in (None, stranger):
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(g.url + "/api/v2/heartbeat", verify=verify(who), timeout=5)
+    finally:
+        g.close()
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"CHROMAGUARD_SSL_CERTFILE": "/nonexistent/tls.crt"}, "no such file"),
+    ({"CHROMAGUARD_SSL_CERTFILE": "{cert}", "CHROMAGUARD_SSL_KEYFILE": "{other_key}"}, "not a PEM certificate and its"),
+    ({"CHROMAGUARD_SSL_KEYFILE": "{key}"}, "a key needs its certificate"),
+    ({"CHROMAGUARD_SSL_CERTFILE": "{cert}", "CHROMAGUARD_SSL_KEYFILE": "{key}",
+      "CHROMAGUARD_SSL_CLIENT_CERT": "required"}, "needs the CA bundle"),
+])
+def test_bad_tls_settings_stop_the_start_with_one_line(ca: Authority, files: dict[str, str], expected: str) -> None:
+    one, other = ca.issue("chromaguard", "bad-one"), ca.issue("chromaguard", "bad-other")
+    env = {k: v.format(cert=one.cert, key=one.key, other_key=other.key) for k, v in files.items()}
+    result = cli("serve", "--port", str(free_port()), "--ephemeral", timeout=60, **env)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
