@@ -161,16 +161,17 @@ def _principals(settings: Any) -> list[dict[str, Any]]:
     """Who the credentials let in, for ``config``: names, roles and scopes, never secrets."""
     if settings.auth_provider == "none":
         return []
-    from .access.credentials import CredentialsError, load_store
+    from .access.credentials import CredentialsError
+    from .access.loading import configured_store
 
     try:
-        store = load_store(settings.auth_provider, settings.auth_credentials_file, settings.auth_credentials,
-                           file_setting=settings.name_of("auth_credentials_file"),
-                           inline_setting=settings.name_of("auth_credentials"))
+        store, warnings = configured_store(settings)
     except CredentialsError as exc:
         _fail(f"error: {exc}", 2)
-    return [{"name": p.name, "role": p.role, "tenant": p.tenant,
-             "databases": list(p.databases) if p.databases else None, "how": p.how}
+    settings.warnings.extend(warnings)
+    return [{"name": p.name, "role": "(RBAC)" if p.actions is not None else p.role, "tenant": p.tenant,
+             "databases": list(p.databases) if p.databases else None, "how": p.how,
+             **({"actions": sorted(p.actions)} if p.actions is not None else {})}
             for p in store.principals()]
 
 

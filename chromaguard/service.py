@@ -24,8 +24,9 @@ from typing import Any
 from . import __version__
 from .access.auth import Authenticator
 from .access.cors import CorsPolicy
-from .access.credentials import CredentialsError, CredentialStore, load_store
+from .access.credentials import CredentialsError, CredentialStore
 from .access.credentials_watch import CredentialsWatcher
+from .access.loading import configured_store
 from .backup.mirror import Mirror
 from .backup.scheduler import BackupScheduler
 from .backup.snapshot_api import ControlAccess, SnapshotService
@@ -43,6 +44,7 @@ from .http11.tls import ServerTls, TlsError
 from .proxy.configpolicy import ConfigPolicy
 from .proxy.frontdoor import AlwaysAvailable, Backend, FrontDoor
 from .proxy.writegate import WriteGate
+from .telemetry.audit import AuditLog
 from .telemetry.instruments import Telemetry, engine_log_filter, engine_telemetry
 
 log = logging.getLogger("chromaguard")
@@ -106,6 +108,7 @@ class Service:
         self.auth: Authenticator | None = None
         self.watcher: CredentialsWatcher | None = None
         self.tls: ServerTls | None = None
+        self.audit: AuditLog | None = None
         self.telemetry: Telemetry | None = None
         self.snapshots: SnapshotService | None = None
         self.backups: BackupScheduler | None = None
@@ -114,10 +117,10 @@ class Service:
         self._signals = 0
 
     def load_credentials(self) -> CredentialStore:
-        s = self.settings
-        return load_store(s.auth_provider, s.auth_credentials_file, s.auth_credentials,
-                          file_setting=s.name_of("auth_credentials_file"),
-                          inline_setting=s.name_of("auth_credentials"))
+        store, warnings = configured_store(self.settings)
+        for warning in warnings:
+            log.warning("%s", warning)
+        return store
 
     def _prepare_auth(self) -> None:
         s = self.settings
@@ -175,11 +178,13 @@ class Service:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def _on_hangup(self) -> None:
+        if self.audit is not None:
+            self.audit.reopen()
         if self.tls is not None:
             self.tls.check()
         if self.watcher is not None:
             self._reloading = asyncio.ensure_future(self.watcher.reload("SIGHUP"))  # kept until it is done
-        elif self.tls is None:
+        elif self.tls is None and self.audit is None:
             log.info("SIGHUP: no credentials or certificate file to reload")
 
     def _apply_credentials(self, store: CredentialStore) -> None:
@@ -212,8 +217,17 @@ class Service:
             tls = self.tls = ServerTls(self.settings.tls_files()) if self.settings.ssl_certfile is not None else None
         except TlsError as exc:
             raise StartupError(f"{self.settings.name_of('ssl_certfile')}: {exc}") from None
+        if self.settings.audit_log is not None:
+            try:
+                self.audit = AuditLog(self.settings.audit_log)
+            except OSError as exc:
+                raise StartupError(f"{self.settings.name_of('audit_log')}={self.settings.audit_log}: cannot open it "
+                                   f"for appending ({exc.strerror or exc}); give a writable file or stdout") from None
         telemetry = self.telemetry
         assert telemetry is not None
+        if self.audit is not None and telemetry.metrics is not None:
+            audit = self.audit
+            telemetry.metrics.audit_dropped = lambda: audit.dropped
         if telemetry.enabled:
             log.info("OpenTelemetry on: traces and metrics to %s as %s", self.settings.otel_endpoint,
                      self.settings.otel_service_name)
@@ -279,12 +293,12 @@ class Service:
                                 ollama_url=self.settings.ollama_url, ollama_models=self.settings.ollama_models,
                                 listen=f"{self.settings.scheme}://{_show_host(self.settings.host)}:{self.settings.port}",
                                 upstream=self.settings.upstream, backups=self.backups,
-                                backup_max_age=self.settings.backup_max_age),
+                                backup_max_age=self.settings.backup_max_age, audit=self.audit),
                             cors=CorsPolicy(self.settings.cors_allow_origins) if self.settings.cors_allow_origins
                             else None,
                             config_policy=ConfigPolicy(self.settings.allowed_embedding_functions),
                             control=ControlAccess(self.settings.control_token),
-                            disk_floor=disk_floor)
+                            disk_floor=disk_floor, audit=self.audit)
             self.server = HttpServer(app, keep_alive=75.0, drain_timeout=self.settings.drain_timeout,
                                      head_timeout=self.settings.head_timeout,
                                      body_min_rate=self.settings.body_min_rate,
@@ -303,6 +317,8 @@ class Service:
         finally:
             if tls_watch is not None:
                 tls_watch.cancel()
+            if self.audit is not None:
+                self.audit.close()  # after the drain: every request's line is queued
             if scheduled is not None:
                 assert self.backups is not None
                 self.backups.stopping.set()  # an upload under way stops at its next write

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from . import chroma06
 from .credentials import CredentialStore, Principal
 from .routes import ADMIN, READ, WRITE, Route
 
@@ -37,6 +38,7 @@ class Denial:
     error: str
     message: str
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    principal: str | None = None  # who was refused, when the credentials were good (the audit log)
 
 
 class Grant(NamedTuple):
@@ -145,12 +147,13 @@ class Authenticator:
         why = self._forbidden(principal, route)
         if why:
             log.info("denied %s to %s: %s", route.operation, principal.name, why)
-            return Denial(403, "AuthorizationError", f"chromaguard: {principal.name} may not {why}")
+            return Denial(403, "AuthorizationError", f"chromaguard: {principal.name} may not {why}",
+                          principal=principal.name)
         if self.limiter is not None:
             wait = self.limiter.allow(principal.name)
             if wait:
                 return Denial(429, "RateLimitError", f"chromaguard: rate limit reached for {principal.name}",
-                              _retry_after(wait))
+                              _retry_after(wait), principal.name)
         return Grant(principal, route)
 
     def _credentials(self, headers: Iterable[tuple[bytes, bytes]]) -> Principal | Denial | _Password:
@@ -193,6 +196,8 @@ class Authenticator:
 
     @staticmethod
     def _forbidden(principal: Principal, route: Route) -> str:
+        if principal.actions is not None:  # a Chroma 0.6 RBAC role: its actions decide, as in 0.6
+            return chroma06.refusal(principal.actions, route.operation)
         if route.access not in _ALLOWED[principal.role]:
             return f"{route.operation.replace('_', ' ')} (role {principal.role})"
         if principal.tenant is None:

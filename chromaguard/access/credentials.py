@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import strictjson
+from . import chroma06
 
 _FAST_SHA256_PYTHONS = ((3, 11), (3, 14))  # CPython releases the private modules were checked on: 3.11-3.13
 
@@ -68,9 +69,14 @@ class Principal:
     tenant: str | None = None
     databases: tuple[str, ...] | None = None
     how: str = ""  # how the role was decided, for ``chromaguard config``
+    actions: frozenset[str] | None = None  # a Chroma 0.6 RBAC role's actions: these decide, not ``role``
 
     def covers(self, other: Principal) -> bool:
         """Whether this principal may do everything ``other`` may."""
+        if self.actions is not None or other.actions is not None:
+            if self.actions is None:  # role-based against actions: only unscoped full access covers for sure
+                return self.role == "admin" and self.tenant is None
+            return other.actions is not None and other.actions <= self.actions
         if ROLES.index(other.role) < ROLES.index(self.role):
             return False  # ROLES runs from most to least
         if self.tenant is not None and other.tenant != self.tenant:
@@ -111,10 +117,18 @@ class CredentialStore:
                 return f"it adds the token {principal.name!r}"
             if not before.covers(principal):
                 return f"it gives {principal.name!r} more access than before"
-        for user, (hashed, _principal) in other._users.items():
-            if self._users.get(user, (None,))[0] != hashed:
+        for user, (hashed, principal) in other._users.items():
+            before_user = self._users.get(user)
+            if before_user is None or before_user[0] != hashed:
                 return f"it adds or changes the password of {user!r}"
+            if not before_user[1].covers(principal):
+                return f"it gives {user!r} more access than before"
         return ""
+
+    def with_principals(self, change: Callable[[Principal], Principal]) -> CredentialStore:
+        """The same credentials, each principal replaced by ``change(principal)``."""
+        return CredentialStore({key: change(p) for key, p in self._tokens.items()},
+                               {user: (hashed, change(p)) for user, (hashed, p) in self._users.items()})
 
     def keep_verified(self, before: CredentialStore) -> None:
         """Remember the passwords ``before`` had verified, for users whose hash is unchanged:
@@ -312,6 +326,8 @@ def parse_tokens(text: str, where: str, fmt: str | None = None) -> CredentialSto
 
 
 def _token_store(data: Any, where: str) -> CredentialStore:
+    if chroma06.is_users_file(data):
+        return _users_store(data, where)
     records = _token_records(data, where)
     tokens: dict[bytes, Principal] = {}
     names: set[str] = set()
@@ -323,6 +339,29 @@ def _token_store(data: Any, where: str) -> CredentialStore:
             raise CredentialsError(f"{where}: entry {index}: the name {principal.name!r} appears twice")
         names.add(principal.name)
         tokens[key] = principal
+    return CredentialStore(tokens=tokens)
+
+
+def _users_store(data: dict[str, Any], where: str) -> CredentialStore:
+    """Chroma 0.5/0.6's token file (``users:`` with ``id`` and ``tokens``): full access, as 0.6 gave."""
+    try:
+        records = chroma06.users_records(data, where)
+    except ValueError as exc:
+        raise CredentialsError(str(exc)) from None
+    scoped = any(isinstance(u, dict) and ("tenant" in u or "databases" in u or "role" in u) for u in data["users"])
+    how = ("Chroma 0.6 users file: full access, as 0.6 gave without an authz provider"
+           + ("; its role/tenant/databases fields authorised nothing in 0.6 and are not enforced here either "
+              "(use CHROMA_SERVER_AUTHZ_CONFIG_FILE, or chromaguard's own records, to narrow)" if scoped else ""))
+    tokens: dict[bytes, Principal] = {}
+    principals: dict[str, Principal] = {}
+    for token, user_id in records:
+        if not token.strip() or token != token.strip():
+            raise CredentialsError(f"{where}: user {user_id!r}: a token must be non-empty without surrounding spaces")
+        key = digest(token)
+        if key in tokens and tokens[key].name != user_id:
+            raise CredentialsError(f"{where}: a token of {user_id!r} is also {tokens[key].name!r}'s: give each "
+                                   "token to one user")
+        tokens[key] = principals.setdefault(user_id, Principal(user_id, "admin", how=how))
     return CredentialStore(tokens=tokens)
 
 
@@ -424,6 +463,12 @@ def load_store(provider: str, path: Path | None, inline: str, *, file_setting: s
                 raise CredentialsError(f"{inline_setting}: the user {user!r} is in the file too; give each once")
         merged._users.update(store._users)
     return merged
+
+
+def read_structured_file(path: Path, where: str) -> Any:
+    """A YAML or JSON file (by its name, else its content), read with the credentials' care."""
+    text = _read_file(path, where)
+    return _read_structured(text, where, file_format(path.name, text))
 
 
 def _read_file(path: Path, where: str) -> str:

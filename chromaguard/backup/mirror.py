@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +44,19 @@ _REFRESH_ROUNDS = 3
 _CLOCK_WAIT = 2.0  # longest wait for the filesystem clock to pass a file's stamp before the hold
 _HELD_ATTEMPTS = 3
 
-Stamp = list[int]  # size, mtime_ns, ctime_ns, inode
+Stamp = list[int]  # size, mtime_ns, ctime_ns, inode, device
 
 
 def _stamp(st: os.stat_result, *, ctime: bool = True) -> Stamp:
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns if ctime else 0, st.st_ino]
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns if ctime else 0, st.st_ino, st.st_dev]
+
+
+def _boot_id() -> str:
+    """Which boot this is: a state written before a power cut may name data that never reached disk."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _stamp_of(path: str, *, ctime: bool = True) -> Stamp | None:
@@ -55,6 +65,32 @@ def _stamp_of(path: str, *, ctime: bool = True) -> Stamp | None:
         return _stamp(os.stat(path), ctime=ctime)
     except FileNotFoundError:
         return None
+
+
+def _read_clock(path: Path) -> tuple[int, int] | None:
+    """A filesystem's time now (the stamp a write made now would get) and its device: a file
+    there touched and read back. Not a regular file of ours (a FIFO would block): none."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    except OSError:  # a read-only data dir: nothing is trusted, all is copied under the hold
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        os.utime(fd)
+        st = os.fstat(fd)
+        return st.st_mtime_ns, st.st_dev
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _stamps_ok(stamps: Any, allow_none: bool = False) -> bool:
+    return isinstance(stamps, list) and bool(stamps) and all(
+        (allow_none and s is None) or (isinstance(s, list) and len(s) == 5 and all(isinstance(x, int) for x in s))
+        for s in stamps)
 
 
 class Mirror:
@@ -70,17 +106,31 @@ class Mirror:
         self._entries: dict[str, dict[str, Any]] = {}
         self._copied = {"files": 0, "bytes": 0}
         self._warned = False
+        self._lock_fd: int | None = None
+        self._device = -1  # the data dir filesystem's, learnt with its clock
 
     # ---- lending ---------------------------------------------------------------------------------
 
     def checkout(self) -> Mirror | None:
         if self.busy or not self._usable():
             return None
-        self.busy = True
+        try:  # another process on the same snapshot dir (a shared volume) may have it
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        self._lock_fd, self.busy = fd, True
         self._entries = self._load()
         return self
 
     def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         self.busy = False
 
     def held_bytes(self) -> int:
@@ -151,10 +201,14 @@ class Mirror:
                     self._entries[rel] = {"live": live[rel], "copy": _stamp_of(self._path(rel)), "clock": clock}
                 else:
                     self._entries.pop(rel, None)  # written during the copy: the hold copies it
+            copies = [self._newest([self._entries[rel]["copy"]]) for rel in todo if rel in self._entries]
+            if copies:  # so that they can be trusted: before the scratch engine may write into them
+                self._wait_past(max(copies), self._mirror_clock)
+            self._bound_copies(todo)
             self._save()
             racy = [stamp for stamp in (self._newest(self._entries[rel]["live"]) for rel in todo
                                         if rel in self._entries) if clock is not None and stamp >= clock]
-            if not racy or not self._wait_past(max(racy)):
+            if not racy or not self._wait_past(max(racy), self._clock):
                 break  # all trusted, or only what keeps changing is left: the hold copies that
 
     def _copy_held(self) -> int:
@@ -171,6 +225,7 @@ class Mirror:
             if after == before:
                 for rel in todo:
                     self._entries[rel] = {"live": before[rel], "copy": _stamp_of(self._path(rel)), "clock": clock}
+                self._bound_copies(todo)  # no wait here (the hold): a copy in the clock's tick is copied again
                 self._save()
                 self._copied = {"files": len(todo), "bytes": size}
                 return attempt
@@ -186,9 +241,15 @@ class Mirror:
     # ---- what is trusted -------------------------------------------------------------------------
 
     def _trusted(self, rel: str, live: list[Stamp | None]) -> bool:
+        """The live file and its copy both unchanged since the copy, each by its own filesystem's
+        clock (the copy's: the scratch engine may write into it within the same tick), and the
+        live file on the data dir's own filesystem (whose clock was read)."""
         entry = self._entries.get(rel)
-        return (entry is not None and entry["clock"] is not None and entry["live"] == live
-                and self._newest(live) < entry["clock"] and _stamp_of(self._path(rel)) == entry["copy"])
+        if entry is None or entry.get("clock") is None or entry.get("copy_clock") is None or entry["live"] != live:
+            return False
+        copy = entry["copy"]
+        return (self._newest(live) < entry["clock"] and self._newest([copy]) < entry["copy_clock"]
+                and all(s is None or s[4] == self._device for s in live) and _stamp_of(self._path(rel)) == copy)
 
     @staticmethod
     def _newest(live: list[Stamp | None]) -> int:
@@ -206,21 +267,20 @@ class Mirror:
 
     def _clock(self) -> int | None:
         """The data dir filesystem's time now: the stamp a write made now would get."""
-        try:
-            fd = os.open(self.data_dir / CLOCK_NAME, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-            try:
-                os.utime(fd)
-                return os.fstat(fd).st_mtime_ns
-            finally:
-                os.close(fd)
-        except OSError:  # a read-only data dir: nothing is trusted, all is copied under the hold
-            return None
+        clock = _read_clock(self.data_dir / CLOCK_NAME)
+        if clock is not None:
+            self._device = clock[1]
+        return None if clock is None else clock[0]
 
-    def _wait_past(self, stamp: int) -> bool:
-        """Until the filesystem clock is past ``stamp``; False if it did not get there in time."""
+    def _mirror_clock(self) -> int | None:
+        clock = _read_clock(self.root / CLOCK_NAME)
+        return None if clock is None else clock[0]
+
+    def _wait_past(self, stamp: int, clock: Callable[[], int | None]) -> bool:
+        """Until ``clock`` is past ``stamp``; False if it did not get there in time."""
         deadline = time.monotonic() + _CLOCK_WAIT
         while time.monotonic() < deadline:
-            now = self._clock()
+            now = clock()
             if now is None:
                 return False
             if now > stamp:
@@ -243,11 +303,15 @@ class Mirror:
                 os.unlink(dst)
             copy_sqlite(self.data_dir, self.data)
             return os.stat(dst).st_size
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(dst)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:  # never write through a link
+                os.unlink(dst)
         try:
             size = os.stat(src).st_size
+            copy_file(src, dst, size)
         except FileNotFoundError:  # gone meanwhile: the check after the pass sees it
             return 0
-        copy_file(src, dst, size)
         return size
 
     def _drop_extras(self, live: dict[str, Any]) -> None:
@@ -275,16 +339,27 @@ class Mirror:
         except (OSError, ValueError):
             return {}
         if not isinstance(state, dict) or state.get("version") != _STATE_VERSION \
-                or state.get("data_dir") != str(self.data_dir.resolve()) or not isinstance(state.get("files"), dict):
-            return {}
+                or state.get("data_dir") != str(self.data_dir.resolve()) or not isinstance(state.get("files"), dict) \
+                or state.get("boot") != _boot_id() or state.get("host") != socket.gethostname():
+            return {}  # another boot (a power cut may have lost what it wrote) or another machine
         return {rel: entry for rel, entry in state["files"].items()
-                if isinstance(entry, dict) and {"live", "copy", "clock"} <= entry.keys()}
+                if isinstance(entry, dict) and _stamps_ok(entry.get("live"), allow_none=True)
+                and _stamps_ok([entry.get("copy")]) and isinstance(entry.get("clock"), int)
+                and isinstance(entry.get("copy_clock"), int)}
+
+    def _bound_copies(self, rels: list[str]) -> None:
+        """The mirror's clock now, after these copies: a copy stamped at or after it (the same
+        tick) could be rewritten unseen, and is not trusted."""
+        copy_clock = self._mirror_clock()
+        for rel in rels:
+            if rel in self._entries:
+                self._entries[rel]["copy_clock"] = copy_clock
 
     def _save(self) -> None:
         """Atomically; a state lost or torn only costs copying again."""
         temp = self.root / f".{STATE_NAME}.{os.getpid()}"
         temp.write_text(json.dumps({"version": _STATE_VERSION, "data_dir": str(self.data_dir.resolve()),
-                                    "files": self._entries}))
+                                    "boot": _boot_id(), "host": socket.gethostname(), "files": self._entries}))
         os.replace(temp, self.root / STATE_NAME)
 
     def remove(self) -> None:

@@ -50,6 +50,12 @@ def parse_repository(raw: Any) -> str | None:
     return text
 
 
+def parse_audit_target(raw: Any) -> str | None:
+    from ..telemetry.audit import parse_target
+
+    return parse_target(raw)
+
+
 def parse_schedule_text(raw: Any) -> str | None:
     schedule = parse_schedule(raw)
     return None if schedule is None else schedule.text
@@ -119,6 +125,13 @@ OPTIONS: tuple[Option, ...] = (
     _opt("auth_credentials", parsing.parse_text, "", "my-secret-token",
          "inline credentials (a token, or `user:password`)", shown_default="none",
          env=("CHROMA_SERVER_AUTH_CREDENTIALS", "CHROMA_SERVER_AUTHN_CREDENTIALS"), secret=True),
+    _opt("authz_provider", parsing.parse_text, "", "chromadb.auth.simple_rbac_authz.SimpleRBACAuthorizationProvider",
+         "Chroma 0.5/0.6 authorization: `chromadb.auth.simple_rbac_authz.SimpleRBACAuthorizationProvider` reads "
+         "the RBAC file below and allows each user exactly its role's actions, as 0.6 did", shown_default="none",
+         env=("CHROMA_SERVER_AUTHZ_PROVIDER",)),
+    _opt("authz_config_file", parsing.parse_optional_path, None, "/etc/chroma/authz.yaml",
+         "the RBAC file of Chroma 0.5/0.6 (`roles_mapping` and `users`), read at start, on SIGHUP and whenever "
+         "the credentials reload", shown_default="none", env=("CHROMA_SERVER_AUTHZ_CONFIG_FILE",)),
     _opt("auth_token_transport_header", parsing.choice("authorization", "x-chroma-token", "any"), "any",
          "Authorization",
          "which header carries the token: `authorization`, `x-chroma-token` or `any` (either)",
@@ -163,6 +176,12 @@ OPTIONS: tuple[Option, ...] = (
     _opt("min_free_disk", parsing.parse_size, 512 * 1024 * 1024, "512MiB",
          "free space under the data dir below which `/readyz` fails (`0` = no threshold; a full disk fails it "
          "anyway)", shown_default="`512MiB`", env=("CHROMAGUARD_MIN_FREE_DISK",)),
+    _opt("audit_log", parse_audit_target, None, "/var/log/chromaguard/audit.jsonl",
+         "one JSON line per state-changing or admin request and per refused one (401, 403, 429): time, "
+         "principal (never a secret), client address, method, path, operation, tenant, database, collection, "
+         "status, outcome, trace id. `stdout` or a file (reopened on SIGHUP). A line that cannot be written is "
+         "counted (`chromaguard_audit_lines_dropped_total`) and logged; the request goes on",
+         shown_default="off", env=("CHROMAGUARD_AUDIT_LOG",)),
     _opt("ssl_certfile", parsing.parse_optional_path, None, "/etc/chromaguard/tls/tls.crt",
          "serve HTTPS with this PEM certificate (chain), on the same port; TLS 1.2 and 1.3 with forward-secret "
          "AEAD ciphers only. Re-read within 5 s when the file changes, open connections kept",
@@ -297,6 +316,8 @@ class Settings:
     auth_provider: str = "none"
     auth_credentials_provider: str = ""
     auth_credentials_file: Path | None = None
+    authz_provider: str = ""
+    authz_config_file: Path | None = None
     auth_credentials: str = ""
     auth_token_transport_header: str = "any"
     auth_open_paths: tuple[str, ...] = ("/api/v1/heartbeat", "/api/v2/heartbeat", "/healthz", "/readyz")
@@ -315,6 +336,7 @@ class Settings:
     upstream_token: str = ""
     upstream_token_header: str = "x-chroma-token"
     upstream_timeout: float = 300.0
+    audit_log: str | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     ssl_ca_certs: Path | None = None
@@ -500,6 +522,7 @@ def _check_together(settings: Settings, env: Mapping[str, str]) -> None:
                                   f"does not match {settings.name_of('auth_provider')}={settings.auth_provider}",
                                   f"{settings.name_of('auth_credentials_provider')}=none")
 
+    _check_authz(settings)
     if settings.auth_provider == "none":
         if settings.auth_credentials_file or settings.auth_credentials:
             settings.warnings.append("auth credentials are set but the auth provider is none: no auth is enforced")
@@ -525,6 +548,28 @@ def _check_together(settings: Settings, env: Mapping[str, str]) -> None:
         raise ConfigError(settings.name_of("backup_schedule"), settings.backup_schedule,
                           "scheduled backups need the embedded engine (its data dir); with an upstream server, back "
                           "it up where it runs", "CHROMAGUARD_BACKUP_SCHEDULE=off")
+
+
+def _check_authz(settings: Settings) -> None:
+    """Chroma 0.6's RBAC: the one provider it had, its file, and an authentication to name the users."""
+    from ..access.chroma06 import RBAC_PROVIDERS
+
+    provider, name = settings.authz_provider, settings.name_of("authz_provider")
+    if not provider:
+        if settings.authz_config_file is not None:
+            raise ConfigError(settings.name_of("authz_config_file"), str(settings.authz_config_file),
+                              "an RBAC file is set without its provider",
+                              f"{name}=chromadb.auth.simple_rbac_authz.SimpleRBACAuthorizationProvider")
+        return
+    if provider not in RBAC_PROVIDERS:
+        raise ConfigError(name, provider, "not an authorization provider chromaguard reads (only Chroma 0.6's "
+                          "simple RBAC)", f"{name}=chromadb.auth.simple_rbac_authz.SimpleRBACAuthorizationProvider")
+    if settings.authz_config_file is None:
+        raise ConfigError(name, provider, "the RBAC provider needs its file",
+                          "CHROMA_SERVER_AUTHZ_CONFIG_FILE=/etc/chroma/authz.yaml")
+    if settings.auth_provider == "none":
+        raise ConfigError(name, provider, "authorization needs authentication to know who asks",
+                          "CHROMA_SERVER_AUTHN_PROVIDER=chromadb.auth.token_authn.TokenAuthenticationServerProvider")
 
 
 def _check_tls(settings: Settings) -> None:

@@ -27,6 +27,7 @@ from .knowledge import (
     empty_unless_set,
     identify,
     is_auth_var,
+    python_server,
     widens_access,
 )
 from .lines import LINES
@@ -426,6 +427,25 @@ def depends_findings(service: Service, kinds: dict[str, Image | None]) -> list[F
                      Fix((entry.parent, entry.value), _healthy(entry, waiting)))]
 
 
+def python_server_findings(service: Service, image: Image | None, fronted: bool) -> list[Finding]:
+    """CVE-2026-45829: the Python server of an affected chromadb, reachable without an auth proxy."""
+    server = python_server(service, image)
+    if server is None or not server.affected:
+        return []
+    ports = service.get("ports")
+    if ports is None and fronted:  # not published, and a chromaguard in this file fronts it
+        return []
+    version = "the newest chromadb" if server.version is None else "chromadb " + ".".join(map(str, server.version))
+    reach = "its port is published" if ports is not None else "every container on its network reaches it directly"
+    entry = service.get("command") or service.get("entrypoint")
+    return [_finding("CG210", service, f"runs Chroma's Python server on {version} ({server.how}), open to "
+                     f"CVE-2026-45829: {reach}", entry.location if entry else service.location,
+                     "the Python server builds a client-supplied embedding function, running a model repository's "
+                     "code, before it checks auth; no fixed release exists yet",
+                     "run the Rust server (`chroma run`, image chromadb/chroma:1.5.9), or put chromaguard in front "
+                     "and stop publishing this port")]
+
+
 def chromaguard_findings(service: Service) -> list[Finding]:
     from ..config.settings import load_settings
     from ..errors import ConfigError
@@ -448,9 +468,11 @@ def chromaguard_findings(service: Service) -> list[Finding]:
 def examine(files: list[ComposeFile]) -> list[Finding]:
     services = merged_services(files)
     kinds = {s.name: identify(s) for s in services}
+    fronted = any(image is not None and image.kind == CHROMAGUARD for image in kinds.values())
     found: list[Finding] = []
     for service in services:
         image = kinds[service.name]
+        found += python_server_findings(service, image, fronted)
         if image is None:
             found += depends_findings(service, kinds)
             continue

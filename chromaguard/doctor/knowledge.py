@@ -103,6 +103,48 @@ def identify(service: Service) -> Image | None:
     return Image(CHROMA, "1.x", None, True, reference)
 
 
+# CVE-2026-45829 (GHSA-f4j7-r4q5-qw2c, "ChromaToast"): the Python FastAPI server of chromadb builds a
+# client-supplied embedding function (a Hugging Face model with trust_remote_code) before its auth
+# check. Affected from 1.0.0; no fixed release was published when this rule was written (the
+# advisory's last affected version: 1.5.9; the fix is merged upstream as chroma-core/chroma#7237).
+ADVISORY_FROM = (1, 0, 0)
+_PYTHON_SERVER = re.compile(r"chromadb\.app:app|chromadb/app\.py")
+_PIP_CHROMADB = re.compile(r"\bpip3?\s+install\b[^;&|]*?\bchromadb\b(?:\[[^\]]*\])?(?:\s*(==|~=|>=|>)\s*v?(\d+)\.(\d+)"
+                           r"(?:\.(\d+))?)?")
+
+
+@dataclass(frozen=True)
+class PythonServer:
+    """A service that runs Chroma's Python server, and the chromadb it runs, as far as the file says."""
+
+    version: tuple[int, int, int] | None  # None: the newest release (installed unpinned, or with >=)
+    how: str  # where the version was read
+
+    @property
+    def affected(self) -> bool:
+        return self.version is None or self.version >= ADVISORY_FROM
+
+
+def python_server(service: Service, image: Image | None) -> PythonServer | None:
+    """The Python server (``uvicorn chromadb.app:app``) and its version: a pip install in the
+    command pins it (``chromadb==1.0.15``; unpinned or ``>=``: the newest), else the image's tag
+    or the Dockerfile's base; None when it runs no Python server or its version cannot be read."""
+    entry = service.get("entrypoint")
+    entrypoint = "" if entry is None else " ".join(map(str, entry.value)) if isinstance(entry.value, list) \
+        else str(entry.value)
+    text = f"{entrypoint} {service.command()}"
+    if not _PYTHON_SERVER.search(text):
+        return None
+    pip = _PIP_CHROMADB.search(text)
+    if pip is not None:
+        if pip.group(1) in (None, ">=", ">"):
+            return PythonServer(None, f"`{pip.group(0).strip()}` installs the newest chromadb")
+        return PythonServer((int(pip.group(2)), int(pip.group(3)), int(pip.group(4) or 0)), f"`{pip.group(0).strip()}`")
+    if image is not None and image.kind == CHROMA and image.version is not None:
+        return PythonServer(image.version, f"image {image.reference}")
+    return None
+
+
 def container_port(service: Service, image: Image | None = None) -> int:
     """The port the server listens on inside its container: the name the line reads (1.x
     CHROMA_PORT; the 0.x image's CHROMA_HOST_PORT; chromaguard CHROMA_SERVER_HTTP_PORT), else 8000."""

@@ -150,6 +150,25 @@ the host has no `NAME`, as in Chroma's own compose file. Remove the line when tr
 wanted, or give the variable a default (`${NAME:-http://otel-collector:4317}`). Not fixed
 automatically: the collector's address is yours.
 """),
+    _rule("CG210", "python-server-cve-2026-45829", "error",
+          "Chroma's Python server of an affected chromadb is reachable without an auth proxy (CVE-2026-45829).",
+          """
+CVE-2026-45829 (GHSA-f4j7-r4q5-qw2c, "ChromaToast"): Chroma's Python FastAPI server
+(`uvicorn chromadb.app:app`) builds the embedding function a collection-creation request names,
+downloading and running a Hugging Face model repository's code when its configuration says
+`trust_remote_code`, before it checks the request's credentials. An unauthenticated caller runs
+code in the server. Affected: chromadb 1.0.0 and later; no fixed release had been published when
+this rule was written (the advisory's last affected version is 1.5.9; the fix is merged upstream
+as chroma-core/chroma#7237). The 0.x servers and the Rust server (`chroma run`, the
+`chromadb/chroma` 1.x image's default) are not affected.
+
+The doctor reads the version from a `pip install chromadb...` in the command (unpinned or `>=`:
+the newest release) or the image's tag, and flags the service when its port is published or when
+no chromaguard in the same files fronts it. Fix: run the Rust server, or put chromaguard in
+front (it refuses to store or pass on an embedding function configuration that runs remote code,
+and checks credentials before the engine sees a request) and stop publishing the Python server's
+port.
+"""),
     _rule("CG301", "volume-path-lost-on-recreate", "error",
           "The data volume is mounted where Chroma 1.x does not write: data is lost when the container is recreated.",
           """

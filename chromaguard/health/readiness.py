@@ -50,6 +50,7 @@ class Dependencies:
     upstream: str | None = None
     backups: Any = None  # the BackupScheduler, when backups are scheduled
     backup_max_age: float = 0.0
+    audit: Any = None  # the AuditLog, when one is kept
 
 
 def _check(ok: bool, detail: str) -> dict[str, Any]:
@@ -288,6 +289,9 @@ async def status(deps: Dependencies) -> dict[str, Any]:
                        "free_bytes": usage.free, "room": {"ok": room, "detail": detail}}
     if deps.backups is not None:
         out["backup"] = deps.backups.state.as_json()
+    if deps.audit is not None:
+        out["audit"] = {"target": deps.audit.target, "written": deps.audit.written, "dropped": deps.audit.dropped,
+                        "last_error": deps.audit.last_error}
     if deps.ollama_url:
         out["ollama"] = {"url": deps.ollama_url, **(await ollama_state(deps.ollama_url, deps.ollama_models))}
     return out

@@ -76,6 +76,14 @@ def render(data: dict[str, Any]) -> Group:
         parts.append(disk)
     if "backup" in data:
         parts.append(_backups(data["backup"]))
+    audit = data.get("audit")
+    if audit:
+        table = Table(title="audit log")
+        for column in ("to", "lines written", "lines dropped", "last error"):
+            table.add_column(column)
+        dropped = f"[red]{audit['dropped']}[/red]" if audit["dropped"] else "0"
+        table.add_row(audit["target"], str(audit["written"]), dropped, audit["last_error"] or "-")
+        parts.append(table)
     collections = Table(title=f"collections ({len(data['collections'])})")
     for column in ("tenant", "database", "name", "records", "dimension"):
         collections.add_column(column)

@@ -16,7 +16,7 @@ class Call:
     """One request's route, span, principal and the facts its span is built from."""
 
     __slots__ = ("exchange", "route", "http_route", "span", "trace", "traceparent", "user_agent", "principal",
-                 "engine_trace", "started", "grant", "facts", "answer", "relay")
+                 "engine_trace", "started", "grant", "facts", "answer", "relay", "refused_principal")
 
     def __init__(self, exchange: Exchange, route: Route | None, http_route: str) -> None:
         self.exchange = exchange
@@ -33,3 +33,4 @@ class Call:
         self.facts: dict[str, Any] | None = None  # span attributes learnt on the way, set once at its end
         self.answer: tuple[str, bytes] | None = None  # (operation, body) of a result counted in the export thread
         self.relay: Relay | None = None  # forwarded: the relay ends the request
+        self.refused_principal: str | None = None  # good credentials, refused anyway (the audit log)

@@ -32,6 +32,8 @@ from ..telemetry.attributes import (
     response_attributes,
     result_attributes,
 )
+from ..telemetry.audit import REFUSED as AUDIT_REFUSED
+from ..telemetry.audit import AuditLog
 from ..telemetry.logs import current_trace
 from ..telemetry.spans import SpanDetails
 from . import configpolicy
@@ -97,7 +99,7 @@ class FrontDoor:
                  telemetry: Telemetry | None = None, deps: Dependencies | None = None,
                  gate: WriteGate | None = None, snapshots: SnapshotService | None = None,
                  config_policy: ConfigPolicy | None = None, control: ControlAccess | None = None,
-                 disk_floor: DiskFloor | None = None) -> None:
+                 disk_floor: DiskFloor | None = None, audit: AuditLog | None = None) -> None:
         from ..backup.snapshot_api import ControlAccess
 
         self.pool = pool
@@ -115,6 +117,7 @@ class FrontDoor:
         self.gate = gate
         self.disk_floor = disk_floor
         self.snapshots = snapshots
+        self.audit = audit
         self.config_policy = config_policy or ConfigPolicy()
         self.metrics = telemetry.metrics if telemetry else None
         self.spans = telemetry.spans if telemetry else None
@@ -177,6 +180,24 @@ class FrontDoor:
             current_trace.set(None)
         if route is not None and route.operation in _CATALOG_CHANGES:
             self.ownership.forget(route.tenant, route.database)
+        if self.audit is not None and (status in AUDIT_REFUSED or route is not None and route.access != READ
+                                       and call.exchange.method != "OPTIONS"):  # CORS preflights change nothing
+            self._audit(call, status or 499)
+
+    def _audit(self, call: Call, status: int) -> None:
+        """The request's line in the audit log (a state-changing, admin or refused request)."""
+        exchange, route = call.exchange, call.route
+        principal = call.principal.name if call.principal is not None else call.refused_principal
+        trace_id = call.trace[0] if call.trace is not None else _trace_id(exchange.headers)
+        assert self.audit is not None
+        self.audit.record({
+            "principal": principal, "client": exchange.client, "method": exchange.method, "path": exchange.path,
+            "operation": route.operation if route is not None else "invalid_path",
+            "tenant": route.tenant if route is not None else None,
+            "database": route.database if route is not None else None,
+            "collection": route.collection if route is not None else None,
+            "status": status, "outcome": "refused" if status in AUDIT_REFUSED else "ok" if status < 400 else "failed",
+            "trace_id": trace_id})
 
     # ---- telemetry ---------------------------------------------------------------------------
 
@@ -267,6 +288,7 @@ class FrontDoor:
     def _granted(self, call: Call, result: Grant | Denial, owner: Denial | object | None) -> Admission:
         exchange = call.exchange
         if isinstance(result, Denial):
+            call.refused_principal = result.principal
             self._deny(exchange, result)
             return Admission.ANSWERED
         call.principal = result.principal
@@ -575,6 +597,20 @@ def _span_details(facts: tuple[Any, ...]) -> SpanDetails:
     failed = status >= 500 or status == 0
     return attributes, Status(StatusCode.ERROR, f"HTTP {status}" if status else "client went away") \
         if failed else None, links
+
+
+def _trace_id(headers: Headers) -> str | None:
+    """The caller's trace id, from a well-formed ``traceparent`` (tracing off: ours is not made)."""
+    for name, value in headers:
+        if name == b"traceparent":
+            parts = value.split(b"-")
+            if len(parts) == 4 and len(parts[1]) == 32:
+                try:
+                    int(parts[1], 16)
+                except ValueError:
+                    return None
+                return parts[1].decode().lower()
+    return None
 
 
 @functools.lru_cache(maxsize=1)

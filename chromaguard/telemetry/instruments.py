@@ -181,6 +181,9 @@ class Metrics:
                                       "{collection}", "Collections in the engine")
         meter.create_observable_counter("chromaguard.spans.dropped", [self._gauge(dropped_spans)],
                                         "{span}", "Spans dropped because the export queue was full")
+        self.audit_dropped: Callable[[], int | None] = lambda: None  # with an audit log: its lines dropped
+        meter.create_observable_counter("chromaguard.audit.lines_dropped", [self._gauge(lambda: self.audit_dropped())],
+                                        "{line}", "Audit log lines that could not be written (the requests went on)")
         self.backup: Callable[[], Any] = lambda: None  # the BackupState of scheduled backups, if any
         for name, unit, meaning, read, counter in (
             ("last_success_timestamp", "s", "When the newest scheduled backup succeeded (Unix time)",

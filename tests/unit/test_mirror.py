@@ -222,3 +222,74 @@ def test_a_full_disk_empties_the_mirror_and_says_so(data: Path, mirror: Mirror, 
     monkeypatch.undo()
     _snapshot(mirror)
     assert _files(mirror.data) == _live(data)
+
+
+def test_a_copy_stamped_in_the_mirror_clocks_tick_is_not_trusted(data: Path, mirror: Mirror,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scratch engine could rewrite a copy in place within the tick the copy was made in,
+    leaving its stamp as it was: copies not older than the mirror's clock reading are copied again."""
+    monkeypatch.setattr(mirror_module, "_CLOCK_WAIT", 0.05)
+    monkeypatch.setattr(Mirror, "_mirror_clock", lambda self: 0)
+    _snapshot(mirror)
+    copy = mirror.data / "seg-0" / "data_level0.bin"
+    st = copy.stat()
+    with open(copy, "r+b") as fh:
+        fh.write(b"scratch")
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    copied = _snapshot(mirror)
+    live = _live(data)
+    assert copied["files"] == len(live), "nothing about the copies was trusted"
+    assert _files(mirror.data) == live
+
+
+def test_another_process_on_the_same_snapshot_dir_does_not_share_the_mirror(data: Path, tmp_path: Path) -> None:
+    first, second = Mirror(data, tmp_path / "staging"), Mirror(data, tmp_path / "staging")
+    assert first.checkout() is first
+    assert second.checkout() is None, "the folder's lock is held by the first"
+    first.release()
+    assert second.checkout() is second
+    second.release()
+
+
+def test_a_state_from_another_boot_or_with_wrong_types_is_dropped(data: Path, mirror: Mirror,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    _snapshot(mirror)
+    copies: list[str] = []
+    real = mirror_module.copy_file
+
+    def counted(src: str, dst: str, size: int) -> None:
+        copies.append(src)
+        real(src, dst, size)
+
+    monkeypatch.setattr(mirror_module, "copy_file", counted)
+    _snapshot(mirror)
+    assert copies == [], "same boot, nothing changed: nothing copied"
+    monkeypatch.setattr(mirror_module, "_boot_id", lambda: "another boot")
+    _snapshot(mirror)
+    assert len(copies) == len(_live(data)), "a power cut may have lost what the state names: all copied again"
+    state = json.loads((mirror.root / "mirror.json").read_text())
+    for entry in state["files"].values():
+        entry["copy"], entry["clock"] = None, "soon"
+    (mirror.root / "mirror.json").write_text(json.dumps(state))
+    assert mirror.held_bytes() == 0
+    _snapshot(mirror)
+    assert _files(mirror.data) == _live(data)
+
+
+def test_a_fifo_for_the_clock_or_links_in_the_copy_neither_hang_nor_write_elsewhere(
+        data: Path, mirror: Mirror, tmp_path: Path) -> None:
+    _snapshot(mirror)
+    (data / CLOCK_NAME).unlink()
+    os.mkfifo(data / CLOCK_NAME)  # opening it for writing would block
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"untouched")
+    copy = mirror.data / "seg-0" / "header.bin"
+    copy.unlink()
+    copy.symlink_to(outside)
+    (data / "seg-0" / "header.bin").write_bytes(b"H" * 100)
+    copied = _snapshot(mirror)
+    assert copied["files"] == 1, "without a clock reading the changed file's copy is not trusted: the hold copies it"
+    assert outside.read_bytes() == b"untouched"
+    assert _files(mirror.data) == _live(data) and not copy.is_symlink()
