@@ -51,15 +51,32 @@ def client_tls(url: str, cacert: str | None = None, insecure: bool = False) -> s
     cacert = cacert or os.environ.get(CACERT_ENV) or None
     own = os.environ.get(SERVER_CERT_ENV)
     if cacert is None and own and _same_origin(url, default_target()) and os.access(own, os.R_OK):
-        context = ssl.create_default_context(cafile=own)
-        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the certificate itself is the anchor
-        context.check_hostname = False  # 127.0.0.1 is not the name it was issued to; the pin is exact
-        return context
+        leaf = _first_certificate(own)
+        if leaf is not None:
+            # Only the server's own certificate is trusted, not the chain beside it in the file (an
+            # intermediate there would vouch for every certificate it signed, for any name).
+            context = ssl.create_default_context(cadata=leaf)
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the certificate itself is the anchor
+            context.check_hostname = False  # 127.0.0.1 is not the name it was issued to; the pin is exact
+            return context
     try:
         return ssl.create_default_context(cafile=cacert)
     except (OSError, ssl.SSLError) as exc:
         raise Unhealthy(f"{cacert}: not a readable PEM CA bundle ({getattr(exc, 'strerror', None) or exc}); "
                         "give --cacert the CA that signed the server's certificate") from None
+
+
+def _first_certificate(path: str) -> str | None:
+    """The first PEM certificate of a file (a chain file starts with the server's own)."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            text = fh.read(1 << 20)
+    except OSError:
+        return None
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    start = text.find(begin)
+    stop = text.find(end, start)
+    return text[start:stop + len(end)] + "\n" if start >= 0 and stop > start else None
 
 
 def _same_origin(a: str, b: str) -> bool:

@@ -313,7 +313,8 @@ class Service:
             gc.freeze()
             if tls is not None:
                 tls_watch = asyncio.get_running_loop().create_task(tls.watch())
-            await self.server.serve(sock, ssl=tls.listener if tls is not None else None)
+            await self.server.serve(sock, ssl=tls.listener if tls is not None else None,
+                                    tls_refuses=tls.refuses if tls is not None else None)
         finally:
             if tls_watch is not None:
                 tls_watch.cancel()

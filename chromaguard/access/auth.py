@@ -38,7 +38,7 @@ class Denial:
     error: str
     message: str
     headers: tuple[tuple[bytes, bytes], ...] = ()
-    principal: str | None = None  # who was refused, when the credentials were good (the audit log)
+    principal: str | None = field(default=None, compare=False)  # refused with good credentials (the audit log)
 
 
 class Grant(NamedTuple):

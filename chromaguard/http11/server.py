@@ -374,6 +374,8 @@ class ClientConnection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.closing = False
         self.upgraded = False
+        self.handshaking = False  # HTTPS: admitted, its TLS handshake under way
+        self._early = bytearray()  # what arrived before the TLS protocol took over (or before it returned)
         self.last_active = time.monotonic()
         self.head_started = self.last_active  # a request head is arriving since then (0.0: none is)
         self.received = 0  # bytes read from the client, for the sweep's body rate
@@ -405,16 +407,60 @@ class ClientConnection(asyncio.Protocol):
         refusal = self.server.admit(self, transport)
         if refusal is not None:  # over a limit: answered before it said anything, and closed
             self.closing = self.upgraded = True
-            transport.write(refusal)  # type: ignore[attr-defined]
+            if self.server.tls is None:  # before a TLS handshake, an answer in clear would mean nothing
+                transport.write(refusal)  # type: ignore[attr-defined]
             transport.close()
             return
         self.server.connections.add(self)
+        if self.server.tls is not None:  # counted against the limits first, then the handshake
+            self.handshaking = True
+            self.loop.create_task(self._handshake(transport, self.server.tls))
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    async def _handshake(self, raw: asyncio.BaseTransport, context: SSLContext) -> None:
+        """TLS on an admitted connection; a handshake that fails or takes longer than the head
+        timeout ends it (plain HTTP sent to the port fails at once).
+
+        The event loop may hand this protocol the ClientHello before ``start_tls`` has put its
+        TLS protocol on the transport (uvloop starts reading right after ``connection_made``):
+        what came is kept (``data_received``) and given to the TLS protocol first."""
+        starting = asyncio.ensure_future(self.loop.start_tls(
+            raw, self, context, server_side=True,  # type: ignore[arg-type]
+            ssl_handshake_timeout=self.server.head_timeout or 10.0))
+        await asyncio.sleep(0)  # start_tls has run to its first wait: the TLS protocol is on the transport
+        tls_protocol = raw.get_protocol()
+        early, self._early = bytes(self._early), bytearray()  # from now on data_received is decrypted bytes
+        if early and tls_protocol is not self:
+            self.loop.call_soon(_feed, tls_protocol, early)  # after its connection_made, before more data
+        try:
+            wrapped = await starting
+        except (OSError, TimeoutError, ConnectionError, ValueError, RuntimeError):
+            raw.close()
+            self._gone()
+            return
+        if wrapped is None:
+            self._gone()
+            return
+        if self.server.tls_refuses(wrapped):
+            wrapped.abort()
+            self._gone()
+            return
+        self.transport = wrapped  # type: ignore[assignment]
+        self.handshaking = False
+        self.last_active = self.head_started = time.monotonic()
+        first, self._early = bytes(self._early), bytearray()
+        if first:  # a request that came with the end of the handshake, before start_tls returned
+            self.data_received(first)
+
+    def _gone(self) -> None:
+        """No longer counted anywhere (idempotent: a failed handshake and asyncio may both say so)."""
         self.closing = True
+        self.handshaking = False
         self.server.connections.discard(self)
         if self._client_key is not None:
             self.server.release(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gone()
         for exchange in (self.current, self.receiving, *self.pipeline):
             if exchange is not None:
                 exchange._disconnect()
@@ -433,6 +479,11 @@ class ClientConnection(asyncio.Protocol):
         return False
 
     def data_received(self, data: bytes) -> None:
+        if self.handshaking:  # before start_tls returned: the ClientHello, or the first decrypted bytes
+            self._early += data
+            if len(self._early) > _EARLY_MAX:
+                self.abort()
+            return
         self.last_active = time.monotonic()
         self.received += len(data)
         if self.upgraded:
@@ -710,6 +761,24 @@ class ClientConnection(asyncio.Protocol):
         return self.current is None and self.receiving is None and not self.pipeline
 
 
+_EARLY_MAX = 64 * 1024  # a ClientHello is a few hundred bytes; more before the handshake is not TLS
+
+
+def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """``data`` into a protocol as if read from its transport (asyncio's and uvloop's TLS
+    protocols are buffered protocols)."""
+    view = memoryview(data)
+    if isinstance(protocol, asyncio.BufferedProtocol) or hasattr(protocol, "buffer_updated"):
+        while view:
+            buffer = memoryview(protocol.get_buffer(len(view)))  # type: ignore[attr-defined]
+            n = min(len(buffer), len(view))
+            buffer[:n] = view[:n]
+            protocol.buffer_updated(n)  # type: ignore[attr-defined]
+            view = view[n:]
+    else:
+        protocol.data_received(data)  # type: ignore[attr-defined]
+
+
 def _client_key(address: str) -> object:
     """What a client's connections are counted under: its address; for IPv6 its /64, which one
     host or site usually has whole (counting each address would let it open any number)."""
@@ -767,6 +836,8 @@ class HttpServer:
         self.head_timeouts = 0
         self.body_timeouts = 0
         self.stopping = False
+        self.tls: SSLContext | None = None  # HTTPS: each admitted connection's handshake uses it
+        self.tls_refuses: Callable[[asyncio.BaseTransport], bool] = lambda transport: False
         self._stop = asyncio.Event()
         self._force = False
         self._full = False  # refusing connections: at the descriptor limit
@@ -856,14 +927,17 @@ class HttpServer:
         self.refused_full += 1
         return True
 
-    async def serve(self, sock: object, ssl: SSLContext | None = None) -> None:
-        """``ssl``: HTTPS, the handshake bounded by the head timeout (plain HTTP sent to it fails
-        the handshake and is closed at once)."""
+    async def serve(self, sock: object, ssl: SSLContext | None = None,
+                    tls_refuses: Callable[[asyncio.BaseTransport], bool] | None = None) -> None:
+        """``ssl``: HTTPS. Each connection is counted against the limits before its handshake
+        (which the head timeout bounds); ``tls_refuses`` may then turn a finished handshake away."""
         self.limit_descriptors()
+        self.tls = ssl
+        if tls_refuses is not None:
+            self.tls_refuses = tls_refuses
         loop = asyncio.get_running_loop()
-        tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl, "ssl_handshake_timeout": self.head_timeout or 10.0}
         listener = await loop.create_server(lambda: ClientConnection(self), sock=sock,  # type: ignore[call-overload]
-                                            backlog=2048, **tls)
+                                            backlog=2048)
         sweeper = loop.create_task(self._sweep())
         try:
             await self._stop.wait()
@@ -913,7 +987,7 @@ class HttpServer:
         grace = head_timeout or 10.0
         heads = bodies = 0
         for conn in list(self.connections):
-            if conn.closing:
+            if conn.closing or conn.handshaking:  # the handshake has its own timeout
                 continue
             started = conn.head_started
             if started and started < heads_due:

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,8 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
     context.set_ciphers(CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(["http/1.1"])
-    try:
-        context.load_cert_chain(files.certfile, files.keyfile)
+    try:  # an encrypted key fails at once (no password prompt on a terminal)
+        context.load_cert_chain(files.certfile, files.keyfile, password=lambda: b"")
     except FileNotFoundError as exc:
         raise TlsError(f"{exc.filename or files.certfile}: no such file") from None
     except PermissionError as exc:
@@ -61,6 +62,10 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
         except (OSError, ssl.SSLError) as exc:
             raise TlsError(f"{files.ca_certs}: not a readable PEM CA bundle ({exc})") from None
         context.verify_mode = ssl.CERT_REQUIRED if files.client_cert == "required" else ssl.CERT_OPTIONAL
+        # No session tickets: a session resumed after the CA bundle changed would skip the new check
+        # (a TLS 1.2 session-id resumption from before a change is turned away: ServerTls.refuses).
+        context.num_tickets = 0
+        context.options |= ssl.OP_NO_TICKET
     return context
 
 
@@ -85,6 +90,7 @@ class ServerTls:
         self.listener = server_context(files)
         self.listener.sni_callback = self._switch
         self.reloads = 0
+        self.clients_checked_since = 0.0  # when the client CA bundle last changed (Unix time)
         self._failed_at: tuple[object, ...] | None = None
 
     def _switch(self, ssl_object: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
@@ -106,11 +112,22 @@ class ServerTls:
                 log.warning("TLS certificate files changed but cannot be used yet (%s): still serving the previous "
                             "certificate; checking again every %gs", exc, CHECK_EVERY)
             return False
+        if stamps[2] != self._stamps[2]:
+            self.clients_checked_since = time.time()
         self.current, self._stamps, self._failed_at = fresh, stamps, None
         self.reloads += 1
         log.info("TLS certificate reloaded from %s: new connections get it, open ones keep theirs",
                  self.files.certfile)
         return True
+
+    def refuses(self, transport: asyncio.BaseTransport) -> bool:
+        """A finished handshake that resumed a session from before the client CA bundle changed:
+        its client certificate was checked against the old bundle."""
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None or not self.clients_checked_since or not ssl_object.session_reused:
+            return False
+        session = ssl_object.session
+        return session is None or session.time < self.clients_checked_since
 
     async def watch(self, every: float = CHECK_EVERY) -> None:
         while True:

@@ -180,8 +180,7 @@ class FrontDoor:
             current_trace.set(None)
         if route is not None and route.operation in _CATALOG_CHANGES:
             self.ownership.forget(route.tenant, route.database)
-        if self.audit is not None and (status in AUDIT_REFUSED or route is not None and route.access != READ
-                                       and call.exchange.method != "OPTIONS"):  # CORS preflights change nothing
+        if self.audit is not None and _audited(call, status):
             self._audit(call, status or 499)
 
     def _audit(self, call: Call, status: int) -> None:
@@ -191,7 +190,8 @@ class FrontDoor:
         trace_id = call.trace[0] if call.trace is not None else _trace_id(exchange.headers)
         assert self.audit is not None
         self.audit.record({
-            "principal": principal, "client": exchange.client, "method": exchange.method, "path": exchange.path,
+            "principal": principal, "client": exchange.client, "method": exchange.method,
+            "path": exchange.raw_path.decode("latin-1"),  # as sent: %61dd is not "add"
             "operation": route.operation if route is not None else "invalid_path",
             "tenant": route.tenant if route is not None else None,
             "database": route.database if route is not None else None,
@@ -597,6 +597,17 @@ def _span_details(facts: tuple[Any, ...]) -> SpanDetails:
     failed = status >= 500 or status == 0
     return attributes, Status(StatusCode.ERROR, f"HTTP {status}" if status else "client went away") \
         if failed else None, links
+
+
+def _audited(call: Call, status: int | None) -> bool:
+    """Refused, or able to change something: a write or admin route, or a path no route knows
+    sent with a method that could write (forwarded as it is with auth off)."""
+    if status in AUDIT_REFUSED:
+        return True
+    method, route = call.exchange.method, call.route
+    if method in ("GET", "HEAD", "OPTIONS"):  # reads; OPTIONS: CORS preflights
+        return route is not None and route.access != READ and method != "OPTIONS"
+    return route is None or route.access != READ
 
 
 def _trace_id(headers: Headers) -> str | None:

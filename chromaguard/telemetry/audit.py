@@ -29,8 +29,6 @@ STDOUT = "stdout"
 QUEUE_LINES = 10_000
 REFUSED = frozenset({401, 403, 429})
 _REPORT_EVERY = 60.0
-_REOPEN = object()
-_STOP = object()
 
 
 def parse_target(raw: Any) -> str | None:
@@ -50,7 +48,10 @@ class AuditLog:
         self._dropped_here = 0  # by the request path (queue full)
         self._dropped_writing = 0  # by the writer thread (each counter has one writer)
         self.last_error: str | None = None
-        self._queue: queue.Queue[object] = queue.Queue(QUEUE_LINES)
+        self._queue: queue.Queue[str] = queue.Queue(QUEUE_LINES)
+        self._reopen = threading.Event()  # flags, not queue items: the writer never waits to put one back
+        self._stop = threading.Event()
+        self._closed = False
         self._fd = self._open()  # at start-up an unwritable file is an error, not a drop
         self._reported_at = 0.0
         self._thread = threading.Thread(target=self._run, name="chromaguard-audit", daemon=True)
@@ -63,6 +64,9 @@ class AuditLog:
 
     def record(self, entry: dict[str, Any]) -> None:
         """Queue one line; never blocks, never raises."""
+        if self._closed:
+            self._drop("the audit log was closed (the service is stopping)")
+            return
         entry = {"time": _now(), **entry}
         try:
             self._queue.put_nowait(json.dumps(entry, separators=(",", ":"), default=str) + "\n")
@@ -70,39 +74,36 @@ class AuditLog:
             self._drop("the queue is full (the audit log is not being written fast enough)")
 
     def reopen(self) -> None:
-        """After a rotation: the next line goes to a new file of the same name."""
-        try:
-            self._queue.put_nowait(_REOPEN)
-        except queue.Full:
-            self._drop("the queue is full; the audit log could not be reopened")
+        """After a rotation: the lines from the next write on go to a new file of the same name."""
+        self._reopen.set()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Write what is queued (for at most ``timeout``), then stop."""
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            pass
+        """Write what is queued (for at most ``timeout``), then stop; later lines count as dropped."""
+        self._closed = True
+        self._stop.set()
         self._thread.join(timeout)
+        left = self._queue.qsize()
+        if self._thread.is_alive() or left:
+            self._dropped_here += left
+            self._report(f"{left} line(s) were still queued when the service stopped")
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            if item is _REOPEN:
+            if self._reopen.is_set():
+                self._reopen.clear()
                 self._swap()
+            try:
+                lines = [self._queue.get(timeout=0.2)]
+            except queue.Empty:
+                if self._stop.is_set():
+                    break
                 continue
-            lines = [item]
             while len(lines) < 512:  # one write for what queued up meanwhile
                 try:
-                    more = self._queue.get_nowait()
+                    lines.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-                if more is _STOP or more is _REOPEN:
-                    self._queue.put(more)  # handled after these lines
-                    break
-                lines.append(more)
-            self._write("".join(str(line) for line in lines).encode(), len(lines))
+            self._write("".join(lines).encode(), len(lines))
         if self.target != STDOUT:
             os.close(self._fd)
 

@@ -244,3 +244,106 @@ def test_bad_tls_settings_stop_the_start_with_one_line(ca: Authority, files: dic
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_connections_in_their_handshake_count_against_the_per_client_limit(ca: Authority) -> None:
+    """A client that opens connections and never finishes a handshake is held to the same
+    per-client limit as any other (it is counted from the accept, not from the handshake)."""
+    server = ca.issue("chromaguard", "limits")
+    env = {"CHROMAGUARD_SSL_CERTFILE": str(server.cert), "CHROMAGUARD_SSL_KEYFILE": str(server.key),
+           "CHROMAGUARD_MAX_CONNECTIONS_PER_CLIENT": "3"}
+    with Guard(env=env, ca=ca.cert) as g:
+        silent = [socket.create_connection(("127.0.0.1", g.port), timeout=5) for _ in range(3)]
+        time.sleep(0.3)
+        extra = socket.create_connection(("127.0.0.1", g.port), timeout=5)
+        extra.settimeout(3)
+        started = time.monotonic()
+        try:
+            got = extra.recv(100)
+        except ConnectionResetError:
+            got = b""
+        assert got == b"" and time.monotonic() - started < 2, "over the limit: closed at once, nothing in clear"
+        extra.close()
+        for sock in silent:
+            sock.close()
+        time.sleep(0.3)
+        trusted = ssl.create_default_context(cafile=str(ca.cert))
+        assert httpx.get(g.url + "/api/v2/heartbeat", verify=trusted, timeout=5).status_code == 200
+        assert "refused a connection from 127.0.0.1" in g.log
+
+
+def test_the_local_probe_trusts_the_servers_own_certificate_not_its_chain(ca: Authority, tmp_path: Path) -> None:
+    """With a chain file (certificate, then its CA, as certbot's fullchain.pem), the probe pins
+    the first certificate only: another certificate the same CA signed, on the same port, is
+    an impostor, and is never sent the probe's token."""
+    real, impostor = ca.issue("chromaguard", "real"), ca.issue("impostor", "impostor")
+    chain = tmp_path / "fullchain.pem"
+    chain.write_bytes(real.cert.read_bytes() + ca.cert.read_bytes())
+    port = free_port()
+    seen: list[bytes] = []
+
+    def serve(issued: Issued, ready: threading.Event, stop: threading.Event) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(issued.cert, issued.key)
+        with socket.create_server(("127.0.0.1", port)) as listener:
+            listener.settimeout(0.2)
+            ready.set()
+            while not stop.is_set():
+                try:
+                    raw, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                try:
+                    with context.wrap_socket(raw, server_side=True) as sock:
+                        seen.append(read_head(sock))
+                        body = b'{"nanosecond heartbeat": 1}'
+                        sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                                     b"connection: close\r\n\r\n%b" % (len(body), body))
+                except (ssl.SSLError, OSError):
+                    pass
+
+    for issued, healthy in ((impostor, False), (real, True)):
+        ready, stop = threading.Event(), threading.Event()
+        thread = threading.Thread(target=serve, args=(issued, ready, stop), daemon=True)
+        thread.start()
+        ready.wait(5)
+        seen.clear()
+        try:
+            result = cli("health", CHROMA_SERVER_HTTP_PORT=str(port), CHROMAGUARD_SSL_CERTFILE=str(chain),
+                         CHROMAGUARD_PROBE_TOKEN="probe-secret")
+        finally:
+            stop.set()
+            thread.join(5)
+        assert (result.returncode == 0) == healthy, (issued, result.stdout, result.stderr)
+        if not healthy:
+            assert "not trusted" in result.stdout and not any(b"probe-secret" in head for head in seen)
+
+
+def test_a_resumed_session_from_before_the_client_ca_changed_is_turned_away(ca: Authority) -> None:
+    from chromaguard.http11.tls import ServerTls, TlsFiles
+
+    server = ca.issue("chromaguard", "resume")
+    tls = ServerTls(TlsFiles(server.cert, server.key, ca.cert, "required"))
+
+    class Session:
+        def __init__(self, made: float) -> None:
+            self.time = int(made)
+
+    class SslObject:
+        def __init__(self, reused: bool, made: float) -> None:
+            self.session_reused, self.session = reused, Session(made)
+
+    class Transport:
+        def __init__(self, ssl_object: SslObject) -> None:
+            self.ssl_object = ssl_object
+
+        def get_extra_info(self, name: str) -> object:
+            return self.ssl_object if name == "ssl_object" else None
+
+    old = Transport(SslObject(True, time.time() - 100))
+    assert not tls.refuses(old), "nothing changed since: resuming is fine"  # type: ignore[arg-type]
+    assert tls.listener.num_tickets == 0, "no TLS 1.3 tickets to resume with when client certificates are checked"
+    tls.clients_checked_since = time.time() - 10
+    assert tls.refuses(old)  # type: ignore[arg-type]
+    assert not tls.refuses(Transport(SslObject(True, time.time())))  # type: ignore[arg-type]
+    assert not tls.refuses(Transport(SslObject(False, time.time() - 100)))  # type: ignore[arg-type]

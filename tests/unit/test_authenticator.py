@@ -69,6 +69,7 @@ def test_the_refusals_say_what_to_do() -> None:
     assert two == Denial(400, "AuthError", "chromaguard: send credentials in exactly one header")
     role = decide(auth, (b"x-chroma-token", b"r-tok"), route=ADD)
     assert role == Denial(403, "AuthorizationError", "chromaguard: reader may not add (role read)")
+    assert isinstance(role, Denial) and role.principal == "reader" and wrong.principal is None  # the audit log's
     basic = Authenticator("basic", CredentialStore())
     assert decide(basic) == Denial(401, "AuthError", "chromaguard: authentication required: send Authorization: "
                                    "Basic <user:password in base64>",
