@@ -184,6 +184,12 @@ class Service:
             self.tls.check()
         if self.watcher is not None:
             self._reloading = asyncio.ensure_future(self.watcher.reload("SIGHUP"))  # kept until it is done
+        elif self.auth is not None and self.settings.authz_provider:  # inline credentials, an RBAC file
+            try:
+                self._apply_credentials(self.load_credentials())
+                log.info("SIGHUP: the RBAC file was read again")
+            except CredentialsError as exc:
+                log.error("SIGHUP: the RBAC file was not reloaded (%s); the previous permissions stay in force", exc)
         elif self.tls is None and self.audit is None:
             log.info("SIGHUP: no credentials or certificate file to reload")
 

@@ -105,11 +105,13 @@ class Authenticator:
     def is_open(self, method: str, path: str) -> bool:
         return method in ("GET", "HEAD") and path in self.open_paths
 
-    def check_now(self, route: Route | None, headers: Iterable[tuple[bytes, bytes]]) -> Grant | Denial | None:
-        """Decide without waiting; None when a password must first go through bcrypt (``check``)."""
+    def check_now(self, route: Route | None, headers: Iterable[tuple[bytes, bytes]],
+                  certificate: tuple[str, ...] = ()) -> Grant | Denial | None:
+        """Decide without waiting; None when a password must first go through bcrypt (``check``).
+        ``certificate``: the names (CN, SANs) of the connection's verified client certificate."""
         if route is None:
             return _NOT_CANONICAL
-        found = self._credentials(headers)
+        found = self._credentials(headers, certificate)
         if isinstance(found, _Password):
             principal = self.store.cached_password(found.user, found.password)
             if principal is None:
@@ -118,9 +120,9 @@ class Authenticator:
         return self._decide(route, found)
 
     async def check(self, route: Route | None, headers: Iterable[tuple[bytes, bytes]],
-                    client: str) -> Grant | Denial:
+                    client: str, certificate: tuple[str, ...] = ()) -> Grant | Denial:
         """Decide on a request whose route (None: non-canonical path) is already known."""
-        decided = self.check_now(route, headers)
+        decided = self.check_now(route, headers, certificate)
         if decided is not None:
             return decided
         assert route is not None
@@ -156,7 +158,8 @@ class Authenticator:
                               _retry_after(wait), principal.name)
         return Grant(principal, route)
 
-    def _credentials(self, headers: Iterable[tuple[bytes, bytes]]) -> Principal | Denial | _Password:
+    def _credentials(self, headers: Iterable[tuple[bytes, bytes]],
+                     certificate: tuple[str, ...] = ()) -> Principal | Denial | _Password:
         offered: list[tuple[bytes, bytes]] = []
         for name, value in headers:
             if name == b"authorization" and self.transport != "x-chroma-token":
@@ -164,7 +167,10 @@ class Authenticator:
             elif name == b"x-chroma-token" and self.transport != "authorization" and self.provider == "token":
                 offered.append((name, value))
         if not offered:
-            return self._missing()
+            # No credentials in the request: a verified client certificate a record names stands
+            # for that principal (credentials sent do decide, whatever certificate came with them).
+            by_certificate = self.store.check_certificate(certificate) if certificate else None
+            return by_certificate if by_certificate is not None else self._missing()
         if len(offered) > 1:
             return Denial(400, "AuthError", "chromaguard: send credentials in exactly one header")
         # Tokens are compared as the bytes the client sent: a UTF-8 client's non-ASCII token

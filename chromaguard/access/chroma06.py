@@ -56,10 +56,12 @@ OPERATION_ACTIONS: dict[str, tuple[str, ...]] = {
     "query": ("collection:query",),
     "count": ("collection:count",),
     "identity": (),  # authenticated, no action (0.6's /auth/identity)
+    # served by 0.6 without authn or authz; the official client calls pre-flight-checks before writes
+    "heartbeat": (), "version": (), "pre-flight-checks": (), "healthcheck": (), "healthz": (), "readyz": (),
     # what 0.6 did not have: the nearest action it did
     "get_collection_by_id": ("collection:get_collection",),
     "get_collection_by_crn": ("collection:get_collection",),
-    "update_tenant": ("tenant:create_tenant",),
+    "update_tenant": ("system:reset",),  # changes a tenant that exists: more than creating one
     "search": ("collection:query",),
     "indexing_status": ("collection:get_collection",),
     "fork_count": ("collection:get_collection",),
@@ -67,6 +69,7 @@ OPERATION_ACTIONS: dict[str, tuple[str, ...]] = {
     # chromaguard's own: a backup copies every byte, status names every collection
     "snapshot": ("system:reset",),
     "status": ("system:reset",),
+    "metrics": ("system:reset",),
 }
 
 
@@ -106,6 +109,8 @@ def parse_rbac(data: Any, where: str) -> tuple[dict[str, frozenset[str]], dict[s
     roles: dict[str, frozenset[str]] = {}
     warnings: list[str] = []
     for role, spec in data["roles_mapping"].items():
+        if not isinstance(role, str) or not role:  # `1:` and `'1':`, `null:`: which role is meant is a guess
+            raise RbacError(f"{where}: role names in roles_mapping must be strings (quote {role!r})")
         actions = spec.get("actions") if isinstance(spec, dict) else None
         if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
             raise RbacError(f"{where}: role {role!r}: actions must be a list of action names")
@@ -113,19 +118,19 @@ def parse_rbac(data: Any, where: str) -> tuple[dict[str, frozenset[str]], dict[s
         if unknown:
             warnings.append(f"{where}: role {role!r}: {', '.join(unknown)} is not a Chroma 0.6 action: it allows "
                             "nothing (check the spelling)")
-        roles[str(role)] = frozenset(actions)
+        roles[role] = frozenset(actions)
     permissions: dict[str, frozenset[str]] = {}
     role_of: dict[str, str] = {}
     for index, user in enumerate(data["users"], 1):
         if not isinstance(user, dict) or not isinstance(user.get("id"), str):
             raise RbacError(f"{where}: users entry {index} must have an id")
         role = user.get("role")
-        if role not in roles:
+        if not isinstance(role, str) or role not in roles:
             raise RbacError(f"{where}: user {user['id']!r}: role {role!r} is not in roles_mapping")
         if user["id"] in permissions:  # 0.6 kept the last; which one was meant is a guess
             raise RbacError(f"{where}: user {user['id']!r} appears twice")
         permissions[user["id"]] = roles[role]
-        role_of[user["id"]] = str(role)
+        role_of[user["id"]] = role
     return permissions, role_of, warnings
 
 

@@ -5,7 +5,9 @@ file's extension (``.json``, ``.yaml``/``.yml``, ``.txt``), else by its content 
 first: JSON; any YAML structure: YAML; else text), never by which parser succeeds:
 - a JSON or YAML list of bare tokens: each has full access (role ``admin``);
 - a list of records (or ``{tokens: [...]}``) with ``token`` or ``sha256``, ``name``,
-  ``role`` (admin, write, read: required), and optional ``tenant`` / ``databases`` scope;
+  ``role`` (admin, write, read: required), and optional ``tenant`` / ``databases`` scope, and
+  ``certificate`` (a verified client certificate's CN or SAN: with it, token/sha256 may go);
+- Chroma 0.5/0.6's ``users:`` file (``chroma06.py``);
 - plain text, one bare token per line.
 Basic auth reads an htpasswd file with bcrypt hashes (``htpasswd -B``), as Chroma 0.5 did.
 """
@@ -19,7 +21,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,14 +101,16 @@ class CredentialStore:
     """Looks credentials up in time that does not depend on how close a guess was."""
 
     def __init__(self, tokens: dict[bytes, Principal] | None = None,
-                 users: dict[str, tuple[bytes, Principal]] | None = None) -> None:
+                 users: dict[str, tuple[bytes, Principal]] | None = None,
+                 certificates: dict[str, Principal] | None = None) -> None:
         self._tokens = tokens or {}
         self._users = users or {}
+        self._certificates = certificates or {}  # a verified client certificate's CN or SAN -> principal
         self._verified: dict[bytes, Principal] = {}  # bcrypt is slow by design: remember good passwords
         self._dummy_hash: bytes | None = None
 
     def __len__(self) -> int:
-        return len(self._tokens) + len(self._users)
+        return len(self._tokens) + len(self._users) + len(self._certificates)
 
     def widened_by(self, other: CredentialStore) -> str:
         """What ``other`` lets in that these credentials do not ("" when nothing): a new token
@@ -116,6 +120,12 @@ class CredentialStore:
             if before is None:
                 return f"it adds the token {principal.name!r}"
             if not before.covers(principal):
+                return f"it gives {principal.name!r} more access than before"
+        for name, principal in other._certificates.items():
+            before_cert = self._certificates.get(name)
+            if before_cert is None:
+                return f"it lets the client certificate {name!r} in"
+            if not before_cert.covers(principal):
                 return f"it gives {principal.name!r} more access than before"
         for user, (hashed, principal) in other._users.items():
             before_user = self._users.get(user)
@@ -127,8 +137,14 @@ class CredentialStore:
 
     def with_principals(self, change: Callable[[Principal], Principal]) -> CredentialStore:
         """The same credentials, each principal replaced by ``change(principal)``."""
-        return CredentialStore({key: change(p) for key, p in self._tokens.items()},
-                               {user: (hashed, change(p)) for user, (hashed, p) in self._users.items()})
+        changed: dict[int, Principal] = {}  # one principal, one change: a token and a certificate stay one
+
+        def once(principal: Principal) -> Principal:
+            return changed.setdefault(id(principal), change(principal))
+
+        return CredentialStore({key: once(p) for key, p in self._tokens.items()},
+                               {user: (hashed, once(p)) for user, (hashed, p) in self._users.items()},
+                               {name: once(p) for name, p in self._certificates.items()})
 
     def keep_verified(self, before: CredentialStore) -> None:
         """Remember the passwords ``before`` had verified, for users whose hash is unchanged:
@@ -139,8 +155,21 @@ class CredentialStore:
                 self._verified[key] = kept[1]
 
     def principals(self) -> list[Principal]:
-        """Everyone these credentials let in, in the order they were given."""
-        return [*self._tokens.values(), *(principal for _, principal in self._users.values())]
+        """Everyone these credentials let in, in the order they were given (each once)."""
+        seen: dict[int, Principal] = {}
+        for principal in (*self._tokens.values(), *(p for _, p in self._users.values()),
+                          *self._certificates.values()):
+            seen.setdefault(id(principal), principal)
+        return list(seen.values())
+
+    def check_certificate(self, names: Iterable[str]) -> Principal | None:
+        """The principal a verified client certificate stands for: the first of its names (CN,
+        then SANs) that a record's ``certificate`` gives."""
+        for name in names:
+            found = self._certificates.get(name)
+            if found is not None:
+                return found
+        return None
 
     def check_token(self, token: str | bytes) -> Principal | None:
         """``token`` as text, or as the bytes a header carried (UTF-8 for non-ASCII tokens)."""
@@ -274,21 +303,27 @@ def _token_records(data: Any, where: str) -> list[tuple[dict[str, Any], bool]]:
     return records
 
 
-def _principal(record: dict[str, Any], bare: bool, index: int, where: str) -> tuple[bytes, Principal]:
-    unknown = set(record) - {"token", "sha256", "name", "role", "tenant", "databases"}
+def _principal(record: dict[str, Any], bare: bool, index: int, where: str) -> tuple[bytes | None, Principal]:
+    unknown = set(record) - {"token", "sha256", "name", "role", "tenant", "databases", "certificate"}
     if unknown:
         raise CredentialsError(f"{where}: entry {index}: unknown field {sorted(unknown)[0]!r} "
-                               "(use token, sha256, name, role, tenant, databases)")
-    token, sha = record.get("token"), record.get("sha256")
-    if (token is None) == (sha is None):
-        raise CredentialsError(f"{where}: entry {index}: give exactly one of token or sha256")
+                               "(use token, sha256, certificate, name, role, tenant, databases)")
+    token, sha, certificate = record.get("token"), record.get("sha256"), record.get("certificate")
+    if token is not None and sha is not None or token is None and sha is None and certificate is None:
+        raise CredentialsError(f"{where}: entry {index}: give exactly one of token or sha256 (or a client "
+                               "certificate's name as certificate)")
+    if certificate is not None and (not isinstance(certificate, str) or not certificate.strip()
+                                    or certificate != certificate.strip()):
+        raise CredentialsError(f"{where}: entry {index}: certificate must be the client certificate's subject CN "
+                               "or a SAN, without surrounding spaces")
+    token_key: bytes | None = None
     if token is not None:
         if not isinstance(token, str):
             raise CredentialsError(f"{where}: entry {index}: the token must be a string (quote it)")
         if not token.strip() or token != token.strip():
             raise CredentialsError(f"{where}: entry {index}: a token must be non-empty without surrounding spaces")
         token_key = digest(token)
-    else:
+    elif sha is not None:
         if not isinstance(sha, str) or not _HEX64.match(hex_digest := sha.removeprefix("sha256:")):
             raise CredentialsError(f"{where}: entry {index}: sha256 must be 64 hex digits (sha256sum of the token)")
         token_key = bytes.fromhex(hex_digest)
@@ -330,16 +365,23 @@ def _token_store(data: Any, where: str) -> CredentialStore:
         return _users_store(data, where)
     records = _token_records(data, where)
     tokens: dict[bytes, Principal] = {}
+    certificates: dict[str, Principal] = {}
     names: set[str] = set()
     for index, (record, bare) in enumerate(records, 1):
         key, principal = _principal(record, bare, index, where)
-        if key in tokens:
+        if key is not None and key in tokens:
             raise CredentialsError(f"{where}: entry {index}: the same token appears twice")
         if principal.name in names:
             raise CredentialsError(f"{where}: entry {index}: the name {principal.name!r} appears twice")
         names.add(principal.name)
-        tokens[key] = principal
-    return CredentialStore(tokens=tokens)
+        if key is not None:
+            tokens[key] = principal
+        certificate = record.get("certificate")
+        if certificate is not None:
+            if certificate in certificates:
+                raise CredentialsError(f"{where}: entry {index}: the certificate {certificate!r} appears twice")
+            certificates[certificate] = principal
+    return CredentialStore(tokens=tokens, certificates=certificates)
 
 
 def _users_store(data: dict[str, Any], where: str) -> CredentialStore:
@@ -462,6 +504,10 @@ def load_store(provider: str, path: Path | None, inline: str, *, file_setting: s
             if user in merged._users:
                 raise CredentialsError(f"{inline_setting}: the user {user!r} is in the file too; give each once")
         merged._users.update(store._users)
+        for name, principal in store._certificates.items():
+            if name in merged._certificates:
+                raise CredentialsError(f"{inline_setting}: the certificate {name!r} is named twice; give it once")
+            merged._certificates[name] = principal
     return merged
 
 

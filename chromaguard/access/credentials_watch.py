@@ -123,6 +123,11 @@ class CredentialsWatcher:
                 log.error("credentials not reloaded (%s): %s; the previous credentials stay in force", why, exc)
                 self._reported = [version]
             return None
+        except Exception:  # noqa: BLE001 - a reader's bug must not end the watch (revocations would stop)
+            if self._reported != [version] or why != CHANGED:
+                log.exception("credentials not reloaded (%s): the previous credentials stay in force", why)
+                self._reported = [version]
+            return None
 
     def _use(self, store: CredentialStore, version: Version | None, why: str) -> None:
         store.keep_verified(self.current)

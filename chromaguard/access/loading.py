@@ -33,6 +33,11 @@ def _with_rbac(store: CredentialStore, path: Path, setting: str) -> tuple[Creden
     except chroma06.RbacError as exc:
         raise CredentialsError(str(exc)) from None
 
+    scoped = [p.name for p in store.principals() if p.tenant is not None or p.databases is not None]
+    if scoped:  # the role's actions decide, tenant-blind as in 0.6: a record's scope would look kept and not be
+        raise CredentialsError(f"{where}: {scoped[0]!r} has a tenant/databases scope in the credentials file; an RBAC "
+                               "file decides by actions alone (as Chroma 0.6 did): remove the scope or the RBAC file")
+
     def narrowed(principal: Principal) -> Principal:
         actions = permissions.get(principal.name)
         if actions is None:

@@ -90,7 +90,7 @@ class _HeadTooLarge(Exception):
 class Exchange:
     """One request and the writer of its response."""
 
-    __slots__ = ("method", "raw_path", "path", "query", "headers", "client", "server", "http_version",
+    __slots__ = ("method", "raw_path", "path", "query", "headers", "client", "server", "certificate", "http_version",
                  "keep_alive", "status", "extra_headers", "_conn", "_chunks", "_buffered", "_body_done",
                  "_waiter", "_expect", "_head", "_chunked", "_started", "_finished", "_reject", "_gone", "_head_only")
 
@@ -105,6 +105,7 @@ class Exchange:
         self.headers = headers
         self.client = conn.client
         self.server = conn.sockname
+        self.certificate = conn.certificate  # the verified client certificate's names (CN, SANs)
         self.http_version = http_version
         self.keep_alive = keep_alive
         self.status = 0
@@ -376,6 +377,7 @@ class ClientConnection(asyncio.Protocol):
         self.upgraded = False
         self.handshaking = False  # HTTPS: admitted, its TLS handshake under way
         self._early = bytearray()  # what arrived before the TLS protocol took over (or before it returned)
+        self.certificate: tuple[str, ...] = ()  # HTTPS: the names of a client certificate the CA bundle vouched for
         self.last_active = time.monotonic()
         self.head_started = self.last_active  # a request head is arriving since then (0.0: none is)
         self.received = 0  # bytes read from the client, for the sweep's body rate
@@ -445,6 +447,7 @@ class ClientConnection(asyncio.Protocol):
             self._gone()
             return
         self.transport = wrapped  # type: ignore[assignment]
+        self.certificate = certificate_names(wrapped.get_extra_info("peercert"))
         self.handshaking = False
         self.last_active = self.head_started = time.monotonic()
         first, self._early = bytes(self._early), bytearray()
@@ -759,6 +762,16 @@ class ClientConnection(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         return self.current is None and self.receiving is None and not self.pipeline
+
+
+def certificate_names(peercert: object) -> tuple[str, ...]:
+    """A verified client certificate's subject CN, then its SANs (DNS, email, URI, IP), as
+    ``getpeercert()`` gives them; () with none (no certificate, or not verified: an empty dict)."""
+    if not isinstance(peercert, dict) or not peercert:
+        return ()
+    names = [value for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"]
+    names += [value for _kind, value in peercert.get("subjectAltName", ())]
+    return tuple(dict.fromkeys(str(n) for n in names))
 
 
 _EARLY_MAX = 64 * 1024  # a ClientHello is a few hundred bytes; more before the handshake is not TLS

@@ -256,7 +256,7 @@ class FrontDoor:
                 exchange.extra_headers = extra
         if self.auth is None or self.auth.is_open(exchange.method, exchange.path):
             return Admission.GO
-        result = self.auth.check_now(route, exchange.headers)
+        result = self.auth.check_now(route, exchange.headers, exchange.certificate)
         if result is None:
             return Admission.WAIT
         return self._granted(call, result, self._owner_now(result))
@@ -279,7 +279,7 @@ class FrontDoor:
             result = call.grant
         else:
             exchange = call.exchange
-            result = await self.auth.check(call.route, exchange.headers, exchange.client)
+            result = await self.auth.check(call.route, exchange.headers, exchange.client, exchange.certificate)
         owner = self._owner_now(result)
         if owner is LOOK_UP and isinstance(result, Grant):
             owner = await self.ownership.check(result.principal, result.route)

@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -22,6 +24,7 @@ import httpx
 import pytest
 from chromadb.config import Settings
 from support.procs import BareEngine, Guard, read_head
+from support.tls import Authority
 
 TOKEN_PROVIDER = "chromadb.auth.token_authn.TokenAuthClientProvider"
 TOKENS = [
@@ -39,11 +42,26 @@ REMOTE_CODE_EF = {"type": "known", "name": "sentence_transformer",
                              "kwargs": {"trust_remote_code": True}}}
 
 
+_CA: list[str | None] = [None]  # the CA of the `secured` service while it runs over HTTPS
+
+
+def _tls_settings() -> dict[str, object]:
+    return {"chroma_server_ssl_verify": _CA[0]} if _CA[0] else {}
+
+
 def client(port: int, token: str, tenant: str = "default_tenant", database: str = "default_database"
            ) -> chromadb.ClientAPI:
-    return chromadb.HttpClient(host="127.0.0.1", port=port, tenant=tenant, database=database,
+    return chromadb.HttpClient(host="127.0.0.1", port=port, tenant=tenant, database=database, ssl=bool(_CA[0]),
                                settings=Settings(anonymized_telemetry=False, chroma_client_auth_provider=TOKEN_PROVIDER,
-                                                 chroma_client_auth_credentials=token))
+                                                 chroma_client_auth_credentials=token, **_tls_settings()))
+
+
+def connect(guard: Guard) -> socket.socket:
+    """A raw connection to ``guard``, through TLS when it serves HTTPS."""
+    raw = socket.create_connection(("127.0.0.1", guard.port), timeout=10)
+    if guard.ca is None:
+        return raw
+    return ssl.create_default_context(cafile=str(guard.ca)).wrap_socket(raw, server_hostname="127.0.0.1")
 
 
 class Tenants:
@@ -55,7 +73,8 @@ class Tenants:
                                               chroma_server_host="127.0.0.1", chroma_server_http_port=guard.port,
                                               chroma_client_auth_provider=TOKEN_PROVIDER,
                                               chroma_client_auth_credentials="root-secret",
-                                              anonymized_telemetry=False))
+                                              chroma_server_ssl_enabled=bool(_CA[0]), anonymized_telemetry=False,
+                                              **_tls_settings()))
         for tenant in ("team-a", "team-b"):
             admin.create_tenant(tenant)
         for tenant, database in (("team-a", "main"), ("team-a", "other"), ("team-b", "main")):
@@ -77,13 +96,33 @@ class Tenants:
             assert not (collection.metadata or {}), collection.metadata
 
 
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Guard, Tenants]]:
-    tokens = tmp_path_factory.mktemp("holes") / "tokens.json"
+@pytest.fixture(scope="module", params=["http", "https"])
+def secured(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[Guard, Tenants]]:
+    """Token auth with tenant scopes; every test on it runs over plain HTTP and over HTTPS."""
+    folder = tmp_path_factory.mktemp("holes")
+    tokens = folder / "tokens.json"
     tokens.write_text(json.dumps(TOKENS))
-    with Guard(env={"CHROMA_SERVER_AUTH_PROVIDER": "token",
-                    "CHROMA_SERVER_AUTH_CREDENTIALS_FILE": str(tokens)}) as service:
-        yield service, Tenants(service)
+    env = {"CHROMA_SERVER_AUTH_PROVIDER": "token", "CHROMA_SERVER_AUTH_CREDENTIALS_FILE": str(tokens)}
+    ca = None
+    if request.param == "https":
+        authority = Authority(folder / "tls")
+        issued = authority.issue("chromaguard", "server")
+        env |= {"CHROMAGUARD_SSL_CERTFILE": str(issued.cert), "CHROMAGUARD_SSL_KEYFILE": str(issued.key)}
+        ca = authority.cert
+    saved = os.environ.get("SSL_CERT_FILE")
+    try:
+        if ca is not None:
+            os.environ["SSL_CERT_FILE"] = str(ca)  # httpx's default context trusts it (trust_env)
+            _CA[0] = str(ca)
+        with Guard(env=env, ca=ca) as service:
+            yield service, Tenants(service)
+    finally:
+        _CA[0] = None
+        if saved is None:
+            os.environ.pop("SSL_CERT_FILE", None)
+        else:
+            os.environ["SSL_CERT_FILE"] = saved
 
 
 def spellings(collection_id: str) -> list[str]:
@@ -372,12 +411,12 @@ def test_a_non_ascii_token_sent_as_utf8_is_accepted(secured: tuple[Guard, Tenant
     guard, _ = secured
     raw = "clé-secrète-ü".encode()
     for header in (b"x-chroma-token: " + raw, b"authorization: Bearer " + raw):
-        with socket.create_connection(("127.0.0.1", guard.port)) as sock:
+        with connect(guard) as sock:
             sock.sendall(b"GET /api/v2/auth/identity HTTP/1.1\r\nhost: x\r\n" + header + b"\r\n\r\n")
             head = read_head(sock)
         assert head.startswith(b"HTTP/1.1 200"), head
     latin1 = "clé-secrète-ü".encode("latin-1")
-    with socket.create_connection(("127.0.0.1", guard.port)) as sock:
+    with connect(guard) as sock:
         sock.sendall(b"GET /api/v2/auth/identity HTTP/1.1\r\nhost: x\r\nx-chroma-token: " + latin1 + b"\r\n\r\n")
         assert read_head(sock).startswith(b"HTTP/1.1 403")
 

@@ -9,6 +9,7 @@ is allowed exactly when the caller's role lists that action."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,3 +193,82 @@ def test_a_misspelt_action_is_warned_about(tmp_path: Path) -> None:
                  CHROMA_SERVER_AUTHZ_CONFIG_FILE=str(tmp_path / "authz.yaml"))
     assert result.returncode == 0, result.stderr
     assert "collection:quary is not a Chroma 0.6 action" in result.stdout
+
+
+def test_the_official_client_writes_and_is_refused_as_on_0_6(chroma06: tuple[Guard, str]) -> None:
+    """Its writes call pre-flight-checks first, which 0.6 served to anyone: a writer's add goes
+    through; a collection reader's is refused with the action it lacks."""
+    import chromadb
+    from chromadb.config import Settings
+
+    g, _ = chroma06
+
+    def client(token: str) -> chromadb.ClientAPI:
+        return chromadb.HttpClient(host="127.0.0.1", port=g.port, settings=Settings(
+            anonymized_telemetry=False, chroma_client_auth_provider="chromadb.auth.token_authn.TokenAuthClientProvider",
+            chroma_client_auth_credentials=token))
+
+    writer = client("tok-write").get_collection("shared")
+    writer.add(ids=["by-client"], embeddings=[[3.0, 4.0]])
+    assert writer.get(ids=["by-client"])["ids"] == ["by-client"]
+    reader = client("tok-collection_read").get_collection("shared")
+    assert reader.count() >= 2
+    with pytest.raises(Exception, match="collection:add"):
+        reader.add(ids=["nope"], embeddings=[[0.0, 0.0]])
+    assert httpx.get(g.url + "/metrics", headers={"authorization": "Bearer tok-write"}).status_code == 403
+    assert httpx.get(g.url + "/metrics", headers={"authorization": "Bearer tok-admin"}).status_code == 200
+
+
+@pytest.mark.parametrize("authz, tokens, expected", [
+    ({"roles_mapping": {"r": {"actions": []}}, "users": [{"id": "a", "role": ["r"]}]}, None,
+     "role ['r'] is not in roles_mapping"),
+    ({"roles_mapping": {1: {"actions": []}}, "users": [{"id": "a", "role": 1}]}, None, "must be strings"),
+    ({"roles_mapping": {"r": {"actions": []}}, "users": [{"id": "a", "role": "r"}]},
+     [{"token": "a-token", "name": "a", "role": "read", "tenant": "acme"}], "has a tenant/databases scope"),
+])
+def test_rbac_files_that_would_be_guessed_at_are_refused(tmp_path: Path, authz: dict, tokens: list | None,
+                                                         expected: str) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(json.dumps(tokens if tokens is not None else {"users": [{"id": "a", "tokens": ["a-token"]}]}))
+    if 1 in authz["roles_mapping"]:  # JSON cannot hold an integer key: YAML can
+        text = "roles_mapping:\n  1: {actions: []}\nusers:\n  - {id: a, role: 1}\n"
+    else:
+        text = json.dumps(authz)
+    (tmp_path / "authz.yaml").write_text(text)
+    result = cli("config", CHROMA_SERVER_AUTHN_PROVIDER="token", CHROMA_SERVER_AUTHN_CREDENTIALS_FILE=str(path),
+                 CHROMA_SERVER_AUTHZ_PROVIDER="chromadb.auth.simple_rbac_authz.SimpleRBACAuthorizationProvider",
+                 CHROMA_SERVER_AUTHZ_CONFIG_FILE=str(tmp_path / "authz.yaml"))
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_a_broken_rbac_file_at_a_reload_keeps_the_watch_and_later_revocations(tmp_path: Path) -> None:
+    tokens, authz = tmp_path / "tokens.yaml", tmp_path / "authz.yaml"
+    users = [{"id": "keep", "tokens": ["keep-token"]}, {"id": "gone", "tokens": ["gone-token"]}]
+    rbac = {"roles_mapping": {"r": {"actions": ["db:list_collections"]}},
+            "users": [{"id": "keep", "role": "r"}, {"id": "gone", "role": "r"}]}
+    tokens.write_text(json.dumps({"users": users}))
+    authz.write_text(json.dumps(rbac))
+    env = {"CHROMA_SERVER_AUTHN_PROVIDER": "token", "CHROMA_SERVER_AUTHN_CREDENTIALS_FILE": str(tokens),
+           "CHROMA_SERVER_AUTHZ_PROVIDER": "chromadb.auth.simple_rbac_authz.SimpleRBACAuthorizationProvider",
+           "CHROMA_SERVER_AUTHZ_CONFIG_FILE": str(authz)}
+
+    def lists(token: str) -> int:
+        return httpx.get(g.url + f"{BASE}/collections", headers={"authorization": f"Bearer {token}"}).status_code
+
+    with Guard(env=env) as g:
+        assert lists("gone-token") == 200
+        authz.write_text(json.dumps({**rbac, "users": [{"id": "keep", "role": ["r"]}]}))
+        tokens.write_text(json.dumps({"users": users, "note": 1}))  # a change, so the watcher reloads
+        deadline = time.monotonic() + 10
+        while "credentials not reloaded" not in g.log:
+            assert time.monotonic() < deadline, g.log[-2000:]
+            time.sleep(0.1)
+        authz.write_text(json.dumps(rbac))
+        tokens.write_text(json.dumps({"users": users[:1]}))  # "gone" revoked
+        deadline = time.monotonic() + 10
+        while lists("gone-token") != 403:
+            assert time.monotonic() < deadline, "the revocation never applied: the watch died"
+            time.sleep(0.2)
+        assert lists("keep-token") == 200

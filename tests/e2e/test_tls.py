@@ -4,6 +4,7 @@ and our own tools (health, status, backup) speaking HTTPS."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -347,3 +348,39 @@ def test_a_resumed_session_from_before_the_client_ca_changed_is_turned_away(ca: 
     assert tls.refuses(old)  # type: ignore[arg-type]
     assert not tls.refuses(Transport(SslObject(True, time.time())))  # type: ignore[arg-type]
     assert not tls.refuses(Transport(SslObject(False, time.time() - 100)))  # type: ignore[arg-type]
+
+
+def test_a_verified_client_certificate_can_stand_for_a_principal(ca: Authority, tmp_path: Path) -> None:
+    """mTLS instead of a token: a record's ``certificate`` names the CN (or a SAN) of a client
+    certificate the CA bundle vouches for; a token sent decides over the certificate."""
+    server = ca.issue("chromaguard", "mtls-auth")
+    clients = Authority(tmp_path / "clients", "client CA")
+    alice, bob = clients.issue("alice", "alice", client=True), clients.issue("bob", "bob", client=True)
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps([{"certificate": "alice", "name": "alice", "role": "read"},
+                                  {"token": "admin-tok", "name": "ops", "role": "admin"}]))
+    env = {"CHROMAGUARD_SSL_CERTFILE": str(server.cert), "CHROMAGUARD_SSL_KEYFILE": str(server.key),
+           "CHROMAGUARD_SSL_CA_CERTS": str(clients.cert), "CHROMAGUARD_SSL_CLIENT_CERT": "optional",
+           "CHROMA_SERVER_AUTH_PROVIDER": "token", "CHROMA_SERVER_AUTH_CREDENTIALS_FILE": str(tokens)}
+
+    def as_(who: Issued | None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(ca.cert))
+        if who is not None:
+            context.load_cert_chain(who.cert, who.key)
+        return context
+
+    base = "/api/v2/tenants/default_tenant/databases/default_database/collections"
+    with Guard(env=env, ca=ca.cert) as g:
+        assert httpx.get(g.url + base, verify=as_(alice)).status_code == 200, "alice's certificate: a reader"
+        refused = httpx.post(g.url + base, json={"name": "by-alice"}, verify=as_(alice))
+        assert refused.status_code == 403 and "alice may not" in refused.text
+        assert httpx.get(g.url + base, verify=as_(bob)).status_code == 401, "a certificate no record names"
+        assert httpx.get(g.url + base, verify=as_(None)).status_code == 401
+        made = httpx.post(g.url + base, json={"name": "by-ops"}, verify=as_(alice),
+                          headers={"authorization": "Bearer admin-tok"})
+        assert made.status_code == 200, "the token decides over the certificate"
+        wrong = httpx.get(g.url + base, verify=as_(alice), headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 403, "a bad token is not rescued by a good certificate"
+    config = cli("config", "--json", **env)
+    people = {p["name"]: p for p in json.loads(config.stdout)["credentials"]}
+    assert people["alice"]["role"] == "read"
