@@ -43,8 +43,8 @@ http {{
         keepalive 32;
     }}
     server {{
-        listen 127.0.0.1:{port};
-        location / {{
+        listen 127.0.0.1:{port}{ssl};
+{ssl_lines}        location / {{
             if ($token_ok = 0) {{ return 401; }}
             proxy_pass http://engine;
             proxy_http_version 1.1;
@@ -62,24 +62,40 @@ def available() -> bool:
 class NginxProxy(ProxyProcess):
     """nginx as a child process in front of ``engine``."""
 
-    def __init__(self, engine: Any, token: str) -> None:
+    def __init__(self, engine: Any, token: str, tls: tuple[Path, Path] | None = None) -> None:
+        """``tls``: (certificate, key) to serve HTTPS, TLS 1.2 and 1.3 as chromaguard offers them."""
         super().__init__(engine)
+        self.tls = tls
         self._tmp = tempfile.TemporaryDirectory(prefix="cg-nginx-")
         root = Path(self._tmp.name)
         config = root / "nginx.conf"
-        config.write_text(_CONFIG.format(root=root, upstream=engine.port, port=self.port, token=token))
+        ssl_lines = "" if tls is None else (
+            f"        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]};\n"
+            "        ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;\n")
+        config.write_text(_CONFIG.format(root=root, upstream=engine.port, port=self.port, token=token,
+                                         ssl=" ssl" if tls else "", ssl_lines=ssl_lines))
         self.proc = subprocess.Popen(["nginx", "-p", str(root), "-c", str(config), "-g", "daemon off;"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._wait(token)
 
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
     def _wait(self, token: str) -> None:
+        import ssl
+
         deadline = time.monotonic() + 10
         request = urllib.request.Request(self.url + "/api/v2/heartbeat", headers={"x-chroma-token": token})
+        unverified = None
+        if self.tls:  # a readiness poll on loopback: the certificate is the bench's own
+            unverified = ssl.create_default_context()
+            unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nginx exited: {self.proc.stderr.read().decode(errors='replace')}")  # type: ignore[union-attr]
             try:
-                with urllib.request.urlopen(request, timeout=1) as answer:
+                with urllib.request.urlopen(request, timeout=1, context=unverified) as answer:
                     if answer.status == 200:
                         return
             except OSError:

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 from support.procs import Guard
+from support.tls import Authority, spki_pin
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -57,29 +58,54 @@ class _Pages(BaseHTTPRequestHandler):
         pass
 
 
+_TRUSTED: list[str] = []  # HTTPS: the guard's key, the one certificate the browser is told to accept
+
+
 def _browse(url: str) -> str:
     """The page's text once its script has run, as headless Chromium renders it."""
+    trust = [f"--ignore-certificate-errors-spki-list={_TRUSTED[0]}"] if _TRUSTED else []
     with tempfile.TemporaryDirectory() as profile:
         result = subprocess.run(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync", *trust,
              f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom", url],
             capture_output=True, text=True, timeout=90)
     assert "<pre" in result.stdout, result.stderr[-2000:]
     return result.stdout.split('<pre id="out">')[1].split("</pre>")[0]
 
 
-@pytest.fixture(scope="module")
-def origins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Guard, int, int]]:
-    """A guard that allows one page origin; a second page origin that it does not allow."""
+@pytest.fixture(scope="module", params=["http", "https"])
+def origins(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[Guard, int, int]]:
+    """A guard that allows one page origin; a second page origin that it does not allow. Over
+    plain HTTP, and over HTTPS (the browser trusting exactly the guard's key)."""
     from support.procs import free_port
 
     allowed_port, other_port = free_port(), free_port()
-    tokens = tmp_path_factory.mktemp("cors") / "tokens.json"
+    folder = tmp_path_factory.mktemp("cors")
+    tokens = folder / "tokens.json"
     tokens.write_text('["browser-token"]')
-    with Guard(env={"CHROMA_SERVER_AUTH_PROVIDER": "token", "CHROMA_SERVER_AUTH_CREDENTIALS_FILE": str(tokens),
-                    "CHROMA_SERVER_CORS_ALLOW_ORIGINS": json.dumps([f"http://127.0.0.1:{allowed_port}"])}) as g:
-        yield g, allowed_port, other_port
+    env = {"CHROMA_SERVER_AUTH_PROVIDER": "token", "CHROMA_SERVER_AUTH_CREDENTIALS_FILE": str(tokens),
+           "CHROMA_SERVER_CORS_ALLOW_ORIGINS": json.dumps([f"http://127.0.0.1:{allowed_port}"])}
+    ca = None
+    if request.param == "https":
+        authority = Authority(folder / "tls")
+        issued = authority.issue("chromaguard", "server")
+        env |= {"CHROMAGUARD_SSL_CERTFILE": str(issued.cert), "CHROMAGUARD_SSL_KEYFILE": str(issued.key)}
+        ca = authority.cert
+        _TRUSTED[:] = [spki_pin(issued.cert)]
+    saved = os.environ.get("SSL_CERT_FILE")
+    try:
+        if ca is not None:
+            os.environ["SSL_CERT_FILE"] = str(ca)  # the test's own httpx calls trust it
+        with Guard(env=env, ca=ca) as g:
+            yield g, allowed_port, other_port
+    finally:
+        _TRUSTED.clear()
+        if saved is None:
+            os.environ.pop("SSL_CERT_FILE", None)
+        else:
+            os.environ["SSL_CERT_FILE"] = saved
 
 
 def _page_for(guard: Guard, cid: str, marker: str) -> str:

@@ -366,6 +366,22 @@ services:
     image: app
     depends_on: {c: {condition: service_healthy}}
 """),
+    ("CG210", """
+services:
+  c:
+    image: python:3.11-slim
+    command: sh -c "pip install chromadb==1.5.9 && uvicorn chromadb.app:app --host 0.0.0.0"
+    ports: ["8000:8000"]
+""", """
+services:
+  c:
+    image: python:3.11-slim
+    command: sh -c "pip install chromadb==1.5.9 && uvicorn chromadb.app:app --host 0.0.0.0"
+  g:
+    image: chromaguard:0.1.0
+    environment: [CHROMAGUARD_UPSTREAM=http://c:8000]
+    ports: ["8000:8000"]
+"""),
     ("CG401", """
 services:
   g:

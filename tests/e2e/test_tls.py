@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -384,3 +386,39 @@ def test_a_verified_client_certificate_can_stand_for_a_principal(ca: Authority, 
     config = cli("config", "--json", **env)
     people = {p["name"]: p for p in json.loads(config.stdout)["credentials"]}
     assert people["alice"]["role"] == "read"
+
+
+JS_CLIENT = Path(__file__).resolve().parents[2] / ".ci" / "cache" / "js" / "node_modules" / "chromadb"
+
+
+def test_the_js_client_works_over_https(ca: Authority, tmp_path: Path) -> None:
+    """The official JS client (npm ``chromadb``) over HTTPS, trusting the CA through Node's own
+    NODE_EXTRA_CA_CERTS; and the same client refused when it does not trust it."""
+    node = shutil.which("node")
+    if node is None or not JS_CLIENT.is_dir():
+        if os.environ.get("CI"):
+            raise AssertionError(f"{JS_CLIENT} or node is missing: .ci/run installs the JS client with npm")
+        pytest.skip("the JS client is not installed here (.ci/run installs it with npm)")
+    server = ca.issue("chromaguard", "js")
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text('["js-token"]')
+    env = {"CHROMAGUARD_SSL_CERTFILE": str(server.cert), "CHROMAGUARD_SSL_KEYFILE": str(server.key),
+           "CHROMA_SERVER_AUTH_PROVIDER": "token", "CHROMA_SERVER_AUTH_CREDENTIALS_FILE": str(tokens)}
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(Path(__file__).parent / "js" / "tls_client.mjs", app / "tls_client.mjs")
+    (app / "node_modules").symlink_to(JS_CLIENT.parent)
+    with Guard(env=env, ca=ca.cert) as g:
+        def run(trusted: bool) -> dict:
+            node_env = {**os.environ, "GUARD_PORT": str(g.port), "GUARD_TOKEN": "js-token"}
+            node_env.pop("NODE_EXTRA_CA_CERTS", None)
+            if trusted:
+                node_env["NODE_EXTRA_CA_CERTS"] = str(ca.cert)
+            done = subprocess.run([node, str(app / "tls_client.mjs")], capture_output=True, text=True, timeout=60,
+                                  env=node_env, cwd=app)
+            return json.loads(done.stdout.strip().splitlines()[-1])
+
+        got = run(trusted=True)
+        assert got == {"heartbeat": True, "query": ["js-1"], "count": 2}, got
+        refused = run(trusted=False)
+        assert "error" in refused and "count" not in refused, refused

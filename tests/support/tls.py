@@ -81,3 +81,14 @@ def served_serial(host: str, port: int, ca: Path) -> int:
         der = sock.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
+
+
+def spki_pin(cert: Path) -> str:
+    """base64 of the sha256 of a certificate's public key: what Chromium's
+    ``--ignore-certificate-errors-spki-list`` takes."""
+    import base64
+    import hashlib
+
+    key = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
