@@ -260,6 +260,7 @@ class Service:
                 telemetry.metrics.engine_up = lambda: supervisor.available
                 telemetry.metrics.engine_restarts = lambda: supervisor.restarts
                 telemetry.metrics.collections = lambda: count_collections(data_dir)
+                telemetry.metrics.data_dir = data_dir
                 if not await self._until_stopped(self.supervisor.start()):
                     return
                 if self.settings.persistent:

@@ -61,6 +61,8 @@ _NOT_CANONICAL = Denial(400, "InvalidArgumentError",
                         "chromaguard: the request path is not in canonical form (no //, /./, /../, "
                         "encoded slashes or trailing slash)")
 _INVALID = Denial(403, "AuthorizationError", "chromaguard: the credentials are not valid")
+_AMBIGUOUS_CERTIFICATE = Denial(403, "AuthorizationError", "chromaguard: the client certificate's names match more "
+                                "than one record of the credentials file; give each certificate one")
 
 
 HEADER_BLANKS = b" \t"  # what HTTP allows around a header value, and all that is trimmed from credentials
@@ -169,8 +171,11 @@ class Authenticator:
         if not offered:
             # No credentials in the request: a verified client certificate a record names stands
             # for that principal (credentials sent do decide, whatever certificate came with them).
-            by_certificate = self.store.check_certificate(certificate) if certificate else None
-            return by_certificate if by_certificate is not None else self._missing()
+            named = self.store.check_certificate(certificate) if certificate else []
+            if len(named) > 1:  # which one it is would be a guess (and would change as records go)
+                log.info("refused a client certificate that records of %s name", ", ".join(p.name for p in named))
+                return _AMBIGUOUS_CERTIFICATE
+            return named[0] if named else self._missing()
         if len(offered) > 1:
             return Denial(400, "AuthError", "chromaguard: send credentials in exactly one header")
         # Tokens are compared as the bytes the client sent: a UTF-8 client's non-ASCII token

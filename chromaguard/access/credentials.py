@@ -29,6 +29,7 @@ from typing import Any
 from .. import strictjson
 from . import chroma06
 
+_CERTIFICATE_NAME = re.compile(r"(CN|DNS|email|URI|IP):\S")
 _FAST_SHA256_PYTHONS = ((3, 11), (3, 14))  # CPython releases the private modules were checked on: 3.11-3.13
 
 
@@ -162,14 +163,15 @@ class CredentialStore:
             seen.setdefault(id(principal), principal)
         return list(seen.values())
 
-    def check_certificate(self, names: Iterable[str]) -> Principal | None:
-        """The principal a verified client certificate stands for: the first of its names (CN,
-        then SANs) that a record's ``certificate`` gives."""
+    def check_certificate(self, names: Iterable[str]) -> list[Principal]:
+        """The principals a verified client certificate's names (``CN:…``, ``DNS:…``) stand for:
+        one, none, or (a certificate two records name) more, which the caller refuses."""
+        found: dict[int, Principal] = {}
         for name in names:
-            found = self._certificates.get(name)
-            if found is not None:
-                return found
-        return None
+            principal = self._certificates.get(name)
+            if principal is not None:
+                found.setdefault(id(principal), principal)
+        return list(found.values())
 
     def check_token(self, token: str | bytes) -> Principal | None:
         """``token`` as text, or as the bytes a header carried (UTF-8 for non-ASCII tokens)."""
@@ -312,10 +314,10 @@ def _principal(record: dict[str, Any], bare: bool, index: int, where: str) -> tu
     if token is not None and sha is not None or token is None and sha is None and certificate is None:
         raise CredentialsError(f"{where}: entry {index}: give exactly one of token or sha256 (or a client "
                                "certificate's name as certificate)")
-    if certificate is not None and (not isinstance(certificate, str) or not certificate.strip()
-                                    or certificate != certificate.strip()):
-        raise CredentialsError(f"{where}: entry {index}: certificate must be the client certificate's subject CN "
-                               "or a SAN, without surrounding spaces")
+    if certificate is not None and (not isinstance(certificate, str) or certificate != certificate.strip()
+                                    or not _CERTIFICATE_NAME.match(certificate)):
+        raise CredentialsError(f"{where}: entry {index}: certificate must name the client certificate's subject or "
+                               "a SAN with its kind: CN:<name>, DNS:<name>, email:<address>, URI:<uri> or IP:<address>")
     token_key: bytes | None = None
     if token is not None:
         if not isinstance(token, str):

@@ -377,6 +377,8 @@ class ClientConnection(asyncio.Protocol):
         self.upgraded = False
         self.handshaking = False  # HTTPS: admitted, its TLS handshake under way
         self._early = bytearray()  # what arrived before the TLS protocol took over (or before it returned)
+        self._decrypted = False  # the TLS protocol has taken over the transport
+        self._starting: asyncio.Future[Any] | None = None
         self.certificate: tuple[str, ...] = ()  # HTTPS: the names of a client certificate the CA bundle vouched for
         self.last_active = time.monotonic()
         self.head_started = self.last_active  # a request head is arriving since then (0.0: none is)
@@ -416,26 +418,31 @@ class ClientConnection(asyncio.Protocol):
         self.server.connections.add(self)
         if self.server.tls is not None:  # counted against the limits first, then the handshake
             self.handshaking = True
-            self.loop.create_task(self._handshake(transport, self.server.tls))
+            self.loop.create_task(self._handshake(transport, self.server.tls))  # type: ignore[arg-type]
 
-    async def _handshake(self, raw: asyncio.BaseTransport, context: SSLContext) -> None:
+    async def _handshake(self, raw: asyncio.Transport, context: SSLContext) -> None:
         """TLS on an admitted connection; a handshake that fails or takes longer than the head
         timeout ends it (plain HTTP sent to the port fails at once).
 
         The event loop may hand this protocol the ClientHello before ``start_tls`` has put its
         TLS protocol on the transport (uvloop starts reading right after ``connection_made``):
         what came is kept (``data_received``) and given to the TLS protocol first."""
+        if self.closing or raw.is_closing():  # reset before its turn: start_tls would never finish
+            self._gone()
+            return
+        timeout = self.server.head_timeout or 10.0
         starting = asyncio.ensure_future(self.loop.start_tls(
-            raw, self, context, server_side=True,  # type: ignore[arg-type]
-            ssl_handshake_timeout=self.server.head_timeout or 10.0))
+            raw, self, context, server_side=True, ssl_handshake_timeout=timeout))  # type: ignore[arg-type]
+        self._starting = starting
         await asyncio.sleep(0)  # start_tls has run to its first wait: the TLS protocol is on the transport
         tls_protocol = raw.get_protocol()
-        early, self._early = bytes(self._early), bytearray()  # from now on data_received is decrypted bytes
+        early, self._early = bytes(self._early), bytearray()
+        self._decrypted = True  # from now on data_received is the TLS protocol's, decrypted
         if early and tls_protocol is not self:
-            self.loop.call_soon(_feed, tls_protocol, early)  # after its connection_made, before more data
-        try:
-            wrapped = await starting
-        except (OSError, TimeoutError, ConnectionError, ValueError, RuntimeError):
+            self.loop.call_soon(_feed, tls_protocol, raw, early)  # after its connection_made, before more data
+        try:  # bounded here too: a loop whose timeout misses a transport closed meanwhile must not keep it
+            wrapped = await asyncio.wait_for(starting, timeout + 1.0)
+        except (OSError, TimeoutError, ConnectionError, ValueError, RuntimeError, asyncio.CancelledError):
             raw.close()
             self._gone()
             return
@@ -458,6 +465,8 @@ class ClientConnection(asyncio.Protocol):
         """No longer counted anywhere (idempotent: a failed handshake and asyncio may both say so)."""
         self.closing = True
         self.handshaking = False
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
         self.server.connections.discard(self)
         if self._client_key is not None:
             self.server.release(self)
@@ -484,7 +493,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.handshaking:  # before start_tls returned: the ClientHello, or the first decrypted bytes
             self._early += data
-            if len(self._early) > _EARLY_MAX:
+            if not self._decrypted and len(self._early) > _EARLY_MAX:  # not a ClientHello: no TLS client
                 self.abort()
             return
         self.last_active = time.monotonic()
@@ -764,22 +773,35 @@ class ClientConnection(asyncio.Protocol):
         return self.current is None and self.receiving is None and not self.pipeline
 
 
+_SAN_KINDS = {"DNS": "DNS", "email": "email", "URI": "URI", "IP Address": "IP"}
+
+
 def certificate_names(peercert: object) -> tuple[str, ...]:
-    """A verified client certificate's subject CN, then its SANs (DNS, email, URI, IP), as
-    ``getpeercert()`` gives them; () with none (no certificate, or not verified: an empty dict)."""
+    """A verified client certificate's names, each with its kind (``CN:alice``, ``DNS:host``,
+    ``email:a@b``, ``URI:spiffe://...``, ``IP:10.0.0.1``: a DNS name is never taken for a CN);
+    () with none (no certificate, or not verified: an empty dict)."""
     if not isinstance(peercert, dict) or not peercert:
         return ()
-    names = [value for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"]
-    names += [value for _kind, value in peercert.get("subjectAltName", ())]
+    names = [f"CN:{value}" for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"]
+    names += [f"{_SAN_KINDS[kind]}:{value}" for kind, value in peercert.get("subjectAltName", ()) if kind in _SAN_KINDS]
     return tuple(dict.fromkeys(str(n) for n in names))
 
 
 _EARLY_MAX = 64 * 1024  # a ClientHello is a few hundred bytes; more before the handshake is not TLS
 
 
-def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+def _feed(protocol: asyncio.BaseProtocol, transport: asyncio.Transport, data: bytes) -> None:
     """``data`` into a protocol as if read from its transport (asyncio's and uvloop's TLS
-    protocols are buffered protocols)."""
+    protocols are buffered protocols); nothing once the transport is closing (a reset client)."""
+    if transport.is_closing():
+        return
+    try:
+        _feed_into(protocol, data)
+    except (RuntimeError, OSError):  # closed meanwhile: the handshake fails and says so
+        transport.abort()
+
+
+def _feed_into(protocol: asyncio.BaseProtocol, data: bytes) -> None:
     view = memoryview(data)
     if isinstance(protocol, asyncio.BufferedProtocol) or hasattr(protocol, "buffer_updated"):
         while view:

@@ -61,7 +61,8 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
             context.load_verify_locations(cafile=files.ca_certs)
         except (OSError, ssl.SSLError) as exc:
             raise TlsError(f"{files.ca_certs}: not a readable PEM CA bundle ({exc})") from None
-        context.verify_mode = ssl.CERT_REQUIRED if files.client_cert == "required" else ssl.CERT_OPTIONAL
+        context.verify_mode = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL}.get(
+            files.client_cert, ssl.CERT_NONE)
         # No session tickets: a session resumed after the CA bundle changed would skip the new check
         # (a TLS 1.2 session-id resumption from before a change is turned away: ServerTls.refuses).
         context.num_tickets = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -181,6 +182,11 @@ class Metrics:
                                       "{collection}", "Collections in the engine")
         meter.create_observable_counter("chromaguard.spans.dropped", [self._gauge(dropped_spans)],
                                         "{span}", "Spans dropped because the export queue was full")
+        self.data_dir: Any = None  # the engine's data dir, for the disk gauges (None: upstream, or not yet)
+        meter.create_observable_gauge("chromaguard.data.disk.free", [self._gauge(lambda: self._disk(0))], "By",
+                                      "Free bytes on the data dir's filesystem (for non-root users)")
+        meter.create_observable_gauge("chromaguard.data.disk.size", [self._gauge(lambda: self._disk(1))], "By",
+                                      "Size of the data dir's filesystem")
         self.audit_dropped: Callable[[], int | None] = lambda: None  # with an audit log: its lines dropped
         meter.create_observable_counter("chromaguard.audit.lines_dropped", [self._gauge(lambda: self.audit_dropped())],
                                         "{line}", "Audit log lines that could not be written (the requests went on)")
@@ -219,6 +225,15 @@ class Metrics:
             return [] if value is None else [Observation(value)]
 
         return callback
+
+    def _disk(self, which: int) -> int | None:
+        if self.data_dir is None:
+            return None
+        try:
+            usage = shutil.disk_usage(self.data_dir)
+        except OSError:
+            return None
+        return usage.free if which == 0 else usage.total
 
     def auth_failure(self, reason: str) -> None:
         self._auth_failures.add(1, {"reason": reason})

@@ -82,3 +82,24 @@ def test_collector_and_jaeger_are_wired() -> None:
     mount = compose["services"]["otel-collector"]["volumes"][0]
     assert mount.split(":")[0] == "./otel-collector.yaml"
     assert shlex.split(compose["services"]["otel-collector"]["command"][0])[0].startswith("--config=")
+
+
+def test_the_monitoring_profile_loads_the_rules_and_the_dashboard_it_names() -> None:
+    """Prometheus and Grafana in the `monitoring` profile mount files that exist, where their
+    configurations look for them; the scrape uses a token the example credentials give a role."""
+    services = _compose()["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert prometheus["profiles"] == ["monitoring"] == grafana["profiles"]
+    mounts = {m.split(":")[1]: DEPLOY / m.split(":")[0] for m in prometheus["volumes"] + grafana["volumes"]}
+    assert all(path.exists() for path in mounts.values()), mounts
+    config = YAML(typ="safe").load(mounts["/etc/prometheus/prometheus.yml"].read_text())
+    rules = [Path("/etc/prometheus") / f for f in config["rule_files"]]
+    assert all(str(r) in mounts for r in rules), (rules, mounts)
+    assert config["scrape_configs"][0]["job_name"] == "chromaguard"  # what the rules select
+    token_file = config["scrape_configs"][0]["authorization"]["credentials_file"]
+    assert token_file == "/run/secrets/" + prometheus["secrets"][0]["target"]
+    provider = YAML(typ="safe").load((DEPLOY / "grafana/provisioning/dashboards/chromaguard.yml").read_text())
+    assert mounts["/var/lib/grafana/dashboards/chromaguard.json"].name == "chromaguard.json"
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    roles = {t["name"]: t["role"] for t in json.loads((DEPLOY / "chroma_tokens.example.json").read_text())}
+    assert roles["prometheus"] == "read", "/metrics needs a token with a role; read is the least"

@@ -358,8 +358,12 @@ def test_a_verified_client_certificate_can_stand_for_a_principal(ca: Authority, 
     server = ca.issue("chromaguard", "mtls-auth")
     clients = Authority(tmp_path / "clients", "client CA")
     alice, bob = clients.issue("alice", "alice", client=True), clients.issue("bob", "bob", client=True)
+    eve = clients.issue("eve", "eve", client=True, hosts=("ops.internal",))  # CN eve, SAN DNS:ops.internal
+    dns_alice = clients.issue("mallory", "mallory", client=True, hosts=("alice",))  # SAN DNS:alice, not CN
     tokens = tmp_path / "tokens.json"
-    tokens.write_text(json.dumps([{"certificate": "alice", "name": "alice", "role": "read"},
+    tokens.write_text(json.dumps([{"certificate": "CN:alice", "name": "alice", "role": "read"},
+                                  {"certificate": "CN:eve", "name": "eve", "role": "read"},
+                                  {"certificate": "DNS:ops.internal", "name": "ops-box", "role": "admin"},
                                   {"token": "admin-tok", "name": "ops", "role": "admin"}]))
     env = {"CHROMAGUARD_SSL_CERTFILE": str(server.cert), "CHROMAGUARD_SSL_KEYFILE": str(server.key),
            "CHROMAGUARD_SSL_CA_CERTS": str(clients.cert), "CHROMAGUARD_SSL_CLIENT_CERT": "optional",
@@ -377,6 +381,9 @@ def test_a_verified_client_certificate_can_stand_for_a_principal(ca: Authority, 
         refused = httpx.post(g.url + base, json={"name": "by-alice"}, verify=as_(alice))
         assert refused.status_code == 403 and "alice may not" in refused.text
         assert httpx.get(g.url + base, verify=as_(bob)).status_code == 401, "a certificate no record names"
+        assert httpx.get(g.url + base, verify=as_(dns_alice)).status_code == 401, "a DNS name is not a CN"
+        ambiguous = httpx.get(g.url + base, verify=as_(eve))
+        assert ambiguous.status_code == 403 and "more than one record" in ambiguous.text, "two records: no guess"
         assert httpx.get(g.url + base, verify=as_(None)).status_code == 401
         made = httpx.post(g.url + base, json={"name": "by-ops"}, verify=as_(alice),
                           headers={"authorization": "Bearer admin-tok"})
@@ -422,3 +429,29 @@ def test_the_js_client_works_over_https(ca: Authority, tmp_path: Path) -> None:
         assert got == {"heartbeat": True, "query": ["js-1"], "count": 2}, got
         refused = run(trusted=False)
         assert "error" in refused and "count" not in refused, refused
+
+
+def test_a_large_first_request_on_a_new_connection_and_resets_mid_handshake(tls_guard: Guard, ca: Authority) -> None:
+    """A client may send its whole first request with the end of its handshake: megabytes of
+    records on a fresh connection go through. Clients that reset mid-handshake leave nothing
+    behind that keeps the next ones from being served."""
+    trusted = ssl.create_default_context(cafile=str(ca.cert))
+    made = httpx.post(tls_guard.url + "/api/v2/tenants/default_tenant/databases/default_database/collections",
+                      json={"name": "big-first", "get_or_create": True}, verify=trusted)
+    cid = made.json()["id"]
+    rng_rows = [[float(i % 7), float(i % 11)] for i in range(4_000)]  # about 300 KB a request
+    for round_ in range(5):
+        with httpx.Client(verify=trusted, timeout=60) as fresh:  # a new connection each time
+            answer = fresh.post(f"{tls_guard.url}/api/v2/tenants/default_tenant/databases/default_database/"
+                                f"collections/{cid}/upsert",
+                                json={"ids": [f"r{round_}-{i}" for i in range(len(rng_rows))],
+                                      "embeddings": rng_rows, "documents": ["x" * 40] * len(rng_rows)})
+        assert answer.status_code == 200, (round_, answer.status_code, answer.text[:200])
+    for _ in range(200):  # connect, start a handshake, reset
+        raw = socket.create_connection(("127.0.0.1", tls_guard.port), timeout=5)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        raw.sendall(b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03" + b"\x00" * 40)
+        raw.close()
+    assert httpx.get(tls_guard.url + "/api/v2/heartbeat", verify=trusted, timeout=10).status_code == 200
+    time.sleep(0.5)
+    assert "Exception in callback" not in tls_guard.log and "Task was destroyed" not in tls_guard.log

@@ -42,9 +42,11 @@ class Authority:
         self.cert = folder / "ca.crt"
         self.cert.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, stem: str, *, client: bool = False, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
-              ) -> Issued:
-        """A certificate for ``name`` (server: valid for ``hosts``; client: CN ``name``) in ``stem``.crt/.key."""
+    def issue(self, name: str, stem: str, *, client: bool = False, hosts: tuple[str, ...] | None = None) -> Issued:
+        """A certificate for ``name`` (CN) in ``stem``.crt/.key, with ``hosts`` as SANs (a server's
+        default: 127.0.0.1 and localhost; a client's: none)."""
+        if hosts is None:
+            hosts = () if client else ("127.0.0.1", "localhost")
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         serial = x509.random_serial_number()
@@ -60,7 +62,7 @@ class Authority:
                    .not_valid_before(now - datetime.timedelta(minutes=5))
                    .not_valid_after(now + datetime.timedelta(days=1))
                    .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
-        if sans and not client:
+        if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         certificate = builder.sign(self.key, hashes.SHA256())
         cert, key_path = self.folder / f"{stem}.crt", self.folder / f"{stem}.key"
