@@ -630,12 +630,16 @@ def doctor(files: tuple[Path, ...], fix: bool, show_diff: bool, fmt: str, fail_o
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite files that exist.")
+@click.option("--wheel", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="chromaguard's wheel to build the image from (default: built from this chromaguard's source, "
+                   "or the wheel it was installed from).")
 @_one_line_errors
-def init(directory: Path, force: bool) -> None:
-    """Write a docker-compose deployment: chromaguard, Ollama, an OpenTelemetry Collector and Jaeger."""
+def init(directory: Path, force: bool, wheel: Path | None) -> None:
+    """Write a docker-compose deployment: chromaguard (from its own wheel, pinned by hash), Ollama, an
+    OpenTelemetry Collector and Jaeger, and Prometheus and Grafana in the monitoring profile."""
     from .init import write
 
-    for path in write(directory, force=force):
+    for path in write(directory, force=force, wheel=wheel):
         click.echo(f"wrote {path}")
     click.echo("next: cp chroma_tokens.example.json chroma_tokens.json (put real tokens in it), "
                "then docker compose up -d")

@@ -493,12 +493,49 @@ def test_init_writes_the_deploy_compose_and_doctor_finds_nothing(tmp_path: Path)
     assert result.returncode == 0, result.stderr
     assert doctor(str(tmp_path / "docker-compose.yml")).stdout.strip() == "no findings"
     assert doctor(str(ROOT / "deploy" / "docker-compose.yml")).stdout.strip() == "no findings"
-    for name in ("docker-compose.yml", "otel-collector.yaml", "chroma_tokens.example.json"):  # one copy of each
+    for name in ("docker-compose.yml", "otel-collector.yaml", "chroma_tokens.example.json", "prometheus",
+                 "grafana"):  # one copy of each
         deployed = ROOT / "deploy" / name
         assert deployed.is_symlink() and deployed.resolve() == (ROOT / "chromaguard" / "templates" / name).resolve()
+    # What the compose file mounts for its monitoring profile is there too.
+    for mount in ("prometheus/prometheus.yml", "prometheus/chromaguard-rules.yml", "grafana/chromaguard.json",
+                  "grafana/provisioning/dashboards/chromaguard.yml"):
+        assert (tmp_path / mount).read_text() == (ROOT / "deploy" / mount).read_text()
     again = subprocess.run([sys.executable, "-m", "chromaguard", "init", "--dir", str(tmp_path)],
                            capture_output=True, text=True, env=clean_env(), timeout=60)
     assert again.returncode == 1 and "--force" in again.stderr
+
+
+def test_init_builds_from_its_own_wheel_pinned_by_hash_never_by_name(tmp_path: Path) -> None:
+    """The Dockerfile installs the wheel init put beside it, after checking its sha256: nothing
+    named chromaguard is fetched from a package index (none of that name is ours)."""
+    import hashlib
+    import zipfile
+
+    out = tmp_path / "deploy"
+    result = cli("init", "--dir", str(out), timeout=180)
+    assert result.returncode == 0, result.stderr
+    dockerfile = (out / "Dockerfile").read_text()
+    wheels = list(out.glob("chromaguard-*.whl"))
+    assert len(wheels) == 1, wheels
+    wheel = wheels[0]
+    sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert f'echo "{sha}  /tmp/{wheel.name}" | sha256sum -c -' in dockerfile
+    assert f"COPY {wheel.name} /tmp/{wheel.name}" in dockerfile
+    assert f"pip install /tmp/{wheel.name}" in dockerfile
+    assert "pip install chromaguard" not in dockerfile, "never by name"
+    with zipfile.ZipFile(wheel) as archive:  # this chromaguard, templates included
+        names = set(archive.namelist())
+        assert "chromaguard/service.py" in names and "chromaguard/templates/prometheus/chromaguard-rules.yml" in names
+        assert archive.read("chromaguard/probe.py") == (ROOT / "chromaguard" / "probe.py").read_bytes()
+    # Given a wheel, init copies that one; something else is refused in one line.
+    again = cli("init", "--dir", str(tmp_path / "given"), "--wheel", str(wheel), timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "given" / wheel.name).read_bytes() == wheel.read_bytes()
+    (tmp_path / "evil.whl").write_bytes(b"not a wheel")
+    refused = cli("init", "--dir", str(tmp_path / "evil"), "--wheel", str(tmp_path / "evil.whl"), timeout=60)
+    assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "not a chromaguard" in refused.stderr
 
 
 # ---- live -------------------------------------------------------------------------------------
