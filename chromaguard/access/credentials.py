@@ -116,18 +116,17 @@ class CredentialStore:
     def widened_by(self, other: CredentialStore) -> str:
         """What ``other`` lets in that these credentials do not ("" when nothing): a new token
         or user, a higher role, a wider scope. Revoking and narrowing say nothing."""
-        for key, principal in other._tokens.items():
-            before = self._tokens.get(key)
-            if before is None:
-                return f"it adds the token {principal.name!r}"
-            if not before.covers(principal):
-                return f"it gives {principal.name!r} more access than before"
-        for name, principal in other._certificates.items():
-            before_cert = self._certificates.get(name)
-            if before_cert is None:
-                return f"it lets the client certificate {name!r} in"
-            if not before_cert.covers(principal):
-                return f"it gives {principal.name!r} more access than before"
+        keyed: list[tuple[dict[Any, Principal], dict[Any, Principal], Callable[[Any, Principal], str]]] = [
+            (self._tokens, other._tokens, lambda key, p: f"it adds the token {p.name!r}"),
+            (self._certificates, other._certificates, lambda name, p: f"it lets the client certificate {name!r} in"),
+        ]
+        for mine, theirs, adds in keyed:
+            for key, principal in theirs.items():
+                before = mine.get(key)
+                if before is None:
+                    return adds(key, principal)
+                if not before.covers(principal):
+                    return f"it gives {principal.name!r} more access than before"
         for user, (hashed, principal) in other._users.items():
             before_user = self._users.get(user)
             if before_user is None or before_user[0] != hashed:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
 import threading
@@ -24,7 +23,7 @@ import httpx
 import pytest
 from chromadb.config import Settings
 from support.procs import BareEngine, Guard, read_head
-from support.tls import Authority
+from support.tls import serving, trusted_by_httpx
 
 TOKEN_PROVIDER = "chromadb.auth.token_authn.TokenAuthClientProvider"
 TOKENS = [
@@ -106,23 +105,14 @@ def secured(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     env = {"CHROMA_SERVER_AUTH_PROVIDER": "token", "CHROMA_SERVER_AUTH_CREDENTIALS_FILE": str(tokens)}
     ca = None
     if request.param == "https":
-        authority = Authority(folder / "tls")
-        issued = authority.issue("chromaguard", "server")
-        env |= {"CHROMAGUARD_SSL_CERTFILE": str(issued.cert), "CHROMAGUARD_SSL_KEYFILE": str(issued.key)}
-        ca = authority.cert
-    saved = os.environ.get("SSL_CERT_FILE")
+        tls, ca = serving(folder / "tls")
+        env |= tls
+        _CA[0] = str(ca)
     try:
-        if ca is not None:
-            os.environ["SSL_CERT_FILE"] = str(ca)  # httpx's default context trusts it (trust_env)
-            _CA[0] = str(ca)
-        with Guard(env=env, ca=ca) as service:
+        with trusted_by_httpx(ca), Guard(env=env, ca=ca) as service:
             yield service, Tenants(service)
     finally:
         _CA[0] = None
-        if saved is None:
-            os.environ.pop("SSL_CERT_FILE", None)
-        else:
-            os.environ["SSL_CERT_FILE"] = saved
 
 
 def spellings(collection_id: str) -> list[str]:

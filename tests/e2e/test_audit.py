@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ import chromadb
 import httpx
 import pytest
 from chromadb.config import Settings
+from support.mounts import tmpfs
 from support.procs import Guard, cli, free_port
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
@@ -112,15 +112,8 @@ def test_sighup_reopens_the_file_after_a_rotation(audited: tuple[Guard, Path]) -
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "small", "64k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_disk_drops_counted_lines_and_requests_go_on(small_disk: Path) -> None:

@@ -9,6 +9,7 @@ is allowed exactly when the caller's role lists that action."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,6 +167,13 @@ def test_a_token_file_alone_gives_full_access_as_0_6_did(tmp_path: Path) -> None
         assert httpx.get(g.url + f"{BASE}/collections").status_code == 401
 
 
+def _config_with_rbac(tokens: Path, authz: Path) -> subprocess.CompletedProcess[str]:
+    """``chromaguard config`` with a 0.6 token file and an RBAC file, as 0.6's settings name them."""
+    return cli("config", CHROMA_SERVER_AUTHN_PROVIDER="token", CHROMA_SERVER_AUTHN_CREDENTIALS_FILE=str(tokens),
+               CHROMA_SERVER_AUTHZ_PROVIDER="chromadb.auth.simple_rbac_authz.SimpleRBACAuthorizationProvider",
+               CHROMA_SERVER_AUTHZ_CONFIG_FILE=str(authz))
+
+
 @pytest.mark.parametrize("authz, expected", [
     ({"roles_mapping": {"r": {"actions": ["collection:get"]}}, "users": [{"id": "a", "role": "missing"}]},
      "role 'missing' is not in roles_mapping"),
@@ -175,9 +183,7 @@ def test_a_broken_rbac_file_stops_the_start_with_one_line(tmp_path: Path, authz:
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text(json.dumps({"users": [{"id": "a", "tokens": ["a-token"]}]}))
     (tmp_path / "authz.yaml").write_text(json.dumps(authz))
-    result = cli("config", CHROMA_SERVER_AUTHN_PROVIDER="token", CHROMA_SERVER_AUTHN_CREDENTIALS_FILE=str(tokens),
-                 CHROMA_SERVER_AUTHZ_PROVIDER="chromadb.auth.simple_rbac_authz.SimpleRBACAuthorizationProvider",
-                 CHROMA_SERVER_AUTHZ_CONFIG_FILE=str(tmp_path / "authz.yaml"))
+    result = _config_with_rbac(tokens, tmp_path / "authz.yaml")
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
@@ -188,9 +194,7 @@ def test_a_misspelt_action_is_warned_about(tmp_path: Path) -> None:
     tokens.write_text(json.dumps({"users": [{"id": "a", "tokens": ["a-token"]}]}))
     (tmp_path / "authz.yaml").write_text(json.dumps({"roles_mapping": {"r": {"actions": ["collection:quary"]}},
                                                      "users": [{"id": "a", "role": "r"}]}))
-    result = cli("config", CHROMA_SERVER_AUTHN_PROVIDER="token", CHROMA_SERVER_AUTHN_CREDENTIALS_FILE=str(tokens),
-                 CHROMA_SERVER_AUTHZ_PROVIDER="chromadb.auth.simple_rbac_authz.SimpleRBACAuthorizationProvider",
-                 CHROMA_SERVER_AUTHZ_CONFIG_FILE=str(tmp_path / "authz.yaml"))
+    result = _config_with_rbac(tokens, tmp_path / "authz.yaml")
     assert result.returncode == 0, result.stderr
     assert "collection:quary is not a Chroma 0.6 action" in result.stdout
 
@@ -235,9 +239,7 @@ def test_rbac_files_that_would_be_guessed_at_are_refused(tmp_path: Path, authz: 
     else:
         text = json.dumps(authz)
     (tmp_path / "authz.yaml").write_text(text)
-    result = cli("config", CHROMA_SERVER_AUTHN_PROVIDER="token", CHROMA_SERVER_AUTHN_CREDENTIALS_FILE=str(path),
-                 CHROMA_SERVER_AUTHZ_PROVIDER="chromadb.auth.simple_rbac_authz.SimpleRBACAuthorizationProvider",
-                 CHROMA_SERVER_AUTHZ_CONFIG_FILE=str(tmp_path / "authz.yaml"))
+    result = _config_with_rbac(path, tmp_path / "authz.yaml")
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr

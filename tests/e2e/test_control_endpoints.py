@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 from support.clients import http_client
+from support.mounts import tmpfs
 from support.procs import Guard, NetnsPeer, clean_env, cli
 
 from chromaguard.backup.restore import verify
@@ -281,16 +282,9 @@ def test_a_snapshot_that_would_not_leave_the_free_space_to_spare_is_refused(tmp_
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "small", "2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _staged(staging: Path) -> tuple[int, bool]:

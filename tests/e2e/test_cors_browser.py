@@ -10,11 +10,12 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
 from support.procs import Guard
-from support.tls import Authority, spki_pin
+from support.tls import serving, spki_pin, trusted_by_httpx
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -89,23 +90,14 @@ def origins(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
            "CHROMA_SERVER_CORS_ALLOW_ORIGINS": json.dumps([f"http://127.0.0.1:{allowed_port}"])}
     ca = None
     if request.param == "https":
-        authority = Authority(folder / "tls")
-        issued = authority.issue("chromaguard", "server")
-        env |= {"CHROMAGUARD_SSL_CERTFILE": str(issued.cert), "CHROMAGUARD_SSL_KEYFILE": str(issued.key)}
-        ca = authority.cert
-        _TRUSTED[:] = [spki_pin(issued.cert)]
-    saved = os.environ.get("SSL_CERT_FILE")
+        tls, ca = serving(folder / "tls")
+        env |= tls
+        _TRUSTED[:] = [spki_pin(Path(tls["CHROMAGUARD_SSL_CERTFILE"]))]
     try:
-        if ca is not None:
-            os.environ["SSL_CERT_FILE"] = str(ca)  # the test's own httpx calls trust it
-        with Guard(env=env, ca=ca) as g:
+        with trusted_by_httpx(ca), Guard(env=env, ca=ca) as g:  # the test's own httpx calls trust it
             yield g, allowed_port, other_port
     finally:
         _TRUSTED.clear()
-        if saved is None:
-            os.environ.pop("SSL_CERT_FILE", None)
-        else:
-            os.environ["SSL_CERT_FILE"] = saved
 
 
 def _page_for(guard: Guard, cid: str, marker: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,3 +96,29 @@ def spki_pin(cert: Path) -> str:
     key = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
     der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+def serving(folder: Path) -> tuple[dict[str, str], Path]:
+    """The settings that make a chromaguard serve HTTPS with a certificate from a new CA in
+    ``folder``, and that CA (what clients trust)."""
+    authority = Authority(folder)
+    issued = authority.issue("chromaguard", "server")
+    return {"CHROMAGUARD_SSL_CERTFILE": str(issued.cert), "CHROMAGUARD_SSL_KEYFILE": str(issued.key)}, authority.cert
+
+
+@contextmanager
+def trusted_by_httpx(ca: Path | None) -> Iterator[None]:
+    """While it runs, httpx's default context (and so the tests' plain ``httpx.get``) trusts
+    ``ca`` (SSL_CERT_FILE, which httpx reads with trust_env); None: nothing changes."""
+    import os
+
+    saved = os.environ.get("SSL_CERT_FILE")
+    try:
+        if ca is not None:
+            os.environ["SSL_CERT_FILE"] = str(ca)
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("SSL_CERT_FILE", None)
+        else:
+            os.environ["SSL_CERT_FILE"] = saved
