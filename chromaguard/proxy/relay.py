@@ -16,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from ..http11.client import EngineConnection, UpstreamError, UpstreamPool, UpstreamTimeout
+from ..http11.client import EngineConnection, UpstreamError, UpstreamPool, UpstreamTimeout, UpstreamUnavailable
 from ..http11.fields import parse_fields, whole_answer
 from ..http11.server import ClientDisconnected
 from ..telemetry.attributes import RESPONSE_PARSE_LIMIT, RESULT_OPS, engine_trace_id
@@ -125,6 +125,9 @@ class Relay:
             watch.add(self)
         transport = conn.transport
         assert transport is not None  # an open connection has one
+        if transport.is_closing():  # the engine went away after the connection was handed out (killed)
+            conn.fail(UpstreamUnavailable("the engine closed the connection before the request was sent"))
+            return
         body = self.body
         if not body:
             transport.write(self.head)

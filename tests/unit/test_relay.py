@@ -328,6 +328,49 @@ def test_engine_closing_a_kept_alive_connection_unanswered_is_retried_on_a_fresh
     assert scene.counted.requests == [("query", 200)]
 
 
+def test_an_engine_connection_closed_before_the_request_goes_is_never_written_to() -> None:
+    """The retry's fresh connection, closed by an engine killed just after it was opened (its
+    close not yet delivered): uvloop refuses a write there with a RuntimeError. The client gets
+    one clean 5xx, no traceback."""
+    class Closed(Socketless):
+        def write(self, data: bytes) -> None:
+            if self.closed:
+                raise RuntimeError("unable to perform operation on a closed transport")
+            super().write(data)
+
+        def writelines(self, data: list[bytes]) -> None:
+            self.write(b"".join(data))
+
+    async def run() -> tuple[Scene, bytes]:
+        scene = Scene()
+        stale = EngineConnection()
+        stale.connection_made(Socketless())  # type: ignore[arg-type]
+        stale.complete = True
+        stale.used = True
+        scene.pool.release(stale)
+
+        async def connect() -> EngineConnection:  # what the retry gets: a connection already dead
+            dead = EngineConnection()
+            transport = Closed()
+            dead.connection_made(transport)  # type: ignore[arg-type]
+            dead.complete = True
+            transport.closed = True
+            return dead
+
+        scene.pool.connect = connect  # type: ignore[method-assign]
+        await scene.play([("client", query())])
+        stale.connection_lost(ConnectionResetError())  # the first try: nothing arrived, so a retry
+        for _ in range(200):
+            if scene.client_side.written:
+                break
+            await asyncio.sleep(0.01)
+        return scene, b"".join(scene.client_side.written)
+
+    scene, client = asyncio.run(run())
+    assert client.startswith((b"HTTP/1.1 502 ", b"HTTP/1.1 503 ")), client[:200]
+    assert [status for _, status in scene.counted.requests] in ([502], [503])
+
+
 def test_a_body_over_the_payload_limit_gets_413_and_never_reaches_the_engine() -> None:
     engine, client, _ = play([("client", query())], max_payload=len(BODY) - 1)
     assert engine == b""
