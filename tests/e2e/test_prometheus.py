@@ -44,7 +44,8 @@ class Prometheus:
     def __init__(self, target: str, folder: Path) -> None:
         self.port = free_port()
         rules = (RULES / "chromaguard-rules.yml").read_text()
-        (folder / "rules.yml").write_text(re.sub(r"for: \d+m", "for: 2s", rules))
+        (folder / "rules.yml").write_text(re.sub(r"interval: \d+s", "interval: 1s", re.sub(r"for: \d+m", "for: 2s",
+                                                                                          rules)))
         (folder / "prometheus.yml").write_text(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             "rule_files: [rules.yml]\n"
@@ -110,10 +111,10 @@ def test_a_real_prometheus_evaluates_every_rule_and_sees_the_engine_go_down(
         assert time.monotonic() < deadline, rules
         time.sleep(0.5)
     assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
-    up = prometheus.api("query", query='chromaguard_engine_up{job="chromaguard"}')["result"]
-    assert up and up[0]["value"][1] == "1", up
-    free = prometheus.api("query", query="chromaguard_data_disk_free_bytes")["result"]
-    assert free and float(free[0]["value"][1]) > 0, "the disk gauge the disk alert reads is there"
+    up = _until_data(prometheus, 'chromaguard_engine_up{job="chromaguard"}')  # rules run before the first scrape
+    assert up[0]["value"][1] == "1", up
+    free = _until_data(prometheus, "chromaguard_data_disk_free_bytes")
+    assert float(free[0]["value"][1]) > 0, "the disk gauge the disk alert reads is there"
     assert not [a for a in prometheus.api("alerts")["alerts"] if a["labels"]["alertname"] == "ChromaguardEngineDown"]
 
     # Kill the engine whenever the supervisor brings it back: its back-off soon keeps it down.
@@ -130,6 +131,17 @@ def test_a_real_prometheus_evaluates_every_rule_and_sees_the_engine_go_down(
     alert = firing[0]
     assert alert["labels"]["severity"] == "critical" and alert["labels"]["instance"] == f"127.0.0.1:{g.port}"
     assert "is down" in alert["annotations"]["summary"]
+
+
+def _until_data(prometheus: Prometheus, query: str, timeout: float = 30.0) -> list[dict]:
+    """The query's result once it has one (scrapes run every second, the first at any moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = prometheus.api("query", query=query)["result"]
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"no data for {query} in {timeout} s"
+        time.sleep(0.5)
 
 
 def _engine_pid(g: Guard) -> int | None:
