@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import zstandard
 from support.procs import cli
-from support.repositories import backup, dump, one_line_error, write_data
+from support.repositories import backup, copy_data, dump, one_line_error, write_data
 
 from chromaguard.backup import repository as repo_module
 from chromaguard.backup.repository import Repository, RepositoryError, _head_needed
@@ -25,11 +25,18 @@ from chromaguard.backup.retention import Policy
 from chromaguard.backup.store import Store
 
 
-@pytest.fixture
-def source(tmp_path: Path) -> Path:
-    path = tmp_path / "data"
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One collection written by the real engine, once for the module."""
+    path = tmp_path_factory.mktemp("written") / "data"
     write_data(path, {"docs": {"add": [0, 3000], "dim": 32, "seed": 1}})
     return path
+
+
+@pytest.fixture
+def source(written: Path, tmp_path: Path) -> Path:
+    """A copy of it of each test's own, to change and back up."""
+    return copy_data(written, tmp_path)
 
 
 def _backups_with_churn(source: Path, repo: str, n: int = 3) -> list[str]:

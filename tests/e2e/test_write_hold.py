@@ -254,7 +254,7 @@ def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_hold_does_not_grow_with_the_number_of_collections(tmp_path: Path) -> None:
-    n = 300
+    n = 120
     with Guard() as g:
         expected: dict[str, int] = {}
         with httpx.Client(base_url=g.url, timeout=60) as http:
@@ -279,7 +279,7 @@ def test_the_hold_does_not_grow_with_the_number_of_collections(tmp_path: Path) -
         httpx.delete(g.url + f"/chromaguard/snapshots/{info['id']}", timeout=30)
         elapsed = time.monotonic() - started
         hold_ms, describe_ms = info["write_hold_ms"], info["after_hold_ms"]["describe"]
-        # What the hold used to cover (a count and a sample per collection: 2.5 s here before) now
+        # What the hold used to cover (a count and a sample per collection: 2.5 s for 300 before) now
         # runs after it; the hold is the copy alone. Generous: other tests may share the machine.
         assert hold_ms < describe_ms and hold_ms < elapsed * 1000 / 2, (hold_ms, describe_ms, elapsed)
         assert hold_ms < 2000, hold_ms

@@ -83,6 +83,8 @@ def pid_alive(pid: int) -> bool:
 class Guard:
     """``chromaguard serve`` as a child process with its own port, data dir and log file."""
 
+    started: list[Guard] = []  # since the current test began (conftest reports their logs when it fails)
+
     def __init__(self, *args: str, data_dir: Path | None = None, env: dict[str, str] | None = None,
                  port: int | None = None, ca: Path | None = None) -> None:
         self.ca = ca  # HTTPS: the CA its certificate chains to (the certificate comes in env or args)
@@ -99,6 +101,8 @@ class Guard:
         return f"{'https' if self.ca else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> Guard:
+        Guard.started.append(self)
+        self.last_log = ""
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "chromaguard", "serve", *self.args],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
@@ -110,7 +114,10 @@ class Guard:
 
     @property
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:  # closed: what it held when it closed
+            return self.last_log
 
     def engine(self) -> tuple[int, int]:
         """(pid, port) of the engine most recently started."""
@@ -132,6 +139,8 @@ class Guard:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        if self.log_path.exists():
+            self.last_log = self.log_path.read_text(errors="replace")
         self.tmp.cleanup()
 
     def __enter__(self) -> Guard:
