@@ -34,12 +34,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \\
     PERSIST_DIRECTORY=/data
 
 COPY {wheel} /tmp/{wheel}
-RUN echo "{sha256}  /tmp/{wheel}" | sha256sum -c - \\
-    && pip install /tmp/{wheel} && rm /tmp/{wheel} \\
+RUN echo "{sha256}  /tmp/{wheel}" > /tmp/SHA256SUMS && sha256sum -c /tmp/SHA256SUMS \\
+    && pip install /tmp/{wheel} && rm /tmp/{wheel} /tmp/SHA256SUMS \\
     && useradd --system --uid 10001 --home-dir /data chroma \\
     && mkdir -p /data && chown chroma /data
 
-USER chroma
+USER 10001
 VOLUME ["/data"]
 EXPOSE 8000
 

@@ -520,7 +520,7 @@ def test_init_builds_from_its_own_wheel_pinned_by_hash_never_by_name(tmp_path: P
     assert len(wheels) == 1, wheels
     wheel = wheels[0]
     sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    assert f'echo "{sha}  /tmp/{wheel.name}" | sha256sum -c -' in dockerfile
+    assert f'echo "{sha}  /tmp/{wheel.name}" > /tmp/SHA256SUMS && sha256sum -c /tmp/SHA256SUMS' in dockerfile
     assert f"COPY {wheel.name} /tmp/{wheel.name}" in dockerfile
     assert f"pip install /tmp/{wheel.name}" in dockerfile
     assert "pip install chromaguard" not in dockerfile, "never by name"
