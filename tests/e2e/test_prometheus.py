@@ -92,6 +92,12 @@ def watched(tmp_path: Path) -> Iterator[tuple[Guard, Prometheus]]:
            "CHROMAGUARD_BACKUP_REPOSITORY": str(tmp_path / "backups"), "CHROMAGUARD_BACKUP_SCHEDULE": "1h",
            "CHROMAGUARD_BACKUP_VERIFY": "off"}
     with Guard(env=env) as g:
+        # The start-up backup done first. Seen twice in CI: a request sent while it ran was cut
+        # (reset, or closed unanswered); open, see the session 14 note on issue 23.
+        deadline = time.monotonic() + 60
+        while "scheduled backup" not in g.log:
+            assert time.monotonic() < deadline, g.log
+            time.sleep(0.1)
         prometheus = Prometheus(f"127.0.0.1:{g.port}", tmp_path)
         try:
             yield g, prometheus
