@@ -12,7 +12,6 @@ import itertools
 import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support.mounts import tmpfs
 from support.procs import Guard, Workers
 from support.supervised import NO_BEAT, NO_READ, OK, FakePool, Scripted, supervised
 
@@ -348,30 +348,16 @@ def test_sigstopped_engine_under_load_is_answered_fast_and_replaced() -> None:
                           json={"ids": ["after"], "embeddings": [[5.0, 6.0]]}).status_code == 201
 
 
-def _tmpfs(tmp_path: Path, size_mib: int) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(mount)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        if os.environ.get("CI"):  # CI runs as root: the full-disk test must run there, never skip
-            raise RuntimeError(f"CI must be able to mount a tmpfs: {result.stderr.strip()}")
-        pytest.skip(f"cannot mount a {size_mib} MiB tmpfs for the full-disk test (needs root): {result.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    yield from _tmpfs(tmp_path, 20)
+    with tmpfs(tmp_path / "disk", "20m") as mount:
+        yield mount
 
 
 @pytest.fixture
 def disk_200m(tmp_path: Path) -> Iterator[Path]:
-    yield from _tmpfs(tmp_path, 200)
+    with tmpfs(tmp_path / "disk", "200m") as mount:
+        yield mount
 
 
 def _fill(filler: Path, leave: int = 0) -> None:

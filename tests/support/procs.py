@@ -95,6 +95,7 @@ class Guard:
         self.args = ["--port", str(self.port), "--data-dir", str(self.data_dir), *args]
         self.env = clean_env(**(env or {}))
         self.proc: subprocess.Popen | None = None
+        self.last_log = ""  # the log as it was when the service closed (its folder is gone then)
 
     @property
     def url(self) -> str:
@@ -102,7 +103,6 @@ class Guard:
 
     def start(self, wait: bool = True) -> Guard:
         Guard.started.append(self)
-        self.last_log = ""
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "chromaguard", "serve", *self.args],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
