@@ -15,9 +15,6 @@ step of our Dockerfile and the image's behaviour are tested, not the upstream ba
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import threading
 import time
 import uuid
@@ -28,84 +25,17 @@ import chromadb
 import httpx
 import pytest
 from chromadb.config import Settings
+from support.podman import BUILD_FLAGS, Podman, podman_runtime
 from support.procs import cli, free_port
 
 pytestmark = pytest.mark.timeout(900)
 
-BASE_IMAGE = "docker.io/library/python:3.11-slim"
-CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # how pip in the build reaches the package index here
 BASE = "/api/v2/tenants/default_tenant/databases/default_database"
-# runc, not crun (which fails on this machine's cgroup layout); no systemd; rlimits may only be lowered.
-CONTAINERS_CONF = """\
-[containers]
-netns = "host"
-default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"""
-
-
-def _missing() -> str | None:
-    for tool, package in (("podman", "podman"), ("runc", "runc"), ("mmdebstrap", "mmdebstrap")):
-        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-            return f"{tool} is not installed here (apt-get install {package}); .ci/run installs it"
-    if os.geteuid() != 0:
-        return "podman runs as root here (rootless needs subuid ranges this machine has not)"
-    return None
-
-
-class Podman:
-    def __init__(self, folder: Path) -> None:
-        conf = folder / "containers.conf"
-        conf.write_text(CONTAINERS_CONF)
-        self.env = {**os.environ, "CONTAINERS_CONF": str(conf)}
-        self.tag = uuid.uuid4().hex[:8]
-        self.made: list[tuple[str, str]] = []  # (kind, name) to remove at the end
-
-    def __call__(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(["podman", *args], capture_output=True, text=True, env=self.env, timeout=timeout)
-        if check:
-            assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
-        return done
-
-    def remember(self, kind: str, name: str) -> str:
-        self.made.append((kind, name))
-        return name
-
-    def close(self) -> None:
-        for kind, name in reversed(self.made):
-            self(kind, "rm", "-f", name, check=False)
 
 
 @pytest.fixture(scope="module")
 def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
-    reason = _missing()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the container tests: {reason}")
-        pytest.skip(reason)
-    runtime = Podman(tmp_path_factory.mktemp("podman"))
-    if runtime("image", "exists", BASE_IMAGE, check=False).returncode != 0:
-        _base_image(runtime, tmp_path_factory.mktemp("base"))
-    yield runtime
-    runtime.close()
-
-
-def _base_image(runtime: Podman, folder: Path) -> None:
-    """The stand-in for python:3.11-slim: Debian's Python with ``python``/``pip`` on the PATH,
-    pip allowed to install into it as the official image's is."""
-    tar = folder / "base.tar"
-    made = subprocess.run(
-        ["mmdebstrap", "--variant=minbase", "--include=python3,python3-pip,python3-venv,ca-certificates,bash",
-         '--customize-hook=chroot "$1" ln -sf /usr/bin/python3 /usr/local/bin/python',
-         '--customize-hook=chroot "$1" ln -sf /usr/bin/pip3 /usr/local/bin/pip',
-         '--customize-hook=rm -f "$1"/usr/lib/python3.11/EXTERNALLY-MANAGED',
-         "bookworm", str(tar)], capture_output=True, text=True, timeout=600)
-    assert made.returncode == 0, made.stderr[-3000:]
-    runtime("import", "--change", 'CMD ["python3"]', str(tar), BASE_IMAGE, timeout=300)
-    tar.unlink()
+    yield from podman_runtime(tmp_path_factory.mktemp("podman"), tmp_path_factory.mktemp("base"))
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +45,7 @@ def image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> str:
     written = cli("init", "--dir", str(folder))
     assert written.returncode == 0, written.stderr
     name = podman.remember("image", f"localhost/chromaguard-test:{podman.tag}")
-    podman("build", "--isolation=chroot", "--network=host", "--format", "docker",
-           "-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro", "-t", name, str(folder), timeout=900)
+    podman("build", *BUILD_FLAGS, "-t", name, str(folder), timeout=900)
     size = int(podman("image", "inspect", "--format", "{{.Size}}", name).stdout.strip())
     print(f"image {name}: {size / 1e6:.0f} MB")
     return name
@@ -133,14 +62,8 @@ class Container:
                "-e", "OTEL_SERVICE_NAME=chroma-in-a-container", image)
         self.url = f"http://127.0.0.1:{port}"
 
-    def healthy(self, timeout: float = 90) -> None:
-        """Docker-style health: the image's own HEALTHCHECK, run as the runtime runs it."""
-        deadline = time.monotonic() + timeout
-        while self.podman("healthcheck", "run", self.name, check=False).returncode != 0:
-            assert time.monotonic() < deadline, self.podman("logs", self.name).stderr[-3000:]
-            time.sleep(1)
-        status = self.podman("inspect", "--format", "{{.State.Health.Status}}", self.name).stdout.strip()
-        assert status == "healthy", status
+    def healthy(self) -> None:
+        self.podman.healthy(self.name)
 
     def remove(self) -> None:
         self.podman("rm", "-f", self.name)
