@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,13 @@ HEALTHCHECK --interval=30s --timeout=15s --retries=3 --start-period=60s \\
 CMD ["chromaguard", "serve"]
 """
 
+# The build context is the folder, which holds the tokens too: the builder is sent the wheel alone.
+_DOCKERIGNORE = "# written by `chromaguard init`: the image needs only the wheel\n*\n!chromaguard-*.whl\n"
+# Written only where there is no .gitignore yet: the secrets the compose file mounts stay out of git.
+_GITIGNORE = ("# written by `chromaguard init`: secrets the compose file mounts\n"
+              "chroma_tokens.json\nchroma_metrics_token.txt\n")
+_WHEEL_NAME = re.compile(r"[A-Za-z0-9_.+-]+\.whl")  # it is written into the Dockerfile's COPY and RUN lines
+
 # The deploy files init writes, as the package holds them (deploy/ links to the same files).
 _TEMPLATES = ("otel-collector.yaml", "chroma_tokens.example.json", "prometheus/prometheus.yml",
               "prometheus/chromaguard-rules.yml", "grafana/chromaguard.json",
@@ -77,7 +85,7 @@ def own_wheel(into: Path, given: Path | None = None) -> Path:
     runs from, else the wheel it was installed from; one line saying what to do when none is."""
     if given is not None:
         if not given.is_file() or not given.name.startswith(f"chromaguard-{__version__}-") \
-                or given.suffix != ".whl":
+                or not _WHEEL_NAME.fullmatch(given.name):
             raise ChromaguardError(f"{given}: not a chromaguard {__version__} wheel "
                                    f"(chromaguard-{__version__}-*.whl); give the wheel this chromaguard came from")
         return Path(shutil.copy2(given, into / given.name))
@@ -138,7 +146,8 @@ def sha256_of(path: Path) -> str:
 
 
 def write(directory: Path, *, force: bool = False, wheel: Path | None = None) -> list[Path]:
-    outputs = {"docker-compose.yml": compose_text(), **{name: template(name) for name in _TEMPLATES}}
+    outputs = {"docker-compose.yml": compose_text(), ".dockerignore": _DOCKERIGNORE,
+               **{name: template(name) for name in _TEMPLATES}}
     directory.mkdir(parents=True, exist_ok=True)
     existing = [name for name in [*outputs, "Dockerfile"] if (directory / name).exists()]
     if existing and not force:
@@ -153,4 +162,8 @@ def write(directory: Path, *, force: bool = False, wheel: Path | None = None) ->
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         written.append(path)
+    gitignore = directory / ".gitignore"
+    if not gitignore.exists():
+        gitignore.write_text(_GITIGNORE, encoding="utf-8")
+        written.append(gitignore)
     return [*written, built]

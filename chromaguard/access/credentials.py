@@ -321,8 +321,9 @@ def _principal(record: dict[str, Any], bare: bool, index: int, where: str) -> tu
     if token is not None:
         if not isinstance(token, str):
             raise CredentialsError(f"{where}: entry {index}: the token must be a string (quote it)")
-        if not token.strip() or token != token.strip():
-            raise CredentialsError(f"{where}: entry {index}: a token must be non-empty without surrounding spaces")
+        problem = token_problem(token)
+        if problem:
+            raise CredentialsError(f"{where}: entry {index}: {problem}")
         token_key = digest(token)
     elif sha is not None:
         if not isinstance(sha, str) or not _HEX64.match(hex_digest := sha.removeprefix("sha256:")):
@@ -354,6 +355,20 @@ def _principal(record: dict[str, Any], bare: bool, index: int, where: str) -> tu
     return token_key, Principal(name, role, str(tenant) if tenant else None,
                              tuple(databases) if databases else None,
                              "a bare token: full access" if bare else "role from its record")
+
+
+# The tokens of our example files and docs: known to everyone who read them, so never a credential.
+PLACEHOLDER_PREFIXES = ("replace-with-", "change-me")
+
+
+def token_problem(token: str) -> str:
+    """Why ``token`` cannot be a credential ("" when it can)."""
+    if not token.strip() or token != token.strip():
+        return "a token must be non-empty without surrounding spaces"
+    if token.lower().startswith(PLACEHOLDER_PREFIXES):
+        return (f"the token {token[:13]}... is an example's placeholder, which anyone who read the example knows; "
+                "put a long random token in its place (python -c \"import secrets; print(secrets.token_urlsafe(32))\")")
+    return ""
 
 
 def parse_tokens(text: str, where: str, fmt: str | None = None) -> CredentialStore:
@@ -398,8 +413,9 @@ def _users_store(data: dict[str, Any], where: str) -> CredentialStore:
     tokens: dict[bytes, Principal] = {}
     principals: dict[str, Principal] = {}
     for token, user_id in records:
-        if not token.strip() or token != token.strip():
-            raise CredentialsError(f"{where}: user {user_id!r}: a token must be non-empty without surrounding spaces")
+        problem = token_problem(token)
+        if problem:
+            raise CredentialsError(f"{where}: user {user_id!r}: {problem}")
         key = digest(token)
         if key in tokens and tokens[key].name != user_id:
             raise CredentialsError(f"{where}: a token of {user_id!r} is also {tokens[key].name!r}'s: give each "

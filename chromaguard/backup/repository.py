@@ -118,6 +118,9 @@ def _manifest_key(backup_id: str) -> str:
     return f"backups/{backup_id}.json.zst"
 
 
+MANIFEST_READERS = 16  # manifests fetched at once by `backups list`
+
+
 def _verified_key(backup_id: str) -> str:
     return f"verified/{backup_id}.json"
 
@@ -300,29 +303,49 @@ class Repository:
                                     "not this repository's)") from None
         return _parse_manifest(self.url, backup_id, raw)
 
-    def backups(self) -> list[BackupInfo]:
-        """Every backup with its facts and last verification, oldest first."""
+    def backups(self, readers: int = MANIFEST_READERS) -> list[BackupInfo]:
+        """Every backup with its facts and last verification, oldest first.
+
+        The manifests are fetched side by side: one GET each, so thousands of backups on an object
+        store would otherwise take a round trip apiece, one after another."""
         verified = {info.key.rsplit("/", 1)[-1][:-5] for info in self.store.list("verified")}
-        out = []
-        for backup_id in self.ids():
+
+        def one(backup_id: str) -> BackupInfo:
             try:
                 m = self.manifest(backup_id)
             except CorruptBackup as exc:
-                out.append(BackupInfo(backup_id, _id_time(backup_id), 0, 0, 0, 0, 0, None,
-                                      {"ok": False, "message": str(exc)}))
-                continue
-            out.append(_info(m, self._verification(backup_id) if backup_id in verified else None))
-        return out
+                return BackupInfo(backup_id, _id_time(backup_id), 0, 0, 0, 0, 0, None,
+                                  {"ok": False, "message": str(exc)})
+            return _info(m, self._verification(backup_id) if backup_id in verified else None)
+
+        with concurrent.futures.ThreadPoolExecutor(readers) as pool:
+            return list(pool.map(one, self.ids()))
 
     def _verification(self, backup_id: str) -> dict[str, Any] | None:
-        with contextlib.suppress(MissingObject, ValueError):
-            found = json.loads(self.store.get(_verified_key(backup_id)))
+        """The last verification of a backup. In an encrypted repository its record is sealed and
+        bound to the backup: one that does not open (planted, copied from another backup, or
+        written before records were sealed) is not taken as a success."""
+        try:
+            raw = self.store.get(_verified_key(backup_id))
+        except MissingObject:
+            return None
+        if self.sealer is not None:
+            try:
+                raw = self.sealer.unseal(raw, _verified_key(backup_id).encode())
+            except Unreadable:
+                return {"ok": False, "message": "its verification record does not decrypt with the repository key "
+                        f"(forged, or corrupt): not trusted; `chromaguard verify {self.url} --id {backup_id}` "
+                        "writes a new one"}
+        with contextlib.suppress(ValueError):
+            found = json.loads(raw)
             return found if isinstance(found, dict) else None
         return None
 
     def note_verification(self, backup_id: str, ok: bool, message: str, kind: str) -> None:
-        self.store.put(_verified_key(backup_id), json.dumps(
-            {"time": _iso(time.time()), "ok": ok, "kind": kind, "message": message}).encode())
+        record = json.dumps({"time": _iso(time.time()), "ok": ok, "kind": kind, "message": message}).encode()
+        if self.sealer is not None:
+            record = self.sealer.seal(record, _verified_key(backup_id).encode())
+        self.store.put(_verified_key(backup_id), record)
 
     def select(self, backup_id: str | None = None, at: float | None = None) -> str:
         """A backup by id, else the newest at or before ``at``, else the newest."""

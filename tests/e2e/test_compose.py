@@ -10,7 +10,9 @@ loopback (podman here runs containers in the host's network namespace).
 
 from __future__ import annotations
 
+import json
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -30,7 +32,6 @@ pytestmark = pytest.mark.timeout(900)
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 8006  # the compose file's published port, which the README's lines name
-ADMIN = {"authorization": "Bearer replace-with-a-long-random-admin-token"}  # deploy/chroma_tokens.example.json
 BASE = f"http://127.0.0.1:{PORT}/api/v2/tenants/default_tenant/databases/default_database"
 OVERRIDE = """\
 # Test only: the services whose images cannot be pulled here are left out (a profile never
@@ -93,6 +94,8 @@ def tree(tmp_path: Path) -> Path:
     skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "chroma_tokens.json", "chroma_metrics_token.txt")
     shutil.copytree(ROOT / "chromaguard", tmp_path / "chromaguard", ignore=skip)
     shutil.copytree(ROOT / "deploy", tmp_path / "deploy", symlinks=True, ignore=skip)
+    # A secret left inside the package folder (the example edited in place): .dockerignore keeps it out.
+    (tmp_path / "chromaguard" / "templates" / "chroma_tokens.json").write_text('["canary-token-in-the-source"]')
     return tmp_path
 
 
@@ -110,10 +113,19 @@ def test_the_readme_compose_lines_run_the_service_healthy_traced_and_guarded(pod
     container = podman.remember("container", f"relink-chromadb-{tag}")
     try:
         outputs: dict[str, str] = {}
+        admin: dict[str, str] = {}
         for line in readme_lines():
             if "ps" in line.split():
                 podman.healthy(container)  # no systemd timers here: run the image's HEALTHCHECK as they would
             outputs[line] = compose.run(line, timeout=900 if "up" in line.split() else 120)
+            if line.startswith("cp "):  # "then put real tokens in it": the example's placeholders are refused
+                tokens = tree / "deploy" / "chroma_tokens.json"
+                records = json.loads(tokens.read_text())
+                assert records[0]["role"] == "admin"
+                for record in records:
+                    record["token"] = secrets.token_urlsafe(24)
+                tokens.write_text(json.dumps(records))
+                admin = {"authorization": f"Bearer {records[0]['token']}"}
 
         def said(word: str) -> str:
             [out] = [out for line, out in outputs.items() if word in line.split()]
@@ -123,6 +135,8 @@ def test_the_readme_compose_lines_run_the_service_healthy_traced_and_guarded(pod
         assert "nanosecond heartbeat" in said("curl")
         assert int(said("python3").strip()) > 0
         assert "CHROMA_SERVER_OTEL_SERVICE_NAME=relink-chromadb" in said("exec").splitlines()
+        found = podman("exec", container, "sh", "-c", "grep -rl canary-token-in-the-source /usr /tmp /data || true")
+        assert found.stdout.strip() == "", f"a secret from the build context is in the image: {found.stdout}"
         assert "health" in said("logs").lower()
 
         # What the compose file configures, working: traces under its service name, Ollama checked
@@ -137,7 +151,7 @@ def test_the_readme_compose_lines_run_the_service_healthy_traced_and_guarded(pod
         assert allowed.headers.get("access-control-allow-origin") == "http://localhost:3000", allowed.headers
         other = httpx.options(f"{BASE}/collections", headers={**preflight, "origin": "http://elsewhere.example"})
         assert "access-control-allow-origin" not in other.headers
-        client = chromadb.HttpClient(host="127.0.0.1", port=PORT, headers=ADMIN,
+        client = chromadb.HttpClient(host="127.0.0.1", port=PORT, headers=admin,
                                      settings=Settings(anonymized_telemetry=False))
         client.create_collection("kept", embedding_function=None).add(
             ids=["a"], embeddings=[[1.0, 0.0]], documents=["on the volume"])
@@ -147,7 +161,7 @@ def test_the_readme_compose_lines_run_the_service_healthy_traced_and_guarded(pod
         assert podman("container", "exists", container, check=False).returncode != 0
         compose.run("docker compose -f deploy/docker-compose.yml up -d", timeout=300)
         podman.healthy(container)
-        kept = chromadb.HttpClient(host="127.0.0.1", port=PORT, headers=ADMIN,
+        kept = chromadb.HttpClient(host="127.0.0.1", port=PORT, headers=admin,
                                    settings=Settings(anonymized_telemetry=False)).get_collection("kept")
         assert kept.get(ids=["a"], include=["documents"])["documents"] == ["on the volume"]
     finally:

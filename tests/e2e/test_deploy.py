@@ -30,6 +30,15 @@ def test_compose_mirrors_the_seed_names_and_ports() -> None:
     assert _env(chroma)["CHROMA_SERVER_OTEL_SERVICE_NAME"] == "relink-chromadb"
 
 
+def test_compose_lets_the_drain_finish_and_keeps_unauthenticated_uis_on_this_host() -> None:
+    services = _compose()["services"]
+    grace = services["chromadb"]["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) > load_settings(env={}).drain_timeout, \
+        "docker's default 10 s would SIGKILL a 30 s drain"
+    for name in ("ollama", "jaeger", "prometheus", "grafana"):  # no auth of their own
+        assert all(str(port).startswith("127.0.0.1:") for port in services[name]["ports"]), name
+
+
 def test_compose_environment_is_valid_chromaguard_configuration(tmp_path: Path) -> None:
     env = _env(_compose()["services"]["chromadb"])
     tokens = tmp_path / "tokens.json"

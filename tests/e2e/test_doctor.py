@@ -524,6 +524,10 @@ def test_init_builds_from_its_own_wheel_pinned_by_hash_never_by_name(tmp_path: P
     assert f"COPY {wheel.name} /tmp/{wheel.name}" in dockerfile
     assert f"pip install /tmp/{wheel.name}" in dockerfile
     assert "pip install chromaguard" not in dockerfile, "never by name"
+    # The build context is the folder, tokens and all: the builder is sent the wheel alone, and git
+    # is told to leave the secrets out (where the folder has no .gitignore of its own).
+    assert (out / ".dockerignore").read_text().splitlines()[1:] == ["*", "!chromaguard-*.whl"]
+    assert {"chroma_tokens.json", "chroma_metrics_token.txt"} <= set((out / ".gitignore").read_text().splitlines())
     with zipfile.ZipFile(wheel) as archive:  # this chromaguard, templates included
         names = set(archive.namelist())
         assert "chromaguard/service.py" in names and "chromaguard/templates/prometheus/chromaguard-rules.yml" in names
@@ -536,6 +540,17 @@ def test_init_builds_from_its_own_wheel_pinned_by_hash_never_by_name(tmp_path: P
     refused = cli("init", "--dir", str(tmp_path / "evil"), "--wheel", str(tmp_path / "evil.whl"), timeout=60)
     assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert "not a chromaguard" in refused.stderr
+    # A wheel whose name would be shell or Dockerfile syntax in the lines it is written into.
+    odd = tmp_path / f"{wheel.name[:-4]};touch pwned.whl"
+    odd.write_bytes(wheel.read_bytes())
+    refused = cli("init", "--dir", str(tmp_path / "odd"), "--wheel", str(odd), timeout=60)
+    assert refused.returncode != 0 and "not a chromaguard" in refused.stderr, refused.stderr
+    # A .gitignore of the user's own is left as it was.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / ".gitignore").write_text("build/\n")
+    assert cli("init", "--dir", str(mine), "--wheel", str(wheel), timeout=60).returncode == 0
+    assert (mine / ".gitignore").read_text() == "build/\n"
 
 
 # ---- live -------------------------------------------------------------------------------------

@@ -95,9 +95,12 @@ def test_the_statefulset_runs_what_chromaguard_needs(base: list[dict[str, Any]])
     secret = _one(base, "Secret", credentials["secretName"])
     path = Path(mounts["credentials"]) / credentials["items"][0]["path"]
     assert str(path) == env["CHROMA_SERVER_AUTH_CREDENTIALS_FILE"]
-    from chromaguard.access.credentials import parse_tokens
+    from chromaguard.access.credentials import CredentialsError, parse_tokens
 
-    store = parse_tokens(secret["stringData"][credentials["items"][0]["key"]], "tokens.yaml")
+    written = secret["stringData"][credentials["items"][0]["key"]]
+    with pytest.raises(CredentialsError, match="placeholder"):  # applied unedited, the pod does not start
+        parse_tokens(written, "tokens.yaml")
+    store = parse_tokens(written.replace("replace-with-", "r4nd0m-"), "tokens.yaml")
     assert {p.role for p in store.principals()} == {"admin", "write", "read"}
     # The backup settings come from their Secret, and chromaguard accepts them as written.
     backup = _one(base, "Secret", container["envFrom"][0]["secretRef"]["name"])
@@ -120,6 +123,11 @@ def test_services_budget_and_network_policy_select_the_pods(base: list[dict[str,
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     sources = policy["spec"]["ingress"][0]["from"]
     assert {"chromaguard-client": "true"} in [s.get("podSelector", {}).get("matchLabels") for s in sources]
+    # Prometheus: a pod so labelled in a namespace so labelled, both in one peer (two peers would
+    # let every pod of that namespace in).
+    monitoring = [s for s in sources if "namespaceSelector" in s]
+    assert monitoring == [{"namespaceSelector": {"matchLabels": {"chromaguard-monitoring": "true"}},
+                           "podSelector": {"matchLabels": {"chromaguard-monitoring": "true"}}}]
     assert policy["spec"]["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"}]
 
 
@@ -127,7 +135,9 @@ def test_the_service_monitor_scrapes_the_service_as_the_rules_expect() -> None:
     docs = _build("monitoring")
     monitor = _one(docs, "ServiceMonitor")
     service = _one(docs, "Service", "chromaguard")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    selected = [d["metadata"]["name"] for d in docs if d["kind"] == "Service"
+                and monitor["spec"]["selector"]["matchLabels"].items() <= d["metadata"]["labels"].items()]
+    assert selected == ["chromaguard"], "each pod scraped once: the headless Service is not selected"
     endpoint = monitor["spec"]["endpoints"][0]
     assert endpoint["port"] == service["spec"]["ports"][0]["name"]
     assert {"targetLabel": "job", "replacement": "chromaguard"} in endpoint["relabelings"]

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import zstandard
 from support.procs import cli
-from support.repositories import backup, copy_data, dump, one_line_error, write_data
+from support.repositories import backup, copy_data, dump, listed, one_line_error, write_data
 
 from chromaguard.backup import repository as repo_module
 from chromaguard.backup.repository import Repository, RepositoryError, _head_needed
@@ -278,4 +278,49 @@ def test_an_empty_password_or_a_downgraded_config_never_means_plaintext(source: 
     (sealed / "config.json").write_text(json.dumps(config))
     one_line_error(cli("restore", str(sealed), "--data-dir", str(tmp_path / "t"), CHROMAGUARD_BACKUP_PASSWORD="pw"),
                    "not encrypted, but a backup password is set")
+    assert not (tmp_path / "t").exists()
+
+
+def test_an_encrypted_repositorys_verification_records_cannot_be_planted_or_moved(source: Path,
+                                                                                    tmp_path: Path) -> None:
+    secret = {"CHROMAGUARD_BACKUP_PASSWORD": "pw"}
+    sealed = tmp_path / "sealed"
+    first = backup(source, str(sealed), secret)["id"]
+    write_data(source, {"docs": {"add": [20_000, 40], "dim": 32, "seed": 7}})
+    second = backup(source, str(sealed), secret)["id"]
+    assert cli("verify", str(sealed), "--id", first, "--chunks-only", **secret).returncode == 0
+    record = sealed / "verified" / f"{first}.json"
+    assert b'"ok"' not in record.read_bytes()  # sealed, not readable (or writable) without the key
+
+    def verification(backup_id: str) -> dict[str, Any]:
+        [found] = [b for b in listed(str(sealed), secret) if b["id"] == backup_id]
+        return found["verified"]
+
+    assert verification(first)["ok"] is True
+    # Someone with write access to the store marks the unverified backup as verified: in clear, and
+    # with the first backup's sealed record copied over. Neither is taken as a success.
+    planted = sealed / "verified" / f"{second}.json"
+    planted.write_text(json.dumps({"time": "2026-12-03T00:00:00Z", "ok": True, "kind": "full", "message": "fine"}))
+    assert verification(second)["ok"] is False and "not trusted" in verification(second)["message"]
+    planted.write_bytes(record.read_bytes())
+    assert verification(second)["ok"] is False
+    assert verification(first)["ok"] is True
+
+
+def test_a_backup_copied_from_another_repository_with_the_same_password_does_not_open(source: Path,
+                                                                                      tmp_path: Path) -> None:
+    secret = {"CHROMAGUARD_BACKUP_PASSWORD": "reused"}
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    backup(source, str(mine), secret)
+    foreign = backup(source, str(theirs), secret)["id"]
+    # Each repository derives its own key (its own salt): their manifest and packs, copied into mine,
+    # are refused as not this repository's, and nothing is restored.
+    for part in ("backups", "packs"):
+        for path in (theirs / part).rglob("*"):
+            if path.is_file():
+                target = mine / path.relative_to(theirs)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(path.read_bytes())
+    one_line_error(cli("restore", str(mine), "--id", foreign, "--data-dir", str(tmp_path / "t"), **secret),
+                   foreign, "does not decrypt")
     assert not (tmp_path / "t").exists()

@@ -89,10 +89,13 @@ def podman_runtime(folder: Path, base_folder: Path) -> Iterator[Podman]:
             pytest.fail(f"CI must run the container tests: {reason}")
         pytest.skip(reason)
     runtime = Podman(folder)
-    with _BASE_LOCK.open("w") as lock:
+    lock = os.open(_BASE_LOCK, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)  # not through a planted link
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if runtime("image", "exists", BASE_IMAGE, check=False).returncode != 0:
             _base_image(runtime, base_folder)
+    finally:
+        os.close(lock)
     yield runtime
     runtime.close()
 

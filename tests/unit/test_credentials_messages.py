@@ -117,3 +117,26 @@ def test_what_each_accepted_record_becomes() -> None:
     assert store.check_token("W") is None and store.check_token("bare ") is None
     users = parse_htpasswd(f"alice:{HASH}\n", "h")
     assert users.principals() == [Principal("alice", how="htpasswd user: full access")]
+
+
+def _example_tokens() -> str:
+    from pathlib import Path
+
+    return (Path(__file__).resolve().parents[2] / "deploy" / "chroma_tokens.example.json").read_text()
+
+
+@pytest.mark.parametrize(("where", "fmt", "text"), [
+    ("chroma_tokens.json", "json", "EXAMPLE"),  # the example file, copied and not edited
+    ("t.yaml", "yaml", 'tokens:\n  - {token: "change-me-admin", name: ops, role: admin}\n'),  # docs/auth.md's
+    ("t.txt", "lines", "Replace-With-A-Token\n"),  # another spelling
+    ("t.yaml", "yaml", 'users:\n  - id: ops\n    tokens: ["real-one", "replace-with-a-token"]\n'),  # Chroma 0.6's
+])
+def test_a_placeholder_token_from_an_example_is_refused_never_a_login(where: str, fmt: str, text: str) -> None:
+    text = _example_tokens() if text == "EXAMPLE" else text
+    with pytest.raises(CredentialsError) as refused:
+        parse_tokens(text, where, fmt)
+    message = str(refused.value)
+    assert message.startswith(where) and "placeholder" in message and "token_urlsafe" in message, message
+    assert "\n" not in message
+    assert parse_tokens(text.replace("replace-with-", "r4nd0m-").replace("Replace-With-", "R4nd0m-")
+                        .replace("change-me", "ch4nged"), where, fmt)  # the same file with real tokens loads
