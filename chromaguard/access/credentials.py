@@ -329,6 +329,9 @@ def _principal(record: dict[str, Any], bare: bool, index: int, where: str) -> tu
         if not isinstance(sha, str) or not _HEX64.match(hex_digest := sha.removeprefix("sha256:")):
             raise CredentialsError(f"{where}: entry {index}: sha256 must be 64 hex digits (sha256sum of the token)")
         token_key = bytes.fromhex(hex_digest)
+        if token_key in _PLACEHOLDER_DIGESTS:
+            raise CredentialsError(f"{where}: entry {index}: the sha256 is that of an example's placeholder token, "
+                                   f"{_PLACEHOLDER_HINT}, and give its sha256")
     tenant = record.get("tenant")
     databases = record.get("databases")
     for key in ("tenant", "databases"):
@@ -358,16 +361,25 @@ def _principal(record: dict[str, Any], bare: bool, index: int, where: str) -> tu
 
 
 # The tokens of our example files and docs: known to everyone who read them, so never a credential.
-PLACEHOLDER_PREFIXES = ("replace-with-", "change-me")
+# A token that starts like one is refused, and so is a sha256 record of one of them exactly
+# (tests/unit/test_credentials_messages.py keeps this list equal to what the examples hold).
+PLACEHOLDER_PREFIXES = ("replace-with-", "change-me-")
+PLACEHOLDER_TOKENS = ("replace-with-a-long-random-admin-token", "replace-with-a-long-random-app-token",
+                      "replace-with-a-long-random-metrics-token", "change-me", "change-me-admin",
+                      "change-me-ingest", "change-me-dashboard", "change-me-team-a")
+_PLACEHOLDER_DIGESTS = frozenset(digest(t) for t in PLACEHOLDER_TOKENS)
+_PLACEHOLDER_HINT = ("which anyone who read the example knows; put a long random token in its place "
+                     "(python -c \"import secrets; print(secrets.token_urlsafe(32))\")")
 
 
 def token_problem(token: str) -> str:
     """Why ``token`` cannot be a credential ("" when it can)."""
     if not token.strip() or token != token.strip():
         return "a token must be non-empty without surrounding spaces"
-    if token.lower().startswith(PLACEHOLDER_PREFIXES):
-        return (f"the token {token[:13]}... is an example's placeholder, which anyone who read the example knows; "
-                "put a long random token in its place (python -c \"import secrets; print(secrets.token_urlsafe(32))\")")
+    lowered = token.lower()
+    for prefix in PLACEHOLDER_PREFIXES:
+        if lowered.startswith(prefix) or lowered == prefix.rstrip("-"):
+            return f"the token {prefix.rstrip('-')}... is an example's placeholder, {_PLACEHOLDER_HINT}"
     return ""
 
 

@@ -323,23 +323,25 @@ class Repository:
 
     def _verification(self, backup_id: str) -> dict[str, Any] | None:
         """The last verification of a backup. In an encrypted repository its record is sealed and
-        bound to the backup: one that does not open (planted, copied from another backup, or
-        written before records were sealed) is not taken as a success."""
+        bound to the backup, and only a sealed one can say it passed: a record in clear (written
+        before records were sealed, or planted) counts as none, and one that does not open (copied
+        from another backup, corrupt) as a failure. Either way a backup is never shown verified
+        on someone else's word; a failure only means the next backup does not build on it."""
         try:
             raw = self.store.get(_verified_key(backup_id))
         except MissingObject:
             return None
-        if self.sealer is not None:
-            try:
-                raw = self.sealer.unseal(raw, _verified_key(backup_id).encode())
-            except Unreadable:
-                return {"ok": False, "message": "its verification record does not decrypt with the repository key "
-                        f"(forged, or corrupt): not trusted; `chromaguard verify {self.url} --id {backup_id}` "
-                        "writes a new one"}
-        with contextlib.suppress(ValueError):
-            found = json.loads(raw)
-            return found if isinstance(found, dict) else None
-        return None
+        found = _record(raw)
+        if self.sealer is None:
+            return found
+        try:
+            return _record(self.sealer.unseal(raw, _verified_key(backup_id).encode()))
+        except Unreadable:
+            if found is not None:  # in clear: a "failed" is believed (the safe way), a "passed" is not
+                return found if found.get("ok") is False else None
+            return {"ok": False, "message": "its verification record does not decrypt with the repository key "
+                    f"(copied from another backup, or corrupt): not trusted; `chromaguard verify {self.url} --id "
+                    f"{backup_id}` writes a new one"}
 
     def note_verification(self, backup_id: str, ok: bool, message: str, kind: str) -> None:
         record = json.dumps({"time": _iso(time.time()), "ok": ok, "kind": kind, "message": message}).encode()
@@ -861,6 +863,14 @@ def _first_member_manifest(head: bytes) -> dict[str, Any]:
 
 def _id_time(backup_id: str) -> float:
     return calendar.timegm(time.strptime(backup_id[:15], "%Y%m%dT%H%M%S")) + int(backup_id[16:19]) / 1000
+
+
+def _record(raw: bytes) -> dict[str, Any] | None:
+    """A verification record as JSON, None when it is not one."""
+    with contextlib.suppress(ValueError):
+        found = json.loads(raw)
+        return found if isinstance(found, dict) else None
+    return None
 
 
 def _info(m: dict[str, Any], verified: dict[str, Any] | None) -> BackupInfo:

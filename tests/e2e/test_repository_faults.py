@@ -292,19 +292,31 @@ def test_an_encrypted_repositorys_verification_records_cannot_be_planted_or_move
     record = sealed / "verified" / f"{first}.json"
     assert b'"ok"' not in record.read_bytes()  # sealed, not readable (or writable) without the key
 
-    def verification(backup_id: str) -> dict[str, Any]:
+    def verification(backup_id: str) -> dict[str, Any] | None:
         [found] = [b for b in listed(str(sealed), secret) if b["id"] == backup_id]
         return found["verified"]
 
+    def built_on() -> int:  # chunks a new backup would not upload again
+        return len(Repository.open(str(sealed), password="pw").known_chunks())
+
     assert verification(first)["ok"] is True
-    # Someone with write access to the store marks the unverified backup as verified: in clear, and
-    # with the first backup's sealed record copied over. Neither is taken as a success.
+    everything = built_on()
+    # Someone with write access to the store marks the unverified backup as verified, in clear (as
+    # records were written before they were sealed): it stays unverified, and is still built on.
     planted = sealed / "verified" / f"{second}.json"
     planted.write_text(json.dumps({"time": "2026-12-03T00:00:00Z", "ok": True, "kind": "full", "message": "fine"}))
-    assert verification(second)["ok"] is False and "not trusted" in verification(second)["message"]
+    assert verification(second) is None
+    assert built_on() == everything
+    # The first backup's sealed record copied over: not trusted, shown as failed, not built on.
     planted.write_bytes(record.read_bytes())
-    assert verification(second)["ok"] is False
+    assert verification(second)["ok"] is False and "not trusted" in verification(second)["message"]
+    assert built_on() < everything
     assert verification(first)["ok"] is True
+    # An unencrypted repository's records stay plain JSON.
+    clear = tmp_path / "clear"
+    made = backup(source, str(clear), {})["id"]
+    assert cli("verify", str(clear), "--id", made, "--chunks-only").returncode == 0
+    assert json.loads((clear / "verified" / f"{made}.json").read_text())["ok"] is True
 
 
 def test_a_backup_copied_from_another_repository_with_the_same_password_does_not_open(source: Path,

@@ -6,11 +6,20 @@ refused file changes nothing; these pin what it says."""
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 
 import bcrypt
 import pytest
 
-from chromaguard.access.credentials import CredentialsError, Principal, parse_htpasswd, parse_tokens
+from chromaguard.access.credentials import (
+    PLACEHOLDER_TOKENS,
+    CredentialsError,
+    Principal,
+    parse_htpasswd,
+    parse_inline,
+    parse_tokens,
+)
 
 # A fixed salt: the same test ids in each xdist worker.
 HASH = bcrypt.hashpw(b"pw", b"$2b$04$" + b"chromaguardtestsaltxx.").decode()
@@ -140,3 +149,29 @@ def test_a_placeholder_token_from_an_example_is_refused_never_a_login(where: str
     assert "\n" not in message
     assert parse_tokens(text.replace("replace-with-", "r4nd0m-").replace("Replace-With-", "R4nd0m-")
                         .replace("change-me", "ch4nged"), where, fmt)  # the same file with real tokens loads
+
+
+def test_a_placeholder_is_refused_by_every_route_and_named_without_the_rest_of_the_token() -> None:
+    admin = "replace-with-a-long-random-admin-token"
+    for record in ({"sha256": hashlib.sha256(admin.encode()).hexdigest(), "role": "admin"},
+                   {"sha256": "sha256:" + hashlib.sha256(b"change-me-admin").hexdigest(), "role": "admin"}):
+        with pytest.raises(CredentialsError, match="sha256 is that of an example's placeholder"):
+            parse_tokens(json.dumps([record]), "t.json", "json")
+    with pytest.raises(CredentialsError, match="placeholder"):
+        parse_inline("token", f"good-one,{admin}", "CHROMA_SERVER_AUTH_CREDENTIALS")
+    with pytest.raises(CredentialsError) as refused:  # what follows the prefix is the user's: not shown
+        parse_tokens(json.dumps(["change-me-SECRET\nINFO forged line"]), "t.json", "json")
+    assert "SECRET" not in str(refused.value) and "\n" not in str(refused.value)
+    for fine in ("change-metadata-reader-7f3a", "replaced-with-care-91c2", "x-replace-with-y"):
+        assert parse_tokens(json.dumps([fine]), "t.json", "json")
+
+
+def test_the_placeholder_list_holds_every_token_our_examples_show() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    shown = set()
+    for name in ("deploy/chroma_tokens.example.json", "deploy/kubernetes/base/secret.yaml", "docs/auth.md",
+                 "docs/deploy.md", "README.md"):
+        shown |= set(re.findall(r"\b(?:replace-with-[\w-]*\w|change-me(?:-[\w-]*\w)?)", (root / name).read_text()))
+    assert shown and shown <= set(PLACEHOLDER_TOKENS), shown - set(PLACEHOLDER_TOKENS)
