@@ -19,13 +19,15 @@ from typing import NamedTuple
 
 from . import chroma06
 from .credentials import CredentialStore, Principal
-from .routes import ADMIN, READ, WRITE, Route
+from .routes import ADMIN, METRICS, READ, WRITE, Route
 
 ANONYMOUS = Principal("", "read", "default_tenant", ("default_database",))
 
 log = logging.getLogger("chromaguard.auth")
 
-_ALLOWED = {ADMIN: {READ, WRITE, ADMIN}, WRITE: {READ, WRITE}, READ: {READ}}
+# metrics: a token for Prometheus that reads no data (the read role's token could read it all).
+_ALLOWED = {ADMIN: {READ, WRITE, ADMIN, METRICS}, WRITE: {READ, WRITE, METRICS}, READ: {READ, METRICS},
+            METRICS: {METRICS}}
 # What a token scoped to a tenant may ask that names no tenant. Not /metrics: it counts every
 # tenant's collections and requests.
 _TENANTLESS_OK = {"heartbeat", "version", "pre-flight-checks", "healthcheck", "identity", "healthz", "readyz"}

@@ -56,7 +56,7 @@ def _choose_sha256(version: tuple[int, int] = sys.version_info[:2],
 
 _sha256 = _choose_sha256()
 
-ROLES = ("admin", "write", "read")
+ROLES = ("admin", "write", "read", "metrics")  # most to least; metrics: /metrics and health only
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _BCRYPT = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
 
@@ -353,7 +353,8 @@ def _principal(record: dict[str, Any], bare: bool, index: int, where: str) -> tu
         raise CredentialsError(f"{where}: entry {index}: no role: add role: admin, write or read")
     role = str(record["role"]).lower()
     if role not in ROLES:
-        raise CredentialsError(f"{where}: entry {index}: role {role!r} must be admin, write or read")
+        raise CredentialsError(f"{where}: entry {index}: role {role!r} must be {', '.join(ROLES[:-1])} or "
+                               f"{ROLES[-1]}")
     name = str(record.get("name") or f"token-{index}")
     return token_key, Principal(name, role, str(tenant) if tenant else None,
                              tuple(databases) if databases else None,

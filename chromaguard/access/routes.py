@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-READ, WRITE, ADMIN = "read", "write", "admin"
+READ, WRITE, ADMIN, METRICS = "read", "write", "admin", "metrics"
 
 _META = {"heartbeat", "version", "pre-flight-checks", "healthcheck"}
 _COLLECTION_OPS = {
@@ -131,7 +131,7 @@ def classify(method: str, segments: list[str]) -> Route:
     if method == "HEAD":
         method = "GET"  # the engine answers HEAD with its GET handler
     if method == "GET" and tuple(segments) in _GUARD_PATHS:
-        return Route(_GUARD_PATHS[tuple(segments)], READ)
+        return Route(_GUARD_PATHS[tuple(segments)], METRICS)  # every role, and a scrape-only token
     if segments[:2] == ["chromaguard", "snapshots"]:
         return Route("snapshot", ADMIN)
     if method == "GET" and segments == ["chromaguard", "status"]:
@@ -142,7 +142,7 @@ def classify(method: str, segments: list[str]) -> Route:
     head = rest[0]
     if len(rest) == 1:
         if head in _META and method == "GET":
-            return Route(head, READ)
+            return Route(head, METRICS)  # heartbeat, version...: what a scrape-only token may see too
         if head == "reset" and method == "POST":
             return Route("reset", ADMIN)
         if head == "tenants" and method == "POST":

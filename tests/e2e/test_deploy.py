@@ -111,4 +111,4 @@ def test_the_monitoring_profile_loads_the_rules_and_the_dashboard_it_names() -> 
     assert mounts["/var/lib/grafana/dashboards/chromaguard.json"].name == "chromaguard.json"
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
     roles = {t["name"]: t["role"] for t in json.loads((DEPLOY / "chroma_tokens.example.json").read_text())}
-    assert roles["prometheus"] == "read", "/metrics needs a token with a role; read is the least"
+    assert roles["prometheus"] == "metrics", "Prometheus scrapes with a token that reads no data"

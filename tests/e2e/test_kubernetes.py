@@ -101,7 +101,7 @@ def test_the_statefulset_runs_what_chromaguard_needs(base: list[dict[str, Any]])
     with pytest.raises(CredentialsError, match="placeholder"):  # applied unedited, the pod does not start
         parse_tokens(written, "tokens.yaml")
     store = parse_tokens(written.replace("replace-with-", "r4nd0m-"), "tokens.yaml")
-    assert {p.role for p in store.principals()} == {"admin", "write", "read"}
+    assert {p.role for p in store.principals()} == {"admin", "write", "metrics"}
     # The backup settings come from their Secret, and chromaguard accepts them as written.
     backup = _one(base, "Secret", container["envFrom"][0]["secretRef"]["name"])
     load_settings(env={**env, **backup["stringData"], "CHROMA_SERVER_AUTH_CREDENTIALS": "placeholder",

@@ -50,7 +50,7 @@ class Prometheus:
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             "rule_files: [rules.yml]\n"
             f"scrape_configs:\n  - job_name: chromaguard\n    static_configs: [{{targets: ['{target}']}}]\n"
-            "    authorization: {credentials: prom-admin}\n")
+            "    authorization: {credentials: prom-metrics}\n")  # the metrics role: scrape only
         self.log = open(folder / "prometheus.log", "wb")
         assert PROMETHEUS is not None
         self.proc = subprocess.Popen([PROMETHEUS, f"--config.file={folder / 'prometheus.yml'}",
@@ -87,7 +87,8 @@ def watched(tmp_path: Path) -> Iterator[tuple[Guard, Prometheus]]:
     """A chromaguard with token auth and an hourly backup to a folder (it runs one at start-up),
     so every metric a panel or rule reads exists."""
     tokens = tmp_path / "tokens.json"
-    tokens.write_text(json.dumps([{"token": "prom-admin", "name": "ops", "role": "admin"}]))
+    tokens.write_text(json.dumps([{"token": "prom-admin", "name": "ops", "role": "admin"},
+                                  {"token": "prom-metrics", "name": "prometheus", "role": "metrics"}]))
     env = {"CHROMA_SERVER_AUTH_PROVIDER": "token", "CHROMA_SERVER_AUTH_CREDENTIALS_FILE": str(tokens),
            "CHROMAGUARD_BACKUP_REPOSITORY": str(tmp_path / "backups"), "CHROMAGUARD_BACKUP_SCHEDULE": "1h",
            "CHROMAGUARD_BACKUP_VERIFY": "off"}

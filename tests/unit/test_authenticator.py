@@ -276,3 +276,26 @@ def test_only_blanks_are_trimmed_not_other_characters(value: bytes) -> None:
     for header in ((b"x-chroma-token", value), (b"authorization", b"Bearer " + value)):
         assert isinstance(decide(auth, header), Denial), header
     assert isinstance(decide(auth, (b"authorization", b"XBearer w-tok")), Denial)
+
+
+def test_a_metrics_token_scrapes_and_checks_health_but_reads_no_data() -> None:
+    """Prometheus's token: a read token would let whoever gets into Prometheus read every tenant."""
+    tokens = parse_tokens(json.dumps([{"token": "m-tok", "name": "prometheus", "role": "metrics"},
+                                      {"token": "r-tok", "name": "reader", "role": "read"}]), "t")
+    auth = Authenticator("token", tokens)
+
+    def route(method: str, path: bytes):  # noqa: ANN202
+        return classify(method, canonical_segments(path) or [])
+
+    collection = b"/api/v2/tenants/default_tenant/databases/default_database/collections"
+    for method, path in (("GET", b"/metrics"), ("HEAD", b"/metrics"), ("GET", b"/readyz"), ("GET", b"/healthz"),
+                         ("GET", b"/api/v2/heartbeat"), ("GET", b"/api/v2/version")):
+        for token in (b"m-tok", b"r-tok"):  # the read role (and every role above it) keeps them
+            assert isinstance(decide(auth, (b"x-chroma-token", token), route=route(method, path)), Grant), path
+    for method, path in (("GET", collection), ("GET", b"/api/v2/auth/identity"), ("GET", b"/chromaguard/status"),
+                         ("POST", collection + b"/0b5e8f3c-6d1a-4c2e-9f7a-1d2c3b4a5e6f/query"),
+                         ("GET", collection + b"/0b5e8f3c-6d1a-4c2e-9f7a-1d2c3b4a5e6f/count"),
+                         ("GET", b"/api/v2/tenants/default_tenant"), ("POST", b"/metrics"), ("GET", b"/metrics/x")):
+        refused = decide(auth, (b"x-chroma-token", b"m-tok"), route=route(method, path))
+        assert isinstance(refused, Denial) and refused.status == 403, (method, path, refused)
+        assert "(role metrics)" in refused.message, refused.message

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from chromaguard.access.credentials import CredentialsError, parse_htpasswd, parse_inline, parse_tokens
-from chromaguard.access.routes import ADMIN, READ, WRITE, canonical_segments, classify
+from chromaguard.access.routes import ADMIN, METRICS, READ, WRITE, canonical_segments, classify
 
 
 def test_plain_text_one_token_per_line() -> None:
@@ -61,7 +61,7 @@ B = "/api/v2/tenants/t/databases/d"
 
 
 @pytest.mark.parametrize("method, path, operation, access", [
-    ("GET", "/api/v2/heartbeat", "heartbeat", READ),
+    ("GET", "/api/v2/heartbeat", "heartbeat", METRICS),
     ("POST", "/api/v2/reset", "reset", ADMIN),
     ("POST", "/api/v2/tenants", "create_tenant", ADMIN),
     ("GET", "/api/v2/tenants/t", "get_tenant", READ),

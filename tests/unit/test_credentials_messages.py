@@ -84,7 +84,7 @@ REFUSED = [
     ('t.json', 'json', '[{"token": "a"}]',
      't.json: entry 1: no role: add role: admin, write or read'),
     ('t.json', 'json', '[{"token": "a", "role": "owner"}]',
-     "t.json: entry 1: role 'owner' must be admin, write or read"),
+     "t.json: entry 1: role 'owner' must be admin, write, read or metrics"),
     ('t.json', 'json', '[{"token": "a", "role": "read"}, {"token": "a", "role": "write"}]',
      't.json: entry 2: the same token appears twice'),
     ('t.json', 'json', '[{"token": "a", "role": "read", "name": "n"}, {"token": "b", "role": "write", "name": "n"}]',
