@@ -22,7 +22,7 @@ import re
 import stat
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,7 @@ class Principal:
     databases: tuple[str, ...] | None = None
     how: str = ""  # how the role was decided, for ``chromaguard config``
     actions: frozenset[str] | None = None  # a Chroma 0.6 RBAC role's actions: these decide, not ``role``
+    named: bool = field(default=True, compare=False)  # False: ``token-N``, a name given by position
 
     def covers(self, other: Principal) -> bool:
         """Whether this principal may do everything ``other`` may."""
@@ -350,7 +351,7 @@ def _principal(record: dict[str, Any], bare: bool, index: int, where: str) -> tu
         tenant = tenant or "default_tenant"
     if "role" not in record:
         # Never a default: a forgotten role must not become full access, nor silently lock out.
-        raise CredentialsError(f"{where}: entry {index}: no role: add role: admin, write or read")
+        raise CredentialsError(f"{where}: entry {index}: no role: add role: {', '.join(ROLES)}")
     role = str(record["role"]).lower()
     if role not in ROLES:
         raise CredentialsError(f"{where}: entry {index}: role {role!r} must be {', '.join(ROLES[:-1])} or "
@@ -358,7 +359,8 @@ def _principal(record: dict[str, Any], bare: bool, index: int, where: str) -> tu
     name = str(record.get("name") or f"token-{index}")
     return token_key, Principal(name, role, str(tenant) if tenant else None,
                              tuple(databases) if databases else None,
-                             "a bare token: full access" if bare else "role from its record")
+                             "a bare token: full access" if bare else "role from its record",
+                             named=bool(record.get("name")))
 
 
 # The tokens of our example files and docs: known to everyone who read them, so never a credential.

@@ -38,6 +38,11 @@ def _with_rbac(store: CredentialStore, path: Path, setting: str) -> tuple[Creden
         raise CredentialsError(f"{where}: {scoped[0]!r} has a tenant/databases scope in the credentials file; an RBAC "
                                "file decides by actions alone (as Chroma 0.6 did): remove the scope or the RBAC file")
 
+    unnamed = [p.name for p in store.principals() if not p.named]
+    if unnamed:  # matched by a name it was never given, it would take whatever role a user so named has
+        raise CredentialsError(f"{where}: the credentials file's {unnamed[0]} has no name, and an RBAC file matches "
+                               "users by name: give each record a name: (the user's id in the RBAC file)")
+
     def narrowed(principal: Principal) -> Principal:
         actions = permissions.get(principal.name)
         if actions is None:

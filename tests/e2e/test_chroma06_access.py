@@ -229,6 +229,11 @@ def test_the_official_client_writes_and_is_refused_as_on_0_6(chroma06: tuple[Gua
     ({"roles_mapping": {1: {"actions": []}}, "users": [{"id": "a", "role": 1}]}, None, "must be strings"),
     ({"roles_mapping": {"r": {"actions": []}}, "users": [{"id": "a", "role": "r"}]},
      [{"token": "a-token", "name": "a", "role": "read", "tenant": "acme"}], "has a tenant/databases scope"),
+    # A record without a name would be matched as token-2 by its position, taking token-2's role.
+    ({"roles_mapping": {"r": {"actions": ["system:reset"]}}, "users": [{"id": "token-2", "role": "r"}]},
+     [{"token": "a-token", "name": "a", "role": "read"}, {"token": "b-token", "role": "read"}],
+     "token-2 has no name, and an RBAC file matches users by name"),
+    ({"roles_mapping": {"r": {"actions": []}}, "users": [{"id": "a", "role": "r"}]}, ["bare-token"], "has no name"),
 ])
 def test_rbac_files_that_would_be_guessed_at_are_refused(tmp_path: Path, authz: dict, tokens: list | None,
                                                          expected: str) -> None:

@@ -82,7 +82,7 @@ REFUSED = [
     ('t.json', 'json', '[{"token": "a", "role": "read", "databases": {"a": 1}}]',
      't.json: entry 1: databases must be a non-empty list of names (leave it out for all databases)'),
     ('t.json', 'json', '[{"token": "a"}]',
-     't.json: entry 1: no role: add role: admin, write or read'),
+     't.json: entry 1: no role: add role: admin, write, read, metrics'),
     ('t.json', 'json', '[{"token": "a", "role": "owner"}]',
      "t.json: entry 1: role 'owner' must be admin, write, read or metrics"),
     ('t.json', 'json', '[{"token": "a", "role": "read"}, {"token": "a", "role": "write"}]',
