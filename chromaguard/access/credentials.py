@@ -5,7 +5,7 @@ file's extension (``.json``, ``.yaml``/``.yml``, ``.txt``), else by its content 
 first: JSON; any YAML structure: YAML; else text), never by which parser succeeds:
 - a JSON or YAML list of bare tokens: each has full access (role ``admin``);
 - a list of records (or ``{tokens: [...]}``) with ``token`` or ``sha256``, ``name``,
-  ``role`` (admin, write, read: required), and optional ``tenant`` / ``databases`` scope, and
+  ``role`` (admin, write, read, metrics: required), and optional ``tenant`` / ``databases`` scope, and
   ``certificate`` (a verified client certificate's CN or SAN: with it, token/sha256 may go);
 - Chroma 0.5/0.6's ``users:`` file (``chroma06.py``);
 - plain text, one bare token per line.

@@ -47,6 +47,11 @@ class Route:
     collection: str | None = None  # the path's segment, as decoded
     by_id: bool = False  # the engine resolves ``collection`` as an id, ignoring tenant and database
 
+    @property
+    def writes(self) -> bool:
+        """Whether it may change state: gated by snapshots and the disk floor, and audited."""
+        return self.access in (WRITE, ADMIN)
+
 
 UNKNOWN = Route("unknown", ADMIN)
 

@@ -21,7 +21,7 @@ from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlag
 from ..access.auth import Authenticator, Denial, Grant
 from ..access.cors import CorsPolicy
 from ..access.ownership import LOOK_UP, Ownership
-from ..access.routes import READ, Route, canonical_segments, route_of
+from ..access.routes import Route, canonical_segments, route_of
 from ..http11.client import UpstreamAborted, UpstreamError, UpstreamPool, UpstreamTimeout, UpstreamUnavailable
 from ..http11.fields import HOP_BY_HOP, Headers, request_length
 from ..http11.server import DISPATCH_WHOLE_BELOW, ClientDisconnected, Exchange
@@ -408,7 +408,7 @@ class FrontDoor:
             self._finish(call)
             return True
         route = call.route
-        gated = self.gate is not None and (route is None or route.access != READ)
+        gated = self.gate is not None and (route is None or route.writes)
         if gated and self._no_room(route, size) is not None:
             return False
         if gated and not self.gate.try_enter():  # type: ignore[union-attr]
@@ -435,7 +435,7 @@ class FrontDoor:
             self._too_large(exchange, length)
             return
         route = call.route
-        gated = self.gate is not None and (route is None or route.access != READ)
+        gated = self.gate is not None and (route is None or route.writes)
         body: list[bytes] | None = None
         checked = configpolicy.checks(exchange.method, route)
         if exchange.body_complete or gated or checked or length is None or length <= DISPATCH_WHOLE_BELOW:
@@ -606,8 +606,8 @@ def _audited(call: Call, status: int | None) -> bool:
         return True
     method, route = call.exchange.method, call.route
     if method in ("GET", "HEAD", "OPTIONS"):  # reads; OPTIONS: CORS preflights
-        return route is not None and route.access != READ and method != "OPTIONS"
-    return route is None or route.access != READ
+        return route is not None and route.writes and method != "OPTIONS"
+    return route is None or route.writes
 
 
 def _trace_id(headers: Headers) -> str | None:

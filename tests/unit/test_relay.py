@@ -504,3 +504,60 @@ def test_a_pipelined_chunked_body_over_the_limit_gets_413_and_never_reaches_the_
     engine, client, scene = play([("client", query() + chunked), ("engine", ANSWER)], max_payload=1000)
     assert len(requests(engine)) == 1
     assert [status for status, _, _ in responses(client)] == [200, 413]
+
+
+# Reads and health checks are never taken for writes: a snapshot's hold does not stop them, a full
+# disk does not refuse them, and the audit log (state changes, admin, refusals) does not list them.
+READS = [b"/api/v2/version", b"/api/v2/pre-flight-checks", b"/api/v2/healthcheck", b"/api/v2/auth/identity",
+         b"/api/v2/tenants/default_tenant", COUNT]
+
+
+def _get(path: bytes) -> bytes:
+    return b"GET " + path + b" HTTP/1.1\r\nhost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize("path", READS)
+def test_a_read_or_health_route_is_not_held_by_a_snapshot_nor_refused_on_a_full_disk(path: bytes) -> None:
+    from chromaguard.proxy.writegate import WriteGate
+
+    class FullDisk:
+        def refusal(self, operation: str | None, size: int = 0) -> str | None:
+            return "chromaguard: the disk is full; writes are refused"
+
+    async def run() -> tuple[bytes, bytes, bytes]:
+        held = Scene()
+        held.door.gate = gate = WriteGate()
+        hold = await gate.hold(30)
+        during, _ = await held.play([("client", _get(path))])
+        hold.release()
+        full = Scene()
+        full.door.gate, full.door.disk_floor = WriteGate(), FullDisk()  # type: ignore[assignment]
+        reached, _ = await full.play([("client", _get(path))])
+        write = Scene()
+        write.door.gate, write.door.disk_floor = WriteGate(), FullDisk()  # type: ignore[assignment]
+        _, refused = await write.play([("client", query(path=ADD))])
+        return during, reached, refused
+
+    during, reached, refused = asyncio.run(run())
+    assert during.startswith(b"GET " + path), "held by the snapshot like a write"
+    assert reached.startswith(b"GET " + path), "refused on a full disk like a write"
+    assert refused.startswith(b"HTTP/1.1 507 "), refused  # a write is, both times
+
+
+def test_the_audit_log_lists_writes_not_reads_health_checks_or_scrapes(tmp_path: Any) -> None:
+    from chromaguard.telemetry.audit import AuditLog
+
+    async def run() -> None:
+        for path in (*READS, b"/api/v2/heartbeat", b"/healthz", b"/readyz", b"/metrics"):
+            scene = Scene()
+            scene.door.audit = audit
+            await scene.play([("client", _get(path)), ("engine", ANSWER)])
+        scene = Scene()
+        scene.door.audit = audit
+        await scene.play([("client", query(path=ADD)), ("engine", ANSWER)])
+
+    audit = AuditLog(str(tmp_path / "audit.jsonl"))
+    asyncio.run(run())
+    audit.close()
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [line["operation"] for line in lines] == ["add"], lines
