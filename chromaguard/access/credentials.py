@@ -356,6 +356,9 @@ def _principal(record: dict[str, Any], bare: bool, index: int, where: str) -> tu
     if role not in ROLES:
         raise CredentialsError(f"{where}: entry {index}: role {role!r} must be {', '.join(ROLES[:-1])} or "
                                f"{ROLES[-1]}")
+    if role == "metrics" and (tenant or databases):  # /metrics counts every tenant: such a token could do nothing
+        raise CredentialsError(f"{where}: entry {index}: a metrics token cannot be scoped to a tenant or databases "
+                               "(/metrics counts every tenant, so it could never scrape); remove the scope")
     name = str(record.get("name") or f"token-{index}")
     return token_key, Principal(name, role, str(tenant) if tenant else None,
                              tuple(databases) if databases else None,

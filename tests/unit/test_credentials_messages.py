@@ -83,6 +83,9 @@ REFUSED = [
      't.json: entry 1: databases must be a non-empty list of names (leave it out for all databases)'),
     ('t.json', 'json', '[{"token": "a"}]',
      't.json: entry 1: no role: add role: admin, write, read, metrics'),
+    ('t.json', 'json', '[{"token": "a", "role": "metrics", "tenant": "acme"}]',
+     't.json: entry 1: a metrics token cannot be scoped to a tenant or databases (/metrics counts every tenant, '
+     'so it could never scrape); remove the scope'),
     ('t.json', 'json', '[{"token": "a", "role": "owner"}]',
      "t.json: entry 1: role 'owner' must be admin, write, read or metrics"),
     ('t.json', 'json', '[{"token": "a", "role": "read"}, {"token": "a", "role": "write"}]',
