@@ -42,13 +42,16 @@ from fastcdc import fastcdc as cut_chunks
 
 from .. import __version__
 from ..errors import ChromaguardError
+from . import delta
 from .crypto import PASSWORD_ENV, Sealer, Unreadable
+from .delta import Location, PreviousStream, Stored
 from .retention import Policy, kept
 from .store import MissingObject, Store, StoreError
 
 FORMAT = "chromaguard-repository"
 BACKUP_FORMAT = "chromaguard-repository-backup"
-VERSION = 1
+VERSION = 1  # of the repository (config.json)
+MANIFEST_VERSION = 2  # 2: a chunk may be a delta (a sixth field: its base's index in "bases"); 1 otherwise
 CONFIG = "config.json"
 LOCKS = "locks"
 PACK_SIZE = 16 << 20
@@ -363,14 +366,21 @@ class Repository:
             raise RepositoryError(f"{self.url}: the repository holds no backup yet")
         return ids[-1]
 
-    def known_chunks(self) -> dict[str, list[Any]]:
-        """The chunks of the newest backups: sha256 -> [pack, offset, length, raw length].
+    def reusable(self) -> tuple[dict[str, list[Any]], PreviousStream | None]:
+        """What a new backup builds on: the chunks of the newest backups (sha256 -> [pack, offset,
+        length, raw length, base]), and the newest one's stream, where changed chunks find their
+        delta bases.
 
         Why not every backup's: what changed since the last backup is what a new one must
         upload; reading every manifest would cost more than the rare chunk it saves."""
         known: dict[str, list[Any]] = {}
+        previous: PreviousStream | None = None
         used = 0
         present = {info.key.rsplit("/", 1)[-1]: info.size for info in self.store.list("packs")}
+
+        def there(at: Location | None) -> bool:  # a pack lost or cut short is not built on
+            return at is None or present.get(at.pack, -1) >= at.offset + at.length
+
         for backup_id in reversed(self.ids()):
             if used >= DEDUPLICATE_AGAINST:
                 break
@@ -382,12 +392,13 @@ class Repository:
             except CorruptBackup:
                 continue  # its chunks are simply not reused
             used += 1
-            packs = m["packs"]
-            for pack_index, offset, length, raw_length, digest in m["chunks"]:
-                pack = packs[pack_index]
-                if present.get(pack, -1) >= offset + length:  # a pack lost or cut short is not built on
-                    known.setdefault(digest, [pack, offset, length, raw_length])
-        return known
+            stream = _stored(m)
+            if previous is None:
+                previous = PreviousStream(stream, there)
+            for chunk in stream:
+                if there(chunk.at) and there(chunk.base):
+                    known.setdefault(chunk.at.digest, [*chunk.at[:4], chunk.base])
+        return known, previous
 
     def writer(self, *, progress: Progress | None = None, stop: threading.Event | None = None) -> BackupWriter:
         """A file-like sink for a snapshot's tar stream; ``commit`` makes it a listed backup.
@@ -395,7 +406,8 @@ class Repository:
         if self.sealer is None and self._password_given:
             raise RepositoryError(f"{self.url}: this repository is not encrypted, but a backup password is set "
                                   f"({PASSWORD_ENV}); unset it, or back up to a new repository to encrypt")
-        return BackupWriter(self, self.known_chunks(), progress, stop)
+        known, previous = self.reusable()
+        return BackupWriter(self, known, previous, progress, stop)
 
     # ---- reading back --------------------------------------------------------------------------
 
@@ -403,13 +415,10 @@ class Repository:
         """Write the backup's tar stream to ``out``, every chunk and the whole checked; its manifest."""
         m = self.manifest(backup_id)
         self.check_packs_exist(backup_id, m)
-        packs = _PackCache(self, backup_id)
-        decompress = zstandard.ZstdDecompressor()
+        reader = _ChunkReader(self, backup_id)
         whole = hashlib.sha256()
-        for pack_index, offset, length, raw_length, digest in m["chunks"]:
-            pack = m["packs"][pack_index]
-            data = _chunk(backup_id, pack, packs.get(pack), offset, length, raw_length, digest, decompress,
-                          self.sealer)
+        for chunk in _stored(m):
+            data = reader.raw(chunk)
             whole.update(data)
             out.write(data)
             if progress is not None:
@@ -421,9 +430,8 @@ class Repository:
     def check_packs_exist(self, backup_id: str, m: dict[str, Any]) -> None:
         """Every pack the backup names is there and long enough: found before anything is written."""
         needed: dict[str, int] = {}
-        for pack_index, offset, length, _, _ in m["chunks"]:
-            pack = m["packs"][pack_index]
-            needed[pack] = max(needed.get(pack, 0), offset + length)
+        for at in _locations(m):
+            needed[at.pack] = max(needed.get(at.pack, 0), at.offset + at.length)
         present = {info.key.rsplit("/", 1)[-1]: info.size for info in self.store.list("packs")}
         for pack, end in needed.items():
             size = present.get(pack)
@@ -437,19 +445,16 @@ class Repository:
         """Read every chunk of a backup and check it against its name; the bytes checked."""
         m = self.manifest(backup_id)
         self.check_packs_exist(backup_id, m)
-        by_pack: dict[int, list[list[Any]]] = {}
-        for entry in m["chunks"]:
-            by_pack.setdefault(entry[0], []).append(entry)
-        decompress = zstandard.ZstdDecompressor()
+        by_pack: dict[str, list[Stored]] = {}
+        for chunk in _stored(m):
+            by_pack.setdefault(chunk.at.pack, []).append(chunk)
+        reader = _ChunkReader(self, backup_id)
         checked = 0
-        for pack_index, entries in by_pack.items():
-            pack = m["packs"][pack_index]
-            data = self._pack(backup_id, pack)
-            for _, offset, length, raw_length, digest in entries:
-                checked += len(_chunk(backup_id, pack, data, offset, length, raw_length, digest, decompress,
-                                      self.sealer))
+        for chunks in by_pack.values():
+            for chunk in chunks:  # a delta's base is checked with it
+                checked += len(reader.raw(chunk))
             if progress is not None:
-                progress(sum(e[3] for e in entries))
+                progress(sum(c.at.raw_length for c in chunks))
         return checked
 
     def _pack(self, backup_id: str, pack: str) -> bytes:
@@ -491,17 +496,17 @@ class Repository:
     def _collect_garbage(self, manifests: dict[str, dict[str, Any]]) -> tuple[int, int]:
         """Delete the packs no listed backup names (also those a killed backup left behind), after
         rewriting the packs that are mostly unused: (packs deleted, bytes freed)."""
-        used: dict[str, dict[int, tuple[int, int, str]]] = {}  # pack -> offset -> (length, raw length, sha256)
+        used: dict[str, dict[int, Stored]] = {}  # pack -> offset -> the chunk there (a base is one too)
         for backup_id, m in manifests.items():
-            for pack_index, offset, length, raw_length, digest in m["chunks"]:
-                known = used.setdefault(m["packs"][pack_index], {}).setdefault(offset, (length, raw_length, digest))
-                if known != (length, raw_length, digest):
+            for chunk in [*_stored(m), *(Stored(base, None) for base in _bases(m))]:
+                known = used.setdefault(chunk.at.pack, {}).setdefault(chunk.at.offset, chunk)
+                if known != chunk:
                     raise RepositoryError(f"backup {backup_id}: its manifest disagrees with another about the chunk "
-                                          f"at {offset} of pack {m['packs'][pack_index][:16]}…; prune stopped before "
+                                          f"at {chunk.at.offset} of pack {chunk.at.pack[:16]}…; prune stopped before "
                                           "deleting any pack: verify the backups (`chromaguard verify --all`)")
         present = {info.key.rsplit("/", 1)[-1]: info for info in self.store.list("packs")}
         wasteful = [pack for pack, chunks in used.items() if pack in present and
-                    present[pack].size - sum(c[0] for c in chunks.values()) > present[pack].size * _REPACK_AT]
+                    present[pack].size - sum(c.at.length for c in chunks.values()) > present[pack].size * _REPACK_AT]
         written = self._repack(manifests, used, wasteful) if wasteful else 0
         # What the manifests name now (after a repack, its new packs): a pack listed above with the
         # same name, left by a repack killed before, is one of them and stays.
@@ -515,7 +520,7 @@ class Repository:
                 freed += info.size
         return removed, freed - written
 
-    def _repack(self, manifests: dict[str, dict[str, Any]], used: dict[str, dict[int, tuple[int, int, str]]],
+    def _repack(self, manifests: dict[str, dict[str, Any]], used: dict[str, dict[int, Stored]],
                 wasteful: list[str]) -> int:
         """Copy the used chunks of ``wasteful`` packs into new packs, then point every manifest at
         them, each replaced whole. Only after that may the old packs go. Returns the bytes written."""
@@ -533,14 +538,14 @@ class Repository:
             written += len(data)
             buffer, staged = bytearray(), []
 
-        decompress = zstandard.ZstdDecompressor()
+        reader = _ChunkReader(self, "(repack)")
         for pack in wasteful:
-            data = self._pack("prune", pack)
-            for offset, (length, raw_length, digest) in sorted(used[pack].items()):
+            data = reader.pack(pack)
+            for offset, chunk in sorted(used[pack].items()):
                 # Checked before it is copied: a chunk rewritten wrong would be lost for every backup.
-                _chunk("(repack)", pack, data, offset, length, raw_length, digest, decompress, self.sealer)
+                reader.raw(chunk)
                 staged.append((pack, offset, len(buffer)))
-                buffer += data[offset:offset + length]  # still compressed (and sealed): copied as it is
+                buffer += data[offset:offset + chunk.at.length]  # still compressed (and sealed): copied as it is
             if len(buffer) >= PACK_SIZE:
                 seal()
         if buffer:
@@ -550,16 +555,12 @@ class Repository:
             if doomed.isdisjoint(m["packs"]):
                 continue
             self._still_locked()
-            packs: list[str] = []
-            index: dict[str, int] = {}
-            chunks = []
-            for pack_index, offset, length, raw_length, digest in m["chunks"]:
-                pack, at = moved.get((m["packs"][pack_index], offset), (m["packs"][pack_index], offset))
-                if pack not in index:
-                    index[pack] = len(packs)
-                    packs.append(pack)
-                chunks.append([index[pack], at, length, raw_length, digest])
-            m["packs"], m["chunks"] = packs, chunks
+
+            def move(at: Location) -> Location:
+                pack, offset = moved.get((at.pack, at.offset), (at.pack, at.offset))
+                return at._replace(pack=pack, offset=offset)
+
+            m.update(_entries([Stored(move(c.at), c.base and move(c.base)) for c in _stored(m)]))
             self.store.put(_manifest_key(backup_id), _encode_manifest(m, self.sealer))
         return written
 
@@ -580,11 +581,13 @@ class Repository:
 class BackupWriter:
     """Takes the tar stream as it is written; new chunks go up in packs while it comes."""
 
-    def __init__(self, repo: Repository, known: dict[str, list[Any]], progress: Progress | None,
-                 stop: threading.Event | None = None) -> None:
+    def __init__(self, repo: Repository, known: dict[str, list[Any]], previous: PreviousStream | None,
+                 progress: Progress | None, stop: threading.Event | None = None) -> None:
         self.repo = repo
         self.stop = stop
         self.known = known
+        self.previous = previous
+        self._cut_at = 0  # the stream offset of the buffer's start
         self.progress = progress
         self.started = time.monotonic()
         self.id = new_id()
@@ -594,7 +597,8 @@ class BackupWriter:
         self._whole = hashlib.sha256()
         self._size = 0
         self._chunks: list[list[Any]] = []
-        self._batch: list[tuple[list[Any], bytes]] = []  # new chunks not sent yet, with where they will be
+        self._batch: list[tuple[list[Any], bytes, Location | None]] = []  # new chunks not sent yet: where
+        # they will be, what they hold, and the whole chunk of the last backup they may be a delta of
         self._batch_bytes = 0
         self._uploads: list[concurrent.futures.Future[int]] = []
         self._pool = concurrent.futures.ThreadPoolExecutor(_UPLOADS_IN_FLIGHT, "chromaguard-pack-upload")
@@ -642,23 +646,27 @@ class BackupWriter:
             chunks = chunks[:-1]  # the last may be cut by the buffer's end: it starts the next round
         end = 0
         for chunk in chunks:
-            self._add(data[chunk.offset:chunk.offset + chunk.length])
+            self._add(data[chunk.offset:chunk.offset + chunk.length], self._cut_at + chunk.offset)
             end = chunk.offset + chunk.length
         del self._buffer[:end]
+        self._cut_at += end
 
-    def _add(self, raw: bytes) -> None:
+    def _add(self, raw: bytes, offset: int) -> None:
         digest = hashlib.sha256(raw).hexdigest()
         where = self.known.get(digest)
         if where is None:
-            where = ["", 0, 0, len(raw)]  # pack, offset, length: filled in when its pack is made
+            where = ["", 0, 0, len(raw), None]  # pack, offset, length, base: filled in when its pack is made
             self.known[digest] = where  # a repeat later in this stream references it
-            self._batch.append((where, raw))
+            base = self.previous.base_for(offset) if self.previous is not None else None
+            self._batch.append((where, raw, base))
             self._batch_bytes += len(raw)
             self.new_bytes += len(raw)
             if self._batch_bytes >= PACK_SIZE:
                 self._send_batch()
         else:
             self.reused_chunks += 1
+            if self.previous is not None:
+                self.previous.shared(digest, offset)
         self._chunks.append([where, digest])
 
     def _send_batch(self) -> None:
@@ -666,14 +674,20 @@ class BackupWriter:
         self._wait_uploads(_UPLOADS_IN_FLIGHT)
         self._uploads.append(self._pool.submit(self._pack_and_upload, batch))
 
-    def _pack_and_upload(self, batch: list[tuple[list[Any], bytes]]) -> int:
-        """In an upload thread (so compression runs on every core): compress, name the pack by its
-        content, send it, read it back. Returns its size."""
+    def _pack_and_upload(self, batch: list[tuple[list[Any], bytes, Location | None]]) -> int:
+        """In an upload thread (so compression runs on every core): compress (as a delta where that
+        is less than half), name the pack by its content, send it, read it back. Returns its size."""
         compress = zstandard.ZstdCompressor(level=1)  # vectors compress little at any level; 1 is the fastest
+        bases = self._bases({base for _, _, base in batch if base is not None})
         blobs = []
         offset = 0
-        for where, raw in batch:
+        for where, raw, base in batch:
             blob = compress.compress(raw)
+            base_raw = bases.get(base) if base is not None else None
+            if base_raw is not None:
+                patch = delta.compress(raw, base_raw)
+                if len(patch) <= len(blob) * delta.WORTH:
+                    blob, where[4] = patch, base
             if self.repo.sealer is not None:
                 blob = self.repo.sealer.seal(blob, _CHUNK_AAD)
             where[1], where[2] = offset, len(blob)
@@ -681,10 +695,29 @@ class BackupWriter:
             offset += len(blob)
         data = b"".join(blobs)
         pack = hashlib.sha256(data).hexdigest()
-        for where, _ in batch:
+        for where, _, _ in batch:
             where[0] = pack
         _put_checked(self.repo.store, self.repo.url, pack, data)
         return len(data)
+
+    def _bases(self, wanted: set[Location]) -> dict[Location, bytes]:
+        """The whole chunks deltas are taken against, read back from the repository (a few ranged
+        reads per pack). One that cannot be read or is not what its name says is left out: the
+        chunk is then stored whole, which costs bytes, never a backup."""
+        by_pack: dict[str, list[Location]] = {}
+        for at in sorted(wanted):
+            by_pack.setdefault(at.pack, []).append(at)
+        found: dict[Location, bytes] = {}
+        for pack, wanted_here in by_pack.items():
+            try:
+                blobs = self.repo.store.get_ranges(_pack_key(pack), [(at.offset, at.offset + at.length)
+                                                                     for at in wanted_here])
+            except StoreError:
+                continue
+            for at, blob in zip(wanted_here, blobs):
+                with contextlib.suppress(CorruptBackup):
+                    found[at] = _open_chunk("(base)", at, blob, self.repo.sealer)
+        return found
 
     def _wait_uploads(self, below: int) -> None:
         while len(self._uploads) >= max(below, 1) or (below == 0 and self._uploads):
@@ -701,28 +734,24 @@ class BackupWriter:
             self._closed = True
             self._pool.shutdown(wait=True)
         snapshot = _first_member_manifest(bytes(self._head))
-        packs: list[str] = []
-        index: dict[str, int] = {}
-        chunks = []
-        for (pack, offset, length, raw_length), digest in ((where, d) for where, d in self._chunks):
-            if pack not in index:
-                index[pack] = len(packs)
-                packs.append(pack)
-            chunks.append([index[pack], offset, length, raw_length, digest])
+        stream = [Stored(Location(pack, offset, length, raw_length, digest), base)
+                  for (pack, offset, length, raw_length, base), digest in self._chunks]
+        entries = _entries(stream)
         manifest = {
-            "format": BACKUP_FORMAT, "version": VERSION, "id": self.id, "time": _id_time(self.id),
+            "format": BACKUP_FORMAT, "id": self.id, "time": _id_time(self.id),
             "chromaguard_version": __version__, "snapshot": snapshot,
             "stream": {"size": self._size, "sha256": self._whole.hexdigest()},
             "stats": {"new_bytes": self.new_bytes, "stored_bytes": self.stored_bytes,
-                      "chunks": len(chunks), "reused_chunks": self.reused_chunks,
+                      "chunks": len(stream), "reused_chunks": self.reused_chunks,
+                      "delta_chunks": sum(c.base is not None for c in stream),
                       "seconds": round(time.monotonic() - self.started, 3), **(extra or {})},
-            "packs": packs, "chunks": chunks,
+            **entries,
         }
         self.repo._still_locked()
         present = {info.key.rsplit("/", 1)[-1]: info.size for info in self.repo.store.list("packs")}
-        for pack_index, offset, length, _, _ in chunks:  # a prune may have run meanwhile (a lock taken over)
-            if present.get(packs[pack_index], -1) < offset + length:
-                raise RepositoryError(f"{self.repo.url}: pack {packs[pack_index][:16]}… this backup builds on is gone "
+        for at in _locations(manifest):  # a prune may have run meanwhile (a lock taken over)
+            if present.get(at.pack, -1) < at.offset + at.length:
+                raise RepositoryError(f"{self.repo.url}: pack {at.pack[:16]}… this backup builds on is gone "
                                       "(a prune ran meanwhile?); nothing was listed, back up again")
         if not self.repo.store.put(_manifest_key(self.id), _encode_manifest(manifest, self.repo.sealer), new=True):
             raise RepositoryError(f"{self.repo.url}: a backup named {self.id} exists already; retry")
@@ -789,16 +818,17 @@ def _gone(holder: dict[str, Any]) -> bool:
     return not isinstance(pid, int) or _start_ticks(pid) != holder.get("started")
 
 
-class _PackCache:
-    """The packs a restore is reading from; a few kept, since chunks come mostly in pack order."""
+class _ChunkReader:
+    """Chunks of one backup read back and checked, a delta with its base. A few packs are kept,
+    since chunks come mostly in pack order (and a delta's bases in their own pack order)."""
 
-    def __init__(self, repo: Repository, backup_id: str, keep: int = 6) -> None:
+    def __init__(self, repo: Repository, backup_id: str, keep: int = 8) -> None:
         self.repo = repo
         self.backup_id = backup_id
         self.keep = keep
         self.packs: OrderedDict[str, bytes] = OrderedDict()
 
-    def get(self, pack: str) -> bytes:
+    def pack(self, pack: str) -> bytes:
         data = self.packs.get(pack)
         if data is None:
             data = self.packs[pack] = self.repo._pack(self.backup_id, pack)
@@ -808,23 +838,79 @@ class _PackCache:
             self.packs.move_to_end(pack)
         return data
 
+    def raw(self, chunk: Stored) -> bytes:
+        base = None if chunk.base is None else self.raw(Stored(chunk.base, None))
+        at = chunk.at
+        return _open_chunk(self.backup_id, at, self.pack(at.pack)[at.offset:at.offset + at.length], self.repo.sealer,
+                           base)
 
-def _chunk(backup_id: str, pack: str, data: bytes, offset: int, length: int, raw_length: int, digest: str,
-           decompress: zstandard.ZstdDecompressor, sealer: Sealer | None) -> bytes:
-    blob = data[offset:offset + length]
+
+_DECOMPRESS = zstandard.ZstdDecompressor()
+
+
+def _open_chunk(backup_id: str, at: Location, blob: bytes, sealer: Sealer | None, base: bytes | None = None) -> bytes:
+    """A stored chunk's content, checked against its name; ``base``: the whole chunk it is a delta of."""
     try:
         if sealer is not None:
             blob = sealer.unseal(blob, _CHUNK_AAD)
         # Our frames say their size: one that says another (a bomb says gigabytes) is not opened.
-        if zstandard.frame_content_size(blob) != raw_length:
+        if zstandard.frame_content_size(blob) != at.raw_length:
             raise zstandard.ZstdError("the frame's size is not the chunk's")
-        raw = decompress.decompress(blob, max_output_size=raw_length)
+        decompress = _DECOMPRESS if base is None else delta.decompressor(base)
+        raw = decompress.decompress(blob, max_output_size=at.raw_length)
     except (zstandard.ZstdError, Unreadable):
         raw = b""
-    if len(raw) != raw_length or hashlib.sha256(raw).hexdigest() != digest:
-        raise CorruptBackup(f"backup {backup_id}: chunk {digest[:16]}… in pack {pack[:16]}… (offset {offset}) "
+    if len(raw) != at.raw_length or hashlib.sha256(raw).hexdigest() != at.digest:
+        raise CorruptBackup(f"backup {backup_id}: chunk {at.digest[:16]}… in pack {at.pack[:16]}… (offset {at.offset}) "
                             "is corrupt; restore another backup, or back up again")
     return raw
+
+
+def _stored(m: dict[str, Any]) -> list[Stored]:
+    """A backup's stream, chunk by chunk: where each is, and the base of a delta."""
+    packs, bases = m["packs"], m.get("bases", [])
+
+    def at(entry: list[Any]) -> Location:
+        return Location(packs[entry[0]], entry[1], entry[2], entry[3], entry[4])
+
+    return [Stored(at(entry), at(bases[entry[5]]) if len(entry) == 6 else None) for entry in m["chunks"]]
+
+
+def _bases(m: dict[str, Any]) -> list[Location]:
+    packs = m["packs"]
+    return [Location(packs[entry[0]], entry[1], entry[2], entry[3], entry[4]) for entry in m.get("bases", [])]
+
+
+def _locations(m: dict[str, Any]) -> list[Location]:
+    """Every blob a backup needs: its chunks, and the bases of its deltas."""
+    return [chunk.at for chunk in _stored(m)] + _bases(m)
+
+
+def _entries(stream: list[Stored]) -> dict[str, Any]:
+    """The manifest's fields for a stream of stored chunks: packs named once, by index."""
+    packs: list[str] = []
+    index: dict[str, int] = {}
+    bases: list[list[Any]] = []
+    base_index: dict[Location, int] = {}
+
+    def entry(at: Location) -> list[Any]:
+        if at.pack not in index:
+            index[at.pack] = len(packs)
+            packs.append(at.pack)
+        return [index[at.pack], at.offset, at.length, at.raw_length, at.digest]
+
+    chunks = []
+    for chunk in stream:
+        found = entry(chunk.at)
+        if chunk.base is not None:
+            if chunk.base not in base_index:
+                base_index[chunk.base] = len(bases)
+                bases.append(entry(chunk.base))
+            found.append(base_index[chunk.base])
+        chunks.append(found)
+    # Without deltas, the manifest is what chromaguard wrote before them, readable by it still.
+    return {"version": MANIFEST_VERSION, "packs": packs, "chunks": chunks, "bases": bases} if bases else \
+        {"version": 1, "packs": packs, "chunks": chunks}
 
 
 def _head_needed(head: bytes | bytearray) -> int | None:
@@ -925,9 +1011,9 @@ def _parse_manifest(url: str, backup_id: str, raw: bytes) -> dict[str, Any]:
         raise bad("is not valid (cut short, or not zstd JSON)") from None
     if not isinstance(m, dict) or m.get("format") != BACKUP_FORMAT:
         raise bad("is not a chromaguard backup manifest")
-    if not isinstance(m.get("version"), int) or m["version"] > VERSION:
+    if not isinstance(m.get("version"), int) or m["version"] > MANIFEST_VERSION:
         raise CorruptBackup(f"backup {backup_id} was written by a newer chromaguard ({m.get('chromaguard_version')}, "
-                            f"format {m.get('version')!r}); this one ({__version__}) reads up to {VERSION}: "
+                            f"format {m.get('version')!r}); this one ({__version__}) reads up to {MANIFEST_VERSION}: "
                             "upgrade chromaguard to restore it")
     packs, chunks, stream, stats = m.get("packs"), m.get("chunks"), m.get("stream"), m.get("stats")
     if m.get("id") != backup_id:
@@ -941,10 +1027,16 @@ def _parse_manifest(url: str, backup_id: str, raw: bytes) -> dict[str, Any]:
         raise bad("has malformed statistics")
     if not all(isinstance(p, str) and _PACK.match(p) for p in packs):
         raise bad("names a pack that is not a sha256")
+    bases = m.get("bases", [])
+    if not isinstance(bases, list) or (bases and m["version"] < MANIFEST_VERSION):
+        raise bad("has a malformed list of delta bases")
+    for entry in bases:
+        if not _chunk_entry(entry, len(packs)):
+            raise bad("has a malformed delta base entry")
     for entry in chunks:
-        if not (isinstance(entry, list) and len(entry) == 5 and all(_count(v) for v in entry[:4])
-                and entry[0] < len(packs) and 0 < entry[2] <= 2 * _CHUNK_MAX and 0 < entry[3] <= _CHUNK_MAX
-                and isinstance(entry[4], str) and _PACK.match(entry[4])):
+        if not (_chunk_entry(entry, len(packs)) or (isinstance(entry, list) and len(entry) == 6
+                                                    and _chunk_entry(entry[:5], len(packs))
+                                                    and _count(entry[5]) and entry[5] < len(bases))):
             raise bad("has a malformed chunk entry")
     if sum(entry[3] for entry in chunks) != stream["size"]:
         raise bad("has chunks that do not add up to its stream")
@@ -956,6 +1048,13 @@ def _parse_manifest(url: str, backup_id: str, raw: bytes) -> dict[str, Any]:
     if hold is not None and not _finite(hold):
         raise bad("has a malformed write-hold time")
     return m
+
+
+def _chunk_entry(entry: Any, packs: int) -> bool:
+    """[pack index, offset, length, raw length, sha256]"""
+    return (isinstance(entry, list) and len(entry) == 5 and all(_count(v) for v in entry[:4])
+            and entry[0] < packs and 0 < entry[2] <= 2 * _CHUNK_MAX and 0 < entry[3] <= _CHUNK_MAX
+            and isinstance(entry[4], str) and _PACK.match(entry[4]) is not None)
 
 
 def _count(value: Any) -> bool:

@@ -72,6 +72,15 @@ class Store:
         except Exception as exc:  # noqa: BLE001
             raise self._error("read", key, exc) from None
 
+    def get_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """Parts of one object, each ``(start, end)``: what a delta needs of a pack, in few requests."""
+        try:
+            found = obstore.get_ranges(self._store, key, starts=[start for start, _ in ranges],
+                                       ends=[end for _, end in ranges])
+        except Exception as exc:  # noqa: BLE001
+            raise self._error("read", key, exc) from None
+        return [bytes(part) for part in found]
+
     def size(self, key: str) -> int | None:
         """The object's size, None when it is not there."""
         try:

@@ -133,7 +133,9 @@ def test_prune_keeps_what_the_policy_says_and_every_kept_backup_restores(
     repo, env = f"s3://{s3.bucket('retention')}/r", s3.env()
     made = []
     for n in range(4):
-        write_data(source, {"small": {"add": [1000 + 10 * n, 10], "dim": 8}})
+        # Records rewritten too: what only additions leave (delta chunks) is never wasteful enough to repack.
+        write_data(source, {"small": {"add": [1000 + 10 * n, 10], "dim": 8},
+                            "docs": {"update": list(range(1500 * n, 1500 * n + 600)), "dim": 64, "seed": 20 + n}})
         made.append(backup(source, repo, env)["id"])
     dry = json.loads(ok(run("backups", "prune", repo, "--keep-last", "2", "--dry-run", "--json", env=env)).stdout)
     assert dry["removed"] == made[:2] and len(listed(repo, env)) == 4
