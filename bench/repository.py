@@ -1,8 +1,9 @@
 """Backup repositories on a loopback S3 server, side by side with tar, zstd and a plain copy.
 
 One run on one data dir (100k x 384 with documents and metadata, about 500 MB by default) of a
-running chromaguard: a full backup to moto's S3 server, then 1 % of the records changed and an
-incremental backup, then a restore from the repository (verified by the real engine), then a
+running chromaguard: a full backup to moto's S3 server, then 1 % of the records added, and 1 %
+changed, each followed by an incremental backup (and four more rounds of changes, to see where
+delta chunks settle), then a restore from the repository (verified by the real engine), then a
 prune. The references are taken of the same data dir in the same run: `tar czf` (the seed's
 backup), `tar | zstd -T0`, and a plain copy. Figures are MB of data dir per second, and the
 incremental's uploads, time and write hold as ratios to the full backup's.
@@ -82,11 +83,15 @@ def run(records: int, dim: int) -> dict[str, Any]:
                 col.add(ids=part, embeddings=rng.random((len(part), dim), dtype=np.float32),
                         documents=[f"new {i}" for i in part])
             out["incremental_after_adding_1pct"] = incremental(backup())
-            changed = [f"r{i}" for i in rng.choice(records, records // 100, replace=False)]
-            for start in range(0, len(changed), 1000):
-                part = changed[start:start + 1000]
-                col.update(ids=part, embeddings=rng.random((len(part), dim), dtype=np.float32),
-                           documents=["changed " + i for i in part])
+
+            def update_one_percent() -> None:
+                changed = [f"r{i}" for i in rng.choice(records, records // 100, replace=False)]
+                for start in range(0, len(changed), 1000):
+                    part = changed[start:start + 1000]
+                    col.update(ids=part, embeddings=rng.random((len(part), dim), dtype=np.float32),
+                               documents=["changed " + i for i in part])
+
+            update_one_percent()
             out["incremental_after_updating_1pct"] = incremental(backup())
             # The same hold without the mirror, in the same run: a second snapshot taken while the
             # first is kept for download copies the whole data dir under the hold.
@@ -100,6 +105,13 @@ def run(records: int, dim: int) -> dict[str, Any]:
             out["hold_with_mirror_nothing_changed_ms"] = kept["write_hold_ms"]
             out["incremental_hold_vs_whole_copy"] = round(
                 out["incremental_after_updating_1pct"]["write_hold_ms"] / fresh["write_hold_ms"], 3)
+            # Deltas are taken against the chunk last stored whole, so they grow with each backup
+            # until a chunk is stored whole again: four more rounds show where that settles.
+            later = []
+            for _ in range(4):
+                update_one_percent()
+                later.append(incremental(backup())["uploaded_vs_full"])
+            out["later_updates_uploaded_vs_full"] = later
         data = work / "data"
         seconds, _ = _timed("tar", "czf", str(work / "seed.tgz"), "-C", str(data), ".")
         out["tar_czf_mb_per_s"] = round(size / 1e6 / seconds, 1)

@@ -17,6 +17,7 @@ The rules the repository keeps with them:
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -44,7 +45,18 @@ class Stored(NamedTuple):
 
 def compress(raw: bytes, base: bytes) -> bytes:
     """``raw`` as a zstd frame that only opens with ``base`` as its dictionary."""
-    return zstandard.ZstdCompressor(level=1, dict_data=_dictionary(base)).compress(raw)
+    window = min(max((len(base) + len(raw) - 1).bit_length(), 10), 27)
+    return zstandard.ZstdCompressor(dict_data=_dictionary(base), compression_params=_parameters(window)).compress(raw)
+
+
+@functools.cache
+def _parameters(window_log: int) -> zstandard.ZstdCompressionParameters:
+    """Zstd's fastest strategy with tables sized for one chunk and its base: level 1's own
+    tables are for megabytes, and filling them took six times as long as the compression."""
+    return zstandard.ZstdCompressionParameters(window_log=window_log, hash_log=min(window_log, 12),
+                                               chain_log=min(window_log, 12), search_log=1, min_match=6,
+                                               target_length=0, strategy=zstandard.STRATEGY_FAST,
+                                               write_content_size=True)
 
 
 def decompressor(base: bytes) -> zstandard.ZstdDecompressor:
@@ -80,9 +92,21 @@ class PreviousStream:
             i = bisect.bisect_left(starts, expected)  # the nearest of its places (a run of zeros repeats)
             self._shift = offset - min(starts[max(0, i - 1):i + 1], key=lambda start: abs(start - expected))
 
-    def base_for(self, offset: int) -> Location | None:
-        """The whole chunk a new chunk at ``offset`` is most likely a changed copy of."""
+    def base_for(self, offset: int, length: int) -> Location | None:
+        """The whole chunk a new chunk at ``offset`` is most likely a changed copy of.
+
+        That is the old chunk sharing most bytes with it: where an edit moved a cut, the chunk at
+        the new chunk's start may overlap it by a few bytes only.
+        """
         old = offset - self._shift
-        if not 0 <= old < self._end:
-            return None
-        return self._bases[bisect.bisect_right(self._starts, old) - 1]
+        first = max(0, bisect.bisect_right(self._starts, old) - 1)
+        last = bisect.bisect_left(self._starts, old + length)
+        best: Location | None = None
+        most = 0
+        for i in range(first, last):
+            start = self._starts[i]
+            end = self._starts[i + 1] if i + 1 < len(self._starts) else self._end
+            shared = min(end, old + length) - max(start, old)
+            if shared > most and self._bases[i] is not None:
+                best, most = self._bases[i], shared
+        return best

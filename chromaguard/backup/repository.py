@@ -657,7 +657,7 @@ class BackupWriter:
         if where is None:
             where = ["", 0, 0, len(raw), None]  # pack, offset, length, base: filled in when its pack is made
             self.known[digest] = where  # a repeat later in this stream references it
-            base = self.previous.base_for(offset) if self.previous is not None else None
+            base = self.previous.base_for(offset, len(raw)) if self.previous is not None else None
             self._batch.append((where, raw, base))
             self._batch_bytes += len(raw)
             self.new_bytes += len(raw)
@@ -845,9 +845,6 @@ class _ChunkReader:
                            base)
 
 
-_DECOMPRESS = zstandard.ZstdDecompressor()
-
-
 def _open_chunk(backup_id: str, at: Location, blob: bytes, sealer: Sealer | None, base: bytes | None = None) -> bytes:
     """A stored chunk's content, checked against its name; ``base``: the whole chunk it is a delta of."""
     try:
@@ -856,7 +853,8 @@ def _open_chunk(backup_id: str, at: Location, blob: bytes, sealer: Sealer | None
         # Our frames say their size: one that says another (a bomb says gigabytes) is not opened.
         if zstandard.frame_content_size(blob) != at.raw_length:
             raise zstandard.ZstdError("the frame's size is not the chunk's")
-        decompress = _DECOMPRESS if base is None else delta.decompressor(base)
+        # A decompressor each time: they are not thread-safe, and upload threads read bases side by side.
+        decompress = zstandard.ZstdDecompressor() if base is None else delta.decompressor(base)
         raw = decompress.decompress(blob, max_output_size=at.raw_length)
     except (zstandard.ZstdError, Unreadable):
         raw = b""

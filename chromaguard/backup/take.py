@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gzip
 import os
@@ -145,15 +146,17 @@ def online(url: str, output: Path, *, token: str | None = None, level: int = 3,
 def online_to(url: str, repository: Repository, *, token: str | None = None,
               progress: Callable[[str, int, int | None], None] | None = None) -> BackupInfo:
     """A running service's snapshot into a repository: only chunks it lacks go up."""
-    with repository.locked("backup", exclusive=False):
-        writer = repository.writer()
+    with repository.locked("backup", exclusive=False), concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(repository.writer)  # the newest manifests are read while the service snapshots
         try:
             with _snapshot_stream(url, token, progress) as (_, chunks):
+                writer = pending.result()
                 for chunk in chunks:
                     writer.write(chunk)
             return writer.commit()
         except BaseException:
-            writer.abandon()
+            with contextlib.suppress(Exception):
+                pending.result().abandon()
             raise
 
 
