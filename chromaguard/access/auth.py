@@ -209,8 +209,10 @@ class Authenticator:
 
     @staticmethod
     def _forbidden(principal: Principal, route: Route) -> str:
-        if principal.actions is not None:  # a Chroma 0.6 RBAC role: its actions decide, as in 0.6
-            return chroma06.refusal(principal.actions, route.operation)
+        if principal.actions is not None:  # a Chroma 0.6 RBAC role: its actions decide, as in 0.6...
+            why = chroma06.refusal(principal.actions, route.operation)
+            if why or route.access in _ALLOWED[principal.role]:  # ...within the role of its record, if any
+                return why
         if route.access not in _ALLOWED[principal.role]:
             return f"{route.operation.replace('_', ' ')} (role {principal.role})"
         if principal.tenant is None:

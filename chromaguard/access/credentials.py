@@ -72,7 +72,7 @@ class Principal:
     tenant: str | None = None
     databases: tuple[str, ...] | None = None
     how: str = ""  # how the role was decided, for ``chromaguard config``
-    actions: frozenset[str] | None = None  # a Chroma 0.6 RBAC role's actions: these decide, not ``role``
+    actions: frozenset[str] | None = None  # a Chroma 0.6 RBAC role's actions: these decide, within ``role``
     named: bool = field(default=True, compare=False)  # False: ``token-N``, a name given by position
 
     def covers(self, other: Principal) -> bool:
@@ -80,7 +80,8 @@ class Principal:
         if self.actions is not None or other.actions is not None:
             if self.actions is None:  # role-based against actions: only unscoped full access covers for sure
                 return self.role == "admin" and self.tenant is None
-            return other.actions is not None and other.actions <= self.actions
+            return (other.actions is not None and other.actions <= self.actions
+                    and ROLES.index(other.role) >= ROLES.index(self.role))
         if ROLES.index(other.role) < ROLES.index(self.role):
             return False  # ROLES runs from most to least
         if self.tenant is not None and other.tenant != self.tenant:

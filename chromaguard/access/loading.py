@@ -47,7 +47,9 @@ def _with_rbac(store: CredentialStore, path: Path, setting: str) -> tuple[Creden
         actions = permissions.get(principal.name)
         if actions is None:
             return replace(principal, actions=frozenset(), how=f"not a user of {path.name}: may do nothing, as in 0.6")
+        # A record's own role stays a ceiling: an RBAC file can narrow what a record allows, never widen it.
+        within = "" if principal.role == "admin" else f", within its record's role {principal.role!r}"
         return replace(principal, actions=actions,
-                       how=f"RBAC role {role_of[principal.name]!r} of {path.name}: {len(actions)} action(s)")
+                       how=f"RBAC role {role_of[principal.name]!r} of {path.name}: {len(actions)} action(s){within}")
 
     return store.with_principals(narrowed), warnings

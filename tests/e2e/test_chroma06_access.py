@@ -279,3 +279,31 @@ def test_a_broken_rbac_file_at_a_reload_keeps_the_watch_and_later_revocations(tm
             assert time.monotonic() < deadline, "the revocation never applied: the watch died"
             time.sleep(0.2)
         assert lists("keep-token") == 200
+
+
+def test_an_rbac_role_cannot_widen_what_a_record_allows(tmp_path: Path) -> None:
+    # A chromaguard record says role: read; the RBAC file gives that user 0.6's admin actions.
+    # The narrower of the two decides: the record's reader stays a reader.
+    tokens, authz = tmp_path / "tokens.yaml", tmp_path / "authz.yaml"
+    tokens.write_text(json.dumps([{"token": "reader-token", "name": "reader", "role": "read"},
+                                  {"token": "writer-token", "name": "writer", "role": "write"}]))
+    authz.write_text(json.dumps({"roles_mapping": {"admin": {"actions": ROLES["admin"]},
+                                                   "lister": {"actions": ["db:list_collections"]}},
+                                 "users": [{"id": "reader", "role": "admin"}, {"id": "writer", "role": "lister"}]}))
+    env = {"CHROMA_SERVER_AUTHN_PROVIDER": "token", "CHROMA_SERVER_AUTHN_CREDENTIALS_FILE": str(tokens),
+           "CHROMA_SERVER_AUTHZ_PROVIDER": "chromadb.auth.simple_rbac_authz.SimpleRBACAuthorizationProvider",
+           "CHROMA_SERVER_AUTHZ_CONFIG_FILE": str(authz)}
+    with Guard(env=env) as g:
+        def call(method: str, token: str) -> httpx.Response:
+            return httpx.request(method, g.url + f"{BASE}/collections", headers={"authorization": f"Bearer {token}"},
+                                 json={"name": "rbac-widened"} if method == "POST" else None, timeout=60)
+
+        assert call("GET", "reader-token").status_code == 200
+        refused = call("POST", "reader-token")
+        assert refused.status_code == 403 and "role read" in refused.text, refused.text
+        assert call("POST", "writer-token").status_code == 403  # the RBAC role narrows the record's write
+        assert call("GET", "writer-token").status_code == 200
+        result = cli("config", "--json", **env)
+    assert result.returncode == 0, result.stderr
+    people = {p["name"]: p for p in json.loads(result.stdout)["credentials"]}
+    assert "within its record's role 'read'" in people["reader"]["how"], people["reader"]

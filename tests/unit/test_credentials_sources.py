@@ -261,6 +261,13 @@ def test_who_covers_whom() -> None:
     assert not main.covers(Principal("x", "write", "acme", ("logs",)))
 
 
+def test_with_rbac_actions_a_record_role_raised_is_a_widening() -> None:
+    actions = frozenset({"collection:get", "collection:add"})
+    reader, admin = Principal("x", "read", actions=actions), Principal("x", "admin", actions=actions)
+    assert admin.covers(reader) and not reader.covers(admin)  # the same actions, a higher ceiling
+    assert not reader.covers(Principal("x", "read", actions=actions | {"system:reset"}))
+
+
 def test_identity_is_chroma_s_shape() -> None:
     assert Principal("ops").identity() == {"user_id": "ops", "tenant": "default_tenant",
                                            "databases": ["default_database"]}
