@@ -78,6 +78,18 @@ class CorruptBackup(RepositoryError):
     """A backup cannot be read back whole; the message names the backup and the chunk or pack."""
 
 
+class Stopped(ChromaguardError):
+    """The service is stopping, and work that a kill may cut at any moment was cut: not a failure
+    of the backup or repository, so never noted as one."""
+
+
+def go_on(stop: threading.Event | None, doing: str) -> None:
+    """A point where ``doing`` may be cut short: the repository is as a kill here would leave it."""
+    if stop is not None and stop.is_set():
+        raise Stopped(f"{doing} was stopped (the service is stopping); every kept backup is whole, and the "
+                      f"next {doing} finishes what this one left")
+
+
 @dataclass
 class BackupInfo:
     id: str
@@ -465,8 +477,9 @@ class Repository:
 
     # ---- retention -----------------------------------------------------------------------------
 
-    def prune(self, policy: Policy, *, dry_run: bool = False) -> PruneReport:
-        """Forget the backups the policy does not keep, then delete the packs no kept one uses."""
+    def prune(self, policy: Policy, *, dry_run: bool = False, stop: threading.Event | None = None) -> PruneReport:
+        """Forget the backups the policy does not keep, then delete the packs no kept one uses.
+        Once ``stop`` is set, it stops at the next deletion (how a stopping service cuts it short)."""
         with self.locked("prune"):
             manifests = self._all_manifests("prune")  # every one readable, before anything is deleted
             ids = sorted(manifests)
@@ -476,11 +489,12 @@ class Repository:
             if dry_run:
                 return report
             for backup_id in doomed:  # manifests first: a kill from here on leaves only garbage packs
+                go_on(stop, "prune")
                 self._still_locked()
                 self.store.delete(_manifest_key(backup_id))
                 self.store.delete(_verified_key(backup_id))
                 del manifests[backup_id]
-            report.packs_removed, report.bytes_freed = self._collect_garbage(manifests)
+            report.packs_removed, report.bytes_freed = self._collect_garbage(manifests, stop)
             return report
 
     def _all_manifests(self, doing: str) -> dict[str, dict[str, Any]]:
@@ -493,7 +507,8 @@ class Repository:
                                       f"first (`chromaguard backups forget {self.url} --id {backup_id}`)") from None
         return manifests
 
-    def _collect_garbage(self, manifests: dict[str, dict[str, Any]]) -> tuple[int, int]:
+    def _collect_garbage(self, manifests: dict[str, dict[str, Any]],
+                         stop: threading.Event | None = None) -> tuple[int, int]:
         """Delete the packs no listed backup names (also those a killed backup left behind), after
         rewriting the packs that are mostly unused: (packs deleted, bytes freed)."""
         used: dict[str, dict[int, Stored]] = {}  # pack -> offset -> the chunk there (a base is one too)
@@ -507,13 +522,14 @@ class Repository:
         present = {info.key.rsplit("/", 1)[-1]: info for info in self.store.list("packs")}
         wasteful = [pack for pack, chunks in used.items() if pack in present and
                     present[pack].size - sum(c.at.length for c in chunks.values()) > present[pack].size * _REPACK_AT]
-        written = self._repack(manifests, used, wasteful) if wasteful else 0
+        written = self._repack(manifests, used, wasteful, stop) if wasteful else 0
         # What the manifests name now (after a repack, its new packs): a pack listed above with the
         # same name, left by a repack killed before, is one of them and stays.
         named = {pack for m in manifests.values() for pack in m["packs"]}
         removed = freed = 0
         for pack, info in present.items():
             if pack not in named:
+                go_on(stop, "prune")
                 self._still_locked()
                 self.store.delete(info.key)
                 removed += 1
@@ -521,7 +537,7 @@ class Repository:
         return removed, freed - written
 
     def _repack(self, manifests: dict[str, dict[str, Any]], used: dict[str, dict[int, Stored]],
-                wasteful: list[str]) -> int:
+                wasteful: list[str], stop: threading.Event | None) -> int:
         """Copy the used chunks of ``wasteful`` packs into new packs, then point every manifest at
         them, each replaced whole. Only after that may the old packs go. Returns the bytes written."""
         moved: dict[tuple[str, int], tuple[str, int]] = {}  # (old pack, offset) -> (new pack, offset)
@@ -540,6 +556,7 @@ class Repository:
 
         reader = _ChunkReader(self, "(repack)")
         for pack in wasteful:
+            go_on(stop, "prune")
             data = reader.pack(pack)
             for offset, chunk in sorted(used[pack].items()):
                 # Checked before it is copied: a chunk rewritten wrong would be lost for every backup.
@@ -554,6 +571,7 @@ class Repository:
         for backup_id, m in manifests.items():
             if doomed.isdisjoint(m["packs"]):
                 continue
+            go_on(stop, "prune")
             self._still_locked()
 
             def move(at: Location) -> Location:
@@ -612,8 +630,8 @@ class BackupWriter:
         if self._closed:
             raise ValueError("the backup was committed or abandoned already")
         if self.stop is not None and self.stop.is_set():
-            raise RepositoryError("the backup was stopped before it was complete (the service is stopping); "
-                                  "nothing was listed")
+            raise Stopped("the backup was stopped before it was complete (the service is stopping); nothing was "
+                          "listed")
         n = len(data)
         if self._head_needed is None or len(self._head) < self._head_needed:
             self._keep_head(data)

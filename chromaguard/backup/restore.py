@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from ..engine.datalock import LOCK_NAME, DataDirLock
 from ..engine.scratch import engine_on
 from ..errors import ChromaguardError, StartupError
 from . import archive
-from .repository import Repository, RepositoryError
+from .repository import Repository, RepositoryError, go_on
 from .snapshot import describe_collections, sample_digests
 
 BEFORE_RESTORE = ".before-restore"  # the old data dir, renamed aside while the new one is renamed in
@@ -295,14 +296,20 @@ def _running(pid: int) -> bool:
 
 
 def verify_in(repository: Repository, backup_id: str, *, progress: Callable[[int], None] | None = None,
-              full: bool = True, into: Path | None = None) -> VerifyReport | int:
+              full: bool = True, into: Path | None = None, stop: threading.Event | None = None) -> VerifyReport | int:
     """Every chunk of a backup checked; with ``full``, also restored into a scratch engine and
-    compared with its manifest. The result is noted in the repository for ``backups list``."""
+    compared with its manifest. The result is noted in the repository for ``backups list``.
+    Once ``stop`` is set, it stops at the next piece read (Stopped; nothing is noted)."""
+    def step(n: int) -> None:
+        go_on(stop, "the test restore")
+        if progress is not None:
+            progress(n)
+
     with repository.locked("verify", exclusive=False):
-        return _verify_in(repository, backup_id, progress, full, into)
+        return _verify_in(repository, backup_id, step, full, into)
 
 
-def _verify_in(repository: Repository, backup_id: str, progress: Callable[[int], None] | None, full: bool,
+def _verify_in(repository: Repository, backup_id: str, progress: Callable[[int], None], full: bool,
                into: Path | None) -> VerifyReport | int:
     try:
         if not full:
@@ -310,7 +317,8 @@ def _verify_in(repository: Repository, backup_id: str, progress: Callable[[int],
             repository.note_verification(backup_id, True, f"{checked} bytes of chunks checked", "chunks")
             return checked
         with _fetched(repository, backup_id, into, progress) as tar:
-            report = verify(tar, keep_in=None)
+            progress(0)
+            report = verify(tar, keep_in=None, progress=lambda _: progress(0))  # read bytes counted once
     except (RepositoryError, VerifyError) as exc:
         repository.note_verification(backup_id, False, str(exc), "full" if full else "chunks")
         raise

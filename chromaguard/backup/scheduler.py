@@ -204,7 +204,7 @@ class BackupScheduler:
         """Retention, the repository's size, a test restore when due: each failure logged and shown."""
         try:
             if not self.policy.empty:
-                report = await self._in_thread(repository.prune, self.policy)
+                report = await self._in_thread(lambda: repository.prune(self.policy, stop=self.stopping))
                 if report.removed:
                     log.info("retention (%s): forgot %d backup(s), deleted %d pack(s)", self.policy.describe(),
                              len(report.removed), report.packs_removed)
@@ -228,7 +228,7 @@ class BackupScheduler:
 
         into = Path(self.staging_root) if self.staging_root else None
         try:
-            report = await self._in_thread(lambda: verify_in(repository, backup_id, into=into))
+            report = await self._in_thread(lambda: verify_in(repository, backup_id, into=into, stop=self.stopping))
         except Exception as exc:  # noqa: BLE001 - a failed test restore is reported, not retried as a backup
             self.state.verified_ok, self.state.verified_detail = False, str(exc)
             log.error("scheduled backup %s did not verify: %s", backup_id, exc)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+import tarfile
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from support.procs import clean_env, cli
+
+if TYPE_CHECKING:
+    from chromaguard.backup.repository import Repository
 
 _WRITE = textwrap.dedent('''
     import json, sys
@@ -90,3 +95,22 @@ def backup(source: Path, repo: str, env: dict[str, str], *more: str) -> dict[str
 
 def listed(repo: str, env: dict[str, str]) -> list[dict[str, Any]]:
     return json.loads(ok(run("backups", "list", repo, "--json", env=env)).stdout)["backups"]
+
+
+def tar_stream(data: bytes) -> bytes:
+    """A tar stream as snapshots make them (manifest.json first, then a data file), no engine needed."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for name, body in (("manifest.json", json.dumps({"collections": []}).encode()), ("data/index.bin", data)):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return out.getvalue()
+
+
+def write_stream(repo: Repository, stream: bytes) -> dict[str, Any]:
+    """``stream`` backed up into ``repo`` as a service's snapshot would be: its manifest."""
+    writer = repo.writer()
+    for start in range(0, len(stream), 1 << 20):
+        writer.write(stream[start:start + (1 << 20)])
+    return repo.manifest(writer.commit().id)

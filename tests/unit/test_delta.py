@@ -5,13 +5,12 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import io
-import json
 import os
 import tarfile
 from pathlib import Path
-from typing import Any
 
 import zstandard
+from support.repositories import tar_stream, write_stream
 
 from chromaguard.backup import delta
 from chromaguard.backup.delta import Location, PreviousStream, Stored
@@ -88,32 +87,14 @@ def test_a_delta_is_small_for_a_small_change_and_opens_only_with_its_base() -> N
     assert wrong != bytes(changed)
 
 
-def _stream(data: bytes) -> bytes:
-    """A tar stream as snapshots make them: manifest.json first, then a data file."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for name, body in (("manifest.json", json.dumps({"collections": []}).encode()), ("data/index.bin", data)):
-            info = tarfile.TarInfo(name)
-            info.size = len(body)
-            tar.addfile(info, io.BytesIO(body))
-    return out.getvalue()
-
-
-def _back_up(repo: Repository, stream: bytes) -> dict[str, Any]:
-    writer = repo.writer()
-    for start in range(0, len(stream), 1 << 20):
-        writer.write(stream[start:start + (1 << 20)])
-    return repo.manifest(writer.commit().id)
-
-
 def test_every_small_change_goes_up_as_a_delta_with_bases_read_side_by_side(tmp_path: Path) -> None:
     # 48 MiB: three packs of new chunks, so the two upload threads read their bases at once.
     repo = Repository.open(str(tmp_path / "repo"), create=True)
     data = bytearray(os.urandom(24 << 20).hex().encode())  # compressible, so reading a base decompresses
-    first = _back_up(repo, _stream(bytes(data)))
+    first = write_stream(repo, tar_stream(bytes(data)))
     for at in range(0, len(data), 64 << 10):  # a few bytes every 64 KiB: each changes one chunk
         data[at:at + 4] = b"\x00\x01\x02\x03"
-    second = _back_up(repo, _stream(bytes(data)))
+    second = write_stream(repo, tar_stream(bytes(data)))
     changed = len(second["chunks"]) - second["stats"]["reused_chunks"]
     assert changed >= len(data) // (64 << 10)
     # Where the edit erased a cut, the new chunk is two old ones merged: half of it is new to
@@ -134,8 +115,8 @@ def test_backups_read_in_threads_side_by_side_come_back_whole(tmp_path: Path) ->
     # between threads corrupts what it opens, so each read must use its own.
     repo = Repository.open(str(tmp_path / "repo"), create=True)
     data = os.urandom(4 << 20).hex().encode()
-    stream = _stream(data)
-    backup = _back_up(repo, stream)
+    stream = tar_stream(data)
+    backup = write_stream(repo, stream)
 
     def read() -> bytes:
         out = io.BytesIO()
