@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -68,6 +69,7 @@ _LOCK_REFRESH = 60.0
 _UPLOADS_IN_FLIGHT = 2
 
 Progress = Callable[[int], None]
+log = logging.getLogger("chromaguard.backup")
 
 
 class RepositoryError(ChromaguardError):
@@ -409,7 +411,11 @@ class Repository:
                 previous = PreviousStream(stream, there)
             for chunk in stream:
                 if there(chunk.at) and there(chunk.base):
-                    known.setdefault(chunk.at.digest, [*chunk.at[:4], chunk.base])
+                    had = known.get(chunk.at.digest)
+                    # A chunk stored whole is preferred over its delta: one read, and no base to
+                    # trust (a bad base, or a planted manifest's, breaks every backup reusing the delta).
+                    if had is None or (had[4] is not None and chunk.base is None):
+                        known[chunk.at.digest] = [*chunk.at[:4], chunk.base]
         return known, previous
 
     def writer(self, *, progress: Progress | None = None, stop: threading.Event | None = None) -> BackupWriter:
@@ -515,7 +521,7 @@ class Repository:
         for backup_id, m in manifests.items():
             for chunk in [*_stored(m), *(Stored(base, None) for base in _bases(m))]:
                 known = used.setdefault(chunk.at.pack, {}).setdefault(chunk.at.offset, chunk)
-                if known != chunk:
+                if not _same_chunk(known, chunk):
                     raise RepositoryError(f"backup {backup_id}: its manifest disagrees with another about the chunk "
                                           f"at {chunk.at.offset} of pack {chunk.at.pack[:16]}…; prune stopped before "
                                           "deleting any pack: verify the backups (`chromaguard verify --all`)")
@@ -696,7 +702,8 @@ class BackupWriter:
         """In an upload thread (so compression runs on every core): compress (as a delta where that
         is less than half), name the pack by its content, send it, read it back. Returns its size."""
         compress = zstandard.ZstdCompressor(level=1)  # vectors compress little at any level; 1 is the fastest
-        bases = self._bases({base for _, _, base in batch if base is not None})
+        bases = self._bases({base for _, _, base in batch if base is not None},
+                            budget=2 * sum(len(raw) for _, raw, _ in batch))
         blobs = []
         offset = 0
         for where, raw, base in batch:
@@ -718,23 +725,34 @@ class BackupWriter:
         _put_checked(self.repo.store, self.repo.url, pack, data)
         return len(data)
 
-    def _bases(self, wanted: set[Location]) -> dict[Location, bytes]:
+    def _bases(self, wanted: set[Location], budget: int) -> dict[Location, bytes]:
         """The whole chunks deltas are taken against, read back from the repository (a few ranged
         reads per pack). One that cannot be read or is not what its name says is left out: the
-        chunk is then stored whole, which costs bytes, never a backup."""
+        chunk is then stored whole, which costs bytes, never a backup. Bases are chunks the size
+        of those they serve: past ``budget`` raw bytes (a forged manifest's huge "chunks") no more
+        are read, so a batch never holds more than a few times its own size."""
         by_pack: dict[str, list[Location]] = {}
         for at in sorted(wanted):
+            if at.raw_length > budget:
+                continue
+            budget -= at.raw_length
             by_pack.setdefault(at.pack, []).append(at)
         found: dict[Location, bytes] = {}
         for pack, wanted_here in by_pack.items():
             try:
                 blobs = self.repo.store.get_ranges(_pack_key(pack), [(at.offset, at.offset + at.length)
                                                                      for at in wanted_here])
-            except StoreError:
+            except StoreError as exc:
+                log.warning("backup: the delta bases in pack %s… could not be read (%s); those chunks go up whole",
+                            pack[:16], exc)
                 continue
             for at, blob in zip(wanted_here, blobs):
-                with contextlib.suppress(CorruptBackup):
+                try:
                     found[at] = _open_chunk("(base)", at, blob, self.repo.sealer)
+                except CorruptBackup:  # the backups holding it are broken: worth a look now, not at a restore
+                    log.warning("backup: the chunk %s… at %d of pack %s… is corrupt; the chunk changed from it goes "
+                                "up whole; check the older backups (`chromaguard verify %s --all`)",
+                                at.digest[:16], at.offset, pack[:16], self.repo.url)
         return found
 
     def _wait_uploads(self, below: int) -> None:
@@ -1004,16 +1022,24 @@ _MANIFEST_MAX = 512 << 20  # decompressed: what a manifest of a very large data 
 _CHUNK_MAX = 16 << 20  # raw: far above any chunker setting
 
 
+def _stored_bound(raw_length: int) -> int:
+    """The most a chunk of ``raw_length`` takes stored: zstd's bound for incompressible data, its
+    frame and a seal's nonce and tag, with room to spare. A manifest naming more is forged or broken."""
+    return raw_length + (raw_length >> 7) + 1024
+
+
 def _bounded_decompress(blob: bytes, at_most: int) -> bytes:
     """zstd without trusting the frame's declared size (a bomb declares gigabytes)."""
     declared = zstandard.frame_content_size(blob)
     if declared > at_most:
         raise zstandard.ZstdError(f"declares {declared} bytes, more than {at_most}")
     reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=False)
-    out = reader.read(at_most + 1)
-    if len(out) > at_most:
-        raise zstandard.ZstdError(f"more than {at_most} bytes")
-    return out
+    out = bytearray()
+    while piece := reader.read(1 << 20):  # a piece at a time: one read(at_most) reserves all of it
+        out += piece
+        if len(out) > at_most:
+            raise zstandard.ZstdError(f"more than {at_most} bytes")
+    return bytes(out)
 
 
 def _parse_manifest(url: str, backup_id: str, raw: bytes) -> dict[str, Any]:
@@ -1069,8 +1095,18 @@ def _parse_manifest(url: str, backup_id: str, raw: bytes) -> dict[str, Any]:
 def _chunk_entry(entry: Any, packs: int) -> bool:
     """[pack index, offset, length, raw length, sha256]"""
     return (isinstance(entry, list) and len(entry) == 5 and all(_count(v) for v in entry[:4])
-            and entry[0] < packs and 0 < entry[2] <= 2 * _CHUNK_MAX and 0 < entry[3] <= _CHUNK_MAX
+            and entry[0] < packs and 0 < entry[3] <= _CHUNK_MAX and 0 < entry[2] <= _stored_bound(entry[3])
             and isinstance(entry[4], str) and _PACK.match(entry[4]) is not None)
+
+
+def _same_chunk(a: Stored, b: Stored) -> bool:
+    """Two manifests' entries for one place in a pack agree: the same chunk, and for a delta a base
+    with the same content. Its base's place may differ: a repack cut short moved the base of the
+    manifests it had rewritten, and both places stay named, so either copy reads back."""
+    if a.at != b.at or (a.base is None) != (b.base is None):
+        return False
+    return a.base is None or b.base is None or (a.base.digest, a.base.raw_length) == (b.base.digest,
+                                                                                      b.base.raw_length)
 
 
 def _count(value: Any) -> bool:

@@ -5,20 +5,29 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
 
+import pytest
 import zstandard
 from support.repositories import tar_stream, write_stream
 
 from chromaguard.backup import delta
 from chromaguard.backup.delta import Location, PreviousStream, Stored
-from chromaguard.backup.repository import Repository
+from chromaguard.backup.repository import CorruptBackup, Repository, new_id
+from chromaguard.backup.store import Store
 
 
 def _at(name: str, length: int, pack: str = "p") -> Location:
     return Location(pack, 0, 1, length, hashlib.sha256(name.encode()).hexdigest())
+
+
+def _read(repo: Repository, backup_id: str) -> bytes:
+    out = io.BytesIO()
+    repo.read(backup_id, out)
+    return out.getvalue()
 
 
 def _digest(name: str) -> str:
@@ -101,9 +110,7 @@ def test_every_small_change_goes_up_as_a_delta_with_bases_read_side_by_side(tmp_
     # either base, so its delta is about half its size and it may be stored whole. Rare: allow two.
     assert changed - second["stats"]["delta_chunks"] <= 2, second["stats"]
     assert second["stats"]["stored_bytes"] < first["stats"]["stored_bytes"] * 0.01
-    out = io.BytesIO()
-    repo.read(second["id"], out)
-    with tarfile.open(fileobj=io.BytesIO(out.getvalue()), mode="r|") as tar:
+    with tarfile.open(fileobj=io.BytesIO(_read(repo, second["id"])), mode="r|") as tar:
         for member in tar:
             if member.name == "data/index.bin":
                 fh = tar.extractfile(member)
@@ -118,10 +125,45 @@ def test_backups_read_in_threads_side_by_side_come_back_whole(tmp_path: Path) ->
     stream = tar_stream(data)
     backup = write_stream(repo, stream)
 
-    def read() -> bytes:
-        out = io.BytesIO()
-        repo.read(backup["id"], out)
-        return out.getvalue()
-
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        assert all(got == stream for got in pool.map(lambda _: read(), range(8)))
+        assert all(got == stream for got in pool.map(lambda _: _read(repo, backup["id"]), range(8)))
+
+
+def test_a_forged_manifest_naming_huge_bases_cannot_make_a_backup_read_the_repository_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Unencrypted, anyone who can write the bucket can plant a newest manifest. Each of its chunks
+    # names a "base" covering nearly the whole pack: read for every new chunk at once, they would
+    # be the pack's size times the chunks of a batch.
+    repo = Repository.open(str(tmp_path / "repo"), create=True)
+    data = bytearray(os.urandom(1 << 20))
+    first = write_stream(repo, tar_stream(bytes(data)))
+    pack_size = repo.size()
+    forged = {**first, "id": new_id(), "version": 2, "bases": [], "chunks": []}
+    for k, entry in enumerate(first["chunks"]):
+        forged["bases"].append([0, k, pack_size - k, pack_size - k, "ab" * 32])
+        forged["chunks"].append([*entry, k])
+    (tmp_path / "repo" / "backups" / f"{forged['id']}.json.zst").write_bytes(
+        zstandard.ZstdCompressor().compress(json.dumps(forged).encode()))
+    asked: list[int] = []
+    get_ranges = Store.get_ranges
+
+    def counted(store: Store, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        asked.extend(end - start for start, end in ranges)
+        return get_ranges(store, key, ranges)
+
+    monkeypatch.setattr(Store, "get_ranges", counted)
+    for at in range(0, len(data), 4096):
+        data[at] ^= 1  # every chunk changed a little: each looks for its base
+    second = write_stream(repo, tar_stream(bytes(data)))
+    assert sum(asked) <= 2 * len(data) + (1 << 16), f"{sum(asked)} bytes of bases read for a 1 MiB backup"
+    assert _read(repo, second["id"]) == tar_stream(bytes(data))  # the forged bases never made it in
+
+
+def test_a_manifest_naming_a_chunk_stored_larger_than_it_could_be_is_refused(tmp_path: Path) -> None:
+    repo = Repository.open(str(tmp_path / "repo"), create=True)
+    first = write_stream(repo, tar_stream(os.urandom(1 << 16)))
+    forged = {**first, "id": new_id(), "chunks": [[p, o, 1 << 24, raw, d] for p, o, _, raw, d in first["chunks"]]}
+    (tmp_path / "repo" / "backups" / f"{forged['id']}.json.zst").write_bytes(
+        zstandard.ZstdCompressor().compress(json.dumps(forged).encode()))
+    with pytest.raises(CorruptBackup, match="forget"):
+        repo.manifest(forged["id"])
