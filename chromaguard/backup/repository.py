@@ -36,7 +36,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 import zstandard
 from fastcdc import fastcdc as cut_chunks
@@ -69,6 +69,24 @@ _LOCK_REFRESH = 60.0
 _UPLOADS_IN_FLIGHT = 2
 
 Progress = Callable[[int], None]
+
+
+class Sink(Protocol):
+    """Where a backup's stream is read back to: a file, a socket's writer, a counter."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
+class _Counted:
+    """A sink that keeps only the count: what checking a backup needs."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: bytes, /) -> int:
+        self.size += len(data)
+        return len(data)
+
 log = logging.getLogger("chromaguard.backup")
 
 
@@ -136,6 +154,8 @@ def _manifest_key(backup_id: str) -> str:
 
 
 MANIFEST_READERS = 16  # manifests fetched at once by `backups list`
+_READ_WINDOW = 32 << 20  # stored bytes of chunks read back at once: what a restore holds in memory
+_READERS = 8  # packs read side by side for one window
 
 
 def _verified_key(backup_id: str) -> str:
@@ -429,14 +449,12 @@ class Repository:
 
     # ---- reading back --------------------------------------------------------------------------
 
-    def read(self, backup_id: str, out: BinaryIO, progress: Progress | None = None) -> dict[str, Any]:
+    def read(self, backup_id: str, out: Sink, progress: Progress | None = None) -> dict[str, Any]:
         """Write the backup's tar stream to ``out``, every chunk and the whole checked; its manifest."""
         m = self.manifest(backup_id)
         self.check_packs_exist(backup_id, m)
-        reader = _ChunkReader(self, backup_id)
         whole = hashlib.sha256()
-        for chunk in _stored(m):
-            data = reader.raw(chunk)
+        for data in self._contents(backup_id, _stored(m)):
             whole.update(data)
             out.write(data)
             if progress is not None:
@@ -460,20 +478,55 @@ class Repository:
                 raise CorruptBackup(f"backup {backup_id}: pack {pack[:16]}… is cut short ({size} of {end} bytes)")
 
     def check(self, backup_id: str, progress: Progress | None = None) -> int:
-        """Read every chunk of a backup and check it against its name; the bytes checked."""
-        m = self.manifest(backup_id)
-        self.check_packs_exist(backup_id, m)
-        by_pack: dict[str, list[Stored]] = {}
-        for chunk in _stored(m):
-            by_pack.setdefault(chunk.at.pack, []).append(chunk)
-        reader = _ChunkReader(self, backup_id)
-        checked = 0
-        for chunks in by_pack.values():
-            for chunk in chunks:  # a delta's base is checked with it
-                checked += len(reader.raw(chunk))
-            if progress is not None:
-                progress(sum(c.at.raw_length for c in chunks))
-        return checked
+        """Read every chunk of a backup (a delta with its base) and the whole stream back, and check
+        them against their names; the bytes checked."""
+        counted = _Counted()
+        self.read(backup_id, counted, progress)
+        return counted.size
+
+    def _contents(self, backup_id: str, chunks: list[Stored]) -> Iterator[bytes]:
+        """The chunks' contents in order, each checked against its name. Read a window at a time,
+        each pack's part of it in ranged reads, side by side: a backup made over many others has
+        its chunks spread over their packs, and reading whole packs would download those many
+        times over (26.9 GB for a 111 MB stream after 30 incrementals, measured)."""
+        window: list[Stored] = []
+        size = 0
+        for chunk in chunks:
+            window.append(chunk)
+            size += chunk.at.length + (0 if chunk.base is None else chunk.base.length)
+            if size >= _READ_WINDOW:
+                yield from self._window(backup_id, window)
+                window, size = [], 0
+        if window:
+            yield from self._window(backup_id, window)
+
+    def _window(self, backup_id: str, window: list[Stored]) -> Iterator[bytes]:
+        by_pack: dict[str, set[Location]] = {}
+        for chunk in window:
+            for at in (chunk.at, chunk.base):
+                if at is not None:
+                    by_pack.setdefault(at.pack, set()).add(at)
+
+        def fetch(pack: str) -> dict[Location, bytes]:
+            wanted = sorted(by_pack[pack])
+            try:
+                blobs = self.store.get_ranges(_pack_key(pack), [(at.offset, at.offset + at.length) for at in wanted])
+            except MissingObject:
+                raise CorruptBackup(f"backup {backup_id}: pack {pack[:16]}… is missing from {self.url}") from None
+            return dict(zip(wanted, blobs))
+
+        stored: dict[Location, bytes] = {}
+        with concurrent.futures.ThreadPoolExecutor(_READERS) as pool:
+            for found in pool.map(fetch, by_pack):
+                stored.update(found)
+        bases: dict[Location, bytes] = {}
+        for chunk in window:
+            base = None
+            if chunk.base is not None:
+                base = bases.get(chunk.base)
+                if base is None:
+                    base = bases[chunk.base] = _open_chunk(backup_id, chunk.base, stored[chunk.base], self.sealer)
+            yield _open_chunk(backup_id, chunk.at, stored[chunk.at], self.sealer, base)
 
     def _pack(self, backup_id: str, pack: str) -> bytes:
         try:
@@ -700,7 +753,7 @@ class BackupWriter:
 
     def _pack_and_upload(self, batch: list[tuple[list[Any], bytes, Location | None]]) -> int:
         """In an upload thread (so compression runs on every core): compress (as a delta where that
-        is less than half), name the pack by its content, send it, read it back. Returns its size."""
+        is small enough: ``delta.WORTH``), name the pack by its content, send it, read it back. Returns its size."""
         compress = zstandard.ZstdCompressor(level=1)  # vectors compress little at any level; 1 is the fastest
         bases = self._bases({base for _, _, base in batch if base is not None},
                             budget=2 * sum(len(raw) for _, raw, _ in batch))

@@ -106,9 +106,9 @@ def test_every_small_change_goes_up_as_a_delta_with_bases_read_side_by_side(tmp_
     second = write_stream(repo, tar_stream(bytes(data)))
     changed = len(second["chunks"]) - second["stats"]["reused_chunks"]
     assert changed >= len(data) // (64 << 10)
-    # Where the edit erased a cut, the new chunk is two old ones merged: half of it is new to
-    # either base, so its delta is about half its size and it may be stored whole. Rare: allow two.
-    assert changed - second["stats"]["delta_chunks"] <= 2, second["stats"]
+    # Where the edit erased a cut (about one edit in 200), the new chunk is two old ones merged:
+    # half of it is new to either base, so its delta is about half its size and it is stored whole.
+    assert changed - second["stats"]["delta_chunks"] <= changed // 50, second["stats"]
     assert second["stats"]["stored_bytes"] < first["stats"]["stored_bytes"] * 0.01
     with tarfile.open(fileobj=io.BytesIO(_read(repo, second["id"])), mode="r|") as tar:
         for member in tar:
@@ -167,3 +167,32 @@ def test_a_manifest_naming_a_chunk_stored_larger_than_it_could_be_is_refused(tmp
         zstandard.ZstdCompressor().compress(json.dumps(forged).encode()))
     with pytest.raises(CorruptBackup, match="forget"):
         repo.manifest(forged["id"])
+
+
+def test_a_backup_made_over_many_others_reads_back_about_its_own_size(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Sixteen backups, each changing a little everywhere: the newest one's chunks are spread over
+    # sixteen packs in turn. Read whole, pack after pack, that was many times the stream.
+    repo = Repository.open(str(tmp_path / "repo"), create=True)
+    data = bytearray(os.urandom(4 << 20))
+    for round_ in range(16):
+        for at in range(round_ * 4096, len(data), 16 * 4096):
+            data[at:at + 8] = os.urandom(8)
+        newest = write_stream(repo, tar_stream(bytes(data)))
+    fetched: list[int] = []
+    get, get_ranges = Store.get, Store.get_ranges
+
+    def whole(store: Store, key: str) -> bytes:
+        found = get(store, key)
+        fetched.append(len(found) if key.startswith("packs/") else 0)
+        return found
+
+    def ranges(store: Store, key: str, wanted: list[tuple[int, int]]) -> list[bytes]:
+        fetched.extend(end - start for start, end in wanted)
+        return get_ranges(store, key, wanted)
+
+    monkeypatch.setattr(Store, "get", whole)
+    monkeypatch.setattr(Store, "get_ranges", ranges)
+    assert _read(repo, newest["id"]) == tar_stream(bytes(data))
+    stored = sum(entry[2] for entry in [*newest["chunks"], *newest.get("bases", [])])  # with the bases' own
+    assert sum(fetched) <= 1.1 * stored, (sum(fetched), stored)
