@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import httpx._transports.default as httpx_transports
 import pytest
 from support.procs import BareEngine, Guard
+from support.s3 import MotoServer
 
 _make_context = httpx_transports.create_ssl_context
 
@@ -64,3 +65,11 @@ def bare() -> Iterator[BareEngine]:
 @pytest.fixture
 def name() -> str:
     return f"c-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """A real S3-compatible server (moto) on loopback, one per test module that asks for it."""
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.close()

@@ -103,11 +103,14 @@ class Stopped(ChromaguardError):
     of the backup or repository, so never noted as one."""
 
 
-def go_on(stop: threading.Event | None, doing: str) -> None:
-    """A point where ``doing`` may be cut short: the repository is as a kill here would leave it."""
+def go_on(stop: threading.Event | None, message: str) -> None:
+    """A point where work may be cut short: the repository is as a kill here would leave it."""
     if stop is not None and stop.is_set():
-        raise Stopped(f"{doing} was stopped (the service is stopping); every kept backup is whole, and the "
-                      f"next {doing} finishes what this one left")
+        raise Stopped(message)
+
+
+_PRUNE_STOPPED = ("prune was stopped (the service is stopping); every kept backup is whole, and the next prune "
+                  "deletes what this one left")
 
 
 @dataclass
@@ -154,7 +157,7 @@ def _manifest_key(backup_id: str) -> str:
 
 
 MANIFEST_READERS = 16  # manifests fetched at once by `backups list`
-_READ_WINDOW = 32 << 20  # stored bytes of chunks read back at once: what a restore holds in memory
+_READ_WINDOW = 32 << 20  # what a restore holds at once: chunks as stored, and their bases opened
 _READERS = 8  # packs read side by side for one window
 
 
@@ -490,13 +493,17 @@ class Repository:
         its chunks spread over their packs, and reading whole packs would download those many
         times over (26.9 GB for a 111 MB stream after 30 incrementals, measured)."""
         window: list[Stored] = []
+        bases: set[Location] = set()
         size = 0
         for chunk in chunks:
             window.append(chunk)
-            size += chunk.at.length + (0 if chunk.base is None else chunk.base.length)
+            size += chunk.at.length
+            if chunk.base is not None and chunk.base not in bases:  # a base is kept open for its window
+                bases.add(chunk.base)
+                size += chunk.base.length + chunk.base.raw_length
             if size >= _READ_WINDOW:
                 yield from self._window(backup_id, window)
-                window, size = [], 0
+                window, bases, size = [], set(), 0
         if window:
             yield from self._window(backup_id, window)
 
@@ -548,7 +555,7 @@ class Repository:
             if dry_run:
                 return report
             for backup_id in doomed:  # manifests first: a kill from here on leaves only garbage packs
-                go_on(stop, "prune")
+                go_on(stop, _PRUNE_STOPPED)
                 self._still_locked()
                 self.store.delete(_manifest_key(backup_id))
                 self.store.delete(_verified_key(backup_id))
@@ -588,7 +595,7 @@ class Repository:
         removed = freed = 0
         for pack, info in present.items():
             if pack not in named:
-                go_on(stop, "prune")
+                go_on(stop, _PRUNE_STOPPED)
                 self._still_locked()
                 self.store.delete(info.key)
                 removed += 1
@@ -615,7 +622,7 @@ class Repository:
 
         reader = _ChunkReader(self, "(repack)")
         for pack in wasteful:
-            go_on(stop, "prune")
+            go_on(stop, _PRUNE_STOPPED)
             data = reader.pack(pack)
             for offset, chunk in sorted(used[pack].items()):
                 # Checked before it is copied: a chunk rewritten wrong would be lost for every backup.
@@ -630,7 +637,7 @@ class Repository:
         for backup_id, m in manifests.items():
             if doomed.isdisjoint(m["packs"]):
                 continue
-            go_on(stop, "prune")
+            go_on(stop, _PRUNE_STOPPED)
             self._still_locked()
 
             def move(at: Location) -> Location:

@@ -89,6 +89,8 @@ def verify(path: Path, *, progress: Callable[[int], None] | None = None, keep_in
     scratch.chmod(0o755)  # a data dir, not a secret: the service may run as another user
     try:
         archive.extract(path, scratch)
+        if progress is not None:
+            progress(0)  # nothing more read, but a caller that stops there may (before the engine starts)
         sampled = asyncio.run(_verify_extracted(scratch, manifest))
     except archive.ArchiveError as exc:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -301,7 +303,8 @@ def verify_in(repository: Repository, backup_id: str, *, progress: Callable[[int
     compared with its manifest. The result is noted in the repository for ``backups list``.
     Once ``stop`` is set, it stops at the next piece read (Stopped; nothing is noted)."""
     def step(n: int) -> None:
-        go_on(stop, "the test restore")
+        go_on(stop, "the test restore was stopped (the service is stopping); it is noted neither as passed nor "
+                    "as failed")
         if progress is not None:
             progress(n)
 

@@ -5,7 +5,6 @@ backup whose chunks the deltas are taken against is pruned, and a damaged base i
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,6 @@ from support.s3 import MotoServer
 from chromaguard.backup.repository import Repository
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")

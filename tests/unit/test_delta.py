@@ -8,6 +8,7 @@ import io
 import json
 import os
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,42 @@ def test_a_backup_made_over_many_others_reads_back_about_its_own_size(
     assert _read(repo, newest["id"]) == tar_stream(bytes(data))
     stored = sum(entry[2] for entry in [*newest["chunks"], *newest.get("bases", [])])  # with the bases' own
     assert sum(fetched) <= 1.1 * stored, (sum(fetched), stored)
+
+
+def test_a_restore_holds_a_window_of_bases_not_every_base_it_opens(tmp_path: Path) -> None:
+    # A forged manifest (unencrypted: anyone who can write the bucket) whose 96 deltas each have a
+    # base of 1 MiB stored in a few bytes: counted as stored, a window would hold all 96 opened.
+    repo = Repository.open(str(tmp_path / "repo"), create=True)
+    pack, bases, chunks, whole = bytearray(), [], [], hashlib.sha256()
+    for i in range(96):
+        base = i.to_bytes(8, "big") + bytes((1 << 20) - 8)
+        blob = zstandard.ZstdCompressor(level=1).compress(base)
+        bases.append([0, len(pack), len(blob), len(base), hashlib.sha256(base).hexdigest()])
+        pack += blob
+        raw = base[:-1] + b"\x01"
+        blob = delta.compress(raw, base)
+        chunks.append([0, len(pack), len(blob), len(raw), hashlib.sha256(raw).hexdigest(), i])
+        pack += blob
+        whole.update(raw)
+    name = hashlib.sha256(pack).hexdigest()
+    (tmp_path / "repo" / "packs" / name[:2]).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "repo" / "packs" / name[:2] / name).write_bytes(bytes(pack))
+    backup_id = new_id()
+    manifest = {"format": "chromaguard-repository-backup", "version": 2, "id": backup_id, "time": 1.7e9,
+                "packs": [name], "chunks": chunks, "bases": bases, "stats": {}, "snapshot": {"collections": []},
+                "stream": {"size": 96 << 20, "sha256": whole.hexdigest()}}
+    (tmp_path / "repo" / "backups").mkdir(exist_ok=True)
+    (tmp_path / "repo" / "backups" / f"{backup_id}.json.zst").write_bytes(
+        zstandard.ZstdCompressor().compress(json.dumps(manifest).encode()))
+
+    class Discard:
+        def write(self, data: bytes) -> int:
+            return len(data)
+
+    tracemalloc.start()
+    try:
+        repo.read(backup_id, Discard())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 56 << 20, f"{peak >> 20} MiB held to read 96 chunks of 1 MiB"
