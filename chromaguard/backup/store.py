@@ -27,6 +27,7 @@ from .location import check_url
 _RETRY = {"max_retries": 3, "retry_timeout": timedelta(seconds=60),
           "backoff": {"init_backoff": timedelta(milliseconds=200), "max_backoff": timedelta(seconds=5)}}
 _TIMEOUTS = {"connect_timeout": "10s", "timeout": "300s"}
+_COALESCE = 64 << 10  # bytes between two ranges of one object below which one request fetches both
 
 
 class StoreError(ChromaguardError):
@@ -73,10 +74,13 @@ class Store:
             raise self._error("read", key, exc) from None
 
     def get_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
-        """Parts of one object, each ``(start, end)``: what a delta needs of a pack, in few requests."""
+        """Parts of one object, each ``(start, end)``: what a restore or a delta needs of a pack.
+        Parts less than 64 KiB apart come in one request. (obstore's default, 1 MiB, fetched 3.5
+        times the chunks a restore needed of packs they are spread over; 64 KiB 2.2 times, in 4.6
+        times the requests: on a cloud store the bytes cost more.)"""
         try:
             found = obstore.get_ranges(self._store, key, starts=[start for start, _ in ranges],
-                                       ends=[end for _, end in ranges])
+                                       ends=[end for _, end in ranges], coalesce=_COALESCE)
         except Exception as exc:  # noqa: BLE001
             raise self._error("read", key, exc) from None
         return [bytes(part) for part in found]
