@@ -12,7 +12,6 @@ prints each round's upload as a part of that repository's full backup, and the m
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support.clients import http_client  # noqa: E402
 from support.procs import Guard  # noqa: E402
+from support.repositories import read_back, write_stream  # noqa: E402
 
 from chromaguard.backup import delta, take  # noqa: E402
 from chromaguard.backup.repository import Repository  # noqa: E402
@@ -29,14 +29,8 @@ from chromaguard.backup.repository import Repository  # noqa: E402
 
 def _copy(source: Repository, backup_id: str, into: Repository, worth: float) -> int:
     """The backup's stream written into ``into`` with ``worth`` as the threshold: bytes stored."""
-    buffer = io.BytesIO()
-    source.read(backup_id, buffer)
-    stream = buffer.getvalue()
     delta.WORTH = worth
-    writer = into.writer()
-    for start in range(0, len(stream), 1 << 20):
-        writer.write(stream[start:start + (1 << 20)])
-    return writer.commit().stored_bytes
+    return int(write_stream(into, read_back(source, backup_id))["stats"]["stored_bytes"])
 
 
 def main() -> None:

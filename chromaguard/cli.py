@@ -169,7 +169,7 @@ def _principals(settings: Any) -> list[dict[str, Any]]:
     except CredentialsError as exc:
         _fail(f"error: {exc}", 2)
     settings.warnings.extend(warnings)
-    return [{"name": p.name, "role": f"{p.role} (RBAC)" if p.actions is not None else p.role, "tenant": p.tenant,
+    return [{"name": p.name, "role": p.shown_role(), "tenant": p.tenant,
              "databases": list(p.databases) if p.databases else None, "how": p.how,
              **({"actions": sorted(p.actions)} if p.actions is not None else {})}
             for p in store.principals()]

@@ -88,6 +88,13 @@ class Principal:
             return False
         return self.databases is None or (other.databases is not None and set(other.databases) <= set(self.databases))
 
+    def shown_role(self) -> str:
+        """The role as ``chromaguard config`` shows it: with an RBAC file, its actions decide
+        within the record's role (admin, the role of bare tokens and 0.6 users, is no ceiling)."""
+        if self.actions is None:
+            return self.role
+        return "(RBAC)" if self.role == "admin" else f"{self.role} (RBAC)"
+
     def identity(self) -> dict[str, Any]:
         """The body of ``GET /api/v2/auth/identity``, in Chroma's shape."""
         return {"user_id": self.name, "tenant": self.tenant or "default_tenant",

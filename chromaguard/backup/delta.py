@@ -7,10 +7,10 @@ as a zstd dictionary (what ``zstd --patch-from`` does) they cost a few percent.
 
 The rules the repository keeps with them:
 - a base is always a whole chunk, never a delta: a chunk is read back from at most two;
-- the base is found by place: the chunk of the last backup's stream at the same offset, the
-  offset corrected by the shift seen at the last chunk both streams share (a file that grew
-  moves everything after it);
-- a delta is kept only when it is at most a quarter of the whole chunk's size; otherwise the
+- the base is found by place: of the last backup's chunks at the new chunk's offset (corrected
+  by the shift seen at the last chunk both streams share: a file that grew moves everything
+  after it), the one sharing most bytes with it;
+- a delta is kept only when it is at most a quarter of the chunk compressed whole; otherwise the
   chunk is stored whole, and the next backups' deltas are taken against it.
 
 Why a quarter: deltas against one base grow with every backup as changes pile up, until the
@@ -57,8 +57,9 @@ def compress(raw: bytes, base: bytes) -> bytes:
 
 @functools.cache
 def _parameters(window_log: int) -> zstandard.ZstdCompressionParameters:
-    """Zstd's fastest strategy with tables sized for one chunk and its base: level 1's own
-    tables are for megabytes, and filling them took six times as long as the compression."""
+    """Zstd's fastest strategy with tables of 4,096 entries, sized for one chunk and its base
+    (``CHUNKING["max"]``, 32 KiB, is what they index): level 1's tables are for megabytes, and
+    setting them up took half the time of an 8 KiB chunk's delta (55 → 25 µs measured)."""
     return zstandard.ZstdCompressionParameters(window_log=window_log, hash_log=min(window_log, 12),
                                                chain_log=min(window_log, 12), search_log=1, min_match=6,
                                                target_length=0, strategy=zstandard.STRATEGY_FAST,
@@ -66,6 +67,7 @@ def _parameters(window_log: int) -> zstandard.ZstdCompressionParameters:
 
 
 def decompressor(base: bytes) -> zstandard.ZstdDecompressor:
+    """What opens a delta of ``base``: one per read (a decompressor is not thread-safe)."""
     return zstandard.ZstdDecompressor(dict_data=_dictionary(base))
 
 

@@ -33,7 +33,6 @@ import tarfile
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -68,6 +67,7 @@ LOCK_STALE_AFTER = 15 * 60.0  # a live holder refreshes its lock every minute
 _LOCK_REFRESH = 60.0
 _UPLOADS_IN_FLIGHT = 2
 
+log = logging.getLogger("chromaguard.backup")
 Progress = Callable[[int], None]
 
 
@@ -86,8 +86,6 @@ class _Counted:
     def write(self, data: bytes, /) -> int:
         self.size += len(data)
         return len(data)
-
-log = logging.getLogger("chromaguard.backup")
 
 
 class RepositoryError(ChromaguardError):
@@ -109,6 +107,7 @@ def go_on(stop: threading.Event | None, message: str) -> None:
         raise Stopped(message)
 
 
+_BACKUP_STOPPED = "the backup was stopped before it was complete (the service is stopping); nothing was listed"
 _PRUNE_STOPPED = ("prune was stopped (the service is stopping); every kept backup is whole, and the next prune "
                   "deletes what this one left")
 
@@ -413,10 +412,10 @@ class Repository:
         known: dict[str, list[Any]] = {}
         previous: PreviousStream | None = None
         used = 0
-        present = {info.key.rsplit("/", 1)[-1]: info.size for info in self.store.list("packs")}
+        present = self.pack_sizes()
 
         def there(at: Location | None) -> bool:  # a pack lost or cut short is not built on
-            return at is None or present.get(at.pack, -1) >= at.offset + at.length
+            return at is None or _holds(present, at)
 
         for backup_id in reversed(self.ids()):
             if used >= DEDUPLICATE_AGAINST:
@@ -441,12 +440,20 @@ class Repository:
                         known[chunk.at.digest] = [*chunk.at[:4], chunk.base]
         return known, previous
 
-    def writer(self, *, progress: Progress | None = None, stop: threading.Event | None = None) -> BackupWriter:
-        """A file-like sink for a snapshot's tar stream; ``commit`` makes it a listed backup.
-        Once ``stop`` is set, the next write fails: how a stopping service cuts an upload short."""
+    def pack_sizes(self) -> dict[str, int]:
+        """Every pack there is, and its size."""
+        return {info.key.rsplit("/", 1)[-1]: info.size for info in self.store.list("packs")}
+
+    def check_writable(self) -> None:
+        """Refuse what no backup may write, without a request: before a snapshot is taken for nothing."""
         if self.sealer is None and self._password_given:
             raise RepositoryError(f"{self.url}: this repository is not encrypted, but a backup password is set "
                                   f"({PASSWORD_ENV}); unset it, or back up to a new repository to encrypt")
+
+    def writer(self, *, progress: Progress | None = None, stop: threading.Event | None = None) -> BackupWriter:
+        """A file-like sink for a snapshot's tar stream; ``commit`` makes it a listed backup.
+        Once ``stop`` is set, the next write fails: how a stopping service cuts an upload short."""
+        self.check_writable()
         known, previous = self.reusable()
         return BackupWriter(self, known, previous, progress, stop)
 
@@ -471,7 +478,7 @@ class Repository:
         needed: dict[str, int] = {}
         for at in _locations(m):
             needed[at.pack] = max(needed.get(at.pack, 0), at.offset + at.length)
-        present = {info.key.rsplit("/", 1)[-1]: info.size for info in self.store.list("packs")}
+        present = self.pack_sizes()
         for pack, end in needed.items():
             size = present.get(pack)
             if size is None:
@@ -488,10 +495,15 @@ class Repository:
         return counted.size
 
     def _contents(self, backup_id: str, chunks: list[Stored]) -> Iterator[bytes]:
-        """The chunks' contents in order, each checked against its name. Read a window at a time,
-        each pack's part of it in ranged reads, side by side: a backup made over many others has
-        its chunks spread over their packs, and reading whole packs would download those many
-        times over (26.9 GB for a 111 MB stream after 30 incrementals, measured)."""
+        """The chunks' contents in order, each checked against its name."""
+        for _, raw in self._opened(backup_id, chunks):
+            yield raw
+
+    def _opened(self, backup_id: str, chunks: list[Stored]) -> Iterator[tuple[bytes, bytes]]:
+        """Each chunk as stored and its content, in order, checked against its name. Read a window
+        at a time, each pack's part of it in ranged reads, side by side: a backup made over many
+        others has its chunks (and a delta's base) spread over their packs, and reading whole packs
+        downloaded those many times over (26.9 GB for a 111 MB stream after 30 incrementals)."""
         window: list[Stored] = []
         bases: set[Location] = set()
         size = 0
@@ -507,7 +519,7 @@ class Repository:
         if window:
             yield from self._window(backup_id, window)
 
-    def _window(self, backup_id: str, window: list[Stored]) -> Iterator[bytes]:
+    def _window(self, backup_id: str, window: list[Stored]) -> Iterator[tuple[bytes, bytes]]:
         by_pack: dict[str, set[Location]] = {}
         for chunk in window:
             for at in (chunk.at, chunk.base):
@@ -533,13 +545,8 @@ class Repository:
                 base = bases.get(chunk.base)
                 if base is None:
                     base = bases[chunk.base] = _open_chunk(backup_id, chunk.base, stored[chunk.base], self.sealer)
-            yield _open_chunk(backup_id, chunk.at, stored[chunk.at], self.sealer, base)
-
-    def _pack(self, backup_id: str, pack: str) -> bytes:
-        try:
-            return self.store.get(_pack_key(pack))
-        except MissingObject:
-            raise CorruptBackup(f"backup {backup_id}: pack {pack[:16]}… is missing from {self.url}") from None
+            blob = stored[chunk.at]
+            yield blob, _open_chunk(backup_id, chunk.at, blob, self.sealer, base)
 
     # ---- retention -----------------------------------------------------------------------------
 
@@ -579,15 +586,18 @@ class Repository:
         rewriting the packs that are mostly unused: (packs deleted, bytes freed)."""
         used: dict[str, dict[int, Stored]] = {}  # pack -> offset -> the chunk there (a base is one too)
         for backup_id, m in manifests.items():
-            for chunk in [*_stored(m), *(Stored(base, None) for base in _bases(m))]:
+            for chunk in [*_stored(m), *(Stored(base, None) for base in _base_locations(m))]:
                 known = used.setdefault(chunk.at.pack, {}).setdefault(chunk.at.offset, chunk)
                 if not _same_chunk(known, chunk):
                     raise RepositoryError(f"backup {backup_id}: its manifest disagrees with another about the chunk "
                                           f"at {chunk.at.offset} of pack {chunk.at.pack[:16]}…; prune stopped before "
                                           "deleting any pack: verify the backups (`chromaguard verify --all`)")
         present = {info.key.rsplit("/", 1)[-1]: info for info in self.store.list("packs")}
+        # A pack holding a delta whose base's pack is lost is left as it is: its chunks cannot be
+        # checked to be copied, and a prune must still free what it can (verify names the loss).
         wasteful = [pack for pack, chunks in used.items() if pack in present and
-                    present[pack].size - sum(c.at.length for c in chunks.values()) > present[pack].size * _REPACK_AT]
+                    present[pack].size - sum(c.at.length for c in chunks.values()) > present[pack].size * _REPACK_AT
+                    and all(c.base is None or c.base.pack in present for c in chunks.values())]
         written = self._repack(manifests, used, wasteful, stop) if wasteful else 0
         # What the manifests name now (after a repack, its new packs): a pack listed above with the
         # same name, left by a repack killed before, is one of them and stays.
@@ -620,15 +630,14 @@ class Repository:
             written += len(data)
             buffer, staged = bytearray(), []
 
-        reader = _ChunkReader(self, "(repack)")
         for pack in wasteful:
             go_on(stop, _PRUNE_STOPPED)
-            data = reader.pack(pack)
-            for offset, chunk in sorted(used[pack].items()):
-                # Checked before it is copied: a chunk rewritten wrong would be lost for every backup.
-                reader.raw(chunk)
-                staged.append((pack, offset, len(buffer)))
-                buffer += data[offset:offset + chunk.at.length]  # still compressed (and sealed): copied as it is
+            chunks = [chunk for _, chunk in sorted(used[pack].items())]
+            # Checked before it is copied (a delta with its base): one rewritten wrong would be lost
+            # for every backup. Copied as stored, still compressed (and sealed).
+            for chunk, (blob, _) in zip(chunks, self._opened("(repack)", chunks)):
+                staged.append((pack, chunk.at.offset, len(buffer)))
+                buffer += blob
             if len(buffer) >= PACK_SIZE:
                 seal()
         if buffer:
@@ -695,9 +704,7 @@ class BackupWriter:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._closed:
             raise ValueError("the backup was committed or abandoned already")
-        if self.stop is not None and self.stop.is_set():
-            raise Stopped("the backup was stopped before it was complete (the service is stopping); nothing was "
-                          "listed")
+        go_on(self.stop, _BACKUP_STOPPED)
         n = len(data)
         if self._head_needed is None or len(self._head) < self._head_needed:
             self._keep_head(data)
@@ -844,9 +851,9 @@ class BackupWriter:
             **entries,
         }
         self.repo._still_locked()
-        present = {info.key.rsplit("/", 1)[-1]: info.size for info in self.repo.store.list("packs")}
+        present = self.repo.pack_sizes()
         for at in _locations(manifest):  # a prune may have run meanwhile (a lock taken over)
-            if present.get(at.pack, -1) < at.offset + at.length:
+            if not _holds(present, at):
                 raise RepositoryError(f"{self.repo.url}: pack {at.pack[:16]}… this backup builds on is gone "
                                       "(a prune ran meanwhile?); nothing was listed, back up again")
         if not self.repo.store.put(_manifest_key(self.id), _encode_manifest(manifest, self.repo.sealer), new=True):
@@ -914,33 +921,6 @@ def _gone(holder: dict[str, Any]) -> bool:
     return not isinstance(pid, int) or _start_ticks(pid) != holder.get("started")
 
 
-class _ChunkReader:
-    """Chunks of one backup read back and checked, a delta with its base. A few packs are kept,
-    since chunks come mostly in pack order (and a delta's bases in their own pack order)."""
-
-    def __init__(self, repo: Repository, backup_id: str, keep: int = 8) -> None:
-        self.repo = repo
-        self.backup_id = backup_id
-        self.keep = keep
-        self.packs: OrderedDict[str, bytes] = OrderedDict()
-
-    def pack(self, pack: str) -> bytes:
-        data = self.packs.get(pack)
-        if data is None:
-            data = self.packs[pack] = self.repo._pack(self.backup_id, pack)
-            while len(self.packs) > self.keep:
-                self.packs.popitem(last=False)
-        else:
-            self.packs.move_to_end(pack)
-        return data
-
-    def raw(self, chunk: Stored) -> bytes:
-        base = None if chunk.base is None else self.raw(Stored(chunk.base, None))
-        at = chunk.at
-        return _open_chunk(self.backup_id, at, self.pack(at.pack)[at.offset:at.offset + at.length], self.repo.sealer,
-                           base)
-
-
 def _open_chunk(backup_id: str, at: Location, blob: bytes, sealer: Sealer | None, base: bytes | None = None) -> bytes:
     """A stored chunk's content, checked against its name; ``base``: the whole chunk it is a delta of."""
     try:
@@ -970,14 +950,14 @@ def _stored(m: dict[str, Any]) -> list[Stored]:
     return [Stored(at(entry), at(bases[entry[5]]) if len(entry) == 6 else None) for entry in m["chunks"]]
 
 
-def _bases(m: dict[str, Any]) -> list[Location]:
+def _base_locations(m: dict[str, Any]) -> list[Location]:
     packs = m["packs"]
     return [Location(packs[entry[0]], entry[1], entry[2], entry[3], entry[4]) for entry in m.get("bases", [])]
 
 
 def _locations(m: dict[str, Any]) -> list[Location]:
     """Every blob a backup needs: its chunks, and the bases of its deltas."""
-    return [chunk.at for chunk in _stored(m)] + _bases(m)
+    return [chunk.at for chunk in _stored(m)] + _base_locations(m)
 
 
 def _entries(stream: list[Stored]) -> dict[str, Any]:
@@ -1157,6 +1137,11 @@ def _chunk_entry(entry: Any, packs: int) -> bool:
     return (isinstance(entry, list) and len(entry) == 5 and all(_count(v) for v in entry[:4])
             and entry[0] < packs and 0 < entry[3] <= _CHUNK_MAX and 0 < entry[2] <= _stored_bound(entry[3])
             and isinstance(entry[4], str) and _PACK.match(entry[4]) is not None)
+
+
+def _holds(pack_sizes: dict[str, int], at: Location) -> bool:
+    """Whether the stored chunk at ``at`` is there whole: its pack present and long enough."""
+    return pack_sizes.get(at.pack, -1) >= at.offset + at.length
 
 
 def _same_chunk(a: Stored, b: Stored) -> bool:

@@ -80,7 +80,8 @@ async def _verify_extracted(data: Path, manifest: dict[str, Any]) -> int:
 
 def verify(path: Path, *, progress: Callable[[int], None] | None = None, keep_in: Path | None = None,
            prefix: str = STAGED_PREFIX) -> VerifyReport:
-    """Checksums first, then the data opened by the real engine in a temporary dir."""
+    """Checksums first, then the data opened by the real engine in a temporary dir. ``progress``
+    may raise to stop it (it is also called, with 0, before the engine starts)."""
     try:
         manifest = archive.check(path, progress)
     except archive.ArchiveError as exc:

@@ -146,6 +146,7 @@ def online(url: str, output: Path, *, token: str | None = None, level: int = 3,
 def online_to(url: str, repository: Repository, *, token: str | None = None,
               progress: Callable[[str, int, int | None], None] | None = None) -> BackupInfo:
     """A running service's snapshot into a repository: only chunks it lacks go up."""
+    repository.check_writable()  # before the service takes a snapshot for nothing
     with repository.locked("backup", exclusive=False), concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(repository.writer)  # the newest manifests are read while the service snapshots
         try:

@@ -307,3 +307,4 @@ def test_an_rbac_role_cannot_widen_what_a_record_allows(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     people = {p["name"]: p for p in json.loads(result.stdout)["credentials"]}
     assert "within its record's role 'read'" in people["reader"]["how"], people["reader"]
+    assert people["reader"]["role"] == "read (RBAC)" and people["writer"]["role"] == "write (RBAC)"

@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-import zstandard
-from support.repositories import backup, copy_data, dump, listed, ok, one_line_error, run, write_data
+from support.repositories import backup, copy_data, dump, listed, ok, one_line_error, plant_manifest, run, write_data
 from support.s3 import MotoServer
 
 from chromaguard.backup.repository import Repository
@@ -117,7 +116,6 @@ def test_a_manifest_naming_a_base_it_does_not_list_is_one_line(data: Path, tmp_p
     repo, second, m = _with_deltas(data, tmp_path)
     delta_entry = next(entry for entry in m["chunks"] if len(entry) == 6)  # type: ignore[attr-defined]
     delta_entry[5] = len(m["bases"])  # type: ignore[arg-type]
-    key = Path(repo) / "backups" / f"{second}.json.zst"
-    key.write_bytes(zstandard.ZstdCompressor().compress(json.dumps(m).encode()))
+    plant_manifest(Path(repo), m)
     one_line_error(run("restore", repo, "--id", second, "--data-dir", str(tmp_path / "x")),
                    f"backup {second}", "malformed chunk entry")

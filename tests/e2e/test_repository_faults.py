@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import zstandard
 from support.procs import cli
-from support.repositories import backup, copy_data, dump, listed, one_line_error, write_data
+from support.repositories import backup, copy_data, dump, listed, one_line_error, plant_manifest, write_data
 
 from chromaguard.backup import repository as repo_module
 from chromaguard.backup.repository import Repository, RepositoryError, _head_needed
@@ -161,7 +161,7 @@ def _tamper(repo: Path, backup_id: str, change: Any) -> None:
     path = next((repo / "backups").glob(f"{backup_id}*"))
     manifest = json.loads(zstandard.ZstdDecompressor().decompress(path.read_bytes()))
     change(manifest)
-    path.write_bytes(zstandard.ZstdCompressor().compress(json.dumps(manifest).encode()))
+    plant_manifest(repo, manifest, backup_id)
 
 
 @pytest.mark.parametrize("case", ["no_sha", "huge_raw", "no_id", "stats_str", "float_time", "bad_count",

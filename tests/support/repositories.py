@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import subprocess
 import sys
 import tarfile
@@ -114,3 +115,36 @@ def write_stream(repo: Repository, stream: bytes) -> dict[str, Any]:
     for start in range(0, len(stream), 1 << 20):
         writer.write(stream[start:start + (1 << 20)])
     return repo.manifest(writer.commit().id)
+
+
+def read_back(repo: Repository, backup_id: str) -> bytes:
+    """The backup's stream as a restore reads it: every chunk and the whole checked."""
+    out = io.BytesIO()
+    repo.read(backup_id, out)
+    return out.getvalue()
+
+
+def plant_manifest(folder: Path, manifest: dict[str, Any], backup_id: str | None = None) -> None:
+    """Write a manifest into a folder repository by hand, as anyone who can write the bucket could
+    (unencrypted): how tests forge, break or tamper with one. ``backup_id``: where, if not its id."""
+    import zstandard
+
+    (folder / "backups").mkdir(exist_ok=True)
+    (folder / "backups" / f"{backup_id or manifest['id']}.json.zst").write_bytes(
+        zstandard.ZstdCompressor().compress(json.dumps(manifest).encode()))
+
+
+def with_deltas_and_a_repack_due(repo: Repository) -> list[str]:
+    """Three backups: the second edits the first here and there (delta chunks against its chunks)
+    and rewrites a third of it (so the first's pack is mostly unused once it goes, and is repacked),
+    the third repeats the second (its deltas shared by two backups)."""
+    rnd = random.Random(11)
+    data = bytearray(rnd.randbytes(1 << 19).hex().encode())  # compressible: a small edit is a small delta
+    ids = [write_stream(repo, tar_stream(bytes(data)))["id"]]
+    for _ in range(30):
+        at = rnd.randrange(len(data) - 8)
+        data[at:at + 4] = rnd.randbytes(4)
+    data[400_000:800_000] = rnd.randbytes(200_000).hex().encode()
+    second = write_stream(repo, tar_stream(bytes(data)))
+    assert second["stats"]["delta_chunks"] > 0
+    return [*ids, second["id"], write_stream(repo, tar_stream(bytes(data)))["id"]]

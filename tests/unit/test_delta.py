@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import io
-import json
 import os
 import tarfile
 import tracemalloc
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from support.repositories import tar_stream, write_stream
+from support.repositories import plant_manifest, read_back, tar_stream, write_stream
 
 from chromaguard.backup import delta
 from chromaguard.backup.delta import Location, PreviousStream, Stored
@@ -23,12 +22,6 @@ from chromaguard.backup.store import Store
 
 def _at(name: str, length: int, pack: str = "p") -> Location:
     return Location(pack, 0, 1, length, hashlib.sha256(name.encode()).hexdigest())
-
-
-def _read(repo: Repository, backup_id: str) -> bytes:
-    out = io.BytesIO()
-    repo.read(backup_id, out)
-    return out.getvalue()
 
 
 def _digest(name: str) -> str:
@@ -111,7 +104,7 @@ def test_every_small_change_goes_up_as_a_delta_with_bases_read_side_by_side(tmp_
     # half of it is new to either base, so its delta is about half its size and it is stored whole.
     assert changed - second["stats"]["delta_chunks"] <= changed // 50, second["stats"]
     assert second["stats"]["stored_bytes"] < first["stats"]["stored_bytes"] * 0.01
-    with tarfile.open(fileobj=io.BytesIO(_read(repo, second["id"])), mode="r|") as tar:
+    with tarfile.open(fileobj=io.BytesIO(read_back(repo, second["id"])), mode="r|") as tar:
         for member in tar:
             if member.name == "data/index.bin":
                 fh = tar.extractfile(member)
@@ -127,7 +120,7 @@ def test_backups_read_in_threads_side_by_side_come_back_whole(tmp_path: Path) ->
     backup = write_stream(repo, stream)
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        assert all(got == stream for got in pool.map(lambda _: _read(repo, backup["id"]), range(8)))
+        assert all(got == stream for got in pool.map(lambda _: read_back(repo, backup["id"]), range(8)))
 
 
 def test_a_forged_manifest_naming_huge_bases_cannot_make_a_backup_read_the_repository_over(
@@ -143,8 +136,7 @@ def test_a_forged_manifest_naming_huge_bases_cannot_make_a_backup_read_the_repos
     for k, entry in enumerate(first["chunks"]):
         forged["bases"].append([0, k, pack_size - k, pack_size - k, "ab" * 32])
         forged["chunks"].append([*entry, k])
-    (tmp_path / "repo" / "backups" / f"{forged['id']}.json.zst").write_bytes(
-        zstandard.ZstdCompressor().compress(json.dumps(forged).encode()))
+    plant_manifest(tmp_path / "repo", forged)
     asked: list[int] = []
     get_ranges = Store.get_ranges
 
@@ -157,20 +149,19 @@ def test_a_forged_manifest_naming_huge_bases_cannot_make_a_backup_read_the_repos
         data[at] ^= 1  # every chunk changed a little: each looks for its base
     second = write_stream(repo, tar_stream(bytes(data)))
     assert sum(asked) <= 2 * len(data) + (1 << 16), f"{sum(asked)} bytes of bases read for a 1 MiB backup"
-    assert _read(repo, second["id"]) == tar_stream(bytes(data))  # the forged bases never made it in
+    assert read_back(repo, second["id"]) == tar_stream(bytes(data))  # the forged bases never made it in
 
 
 def test_a_manifest_naming_a_chunk_stored_larger_than_it_could_be_is_refused(tmp_path: Path) -> None:
     repo = Repository.open(str(tmp_path / "repo"), create=True)
     first = write_stream(repo, tar_stream(os.urandom(1 << 16)))
     forged = {**first, "id": new_id(), "chunks": [[p, o, 1 << 24, raw, d] for p, o, _, raw, d in first["chunks"]]}
-    (tmp_path / "repo" / "backups" / f"{forged['id']}.json.zst").write_bytes(
-        zstandard.ZstdCompressor().compress(json.dumps(forged).encode()))
+    plant_manifest(tmp_path / "repo", forged)
     with pytest.raises(CorruptBackup, match="forget"):
         repo.manifest(forged["id"])
 
 
-def test_a_backup_made_over_many_others_reads_back_about_its_own_size(
+def test_a_backup_made_over_many_others_asks_for_about_its_own_size(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Sixteen backups, each changing a little everywhere: the newest one's chunks are spread over
     # sixteen packs in turn. Read whole, pack after pack, that was many times the stream.
@@ -194,7 +185,7 @@ def test_a_backup_made_over_many_others_reads_back_about_its_own_size(
 
     monkeypatch.setattr(Store, "get", whole)
     monkeypatch.setattr(Store, "get_ranges", ranges)
-    assert _read(repo, newest["id"]) == tar_stream(bytes(data))
+    assert read_back(repo, newest["id"]) == tar_stream(bytes(data))
     stored = sum(entry[2] for entry in [*newest["chunks"], *newest.get("bases", [])])  # with the bases' own
     assert sum(fetched) <= 1.1 * stored, (sum(fetched), stored)
 
@@ -221,9 +212,7 @@ def test_a_restore_holds_a_window_of_bases_not_every_base_it_opens(tmp_path: Pat
     manifest = {"format": "chromaguard-repository-backup", "version": 2, "id": backup_id, "time": 1.7e9,
                 "packs": [name], "chunks": chunks, "bases": bases, "stats": {}, "snapshot": {"collections": []},
                 "stream": {"size": 96 << 20, "sha256": whole.hexdigest()}}
-    (tmp_path / "repo" / "backups").mkdir(exist_ok=True)
-    (tmp_path / "repo" / "backups" / f"{backup_id}.json.zst").write_bytes(
-        zstandard.ZstdCompressor().compress(json.dumps(manifest).encode()))
+    plant_manifest(tmp_path / "repo", manifest)
 
     class Discard:
         def write(self, data: bytes) -> int:
