@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from support.procs import clean_env, cli
 
 if TYPE_CHECKING:
+    import pytest
+
     from chromaguard.backup.repository import Repository
 
 _WRITE = textwrap.dedent('''
@@ -148,3 +150,24 @@ def with_deltas_and_a_repack_due(repo: Repository) -> list[str]:
     second = write_stream(repo, tar_stream(bytes(data)))
     assert second["stats"]["delta_chunks"] > 0
     return [*ids, second["id"], write_stream(repo, tar_stream(bytes(data)))["id"]]
+
+
+def pack_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A spy on every store: the bytes of packs read, whole or in ranges, appended as they are read."""
+    from chromaguard.backup.store import Store
+
+    read: list[int] = []
+    get, get_ranges = Store.get, Store.get_ranges
+
+    def whole(store: Store, key: str) -> bytes:
+        found = get(store, key)
+        read.append(len(found) if key.startswith("packs/") else 0)
+        return found
+
+    def ranges(store: Store, key: str, wanted: list[tuple[int, int]]) -> list[bytes]:
+        read.extend(end - start for start, end in wanted)
+        return get_ranges(store, key, wanted)
+
+    monkeypatch.setattr(Store, "get", whole)
+    monkeypatch.setattr(Store, "get_ranges", ranges)
+    return read

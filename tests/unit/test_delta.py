@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from support.repositories import plant_manifest, read_back, tar_stream, write_stream
+from support.repositories import pack_reads, plant_manifest, read_back, tar_stream, write_stream
 
 from chromaguard.backup import delta
 from chromaguard.backup.delta import Location, PreviousStream, Stored
 from chromaguard.backup.repository import CorruptBackup, Repository, new_id
-from chromaguard.backup.store import Store
 
 
 def _at(name: str, length: int, pack: str = "p") -> Location:
@@ -137,14 +136,7 @@ def test_a_forged_manifest_naming_huge_bases_cannot_make_a_backup_read_the_repos
         forged["bases"].append([0, k, pack_size - k, pack_size - k, "ab" * 32])
         forged["chunks"].append([*entry, k])
     plant_manifest(tmp_path / "repo", forged)
-    asked: list[int] = []
-    get_ranges = Store.get_ranges
-
-    def counted(store: Store, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
-        asked.extend(end - start for start, end in ranges)
-        return get_ranges(store, key, ranges)
-
-    monkeypatch.setattr(Store, "get_ranges", counted)
+    asked = pack_reads(monkeypatch)
     for at in range(0, len(data), 4096):
         data[at] ^= 1  # every chunk changed a little: each looks for its base
     second = write_stream(repo, tar_stream(bytes(data)))
@@ -171,20 +163,7 @@ def test_a_backup_made_over_many_others_asks_for_about_its_own_size(
         for at in range(round_ * 4096, len(data), 16 * 4096):
             data[at:at + 8] = os.urandom(8)
         newest = write_stream(repo, tar_stream(bytes(data)))
-    fetched: list[int] = []
-    get, get_ranges = Store.get, Store.get_ranges
-
-    def whole(store: Store, key: str) -> bytes:
-        found = get(store, key)
-        fetched.append(len(found) if key.startswith("packs/") else 0)
-        return found
-
-    def ranges(store: Store, key: str, wanted: list[tuple[int, int]]) -> list[bytes]:
-        fetched.extend(end - start for start, end in wanted)
-        return get_ranges(store, key, wanted)
-
-    monkeypatch.setattr(Store, "get", whole)
-    monkeypatch.setattr(Store, "get_ranges", ranges)
+    fetched = pack_reads(monkeypatch)
     assert read_back(repo, newest["id"]) == tar_stream(bytes(data))
     stored = sum(entry[2] for entry in [*newest["chunks"], *newest.get("bases", [])])  # with the bases' own
     assert sum(fetched) <= 1.1 * stored, (sum(fetched), stored)

@@ -7,12 +7,11 @@ import random
 from pathlib import Path
 
 import pytest
-from support.repositories import read_back, tar_stream, write_stream
+from support.repositories import pack_reads, read_back, tar_stream, write_stream
 
 from chromaguard.backup import repository
 from chromaguard.backup.repository import Repository
 from chromaguard.backup.retention import Policy
-from chromaguard.backup.store import Store
 
 
 def _rounds(repo: Repository, rounds: int, size: int, rewritten: float) -> list[dict]:
@@ -42,20 +41,7 @@ def test_a_repack_reads_about_what_it_keeps_not_every_pack_its_bases_are_in(
     repo = Repository.open(str(tmp_path / "repo"), create=True)
     made = _rounds(repo, 12, 6 << 20, 0.03)
     before, expected = repo.size(), read_back(repo, made[-1]["id"])
-    fetched: list[int] = []
-    get, get_ranges = Store.get, Store.get_ranges
-
-    def whole(store: Store, key: str) -> bytes:
-        found = get(store, key)
-        fetched.append(len(found) if key.startswith("packs/") else 0)
-        return found
-
-    def ranges(store: Store, key: str, wanted: list[tuple[int, int]]) -> list[bytes]:
-        fetched.extend(end - start for start, end in wanted)
-        return get_ranges(store, key, wanted)
-
-    monkeypatch.setattr(Store, "get", whole)
-    monkeypatch.setattr(Store, "get_ranges", ranges)
+    fetched = pack_reads(monkeypatch)
     report = repo.prune(Policy(last=1))
     assert report.packs_removed > 0
     # What it copies and the new packs read back once written: through whole packs and a cache of
