@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import glob
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ ASIDE_PREFIX = ".chromaguard-before-restore-"  # in a mount point: its old conte
 STAGED_PREFIX = ".chromaguard-restore-"  # the new data, unpacked and verified before the swap
 DISCARD_PREFIX = ".chromaguard-discard-"  # data a finished swap put out of the way, being removed
 FETCH_PREFIX = ".chromaguard-fetch-"  # a repository backup's stream, read back beside the data dir
+_SCRATCH_PREFIX = "chromaguard-verify-"  # a verify's scratch data dir in the temporary dir
 
 
 class VerifyError(ChromaguardError):
@@ -82,11 +84,13 @@ def verify(path: Path, *, progress: Callable[[int], None] | None = None, keep_in
            prefix: str = STAGED_PREFIX) -> VerifyReport:
     """Checksums first, then the data opened by the real engine in a temporary dir. ``progress``
     may raise to stop it (it is also called, with 0, before the engine starts)."""
+    if keep_in is None:
+        _remove_dead(Path(tempfile.gettempdir()), _SCRATCH_PREFIX)
     try:
         manifest = archive.check(path, progress)
     except archive.ArchiveError as exc:
         raise VerifyError(str(exc)) from None
-    scratch = Path(tempfile.mkdtemp(prefix=prefix if keep_in else "chromaguard-verify-", dir=keep_in))
+    scratch = Path(tempfile.mkdtemp(prefix=prefix if keep_in else f"{_SCRATCH_PREFIX}{os.getpid()}-", dir=keep_in))
     scratch.chmod(0o755)  # a data dir, not a secret: the service may run as another user
     try:
         archive.extract(path, scratch)
@@ -272,20 +276,24 @@ def restore_from(repository: Repository, backup_id: str, data_dir: Path, *, forc
     if data_dir.is_dir() and not force and any(p.name != LOCK_NAME for p in data_dir.iterdir()):
         raise VerifyError(f"{data_dir} is not empty; restore into an empty dir or add --force to replace it")
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_fetches(data_dir)
+    _remove_dead(data_dir.parent, f"{FETCH_PREFIX}{data_dir.name}-")
     prefix = f"{FETCH_PREFIX}{data_dir.name}-{os.getpid()}-"
     with repository.locked("restore", exclusive=False), \
             _fetched(repository, backup_id, data_dir.parent, progress, prefix) as tar:
         return restore(tar, data_dir, force=force)
 
 
-def _remove_dead_fetches(data_dir: Path) -> None:
-    """Streams a killed restore left beside the data dir (its process is gone)."""
-    prefix = f"{FETCH_PREFIX}{data_dir.name}-"
-    for leftover in data_dir.parent.glob(f"{prefix}*.tar"):
+def _remove_dead(folder: Path, prefix: str) -> None:
+    """What a killed restore or verify left in ``folder``: named ``prefix`` + its pid, and the
+    process gone. One with this process's pid is from an earlier process too (in a container the
+    service has the same pid each time), since this one has not made its own yet."""
+    for leftover in folder.glob(f"{glob.escape(prefix)}*"):
         pid = leftover.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and not _running(int(pid)):
-            leftover.unlink(missing_ok=True)
+        if pid.isdigit() and (int(pid) == os.getpid() or not _running(int(pid))):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 def _running(pid: int) -> bool:
@@ -320,7 +328,8 @@ def _verify_in(repository: Repository, backup_id: str, progress: Callable[[int],
             checked = repository.check(backup_id, progress)
             repository.note_verification(backup_id, True, f"{checked} bytes of chunks checked", "chunks")
             return checked
-        with _fetched(repository, backup_id, into, progress) as tar:
+        _remove_dead(into or Path(tempfile.gettempdir()), f"{FETCH_PREFIX}verify-")
+        with _fetched(repository, backup_id, into, progress, f"{FETCH_PREFIX}verify-{os.getpid()}-") as tar:
             progress(0)
             report = verify(tar, keep_in=None, progress=lambda _: progress(0))  # read bytes counted once
     except (RepositoryError, VerifyError) as exc:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import pytest
 from support.repositories import read_back, tar_stream, with_deltas_and_a_repack_due, write_stream
 
 from chromaguard.backup.repository import Repository, Stopped
-from chromaguard.backup.restore import verify_in
+from chromaguard.backup.restore import VerifyError, verify, verify_in
 from chromaguard.backup.retention import Policy
 
 
@@ -97,3 +100,30 @@ def test_a_prune_stopped_at_each_point_of_a_repack_leaves_a_repository_the_next_
     else:
         raise AssertionError("the prune never finished")
     assert split, "no stop point left a delta's base at two places: the case this test is for"
+
+
+def test_what_a_killed_test_restore_left_is_removed_by_the_next_and_a_live_ones_is_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SIGKILL (a supervisor out of patience) leaves the fetched stream and the scratch data dir.
+    repo = Repository.open(str(tmp_path / "repo"), create=True)
+    backup_id = _three_backups(repo)[0]
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        tmp = tmp_path / "tmp"
+        tmp.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+        left = {pid: (tmp_path / f".chromaguard-fetch-verify-{pid}-x.tar", tmp / f"chromaguard-verify-{pid}-x")
+                for pid in (gone.pid, live.pid, os.getpid())}  # this process's pid: an earlier process's
+        for stream, scratch in left.values():
+            stream.write_bytes(b"partial")
+            (scratch / "data").mkdir(parents=True)
+        with pytest.raises(Stopped):
+            verify_in(repo, backup_id, into=tmp_path, stop=_SetAfter(0))
+        with pytest.raises(VerifyError):
+            verify(tmp_path / "not-an-archive.tar")
+        assert {pid for pid, (stream, scratch) in left.items() if stream.exists() and scratch.exists()} == {live.pid}
+    finally:
+        live.kill()
+        live.wait()
