@@ -593,11 +593,14 @@ class Repository:
                                           f"at {chunk.at.offset} of pack {chunk.at.pack[:16]}…; prune stopped before "
                                           "deleting any pack: verify the backups (`chromaguard verify --all`)")
         present = {info.key.rsplit("/", 1)[-1]: info for info in self.store.list("packs")}
-        # A pack holding a delta whose base's pack is lost is left as it is: its chunks cannot be
-        # checked to be copied, and a prune must still free what it can (verify names the loss).
+        # A pack with a chunk or base that is not there whole (lost, cut short) is left as it is: its
+        # chunks cannot be checked to be copied, and a prune must still free what it can (verify
+        # names the loss).
+        sizes = {pack: info.size for pack, info in present.items()}
         wasteful = [pack for pack, chunks in used.items() if pack in present and
                     present[pack].size - sum(c.at.length for c in chunks.values()) > present[pack].size * _REPACK_AT
-                    and all(c.base is None or c.base.pack in present for c in chunks.values())]
+                    and all(_holds(sizes, c.at) and (c.base is None or _holds(sizes, c.base))
+                            for c in chunks.values())]
         written = self._repack(manifests, used, wasteful, stop) if wasteful else 0
         # What the manifests name now (after a repack, its new packs): a pack listed above with the
         # same name, left by a repack killed before, is one of them and stays.
@@ -630,19 +633,27 @@ class Repository:
             written += len(data)
             buffer, staged = bytearray(), []
 
+        copied: set[str] = set()
         for pack in wasteful:
             go_on(stop, _PRUNE_STOPPED)
             chunks = [chunk for _, chunk in sorted(used[pack].items())]
             # Checked before it is copied (a delta with its base): one rewritten wrong would be lost
             # for every backup. Copied as stored, still compressed (and sealed).
-            for chunk, (blob, _) in zip(chunks, self._opened("(repack)", chunks)):
+            try:
+                blobs = [blob for blob, _ in self._opened("(repack)", chunks)]
+            except CorruptBackup as exc:  # left named as it is: the backups using it are broken, not the prune
+                log.warning("prune: pack %s… is not repacked: %s; `chromaguard verify %s --all` names the backups "
+                            "using it", pack[:16], exc, self.url)
+                continue
+            for chunk, blob in zip(chunks, blobs):
                 staged.append((pack, chunk.at.offset, len(buffer)))
                 buffer += blob
+            copied.add(pack)
             if len(buffer) >= PACK_SIZE:
                 seal()
         if buffer:
             seal()
-        doomed = set(wasteful)
+        doomed = copied
         for backup_id, m in manifests.items():
             if doomed.isdisjoint(m["packs"]):
                 continue

@@ -30,6 +30,13 @@ _TIMEOUTS = {"connect_timeout": "10s", "timeout": "300s"}
 _COALESCE = 64 << 10  # bytes between two ranges of one object below which one request fetches both
 
 
+def _failure(exc: BaseException) -> bool:
+    """A store failure to report as one: any error, and a panic in obstore's Rust code (pyo3's
+    PanicException is a BaseException; one came from a range past an object's end). Never an
+    interrupt or an exit."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
 class StoreError(ChromaguardError):
     """An object store refused or failed; the message says which and how to fix it."""
 
@@ -63,14 +70,18 @@ class Store:
             if new:
                 return False
             raise
-        except Exception as exc:  # noqa: BLE001 - every store failure is reported the same way
+        except BaseException as exc:  # noqa: BLE001 - every store failure is reported the same way
+            if not _failure(exc):
+                raise
             raise self._error("write", key, exc) from None
         return True
 
     def get(self, key: str) -> bytes:
         try:
             return bytes(obstore.get(self._store, key).bytes())
-        except Exception as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001
+            if not _failure(exc):
+                raise
             raise self._error("read", key, exc) from None
 
     def get_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
@@ -81,7 +92,9 @@ class Store:
         try:
             found = obstore.get_ranges(self._store, key, starts=[start for start, _ in ranges],
                                        ends=[end for _, end in ranges], coalesce=_COALESCE)
-        except Exception as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001
+            if not _failure(exc):
+                raise
             raise self._error("read", key, exc) from None
         return [bytes(part) for part in found]
 
@@ -91,7 +104,9 @@ class Store:
             return int(obstore.head(self._store, key)["size"])
         except FileNotFoundError:
             return None
-        except Exception as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001
+            if not _failure(exc):
+                raise
             error = self._error("look up", key, exc)
             if isinstance(error, MissingObject):
                 return None
@@ -102,7 +117,9 @@ class Store:
             found = obstore.list(self._store, prefix.rstrip("/") + "/").collect()
         except FileNotFoundError:
             return []
-        except Exception as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001
+            if not _failure(exc):
+                raise
             raise self._error("list", prefix, exc) from None
         return [ObjectInfo(str(meta["path"]), int(meta["size"]), meta["last_modified"].timestamp()) for meta in found]
 
@@ -111,7 +128,9 @@ class Store:
             obstore.delete(self._store, key)
         except FileNotFoundError:
             return
-        except Exception as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001
+            if not _failure(exc):
+                raise
             error = self._error("delete", key, exc)
             if not isinstance(error, MissingObject):
                 raise error from None
@@ -164,7 +183,9 @@ def _open(url: str, create: bool) -> Any:
             raise StoreError(f"{url}: no backup repository there (the folder does not exist)")
         try:
             return obstore.store.LocalStore(path.resolve(), mkdir=True)
-        except Exception as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001
+            if not _failure(exc):
+                raise
             raise store_error(url, "open", "", exc) from None
     scheme = parts.scheme.lower()
     options: dict[str, Any] = {"timeout": _TIMEOUTS["timeout"], "connect_timeout": _TIMEOUTS["connect_timeout"]}
@@ -187,5 +208,7 @@ def _open(url: str, create: bool) -> Any:
     try:
         opened: Any = obstore.store.from_url  # its overloads are per scheme; this one call serves three
         return opened(url, config=config or None, client_options=options, retry_config=_RETRY)
-    except Exception as exc:  # noqa: BLE001
+    except BaseException as exc:  # noqa: BLE001
+        if not _failure(exc):
+            raise
         raise store_error(url, "open", "", exc) from None
