@@ -464,7 +464,7 @@ class Repository:
         m = self.manifest(backup_id)
         self.check_packs_exist(backup_id, m)
         whole = hashlib.sha256()
-        for data in self._contents(backup_id, _stored(m)):
+        for _, data in self._opened(backup_id, _stored(m)):
             whole.update(data)
             out.write(data)
             if progress is not None:
@@ -494,11 +494,6 @@ class Repository:
         self.read(backup_id, counted, progress)
         return counted.size
 
-    def _contents(self, backup_id: str, chunks: list[Stored]) -> Iterator[bytes]:
-        """The chunks' contents in order, each checked against its name."""
-        for _, raw in self._opened(backup_id, chunks):
-            yield raw
-
     def _opened(self, backup_id: str, chunks: list[Stored]) -> Iterator[tuple[bytes, bytes]]:
         """Each chunk as stored and its content, in order, checked against its name. Read a window
         at a time, each pack's part of it in ranged reads, side by side: a backup made over many
@@ -527,12 +522,10 @@ class Repository:
                     by_pack.setdefault(at.pack, set()).add(at)
 
         def fetch(pack: str) -> dict[Location, bytes]:
-            wanted = sorted(by_pack[pack])
             try:
-                blobs = self.store.get_ranges(_pack_key(pack), [(at.offset, at.offset + at.length) for at in wanted])
+                return self.ranged(pack, by_pack[pack])
             except MissingObject:
                 raise CorruptBackup(f"backup {backup_id}: pack {pack[:16]}… is missing from {self.url}") from None
-            return dict(zip(wanted, blobs))
 
         stored: dict[Location, bytes] = {}
         with concurrent.futures.ThreadPoolExecutor(_READERS) as pool:
@@ -547,6 +540,12 @@ class Repository:
                     base = bases[chunk.base] = _open_chunk(backup_id, chunk.base, stored[chunk.base], self.sealer)
             blob = stored[chunk.at]
             yield blob, _open_chunk(backup_id, chunk.at, blob, self.sealer, base)
+
+    def ranged(self, pack: str, wanted: set[Location] | list[Location]) -> dict[Location, bytes]:
+        """The stored blobs at ``wanted`` in one pack, by ranged reads (StoreError as the store says)."""
+        ordered = sorted(wanted)
+        blobs = self.store.get_ranges(_pack_key(pack), [(at.offset, at.offset + at.length) for at in ordered])
+        return dict(zip(ordered, blobs))
 
     # ---- retention -----------------------------------------------------------------------------
 
@@ -818,13 +817,12 @@ class BackupWriter:
         found: dict[Location, bytes] = {}
         for pack, wanted_here in by_pack.items():
             try:
-                blobs = self.repo.store.get_ranges(_pack_key(pack), [(at.offset, at.offset + at.length)
-                                                                     for at in wanted_here])
+                blobs = self.repo.ranged(pack, wanted_here)
             except StoreError as exc:
                 log.warning("backup: the delta bases in pack %s… could not be read (%s); those chunks go up whole",
                             pack[:16], exc)
                 continue
-            for at, blob in zip(wanted_here, blobs):
+            for at, blob in blobs.items():
                 try:
                     found[at] = _open_chunk("(base)", at, blob, self.repo.sealer)
                 except CorruptBackup:  # the backups holding it are broken: worth a look now, not at a restore
@@ -1161,8 +1159,8 @@ def _same_chunk(a: Stored, b: Stored) -> bool:
     manifests it had rewritten, and both places stay named, so either copy reads back."""
     if a.at != b.at or (a.base is None) != (b.base is None):
         return False
-    return a.base is None or b.base is None or (a.base.digest, a.base.raw_length) == (b.base.digest,
-                                                                                      b.base.raw_length)
+    return b.base is None or a.base is not None and (a.base.digest, a.base.raw_length) == (b.base.digest,
+                                                                                         b.base.raw_length)
 
 
 def _count(value: Any) -> bool:
