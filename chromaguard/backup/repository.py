@@ -156,8 +156,8 @@ def _manifest_key(backup_id: str) -> str:
 
 
 MANIFEST_READERS = 16  # manifests fetched at once by `backups list`
-_READ_WINDOW = 32 << 20  # what a restore holds at once: chunks as stored, and their bases opened
-_READERS = 8  # packs read side by side for one window
+_READ_WINDOW = 16 << 20  # a window of a restore: its chunks and bases, as stored and opened (two are held at once)
+_READERS = 8  # packs read side by side
 
 
 def _verified_key(backup_id: str) -> str:
@@ -459,10 +459,14 @@ class Repository:
 
     # ---- reading back --------------------------------------------------------------------------
 
-    def read(self, backup_id: str, out: Sink, progress: Progress | None = None) -> dict[str, Any]:
-        """Write the backup's tar stream to ``out``, every chunk and the whole checked; its manifest."""
-        m = self.manifest(backup_id)
-        self.check_packs_exist(backup_id, m)
+    def read(self, backup_id: str, out: Sink, progress: Progress | None = None,
+             manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write the backup's tar stream to ``out``, every chunk and the whole checked; its manifest
+        (``manifest``: read already, and found whole by ``check_packs_exist``)."""
+        m = manifest
+        if m is None:
+            m = self.manifest(backup_id)
+            self.check_packs_exist(backup_id, m)
         whole = hashlib.sha256()
         for _, data in self._opened(backup_id, _stored(m)):
             whole.update(data)
@@ -498,48 +502,55 @@ class Repository:
         """Each chunk as stored and its content, in order, checked against its name. Read a window
         at a time, each pack's part of it in ranged reads, side by side: a backup made over many
         others has its chunks (and a delta's base) spread over their packs, and reading whole packs
-        downloaded those many times over (26.9 GB for a 111 MB stream after 30 incrementals)."""
-        window: list[Stored] = []
-        bases: set[Location] = set()
-        size = 0
-        for chunk in chunks:
-            window.append(chunk)
-            size += chunk.at.length
-            if chunk.base is not None and chunk.base not in bases:  # a base is kept open for its window
-                bases.add(chunk.base)
-                size += chunk.base.length + chunk.base.raw_length
-            if size >= _READ_WINDOW:
-                yield from self._window(backup_id, window)
-                window, bases, size = [], set(), 0
-        if window:
-            yield from self._window(backup_id, window)
+        downloaded those many times over (26.9 GB for a 111 MB stream after 30 incrementals). The
+        next window is read, and its whole chunks opened, in the reader threads while this one is
+        handed out: fetching, decompressing and checking run beside what the caller does with it."""
+        pool = concurrent.futures.ThreadPoolExecutor(_READERS, "chromaguard-pack-read")
+        try:
+            ahead: tuple[list[Stored], list[concurrent.futures.Future[_Opened]]] | None = None
+            for window in _windows(chunks):
+                started = self._start_window(pool, backup_id, window)
+                if ahead is not None:
+                    yield from self._finish_window(backup_id, *ahead)
+                ahead = window, started
+            if ahead is not None:
+                yield from self._finish_window(backup_id, *ahead)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
-    def _window(self, backup_id: str, window: list[Stored]) -> Iterator[tuple[bytes, bytes]]:
+    def _start_window(self, pool: concurrent.futures.ThreadPoolExecutor, backup_id: str,
+                      window: list[Stored]) -> list[concurrent.futures.Future[_Opened]]:
+        """A reader per pack: its part of the window, and the whole chunks there opened (a delta
+        waits for its base, which may be in another pack)."""
         by_pack: dict[str, set[Location]] = {}
+        whole: set[Location] = set()
         for chunk in window:
             for at in (chunk.at, chunk.base):
                 if at is not None:
                     by_pack.setdefault(at.pack, set()).add(at)
+            whole.update((chunk.at,) if chunk.base is None else (chunk.base,))
 
-        def fetch(pack: str) -> dict[Location, bytes]:
+        def fetch(pack: str) -> _Opened:
             try:
-                return self.ranged(pack, by_pack[pack])
+                blobs = self.ranged(pack, by_pack[pack])
             except MissingObject:
                 raise CorruptBackup(f"backup {backup_id}: pack {pack[:16]}… is missing from {self.url}") from None
+            return {at: (blob, _open_chunk(backup_id, at, blob, self.sealer) if at in whole else None)
+                    for at, blob in blobs.items()}
 
-        stored: dict[Location, bytes] = {}
-        with concurrent.futures.ThreadPoolExecutor(_READERS) as pool:
-            for found in pool.map(fetch, by_pack):
-                stored.update(found)
-        bases: dict[Location, bytes] = {}
+        return [pool.submit(fetch, pack) for pack in by_pack]
+
+    def _finish_window(self, backup_id: str, window: list[Stored],
+                       started: list[concurrent.futures.Future[_Opened]]) -> Iterator[tuple[bytes, bytes]]:
+        found: _Opened = {}
+        for future in started:
+            found.update(future.result())
         for chunk in window:
-            base = None
+            blob, raw = found[chunk.at]
             if chunk.base is not None:
-                base = bases.get(chunk.base)
-                if base is None:
-                    base = bases[chunk.base] = _open_chunk(backup_id, chunk.base, stored[chunk.base], self.sealer)
-            blob = stored[chunk.at]
-            yield blob, _open_chunk(backup_id, chunk.at, blob, self.sealer, base)
+                raw = _open_chunk(backup_id, chunk.at, blob, self.sealer, found[chunk.base][1])
+            assert raw is not None
+            yield blob, raw
 
     def ranged(self, pack: str, wanted: set[Location] | list[Location]) -> dict[Location, bytes]:
         """The stored blobs at ``wanted`` in one pack, by ranged reads (StoreError as the store says)."""
@@ -938,8 +949,7 @@ def _open_chunk(backup_id: str, at: Location, blob: bytes, sealer: Sealer | None
         # Our frames say their size: one that says another (a bomb says gigabytes) is not opened.
         if zstandard.frame_content_size(blob) != at.raw_length:
             raise zstandard.ZstdError("the frame's size is not the chunk's")
-        # A decompressor each time: they are not thread-safe, and upload threads read bases side by side.
-        decompress = zstandard.ZstdDecompressor() if base is None else delta.decompressor(base)
+        decompress = _thread_decompressor() if base is None else delta.decompressor(base)
         raw = decompress.decompress(blob, max_output_size=at.raw_length)
     except (zstandard.ZstdError, Unreadable):
         raw = b""
@@ -947,6 +957,40 @@ def _open_chunk(backup_id: str, at: Location, blob: bytes, sealer: Sealer | None
         raise CorruptBackup(f"backup {backup_id}: chunk {at.digest[:16]}… in pack {at.pack[:16]}… (offset {at.offset}) "
                             "is corrupt; restore another backup, or back up again")
     return raw
+
+
+_decompressors = threading.local()
+
+
+def _thread_decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's own: a decompressor is not thread-safe (upload threads read bases side by
+    side), and making one per chunk (14 µs) was a third of a restore's time on its main thread."""
+    made: zstandard.ZstdDecompressor | None = getattr(_decompressors, "one", None)
+    if made is None:
+        made = _decompressors.one = zstandard.ZstdDecompressor()
+    return made
+
+
+_Opened = dict[Location, tuple[bytes, bytes | None]]  # a window's blobs as stored, with their content if whole
+
+
+def _windows(chunks: list[Stored]) -> Iterator[list[Stored]]:
+    """The stream cut where what a window holds (each chunk and base as stored and opened) reaches
+    ``_READ_WINDOW``: a forged manifest's huge or many bases cannot make a restore hold more."""
+    window: list[Stored] = []
+    bases: set[Location] = set()
+    size = 0
+    for chunk in chunks:
+        window.append(chunk)
+        size += chunk.at.length + chunk.at.raw_length
+        if chunk.base is not None and chunk.base not in bases:
+            bases.add(chunk.base)
+            size += chunk.base.length + chunk.base.raw_length
+        if size >= _READ_WINDOW:
+            yield window
+            window, bases, size = [], set(), 0
+    if window:
+        yield window
 
 
 def _stored(m: dict[str, Any]) -> list[Stored]:

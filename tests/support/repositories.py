@@ -111,6 +111,26 @@ def tar_stream(data: bytes) -> bytes:
     return out.getvalue()
 
 
+def archive_stream(files: dict[str, bytes], extra: dict[str, bytes] | None = None) -> bytes:
+    """A snapshot's tar stream with a real archive manifest listing ``files`` (names under
+    ``data/``), no engine needed: what a restore unpacks and checks before the engine opens it.
+    ``extra``: members in the stream but not in the manifest, right after it."""
+    import hashlib
+
+    from chromaguard.backup.snapshot import new_manifest
+
+    entries = [{"path": name, "size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+               for name, body in files.items()]
+    manifest = json.dumps(new_manifest([], entries, None, "offline")).encode()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for name, body in {"manifest.json": manifest, **(extra or {}), **files}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return out.getvalue()
+
+
 def write_stream(repo: Repository, stream: bytes) -> dict[str, Any]:
     """``stream`` backed up into ``repo`` as a service's snapshot would be: its manifest."""
     writer = repo.writer()

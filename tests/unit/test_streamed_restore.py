@@ -1,0 +1,108 @@
+"""A repository restore unpacks the stream as it is read back: what fails mid-way, and where."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from support.procs import clean_env
+from support.repositories import archive_stream, one_line_error, plant_manifest, write_stream
+
+from chromaguard.backup.repository import CorruptBackup, Repository
+from chromaguard.backup.restore import VerifyError, restore_from, verify_in
+
+SQLITE = "data/chroma.sqlite3"
+
+
+def _backup(tmp_path: Path, stream: bytes) -> tuple[Repository, dict]:
+    repo = Repository.open(str(tmp_path / "repo"), create=True)
+    return repo, write_stream(repo, stream)
+
+
+def _target(tmp_path: Path) -> Path:
+    target = tmp_path / "parent" / "data"
+    target.mkdir(parents=True)
+    (target / "keep.txt").write_text("mine")
+    return target
+
+
+def _untouched(target: Path) -> None:
+    """The data dir as it was (its lock file aside), and nothing of the restore left beside it."""
+    assert {p.name for p in target.iterdir()} - {".chromaguard.lock"} == {"keep.txt"}
+    assert (target / "keep.txt").read_text() == "mine"
+    assert [p.name for p in target.parent.iterdir()] == ["data"]
+
+
+def test_a_chunk_corrupt_late_in_the_stream_is_named_and_nothing_is_swapped(tmp_path: Path) -> None:
+    # 40 MiB of incompressible data: three packs, the last read long after the first files were unpacked.
+    repo, made = _backup(tmp_path, archive_stream({SQLITE: os.urandom(1 << 20), "data/seg/index.bin":
+                                                   os.urandom(40 << 20)}))
+    last = made["packs"][made["chunks"][-1][0]]
+    assert last != made["packs"][made["chunks"][0][0]]
+    pack = tmp_path / "repo" / "packs" / last[:2] / last
+    body = bytearray(pack.read_bytes())
+    body[len(body) // 2] ^= 1
+    pack.write_bytes(bytes(body))
+    target = _target(tmp_path)
+    threads = threading.active_count()
+    with pytest.raises(CorruptBackup, match=rf"backup {made['id']}: chunk .* in pack {last[:16]}… .* is corrupt"):
+        restore_from(repo, made["id"], target, force=True)
+    _untouched(target)
+    assert threading.active_count() == threads  # the reading thread ended with it
+
+
+def test_a_stream_whose_whole_checksum_differs_is_refused_after_unpacking_and_nothing_is_swapped(
+        tmp_path: Path) -> None:
+    # Every chunk is what its name says: only the stream's own checksum (read at its very end) catches
+    # a manifest that lists them wrongly.
+    repo, made = _backup(tmp_path, archive_stream({SQLITE: os.urandom(1 << 20)}))
+    plant_manifest(tmp_path / "repo", {**made, "stream": {**made["stream"], "sha256": "0" * 64}})
+    target = _target(tmp_path)
+    with pytest.raises(CorruptBackup, match="does not match its checksum"):
+        restore_from(repo, made["id"], target, force=True)
+    _untouched(target)
+
+
+def test_an_unlisted_member_ends_the_restore_at_once_and_its_reading_thread(tmp_path: Path) -> None:
+    repo, made = _backup(tmp_path, archive_stream({SQLITE: os.urandom(1 << 20), "data/big.bin": os.urandom(40 << 20)},
+                                                  extra={"data/planted.bin": b"x"}))
+    target = _target(tmp_path)
+    threads = threading.active_count()
+    read: list[int] = []
+    with pytest.raises(VerifyError, match=f"backup {made['id']}: data/planted.bin is not listed in the manifest"):
+        restore_from(repo, made["id"], target, force=True, progress=read.append)
+    _untouched(target)
+    assert threading.active_count() == threads
+    assert sum(read) < 40 << 20  # it stopped reading, not read on to the end
+
+
+def test_a_test_restore_that_fails_is_noted_and_leaves_no_scratch_dir(tmp_path: Path) -> None:
+    repo, made = _backup(tmp_path, archive_stream({SQLITE: b"not sqlite"}, extra={"data/planted.bin": b"x"}))
+    scratch = tmp_path / "staging"
+    scratch.mkdir()
+    with pytest.raises(VerifyError, match="not listed"):
+        verify_in(repo, made["id"], into=scratch)
+    assert list(scratch.iterdir()) == []
+    assert repo.backups()[0].verified is not None and repo.backups()[0].verified["ok"] is False
+
+
+def test_a_file_that_cannot_be_written_while_unpacking_is_one_line_naming_it(tmp_path: Path) -> None:
+    # The kernel refuses writes past RLIMIT_FSIZE (EFBIG; Python ignores SIGXFSZ): a real failing
+    # write, as a full disk gives, in the restore's own process.
+    repo, made = _backup(tmp_path, archive_stream({SQLITE: os.urandom(1 << 20), "data/seg/index.bin":
+                                                   os.urandom(8 << 20)}))
+    target = _target(tmp_path)
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, resource.RLIM_INFINITY))
+
+    result = subprocess.run([sys.executable, "-m", "chromaguard", "restore", str(tmp_path / "repo"), "--data-dir",
+                             str(target), "--force"], capture_output=True, text=True, env=clean_env(), timeout=120,
+                            preexec_fn=small_files)
+    one_line_error(result, "cannot write data/seg/index.bin into", "make room there or restore somewhere else")
+    _untouched(target)
