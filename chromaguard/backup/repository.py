@@ -156,7 +156,7 @@ def _manifest_key(backup_id: str) -> str:
 
 
 MANIFEST_READERS = 16  # manifests fetched at once by `backups list`
-_READ_WINDOW = 16 << 20  # a window of a restore: its chunks and bases, as stored and opened (two are held at once)
+_READ_WINDOW = 16 << 20  # a window of a restore: chunks as stored, bases opened (two are held: one read ahead)
 _READERS = 8  # packs read side by side
 
 
@@ -503,11 +503,13 @@ class Repository:
         at a time, each pack's part of it in ranged reads, side by side: a backup made over many
         others has its chunks (and a delta's base) spread over their packs, and reading whole packs
         downloaded those many times over (26.9 GB for a 111 MB stream after 30 incrementals). The
-        next window is read, and its whole chunks opened, in the reader threads while this one is
-        handed out: fetching, decompressing and checking run beside what the caller does with it."""
+        next window is read while this one is opened and handed out. Chunks are opened here, one
+        after another: opened in the reader threads they fought over the GIL (a 281 MB backup
+        read in 1.06 s instead of 0.85, one of 29,000 chunks, 20,000 of them deltas, 1.8 s
+        instead of 1.6)."""
         pool = concurrent.futures.ThreadPoolExecutor(_READERS, "chromaguard-pack-read")
         try:
-            ahead: tuple[list[Stored], list[concurrent.futures.Future[_Opened]]] | None = None
+            ahead: tuple[list[Stored], list[_Reading]] | None = None
             for window in _windows(chunks):
                 started = self._start_window(pool, backup_id, window)
                 if ahead is not None:
@@ -519,38 +521,36 @@ class Repository:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _start_window(self, pool: concurrent.futures.ThreadPoolExecutor, backup_id: str,
-                      window: list[Stored]) -> list[concurrent.futures.Future[_Opened]]:
-        """A reader per pack: its part of the window, and the whole chunks there opened (a delta
-        waits for its base, which may be in another pack)."""
+                      window: list[Stored]) -> list[_Reading]:
+        """A reader per pack for its part of the window (chunks and bases)."""
         by_pack: dict[str, set[Location]] = {}
-        whole: set[Location] = set()
         for chunk in window:
             for at in (chunk.at, chunk.base):
                 if at is not None:
                     by_pack.setdefault(at.pack, set()).add(at)
-            whole.update((chunk.at,) if chunk.base is None else (chunk.base,))
 
-        def fetch(pack: str) -> _Opened:
+        def fetch(pack: str) -> dict[Location, bytes]:
             try:
-                blobs = self.ranged(pack, by_pack[pack])
+                return self.ranged(pack, by_pack[pack])
             except MissingObject:
                 raise CorruptBackup(f"backup {backup_id}: pack {pack[:16]}… is missing from {self.url}") from None
-            return {at: (blob, _open_chunk(backup_id, at, blob, self.sealer) if at in whole else None)
-                    for at, blob in blobs.items()}
 
         return [pool.submit(fetch, pack) for pack in by_pack]
 
     def _finish_window(self, backup_id: str, window: list[Stored],
-                       started: list[concurrent.futures.Future[_Opened]]) -> Iterator[tuple[bytes, bytes]]:
-        found: _Opened = {}
+                       started: list[_Reading]) -> Iterator[tuple[bytes, bytes]]:
+        stored: dict[Location, bytes] = {}
         for future in started:
-            found.update(future.result())
+            stored.update(future.result())
+        bases: dict[Location, bytes] = {}
         for chunk in window:
-            blob, raw = found[chunk.at]
+            base = None
             if chunk.base is not None:
-                raw = _open_chunk(backup_id, chunk.at, blob, self.sealer, found[chunk.base][1])
-            assert raw is not None
-            yield blob, raw
+                base = bases.get(chunk.base)
+                if base is None:
+                    base = bases[chunk.base] = _open_chunk(backup_id, chunk.base, stored[chunk.base], self.sealer)
+            blob = stored[chunk.at]
+            yield blob, _open_chunk(backup_id, chunk.at, blob, self.sealer, base)
 
     def ranged(self, pack: str, wanted: set[Location] | list[Location]) -> dict[Location, bytes]:
         """The stored blobs at ``wanted`` in one pack, by ranged reads (StoreError as the store says)."""
@@ -971,18 +971,19 @@ def _thread_decompressor() -> zstandard.ZstdDecompressor:
     return made
 
 
-_Opened = dict[Location, tuple[bytes, bytes | None]]  # a window's blobs as stored, with their content if whole
+_Reading = concurrent.futures.Future[dict[Location, bytes]]  # one pack's part of a window, being read
 
 
 def _windows(chunks: list[Stored]) -> Iterator[list[Stored]]:
-    """The stream cut where what a window holds (each chunk and base as stored and opened) reaches
-    ``_READ_WINDOW``: a forged manifest's huge or many bases cannot make a restore hold more."""
+    """The stream cut where what a window holds (its chunks as stored, its bases as stored and
+    opened) reaches ``_READ_WINDOW``: a forged manifest's huge or many bases cannot make a restore
+    hold more."""
     window: list[Stored] = []
     bases: set[Location] = set()
     size = 0
     for chunk in chunks:
         window.append(chunk)
-        size += chunk.at.length + chunk.at.raw_length
+        size += chunk.at.length
         if chunk.base is not None and chunk.base not in bases:
             bases.add(chunk.base)
             size += chunk.base.length + chunk.base.raw_length
