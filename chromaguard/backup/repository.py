@@ -751,26 +751,26 @@ class BackupWriter:
                                       "is it a chromaguard snapshot?")
 
     def _cut(self, final: bool) -> None:
-        data = bytes(self._buffer)
-        chunks = list(cut_chunks(memoryview(data), min_size=self.repo.min_chunk, avg_size=self.repo.avg_chunk,
-                                 max_size=self.repo.max_chunk))
-        if not final and chunks:
-            chunks = chunks[:-1]  # the last may be cut by the buffer's end: it starts the next round
         end = 0
-        for chunk in chunks:
-            self._add(data[chunk.offset:chunk.offset + chunk.length], self._cut_at + chunk.offset)
-            end = chunk.offset + chunk.length
+        with memoryview(self._buffer) as data:  # chunks are hashed in place; only new ones are copied
+            chunks = list(cut_chunks(data, min_size=self.repo.min_chunk, avg_size=self.repo.avg_chunk,
+                                     max_size=self.repo.max_chunk))
+            if not final and chunks:
+                chunks = chunks[:-1]  # the last may be cut by the buffer's end: it starts the next round
+            for chunk in chunks:
+                self._add(data[chunk.offset:chunk.offset + chunk.length], self._cut_at + chunk.offset)
+                end = chunk.offset + chunk.length
         del self._buffer[:end]
         self._cut_at += end
 
-    def _add(self, raw: bytes, offset: int) -> None:
+    def _add(self, raw: memoryview, offset: int) -> None:
         digest = hashlib.sha256(raw).hexdigest()
         where = self.known.get(digest)
         if where is None:
             where = ["", 0, 0, len(raw), None]  # pack, offset, length, base: filled in when its pack is made
             self.known[digest] = where  # a repeat later in this stream references it
             base = self.previous.base_for(offset, len(raw)) if self.previous is not None else None
-            self._batch.append((where, raw, base))
+            self._batch.append((where, bytes(raw), base))
             self._batch_bytes += len(raw)
             self.new_bytes += len(raw)
             if self._batch_bytes >= PACK_SIZE:
