@@ -34,9 +34,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \\
     CHROMA_SERVER_HTTP_PORT=8000 \\
     PERSIST_DIRECTORY=/data
 
+# Every dependency pinned and checked by its sha256 (requirements.lock, from chromaguard's own).
+COPY requirements.lock /tmp/requirements.lock
+RUN pip install --require-hashes --no-deps -r /tmp/requirements.lock && rm /tmp/requirements.lock
 COPY {wheel} /tmp/{wheel}
 RUN echo "{sha256}  /tmp/{wheel}" > /tmp/SHA256SUMS && sha256sum -c /tmp/SHA256SUMS \\
-    && pip install /tmp/{wheel} && rm /tmp/{wheel} /tmp/SHA256SUMS \\
+    && pip install --no-deps /tmp/{wheel} && rm /tmp/{wheel} /tmp/SHA256SUMS && pip check \\
     && useradd --system --uid 10001 --home-dir /data chroma \\
     && mkdir -p /data && chown chroma /data
 
@@ -51,14 +54,15 @@ CMD ["chromaguard", "serve"]
 """
 
 # The build context is the folder, which holds the tokens too: the builder is sent the wheel alone.
-_DOCKERIGNORE = "# written by `chromaguard init`: the image needs only the wheel\n*\n!chromaguard-*.whl\n"
+_DOCKERIGNORE = ("# written by `chromaguard init`: the image needs only the wheel and the lock\n*\n!chromaguard-*.whl\n"
+                 "!requirements.lock\n")
 # Written only where there is no .gitignore yet: the secrets the compose file mounts stay out of git.
 _GITIGNORE = ("# written by `chromaguard init`: secrets the compose file mounts\n"
               "chroma_tokens.json\nchroma_metrics_token.txt\n")
 _WHEEL_NAME = re.compile(r"[A-Za-z0-9_.+-]+\.whl")  # it is written into the Dockerfile's COPY and RUN lines
 
 # The deploy files init writes, as the package holds them (deploy/ links to the same files).
-_TEMPLATES = ("otel-collector.yaml", "chroma_tokens.example.json", "prometheus/prometheus.yml",
+_TEMPLATES = ("requirements.lock", "otel-collector.yaml", "chroma_tokens.example.json", "prometheus/prometheus.yml",
               "prometheus/chromaguard-rules.yml", "grafana/chromaguard.json",
               "grafana/provisioning/datasources/prometheus.yml", "grafana/provisioning/dashboards/chromaguard.yml")
 

@@ -522,11 +522,14 @@ def test_init_builds_from_its_own_wheel_pinned_by_hash_never_by_name(tmp_path: P
     sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
     assert f'echo "{sha}  /tmp/{wheel.name}" > /tmp/SHA256SUMS && sha256sum -c /tmp/SHA256SUMS' in dockerfile
     assert f"COPY {wheel.name} /tmp/{wheel.name}" in dockerfile
-    assert f"pip install /tmp/{wheel.name}" in dockerfile
+    assert f"pip install --no-deps /tmp/{wheel.name}" in dockerfile
     assert "pip install chromaguard" not in dockerfile, "never by name"
-    # The build context is the folder, tokens and all: the builder is sent the wheel alone, and git
-    # is told to leave the secrets out (where the folder has no .gitignore of its own).
-    assert (out / ".dockerignore").read_text().splitlines()[1:] == ["*", "!chromaguard-*.whl"]
+    # Its dependencies from the lock beside it, each checked by hash.
+    assert "pip install --require-hashes --no-deps -r /tmp/requirements.lock" in dockerfile
+    assert (out / "requirements.lock").read_text() == (ROOT / "chromaguard" / "templates" / "requirements.lock").read_text()
+    # The build context is the folder, tokens and all: the builder is sent the wheel and the lock
+    # alone, and git is told to leave the secrets out (where the folder has no .gitignore of its own).
+    assert (out / ".dockerignore").read_text().splitlines()[1:] == ["*", "!chromaguard-*.whl", "!requirements.lock"]
     assert {"chroma_tokens.json", "chroma_metrics_token.txt"} <= set((out / ".gitignore").read_text().splitlines())
     with zipfile.ZipFile(wheel) as archive:  # this chromaguard, templates included
         names = set(archive.namelist())
