@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gzip
 import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from ..errors import ChromaguardError
 from .snapshot import FORMAT, SQLITE, Snapshot
 
 SUFFIX = ".tar.gz"
@@ -29,6 +32,18 @@ PREFIX = "chroma-backup-"
 
 class ArchiveError(Exception):
     """The archive is unusable; the message says precisely what is wrong."""
+
+
+class CannotUnpack(ChromaguardError):
+    """A sound archive cannot be written where it is unpacked (a full disk, a quota, a read-only
+    or forbidden folder): the place is at fault, not the backup, which is not to be noted as bad."""
+
+    exit_code = 1
+
+
+# Errors of the place written to; any other failing write means the member cannot be a file there
+# (a name given twice in two spellings, a file where a folder is, a name too long): the archive's fault.
+_PLACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 def write_tar(snapshot: Snapshot, out: BinaryIO) -> None:
@@ -118,7 +133,9 @@ def _read_checked(source: Path | IO[bytes], label: str, dest: Path | None,
                     raise ArchiveError(f"{label}: {member.name} is not listed in the manifest")
                 if member.name in seen:
                     raise ArchiveError(f"{label}: {member.name} is in the archive twice")
-                if not member.isfile() or member.size != entry["size"]:
+                if not member.isfile():
+                    raise ArchiveError(f"{label}: {member.name} is not a regular file (tar type {member.type!r})")
+                if member.size != entry["size"]:
                     raise ArchiveError(f"{label}: {member.name} is {member.size} bytes, manifest says "
                                        f"{entry['size']}")
                 fh = tar.extractfile(member)
@@ -160,9 +177,12 @@ def _writing(label: str, member: tarfile.TarInfo, dest: Path | None) -> Iterator
         raise ArchiveError(f"{label}: refusing member {inside.name!r}: {exc}") from None
     path = os.path.join(dest, safe.name)
 
-    def unwritable(exc: OSError) -> ArchiveError:
-        return ArchiveError(f"{label}: cannot write {member.name} into {dest} ({exc.strerror}); make room there "
-                            "or restore somewhere else")
+    def unwritable(exc: OSError) -> Exception:
+        if exc.errno in _PLACE_ERRORS:
+            return CannotUnpack(f"cannot write {member.name} of {label} into {dest.parent} ({exc.strerror}); free "
+                                "space or fix the permissions there (a test restore unpacks in the staging folder or "
+                                "TMPDIR, a restore beside the data dir), then retry")
+        return ArchiveError(f"{label}: {member.name} cannot be unpacked ({exc.strerror}): the backup is malformed")
 
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -207,9 +227,19 @@ def _load_manifest(label: str, fh: IO[bytes] | None) -> dict[str, Any]:
     files, collections = manifest.get("files"), manifest.get("collections")
     if not isinstance(files, list) or not isinstance(collections, list):
         raise ArchiveError(f"{label}: the manifest lacks its file or collection list")
-    if not any(isinstance(f, dict) and f.get("path") == f"data/{SQLITE}" for f in files):
+    for entry in files:
+        if not _file_entry(entry):
+            raise ArchiveError(f"{label}: the manifest lists a file without a path, a size and a sha256: "
+                               f"{str(entry)[:120]}")
+    if not any(f["path"] == f"data/{SQLITE}" for f in files):
         raise ArchiveError(f"{label}: the backup holds no data/{SQLITE}: nothing to restore")
     return manifest
+
+
+def _file_entry(entry: Any) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("path"), str) and "\0" not in entry["path"]
+            and type(entry.get("size")) is int and entry["size"] >= 0
+            and isinstance(entry.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) is not None)
 
 
 def read_manifest(archive: Path) -> dict[str, Any]:

@@ -977,21 +977,24 @@ _Reading = concurrent.futures.Future[dict[Location, bytes]]  # one pack's part o
 
 
 def _windows(chunks: list[Stored]) -> Iterator[list[Stored]]:
-    """The stream cut where what a window holds (its chunks as stored, its bases as stored and
-    opened) reaches ``_READ_WINDOW``: a forged manifest's huge or many bases cannot make a restore
-    hold more."""
+    """The stream cut so that what a window holds (its chunks as stored, its bases as stored and
+    opened) stays within ``_READ_WINDOW``, or is one chunk: a forged manifest's huge or many bases
+    cannot make a restore hold more than two windows' worth."""
     window: list[Stored] = []
     bases: set[Location] = set()
     size = 0
     for chunk in chunks:
-        window.append(chunk)
-        size += chunk.at.length
+        cost = chunk.at.length
         if chunk.base is not None and chunk.base not in bases:
-            bases.add(chunk.base)
-            size += chunk.base.length + chunk.base.raw_length
-        if size >= _READ_WINDOW:
+            cost += chunk.base.length + chunk.base.raw_length
+        if window and size + cost > _READ_WINDOW:
             yield window
             window, bases, size = [], set(), 0
+            cost = chunk.at.length + (0 if chunk.base is None else chunk.base.length + chunk.base.raw_length)
+        window.append(chunk)
+        if chunk.base is not None:
+            bases.add(chunk.base)
+        size += cost
     if window:
         yield window
 

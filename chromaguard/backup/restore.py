@@ -192,7 +192,7 @@ def _restore(data_dir: Path, force: bool, unpacked: Callable[[Path, str], Verify
         if set_aside:
             raise _cut_short_in_place(set_aside[0], data_dir)
         _remove_leftovers(data_dir)
-        if any(p.name != LOCK_NAME for p in data_dir.iterdir()) and not force:
+        if _holds_data(data_dir) and not force:
             raise VerifyError(f"{data_dir} is not empty; restore into an empty dir or add --force to replace it")
         mounted = os.path.ismount(data_dir)
         report = unpacked(data_dir if mounted else data_dir.parent, _staged_prefix(data_dir, mounted))
@@ -223,15 +223,29 @@ def _staged_prefix(data_dir: Path, mounted: bool) -> str:
     return STAGED_PREFIX if mounted else f"{STAGED_PREFIX}{data_dir.name}-"
 
 
-def _remove_leftovers(data_dir: Path) -> None:
-    """What a killed restore of this data dir left that holds nothing to keep: a partial or
-    verified new copy, and data a finished swap had put out of the way. Matched by the whole
-    name, so that another data dir's (``data-2`` beside ``data``) are never taken for ours."""
+def _leftovers(data_dir: Path) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """The names of what a killed restore of this data dir leaves that holds nothing to keep,
+    inside it and beside it: a partial or verified new copy, and data a finished swap had put out
+    of the way. Whole names, so that another data dir's (``data-2`` beside ``data``) never match."""
     staged = r"[a-z0-9_]{8}"  # what tempfile.mkdtemp adds
     discard = r"[0-9a-f]{12}"  # what _discard adds
     inside = re.compile(rf"({re.escape(STAGED_PREFIX)}{staged}|{re.escape(DISCARD_PREFIX)}.*-{discard})")
     beside = re.compile(rf"({re.escape(_staged_prefix(data_dir, False))}{staged}"
                         rf"|{re.escape(DISCARD_PREFIX + data_dir.name)}-{discard})")
+    return inside, beside
+
+
+def _holds_data(data_dir: Path) -> bool:
+    """Anything in the data dir but its lock and a killed restore's leftovers (a mount point's
+    staged copy is unpacked inside it)."""
+    inside, _ = _leftovers(data_dir)
+    return any(p.name != LOCK_NAME and not (inside.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
+               for p in data_dir.iterdir())
+
+
+def _remove_leftovers(data_dir: Path) -> None:
+    """What a killed restore of this data dir left (``_leftovers``)."""
+    inside, beside = _leftovers(data_dir)
     for folder, pattern in ((data_dir, inside), (data_dir.parent, beside)):
         for entry in list(folder.iterdir()):
             if pattern.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
@@ -308,7 +322,7 @@ def restore_from(repository: Repository, backup_id: str, data_dir: Path, *, forc
     """A repository's backup read back (every chunk checked) and unpacked as it comes, then
     verified and swapped in as ``restore`` does."""
     data_dir = data_dir.resolve()
-    if data_dir.is_dir() and not force and any(p.name != LOCK_NAME for p in data_dir.iterdir()):
+    if data_dir.is_dir() and not force and _holds_data(data_dir):
         raise VerifyError(f"{data_dir} is not empty; restore into an empty dir or add --force to replace it")
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead(data_dir.parent, f"{FETCH_PREFIX}{data_dir.name}-")

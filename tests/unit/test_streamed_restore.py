@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import resource
 import subprocess
 import sys
+import tarfile
 import threading
 from pathlib import Path
 
@@ -15,6 +19,7 @@ from support.repositories import archive_stream, one_line_error, plant_manifest,
 
 from chromaguard.backup.repository import CorruptBackup, Repository
 from chromaguard.backup.restore import VerifyError, restore_from, verify_in
+from chromaguard.backup.snapshot import new_manifest
 
 SQLITE = "data/chroma.sqlite3"
 
@@ -104,5 +109,59 @@ def test_a_file_that_cannot_be_written_while_unpacking_is_one_line_naming_it(tmp
     result = subprocess.run([sys.executable, "-m", "chromaguard", "restore", str(tmp_path / "repo"), "--data-dir",
                              str(target), "--force"], capture_output=True, text=True, env=clean_env(), timeout=120,
                             preexec_fn=small_files)
-    one_line_error(result, "cannot write data/seg/index.bin into", "make room there or restore somewhere else")
+    one_line_error(result, f"cannot write data/seg/index.bin of backup {made['id']} into {target.parent}",
+                   "free space or fix the permissions there")
     _untouched(target)
+    # A test restore failing so says where it unpacks, and the backup is not noted as bad: the disk is.
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    result = subprocess.run([sys.executable, "-m", "chromaguard", "verify", str(tmp_path / "repo")],
+                            capture_output=True, text=True, env=clean_env(TMPDIR=str(scratch)), timeout=120,
+                            preexec_fn=small_files)
+    one_line_error(result, f"into {scratch} (File too large)")
+    assert repo.backups()[0].verified is None
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_member_that_is_not_a_regular_file_or_a_manifest_entry_without_its_checksum_is_named(
+        tmp_path: Path) -> None:
+    link = tarfile.TarInfo("data/link")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc"
+    listed = {"path": "data/link", "size": 0, "sha256": hashlib.sha256(b"").hexdigest()}
+    repo, made = _backup(tmp_path, _stream([*_listing(), listed], [link]))
+    with pytest.raises(VerifyError, match=f"backup {made['id']}: data/link is not a regular file"):
+        restore_from(repo, made["id"], _target(tmp_path), force=True)
+    for bad in ({"path": "data/x", "size": 1}, {"path": "data/a\0b", "size": 0, "sha256": "0" * 64}, "junk"):
+        repo, made = _backup(tmp_path / str(len(str(bad))), _stream([*_listing(), bad], []))
+        with pytest.raises(VerifyError, match="the manifest lists a file without a path, a size and a sha256"):
+            verify_in(repo, made["id"], into=tmp_path)
+
+
+def test_a_killed_restore_s_copy_inside_a_mount_point_does_not_make_it_count_as_not_empty(tmp_path: Path) -> None:
+    # A volume's restore unpacks inside it: killed, it leaves its staged copy there, and the next
+    # restore (no --force) must take the volume as the empty one it was.
+    repo, made = _backup(tmp_path, archive_stream({SQLITE: b"not sqlite"}))
+    target = tmp_path / "volume"
+    (target / ".chromaguard-restore-abcd1234" / "seg").mkdir(parents=True)
+    with pytest.raises(VerifyError) as refused:
+        restore_from(repo, made["id"], target)
+    assert "not empty" not in str(refused.value) and "engine cannot open" in str(refused.value)
+    assert [p.name for p in target.iterdir()] == [".chromaguard.lock"]  # the leftover removed, nothing else
+
+
+def _listing() -> list[dict]:
+    return [{"path": SQLITE, "size": 2, "sha256": hashlib.sha256(b"db").hexdigest()}]
+
+
+def _stream(files: list, members: list[tarfile.TarInfo]) -> bytes:
+    """A tar stream with a hand-made archive manifest: ``files`` as listed, then chroma.sqlite3 and ``members``."""
+    manifest = json.dumps({**new_manifest([], [], None, "offline"), "files": files}).encode()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for name, body in (("manifest.json", manifest), (SQLITE, b"db")):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+        for member in members:
+            tar.addfile(member)
+    return out.getvalue()
