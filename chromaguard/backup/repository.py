@@ -758,7 +758,10 @@ class BackupWriter:
             if not final and chunks:
                 chunks = chunks[:-1]  # the last may be cut by the buffer's end: it starts the next round
             for chunk in chunks:
-                self._add(data[chunk.offset:chunk.offset + chunk.length], self._cut_at + chunk.offset)
+                # Released even when _add raises: a view left alive in the traceback would keep the
+                # buffer from growing, and the tar's closing write would hide the real error.
+                with data[chunk.offset:chunk.offset + chunk.length] as raw:
+                    self._add(raw, self._cut_at + chunk.offset)
                 end = chunk.offset + chunk.length
         del self._buffer[:end]
         self._cut_at += end
