@@ -1,6 +1,6 @@
 """Write chromaguard/templates/requirements.lock: every package the image installs, pinned to the
 version the test suite runs with, with the sha256 of each wheel pip picks for Linux on x86_64 and
-on aarch64 (CPython 3.11, glibc 2.17 to 2.36: python:3.11-slim is Debian 12). Both Dockerfiles
+on aarch64 (CPython 3.11, glibc 2.17 to 2.36; python:3.11-slim is Debian 12 or 13, glibc 2.36 or 2.41). Both Dockerfiles
 install from it with ``--require-hashes --no-deps``: a wheel changed on the index, or a package
 nobody locked, stops the build instead of ending up in the image.
 

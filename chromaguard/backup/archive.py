@@ -41,9 +41,11 @@ class CannotUnpack(ChromaguardError):
     exit_code = 1
 
 
-# Errors of the place written to; any other failing write means the member cannot be a file there
-# (a name given twice in two spellings, a file where a folder is, a name too long): the archive's fault.
-_PLACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+# A write failing for these means the member cannot be a file there (a name given twice in two
+# spellings, a file where a folder is, a name too long): the archive's fault. Any other errno is the
+# place's or the process's (a full disk, a quota, a read-only or forbidden folder, no file handles left).
+_ARCHIVE_ERRORS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EILSEQ,
+                   errno.EINVAL}
 
 
 def write_tar(snapshot: Snapshot, out: BinaryIO) -> None:
@@ -178,7 +180,7 @@ def _writing(label: str, member: tarfile.TarInfo, dest: Path | None) -> Iterator
     path = os.path.join(dest, safe.name)
 
     def unwritable(exc: OSError) -> Exception:
-        if exc.errno in _PLACE_ERRORS:
+        if exc.errno not in _ARCHIVE_ERRORS:
             return CannotUnpack(f"cannot write {member.name} of {label} into {dest.parent} ({exc.strerror}); free "
                                 "space or fix the permissions there (a test restore unpacks in the staging folder or "
                                 "TMPDIR, a restore beside the data dir), then retry")

@@ -23,7 +23,7 @@ from ..engine.scratch import engine_on
 from ..errors import ChromaguardError, StartupError
 from . import archive
 from .repository import Repository, RepositoryError, go_on
-from .snapshot import describe_collections, sample_digests
+from .snapshot import UPGRADE_BACKUPS, describe_collections, sample_digests
 
 BEFORE_RESTORE = ".before-restore"  # the old data dir, renamed aside while the new one is renamed in
 ASIDE_PREFIX = ".chromaguard-before-restore-"  # in a mount point: its old contents, while the new ones move in
@@ -32,6 +32,9 @@ DISCARD_PREFIX = ".chromaguard-discard-"  # data a finished swap put out of the 
 FETCH_PREFIX = ".chromaguard-fetch-"  # a backup's stream, read back to a file by earlier versions: removed if left
 _PIPE_SIZE = 1 << 20  # a restore's stream, between its reading and its unpacking thread (written a quarter at a
 # time, so that both work at once: 0.2 s of 1.3 s against writes of its whole size, measured on 281 MB)
+# In a mount point: its lock, and the archives taken before an engine upgrade (the copy to fall
+# back on after a bad upgrade, which a restore must not throw away with the old data).
+_KEPT_IN_PLACE = {LOCK_NAME, UPGRADE_BACKUPS}
 _STOP_POLL = 0.1  # seconds between asking a running engine check whether to go on
 _SCRATCH_PREFIX = "chromaguard-verify-"  # a verify's scratch data dir in the temporary dir
 
@@ -98,8 +101,8 @@ async def _engine_checked(data: Path, manifest: dict[str, Any], progress: Callab
         if not task.done():
             task.cancel()  # engine_on stops the engine on its way out
             await asyncio.wait({task})
-            if not task.cancelled():
-                task.exception()  # retrieved: what it raised while stopping is not the news
+        if not task.cancelled():
+            task.exception()  # retrieved: when a stop goes out instead, what the check raised is not the news
 
 
 def verify(path: Path, *, progress: Callable[[int], None] | None = None, keep_in: Path | None = None,
@@ -239,7 +242,7 @@ def _holds_data(data_dir: Path) -> bool:
     """Anything in the data dir but its lock and a killed restore's leftovers (a mount point's
     staged copy is unpacked inside it)."""
     inside, _ = _leftovers(data_dir)
-    return any(p.name != LOCK_NAME and not (inside.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
+    return any(p.name not in _KEPT_IN_PLACE and not (inside.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
                for p in data_dir.iterdir())
 
 
@@ -298,7 +301,7 @@ def _swap_contents(staged: Path, data_dir: Path) -> Path:
     """Replace a mount point's contents with ``staged`` (inside it): old entries aside, new ones
     in, each move undone if one fails. Returns the dir the old entries are in."""
     aside = Path(tempfile.mkdtemp(prefix=ASIDE_PREFIX, dir=data_dir))
-    keep = {staged.name, aside.name, LOCK_NAME}
+    keep = {staged.name, aside.name, *_KEPT_IN_PLACE}
     moved: list[tuple[Path, Path]] = []
     try:
         for entry in sorted(data_dir.iterdir()):

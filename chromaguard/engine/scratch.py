@@ -13,8 +13,8 @@ from .process import EngineProcess
 @contextlib.asynccontextmanager
 async def engine_on(data_dir: Path, *, ready_timeout: float = 60.0) -> AsyncIterator[UpstreamPool]:
     engine = EngineProcess(data_dir)
-    await engine.start()
     try:
+        await engine.start()  # inside: cancelled once the process exists, it is still stopped
         await engine.wait_ready(ready_timeout)
         pool = UpstreamPool(engine.url)
         try:

@@ -36,3 +36,19 @@ def test_an_upload_failing_mid_stream_is_the_error_reported_and_no_backup_is_lis
     with pytest.raises(StoreError, match="503 Slow Down"):
         snapshot_to(repo, snapshot, "backup")
     assert repo.ids() == []
+
+
+def test_without_fastcdc_s_compiled_module_json_output_stays_json(tmp_path: Path) -> None:
+    # Where fastcdc has no wheel (aarch64), pip builds it, without its C part when no compiler is
+    # there; its import then prints a line to stdout.
+    import json
+    import subprocess
+    import sys
+
+    Repository.open(str(tmp_path / "repo"), create=True)
+    script = ("import sys; sys.modules['fastcdc.fastcdc_cy'] = None; from chromaguard.cli import main; "
+              f"main(['backups', 'list', {str(tmp_path / 'repo')!r}, '--json'])")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["backups"] == []
+    assert "100 times slower" in done.stderr

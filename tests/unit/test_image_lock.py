@@ -32,8 +32,8 @@ def _lock() -> dict[str, str]:
     return pins
 
 
-def _applies(requirement: Requirement) -> bool:
-    environment = {**default_environment(), "sys_platform": "linux", "platform_system": "Linux", "extra": ""}
+def _applies(requirement: Requirement, extra: str = "") -> bool:
+    environment = {**default_environment(), "sys_platform": "linux", "platform_system": "Linux", "extra": extra}
     return requirement.marker is None or requirement.marker.evaluate(environment)
 
 
@@ -54,15 +54,24 @@ def test_every_dependency_is_locked_at_a_version_it_allows_and_this_suite_runs()
 
 def test_the_lock_holds_what_each_locked_package_needs() -> None:
     # Installed with --no-deps: a dependency left out would be missing in the image.
+    # The extras a locked package asks of another count too (chromadb's uvicorn[standard] needs watchfiles).
     pins = _lock()
-    for name in pins:
+    wanted = [(name, "") for name in pins]
+    seen: set[tuple[str, str]] = set()
+    while wanted:
+        name, extra = wanted.pop()
+        if (name, extra) in seen:
+            continue
+        seen.add((name, extra))
         try:
             requires = distribution(name).requires or []
         except PackageNotFoundError:
             continue
         for requirement in map(Requirement, requires):
-            if _applies(requirement):
-                assert canonicalize_name(requirement.name) in pins, (f"{name} needs {requirement.name}", REGENERATE)
+            if _applies(requirement, extra):
+                needed = canonicalize_name(requirement.name)
+                assert needed in pins, (f"{name}{f'[{extra}]' if extra else ''} needs {requirement.name}", REGENERATE)
+                wanted.extend((needed, e) for e in requirement.extras)
 
 
 def test_both_dockerfiles_install_from_the_lock_by_hash_and_fetch_nothing_else() -> None:

@@ -311,3 +311,16 @@ def test_ctrl_c_once_the_new_data_is_in_place_keeps_it_even_in_a_dir_restore_mad
     with pytest.raises(KeyboardInterrupt):
         restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=target, force=True)
     assert {k: v for k, v in _contents(target).items() if not k.startswith(".chromaguard-")} == NEW
+
+
+def test_in_a_mount_point_the_archives_taken_before_an_upgrade_stay(tmp_path: Path, verified: list[Path],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # The copy to fall back on after a bad upgrade: a restore neither counts it as data nor throws it
+    # away with the old data.
+    volume = _write(tmp_path / "volume", {".chromaguard-upgrade-backups/chroma-backup-1.tar.gz": b"archive"})
+    monkeypatch.setattr(restore_module.os.path, "ismount", lambda p: Path(p) == volume)
+    restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=volume)  # no --force: nothing else there
+    assert _contents(volume) == {**NEW, ".chromaguard-upgrade-backups/chroma-backup-1.tar.gz": b"archive"}
+    _write(volume, OLD)
+    restore(tmp_path / "backup.tar.gz", progress=PROGRESS, data_dir=volume, force=True)
+    assert _contents(volume) == {**NEW, ".chromaguard-upgrade-backups/chroma-backup-1.tar.gz": b"archive"}

@@ -165,3 +165,20 @@ def _stream(files: list, members: list[tarfile.TarInfo]) -> bytes:
         for member in members:
             tar.addfile(member)
     return out.getvalue()
+
+
+def test_a_name_given_twice_in_two_spellings_is_the_backup_s_fault_and_noted(tmp_path: Path) -> None:
+    again = tarfile.TarInfo("data/./chroma.sqlite3")
+    again.size = 2
+    listed = {"path": again.name, "size": 2, "sha256": hashlib.sha256(b"db").hexdigest()}
+    stream = _stream([*_listing(), listed], [])
+    with tarfile.open(fileobj=io.BytesIO(stream), mode="r|") as tar:  # the same stream, the member added
+        members = [(m, tar.extractfile(m).read() if m.isfile() else b"") for m in tar]  # type: ignore[union-attr]
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for member, body in [*members, (again, b"db")]:
+            tar.addfile(member, io.BytesIO(body))
+    repo, made = _backup(tmp_path, out.getvalue())
+    with pytest.raises(VerifyError, match="data/./chroma.sqlite3 cannot be unpacked .*: the backup is malformed"):
+        verify_in(repo, made["id"], into=tmp_path)
+    assert repo.backups()[0].verified is not None and repo.backups()[0].verified["ok"] is False
