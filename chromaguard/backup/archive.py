@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tarfile
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -129,6 +130,8 @@ def _read_checked(source: Path | IO[bytes], label: str, dest: Path | None,
                         raise ArchiveError(f"{label}: the first member is {member.name!r}, not manifest.json")
                     manifest = _load_manifest(label, tar.extractfile(member))
                     expected = {f["path"]: f for f in manifest["files"]}
+                    if dest is not None:
+                        _room_for(label, sum(f["size"] for f in expected.values()), dest)
                     continue
                 entry = expected.get(member.name)
                 if entry is None:
@@ -161,6 +164,15 @@ def _read_checked(source: Path | IO[bytes], label: str, dest: Path | None,
     if missing:
         raise ArchiveError(f"{label}: {len(missing)} file(s) missing, first {missing[0]}")
     return manifest
+
+
+def _room_for(label: str, size: int, dest: Path) -> None:
+    """Refused before the first byte is written when the data cannot fit, rather than at the end."""
+    free = shutil.disk_usage(dest).free
+    if size > free:
+        raise CannotUnpack(f"{label} unpacks to {size / 1e6:.0f} MB and {dest.parent} has {free / 1e6:.0f} MB free; "
+                           "free space there (a test restore unpacks in the staging folder or TMPDIR, a restore "
+                           "beside the data dir), then retry")
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ import pytest
 from support.procs import clean_env
 from support.repositories import archive_stream, one_line_error, plant_manifest, write_stream
 
+from chromaguard.backup.archive import CannotUnpack
 from chromaguard.backup.repository import CorruptBackup, Repository
 from chromaguard.backup.restore import VerifyError, restore_from, verify_in
 from chromaguard.backup.snapshot import new_manifest
@@ -182,3 +183,15 @@ def test_a_name_given_twice_in_two_spellings_is_the_backup_s_fault_and_noted(tmp
     with pytest.raises(VerifyError, match="data/./chroma.sqlite3 cannot be unpacked .*: the backup is malformed"):
         verify_in(repo, made["id"], into=tmp_path)
     assert repo.backups()[0].verified is not None and repo.backups()[0].verified["ok"] is False
+
+
+def test_a_backup_larger_than_the_free_space_is_refused_before_a_byte_is_written(tmp_path: Path) -> None:
+    huge = {"path": "data/seg/index.bin", "size": 10**15, "sha256": "0" * 64}  # a petabyte, as listed
+    repo, made = _backup(tmp_path, _stream([*_listing(), huge], []))
+    target = _target(tmp_path)
+    with pytest.raises(CannotUnpack, match=rf"backup {made['id']} unpacks to 1000000000 MB and .* MB free"):
+        restore_from(repo, made["id"], target, force=True)
+    _untouched(target)
+    with pytest.raises(CannotUnpack, match="free space there"):
+        verify_in(repo, made["id"], into=tmp_path)
+    assert repo.backups()[0].verified is None  # the place is at fault, not the backup
