@@ -116,6 +116,9 @@ def verify(path: Path, *, progress: Callable[[int], None] | None = None, keep_in
 def _unpacked_and_verified(source: contextlib.AbstractContextManager[Path | IO[bytes]], label: str,
                            progress: Callable[[int], None] | None, keep_in: Path | None, prefix: str,
                            scratch_in: Path | None = None) -> VerifyReport:
+    """What ``verify`` does for an archive and a repository's stream alike: one read of ``source``
+    into a new dir (kept in ``keep_in`` for a swap, else made in ``scratch_in`` or TMPDIR and
+    removed), then the engine's check."""
     if keep_in is None:
         scratch_in = scratch_in or Path(tempfile.gettempdir())
         _remove_dead(scratch_in, _SCRATCH_PREFIX)
